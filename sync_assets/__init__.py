@@ -1,0 +1,1 @@
+"""Keep a learning platform's teacher progress in step with FutureLearn's Partners API."""

@@ -1,0 +1,1 @@
+"""The platform database: schema, migrations, data access and the demo catalogue."""

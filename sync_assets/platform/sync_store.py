@@ -1,0 +1,465 @@
+"""Set-based data access for the sync: every read and write takes or returns a polars frame.
+
+Writes are batched (multi-row `INSERT … ON CONFLICT` on SQLite and PostgreSQL alike), so the
+number of statements depends on the number of tables touched, not on the number of learners:
+each statement carries up to `database.INSERT_PAGE_SIZE` rows. Reads by key go in chunks of
+`KEY_CHUNK` keys. Functions take a Connection so that callers choose the transaction;
+`apply_course_sync` is the one that commits a course's changes all together.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from sync_assets.platform.database import dialect_insert
+from sync_assets.platform.tables import (
+    achievement_transitions,
+    achievements,
+    activities,
+    completion_events,
+    future_learn_memberships,
+    programme_activities,
+    programme_activity_groupings,
+    programmes,
+    user_programme_enrolments,
+    users,
+)
+
+KEY_CHUNK = 5_000
+UTC_TIME = pl.Datetime("us", "UTC")
+
+KNOWN_COURSES_SCHEMA = {"course_uuid": pl.String, "activity_id": pl.String, "title": pl.String}
+LINKS_SCHEMA = {"membership_uuid": pl.String, "user_id": pl.String}
+UNLINKED_SCHEMA = {"membership_uuid": pl.String, "external_learner_id": pl.String}
+USERS_SCHEMA = {"id": pl.String, "email": pl.String, "forgotten": pl.Boolean}
+MEMBERSHIP_COLUMNS = {
+    "membership_uuid": pl.String,
+    "user_id": pl.String,
+    "external_learner_id": pl.String,
+    "learner_uuid": pl.String,
+    "fetched_at": UTC_TIME,
+    "linked_at": UTC_TIME,
+    "gone_at": UTC_TIME,
+}
+ACHIEVEMENT_SCHEMA = {
+    "id": pl.Int64,
+    "user_id": pl.String,
+    "activity_id": pl.String,
+    "programme_id": pl.String,
+    "progress": pl.Int64,
+    "state": pl.String,
+    "completed_at": UTC_TIME,
+    "created_at": UTC_TIME,
+    "updated_at": UTC_TIME,
+}
+ENROLMENT_SCHEMA = {
+    "id": pl.Int64,
+    "user_id": pl.String,
+    "programme_id": pl.String,
+    "state": pl.String,
+    "flagged": pl.Boolean,
+    "auto_enrolled": pl.Boolean,
+    "certificate_number": pl.Int64,
+    "pending_since": UTC_TIME,
+    "created_at": UTC_TIME,
+}
+ACTIVITY_PROGRAMMES_SCHEMA = {
+    "activity_id": pl.String,
+    "programme_id": pl.String,
+    "programme_slug": pl.String,
+}
+PROGRAMME_STRUCTURE_SCHEMA = {
+    "programme_id": pl.String,
+    "programme_slug": pl.String,
+    "grouping_id": pl.Int64,
+    "grouping_title": pl.String,
+    "required_for_completion": pl.Int64,
+    "sort_key": pl.Int64,
+    "activity_id": pl.String,
+    "credit": pl.Float64,
+    "category": pl.String,
+}
+
+# What a caller hands to apply_achievement_changes: one row per achievement to create or change.
+# `previous_state` is null for an achievement that does not exist yet; `cause` says why (R10).
+ACHIEVEMENT_CHANGE_SCHEMA = {
+    "user_id": pl.String,
+    "activity_id": pl.String,
+    "programme_id": pl.String,
+    "progress": pl.Int64,
+    "state": pl.String,
+    "completed_at": UTC_TIME,
+    "previous_state": pl.String,
+    "cause": pl.String,  # JSON object
+}
+
+
+def _chunks(values: Sequence[Any], size: int = KEY_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _distinct(values: Iterable[str]) -> list[str]:
+    return sorted(set(values))
+
+
+def _read(connection: Connection, statement: sa.Executable, schema: dict) -> pl.DataFrame:
+    rows = connection.execute(statement).all()
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _read_by_keys(
+    connection: Connection,
+    build: Any,
+    keys: Iterable[str],
+    schema: dict,
+) -> pl.DataFrame:
+    """Run `build(chunk_of_keys)` for each chunk of distinct keys and stack the results."""
+    frames = [_read(connection, build(chunk), schema) for chunk in _chunks(_distinct(keys))]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+
+
+def _rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    return frame.to_dicts()
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- Step one: courses and memberships ---------------------------------------------------------
+
+
+def known_courses(connection: Connection) -> pl.DataFrame:
+    """R1: the activity of each FutureLearn course uuid the platform knows."""
+    statement = sa.select(
+        activities.c.future_learn_course_uuid, activities.c.id, activities.c.title
+    ).where(activities.c.future_learn_course_uuid.is_not(None))
+    return _read(connection, statement, KNOWN_COURSES_SCHEMA)
+
+
+def memberships_to_look_up(connection: Connection, membership_uuids: Iterable[str]) -> list[str]:
+    """R2: the given memberships never fetched (nor known to be gone): each is fetched once ever."""
+    wanted = _distinct(membership_uuids)
+    table = future_learn_memberships
+    seen: set[str] = set()
+    for chunk in _chunks(wanted):
+        statement = sa.select(table.c.membership_uuid).where(
+            table.c.membership_uuid.in_(chunk),
+            sa.or_(table.c.fetched_at.is_not(None), table.c.gone_at.is_not(None)),
+        )
+        seen.update(connection.execute(statement).scalars())
+    return [uuid for uuid in wanted if uuid not in seen]
+
+
+def linked_memberships(connection: Connection, membership_uuids: Iterable[str]) -> pl.DataFrame:
+    """R3/R5: membership → user for the given memberships; links to forgotten users are not used."""
+    table = future_learn_memberships
+
+    def build(chunk: Sequence[str]) -> sa.Select:
+        return (
+            sa.select(table.c.membership_uuid, table.c.user_id)
+            .join(users, users.c.id == table.c.user_id)
+            .where(table.c.membership_uuid.in_(chunk), users.c.forgotten.is_(False))
+        )
+
+    return _read_by_keys(connection, build, membership_uuids, LINKS_SCHEMA)
+
+
+def unlinked_fetched_memberships(
+    connection: Connection, membership_uuids: Iterable[str]
+) -> pl.DataFrame:
+    """Fetched memberships still without a user: matched again locally, never fetched again."""
+    table = future_learn_memberships
+
+    def build(chunk: Sequence[str]) -> sa.Select:
+        return sa.select(table.c.membership_uuid, table.c.external_learner_id).where(
+            table.c.membership_uuid.in_(chunk),
+            table.c.user_id.is_(None),
+            table.c.external_learner_id.is_not(None),
+        )
+
+    return _read_by_keys(connection, build, membership_uuids, UNLINKED_SCHEMA)
+
+
+def users_matching(connection: Connection, external_learner_ids: Iterable[str]) -> pl.DataFrame:
+    """Candidate users for R3: id equal to an external id, or email equal to it ignoring case.
+
+    The database narrows the candidates; the exact rule (id first, forgotten users never) is
+    applied by the caller on the frame. SQLite's lower() folds ASCII letters only.
+    """
+
+    def build(chunk: Sequence[str]) -> sa.Select:
+        lowered = sorted({value.lower() for value in chunk})
+        return sa.select(users.c.id, users.c.email, users.c.forgotten).where(
+            sa.or_(users.c.id.in_(chunk), sa.func.lower(users.c.email).in_(lowered))
+        )
+
+    return _read_by_keys(connection, build, external_learner_ids, USERS_SCHEMA).unique(
+        subset="id", maintain_order=True
+    )
+
+
+def upsert_memberships(connection: Connection, memberships: pl.DataFrame) -> int:
+    """Insert or update fetched memberships and their links, in bulk. Returns rows written.
+
+    Only the columns present in `memberships` are written, so a caller that relinks
+    memberships locally does not blank what was fetched earlier.
+    """
+    if memberships.is_empty():
+        return 0
+    unknown = set(memberships.columns) - set(MEMBERSHIP_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown membership columns: {sorted(unknown)}")
+    frame = memberships.cast({name: MEMBERSHIP_COLUMNS[name] for name in memberships.columns})
+    statement = dialect_insert(connection, future_learn_memberships)
+    updates = {
+        name: statement.excluded[name] for name in frame.columns if name != "membership_uuid"
+    }
+    statement = statement.on_conflict_do_update(index_elements=["membership_uuid"], set_=updates)
+    connection.execute(statement, _rows(frame))
+    return frame.height
+
+
+# --- Step two: achievements ---------------------------------------------------------------------
+
+
+def achievements_for_course(
+    connection: Connection, activity_id: str, user_ids: Iterable[str] | None = None
+) -> pl.DataFrame:
+    """Current achievements of one activity, for all users or for the given ones."""
+    columns = [achievements.c[name] for name in ACHIEVEMENT_SCHEMA]
+    base = sa.select(*columns).where(achievements.c.activity_id == activity_id)
+    if user_ids is None:
+        return _read(connection, base, ACHIEVEMENT_SCHEMA)
+    return _read_by_keys(
+        connection,
+        lambda chunk: base.where(achievements.c.user_id.in_(chunk)),
+        user_ids,
+        ACHIEVEMENT_SCHEMA,
+    )
+
+
+def activity_programmes(connection: Connection, activity_ids: Iterable[str]) -> pl.DataFrame:
+    """R11: the programmes each activity belongs to."""
+
+    def build(chunk: Sequence[str]) -> sa.Select:
+        return (
+            sa.select(programme_activities.c.activity_id, programmes.c.id, programmes.c.slug)
+            .join(programmes, programmes.c.id == programme_activities.c.programme_id)
+            .where(programme_activities.c.activity_id.in_(chunk))
+        )
+
+    return _read_by_keys(connection, build, activity_ids, ACTIVITY_PROGRAMMES_SCHEMA)
+
+
+def programme_enrolments(connection: Connection, user_ids: Iterable[str]) -> pl.DataFrame:
+    """R11/R12/C1: every programme enrolment of the given users."""
+    columns = [user_programme_enrolments.c[name] for name in ENROLMENT_SCHEMA]
+
+    def build(chunk: Sequence[str]) -> sa.Select:
+        return sa.select(*columns).where(user_programme_enrolments.c.user_id.in_(chunk))
+
+    return _read_by_keys(connection, build, user_ids, ENROLMENT_SCHEMA)
+
+
+def programme_structure(connection: Connection) -> pl.DataFrame:
+    """C1/C3: each programme's activities with their grouping, requirement, credit and category."""
+    statement = (
+        sa.select(
+            programmes.c.id,
+            programmes.c.slug,
+            programme_activity_groupings.c.id,
+            programme_activity_groupings.c.title,
+            programme_activity_groupings.c.required_for_completion,
+            programme_activity_groupings.c.sort_key,
+            programme_activities.c.activity_id,
+            activities.c.credit,
+            activities.c.category,
+        )
+        .select_from(programme_activities)
+        .join(programmes, programmes.c.id == programme_activities.c.programme_id)
+        .join(activities, activities.c.id == programme_activities.c.activity_id)
+        .outerjoin(
+            programme_activity_groupings,
+            programme_activity_groupings.c.id
+            == programme_activities.c.programme_activity_grouping_id,
+        )
+        .order_by(programmes.c.slug, programme_activity_groupings.c.sort_key, activities.c.id)
+    )
+    return _read(connection, statement, PROGRAMME_STRUCTURE_SCHEMA)
+
+
+@dataclass
+class AppliedChanges:
+    """What one batch wrote; zeros everywhere when nothing changed."""
+
+    memberships: int = 0
+    created: int = 0
+    updated: int = 0
+    transitions: int = 0
+    completion_events: int = 0
+    enrolments: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_written(self) -> int:
+        return (
+            self.memberships
+            + self.created
+            + self.updated
+            + self.transitions
+            + self.completion_events
+            + self.enrolments
+        )
+
+
+def apply_achievement_changes(
+    connection: Connection, changes: pl.DataFrame, *, dagster_run_id: str | None = None
+) -> AppliedChanges:
+    """Create or update achievements, with their transitions (R10) and completion events.
+
+    A transition row is written for each row whose state differs from `previous_state` (a new
+    achievement has none); a completion event for each row that becomes `complete`. Events are
+    unique per achievement, so a retried batch cannot produce a second one.
+    """
+    applied = AppliedChanges()
+    if changes.is_empty():
+        return applied
+    frame = changes.select(list(ACHIEVEMENT_CHANGE_SCHEMA)).cast(ACHIEVEMENT_CHANGE_SCHEMA)
+    stamp = now_utc()
+    statement = dialect_insert(connection, achievements)
+    upsert = statement.on_conflict_do_update(
+        index_elements=["user_id", "activity_id"],
+        set_={
+            "progress": statement.excluded.progress,
+            "state": statement.excluded.state,
+            "completed_at": statement.excluded.completed_at,
+            "updated_at": statement.excluded.updated_at,
+        },
+    ).returning(achievements.c.id, achievements.c.user_id, achievements.c.activity_id)
+    values = frame.select(
+        "user_id", "activity_id", "programme_id", "progress", "state", "completed_at"
+    ).with_columns(created_at=pl.lit(stamp, UTC_TIME), updated_at=pl.lit(stamp, UTC_TIME))
+    returned = connection.execute(upsert, _rows(values)).all()
+    ids = pl.DataFrame(
+        returned,
+        schema={"achievement_id": pl.Int64, "user_id": pl.String, "activity_id": pl.String},
+        orient="row",
+    )
+    written = frame.join(ids, on=["user_id", "activity_id"], how="left", validate="1:1")
+    applied.created = written.filter(pl.col("previous_state").is_null()).height
+    applied.updated = written.height - applied.created
+
+    state_changed = written.filter(pl.col("state").ne_missing(pl.col("previous_state")))
+    applied.by_state = dict(state_changed.group_by("state").len().iter_rows())
+    applied.transitions = _write_transitions(connection, state_changed, stamp, dagster_run_id)
+    applied.completion_events = _write_completion_events(
+        connection, state_changed.filter(pl.col("state") == "complete"), stamp, dagster_run_id
+    )
+    return applied
+
+
+def _write_transitions(
+    connection: Connection, changed: pl.DataFrame, stamp: datetime, dagster_run_id: str | None
+) -> int:
+    if changed.is_empty():
+        return 0
+    rows = [
+        {
+            "achievement_id": row["achievement_id"],
+            "from_state": row["previous_state"],
+            "to_state": row["state"],
+            "metadata": json.loads(row["cause"] or "{}") | {"dagster_run_id": dagster_run_id},
+            "created_at": stamp,
+        }
+        for row in changed.iter_rows(named=True)
+    ]
+    connection.execute(sa.insert(achievement_transitions), rows)
+    return len(rows)
+
+
+def _write_completion_events(
+    connection: Connection, completed: pl.DataFrame, stamp: datetime, dagster_run_id: str | None
+) -> int:
+    if completed.is_empty():
+        return 0
+    rows = completed.select(
+        "achievement_id",
+        "user_id",
+        "activity_id",
+        "programme_id",
+        pl.lit(dagster_run_id, pl.String).alias("dagster_run_id"),
+        pl.lit(stamp, UTC_TIME).alias("created_at"),
+    )
+    statement = (
+        dialect_insert(connection, completion_events)
+        .on_conflict_do_nothing(index_elements=["achievement_id"])
+        .returning(completion_events.c.id)
+    )
+    return len(connection.execute(statement, _rows(rows)).all())
+
+
+def ensure_programme_enrolments(connection: Connection, enrolments: pl.DataFrame) -> int:
+    """R12: enrol users on programmes where they have no enrolment yet; existing ones stay."""
+    if enrolments.is_empty():
+        return 0
+    frame = enrolments.select("user_id", "programme_id", "auto_enrolled").with_columns(
+        state=pl.lit("enrolled"), created_at=pl.lit(now_utc(), UTC_TIME)
+    )
+    statement = (
+        dialect_insert(connection, user_programme_enrolments)
+        .on_conflict_do_nothing(index_elements=["user_id", "programme_id"])
+        .returning(user_programme_enrolments.c.id)
+    )
+    return len(connection.execute(statement, _rows(frame)).all())
+
+
+@dataclass(frozen=True)
+class CourseSyncBatch:
+    """Everything one course's sync writes; applied in one transaction by apply_course_sync."""
+
+    memberships: pl.DataFrame = field(default_factory=lambda: pl.DataFrame())
+    achievement_changes: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema=ACHIEVEMENT_CHANGE_SCHEMA)
+    )
+    programme_enrolments: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(
+            schema={"user_id": pl.String, "programme_id": pl.String, "auto_enrolled": pl.Boolean}
+        )
+    )
+
+    @property
+    def is_empty(self) -> bool:
+        return (
+            self.memberships.is_empty()
+            and self.achievement_changes.is_empty()
+            and self.programme_enrolments.is_empty()
+        )
+
+
+def apply_course_sync(
+    engine: Engine, batch: CourseSyncBatch, *, dagster_run_id: str | None = None
+) -> AppliedChanges:
+    """Commit a course's links, achievements, transitions, events and enrolments together.
+
+    Either all of it is written or none of it (R13: an empty batch opens no transaction).
+    """
+    if batch.is_empty:
+        return AppliedChanges()
+    with engine.begin() as connection:
+        memberships = upsert_memberships(connection, batch.memberships)
+        applied = apply_achievement_changes(
+            connection, batch.achievement_changes, dagster_run_id=dagster_run_id
+        )
+        applied.memberships = memberships
+        applied.enrolments = ensure_programme_enrolments(connection, batch.programme_enrolments)
+    return applied
