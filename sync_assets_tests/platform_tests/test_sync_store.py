@@ -1,0 +1,356 @@
+"""The sync's data access: set-based reads, bulk writes, one transaction per course."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from sync_assets.platform import sync_store
+from sync_assets.platform.demo_catalogue import seed_demo_catalogue
+from sync_assets.platform.tables import (
+    achievement_transitions,
+    completion_events,
+    future_learn_memberships,
+    user_programme_enrolments,
+    users,
+)
+
+COURSE_ACTIVITY = "programming-101-an-introduction-to-python-for-educators"
+T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(platform_engine: Engine) -> Engine:
+    with platform_engine.begin() as connection:
+        seed_demo_catalogue(connection)
+    return platform_engine
+
+
+def add_users(engine: Engine, rows: list[dict]) -> None:
+    # executemany takes its columns from the first row: give every row every column.
+    with engine.begin() as connection:
+        connection.execute(sa.insert(users), [{"forgotten": False} | row for row in rows])
+
+
+@contextmanager
+def counting_statements(engine: Engine) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+
+
+def changes(rows: list[dict]) -> pl.DataFrame:
+    defaults = {
+        "programme_id": None,
+        "completed_at": None,
+        "previous_state": None,
+        "cause": json.dumps({"source": "test"}),
+    }
+    return pl.DataFrame(
+        [defaults | row for row in rows], schema=sync_store.ACHIEVEMENT_CHANGE_SCHEMA
+    )
+
+
+def test_known_courses_are_the_catalogue(engine: Engine) -> None:
+    with engine.connect() as connection:
+        known = sync_store.known_courses(connection)
+    assert known.height == 33
+    assert known["course_uuid"].n_unique() == 33
+    assert "c9fb59cc-6393-4a29-8136-7020128ca879" in known["course_uuid"].to_list()
+
+
+def test_memberships_to_look_up_skips_fetched_and_gone(engine: Engine) -> None:
+    with engine.begin() as connection:
+        sync_store.upsert_memberships(
+            connection,
+            pl.DataFrame(
+                {
+                    "membership_uuid": ["fetched", "gone"],
+                    "external_learner_id": ["someone", None],
+                    "fetched_at": [T0, None],
+                    "gone_at": [None, T0],
+                }
+            ),
+        )
+        to_fetch = sync_store.memberships_to_look_up(
+            connection, ["new-2", "fetched", "gone", "new-1", "new-1"]
+        )
+    assert to_fetch == ["new-1", "new-2"]
+
+
+def test_linked_memberships_ignore_forgotten_users(engine: Engine) -> None:
+    add_users(
+        engine,
+        [
+            {"id": "u1", "email": "one@example.org"},
+            {"id": "u2", "email": "two@example.org", "forgotten": True},
+        ],
+    )
+    with engine.begin() as connection:
+        sync_store.upsert_memberships(
+            connection,
+            pl.DataFrame(
+                {
+                    "membership_uuid": ["m1", "m2", "m3"],
+                    "user_id": ["u1", "u2", None],
+                    "external_learner_id": ["u1", "two@example.org", "stranger@example.org"],
+                    "fetched_at": [T0, T0, T0],
+                }
+            ),
+        )
+        links = sync_store.linked_memberships(connection, ["m1", "m2", "m3"])
+        unlinked = sync_store.unlinked_fetched_memberships(connection, ["m1", "m2", "m3"])
+    assert links.rows() == [("m1", "u1")]
+    assert unlinked.rows() == [("m3", "stranger@example.org")]
+
+
+def test_relinking_keeps_what_was_fetched(engine: Engine) -> None:
+    add_users(engine, [{"id": "u1", "email": "one@example.org"}])
+    with engine.begin() as connection:
+        sync_store.upsert_memberships(
+            connection,
+            pl.DataFrame(
+                {"membership_uuid": ["m1"], "external_learner_id": ["u1"], "fetched_at": [T0]}
+            ),
+        )
+        sync_store.upsert_memberships(
+            connection,
+            pl.DataFrame({"membership_uuid": ["m1"], "user_id": ["u1"], "linked_at": [T0]}),
+        )
+        row = connection.execute(sa.select(future_learn_memberships)).mappings().one()
+    assert (row["user_id"], row["external_learner_id"]) == ("u1", "u1")
+    assert row["fetched_at"] is not None and row["linked_at"] is not None
+
+
+def test_users_matching_by_id_or_email_ignoring_case_and_wildcards(engine: Engine) -> None:
+    add_users(
+        engine,
+        [
+            {"id": "42", "email": "Ada.Lovelace@Example.org"},
+            {"id": "43", "email": "a_b@example.org"},
+            {"id": "44", "email": "100%@example.org"},
+        ],
+    )
+    with engine.connect() as connection:
+        found = sync_store.users_matching(
+            connection, ["42", "ada.lovelace@EXAMPLE.org", "axb@example.org", "100x@example.org"]
+        )
+    # `_` and `%` are ordinary characters: neither a_b nor 100% matches.
+    assert sorted(found["id"].to_list()) == ["42"]
+
+
+def test_apply_changes_creates_updates_and_records_transitions(engine: Engine) -> None:
+    add_users(engine, [{"id": f"u{i}", "email": f"u{i}@example.org"} for i in range(3)])
+    with engine.begin() as connection:
+        first = sync_store.apply_achievement_changes(
+            connection,
+            changes(
+                [
+                    {
+                        "user_id": "u0",
+                        "activity_id": COURSE_ACTIVITY,
+                        "progress": 0,
+                        "state": "enrolled",
+                    },
+                    {
+                        "user_id": "u1",
+                        "activity_id": COURSE_ACTIVITY,
+                        "progress": 30,
+                        "state": "in_progress",
+                    },
+                ]
+            ),
+            dagster_run_id="run-1",
+        )
+    assert (first.created, first.updated, first.transitions) == (2, 0, 2)
+    assert first.by_state == {"enrolled": 1, "in_progress": 1}
+
+    with engine.begin() as connection:
+        second = sync_store.apply_achievement_changes(
+            connection,
+            changes(
+                [
+                    {
+                        "user_id": "u1",
+                        "activity_id": COURSE_ACTIVITY,
+                        "progress": 97,
+                        "state": "complete",
+                        "completed_at": T0,
+                        "previous_state": "in_progress",
+                        "cause": json.dumps({"source": "test", "run_uuid": "r1"}),
+                    },
+                    {
+                        "user_id": "u0",
+                        "activity_id": COURSE_ACTIVITY,
+                        "progress": 5,
+                        "state": "enrolled",
+                        "previous_state": "enrolled",
+                    },
+                ]
+            ),
+            dagster_run_id="run-2",
+        )
+        current = sync_store.achievements_for_course(connection, COURSE_ACTIVITY)
+        transitions = (
+            connection.execute(
+                sa.select(achievement_transitions).order_by(achievement_transitions.c.id)
+            )
+            .mappings()
+            .all()
+        )
+    assert (second.created, second.updated, second.transitions, second.completion_events) == (
+        0,
+        2,
+        1,
+        1,
+    )
+    assert dict(current.select("user_id", "progress").iter_rows()) == {"u0": 5, "u1": 97}
+    assert current.filter(pl.col("user_id") == "u1")["completed_at"].item() == T0
+    last = transitions[-1]
+    assert (last["from_state"], last["to_state"]) == ("in_progress", "complete")
+    assert last["metadata"] == {"source": "test", "run_uuid": "r1", "dagster_run_id": "run-2"}
+
+
+def test_a_retried_completion_writes_no_second_event(engine: Engine) -> None:
+    add_users(engine, [{"id": "u1", "email": "u1@example.org"}])
+    completion = changes(
+        [
+            {
+                "user_id": "u1",
+                "activity_id": COURSE_ACTIVITY,
+                "progress": 100,
+                "state": "complete",
+                "completed_at": T0,
+                "previous_state": "in_progress",
+            }
+        ]
+    )
+    for _ in range(2):
+        with engine.begin() as connection:
+            sync_store.apply_achievement_changes(connection, completion)
+    with engine.connect() as connection:
+        assert (
+            connection.execute(sa.select(sa.func.count()).select_from(completion_events)).scalar()
+            == 1
+        )
+
+
+def _learners(count: int, prefix: str = "") -> tuple[list[dict], sync_store.CourseSyncBatch]:
+    ids = [f"{prefix}user-{i}" for i in range(count)]
+    batch = sync_store.CourseSyncBatch(
+        memberships=pl.DataFrame(
+            {
+                "membership_uuid": [f"{prefix}m-{i}" for i in range(count)],
+                "user_id": ids,
+                "external_learner_id": ids,
+                "fetched_at": [T0] * count,
+                "linked_at": [T0] * count,
+            }
+        ),
+        achievement_changes=changes(
+            [
+                {
+                    "user_id": user,
+                    "activity_id": COURSE_ACTIVITY,
+                    "progress": 60 + i % 40,
+                    "state": "complete",
+                    "completed_at": T0,
+                }
+                for i, user in enumerate(ids)
+            ]
+        ),
+        programme_enrolments=pl.DataFrame(
+            {
+                "user_id": ids,
+                "programme_id": ["cs-accelerator"] * count,
+                "auto_enrolled": [True] * count,
+            }
+        ),
+    )
+    return [{"id": user, "email": f"{user}@example.org"} for user in ids], batch
+
+
+def test_statements_do_not_grow_with_learners(engine: Engine) -> None:
+    counts = []
+    for size, prefix in ((20, "small-"), (3_000, "large-")):
+        people, batch = _learners(size, prefix)
+        add_users(engine, people)
+        with counting_statements(engine) as statements:
+            applied = sync_store.apply_course_sync(engine, batch, dagster_run_id="r")
+        assert applied.created == size and applied.completion_events == size
+        assert applied.enrolments == size and applied.memberships == size
+        counts.append(len(statements))
+    assert counts[0] == counts[1] <= 12, counts
+
+
+def test_course_batch_is_one_transaction(engine: Engine) -> None:
+    people, batch = _learners(5)
+    add_users(engine, people[:4])  # the fifth learner's user is missing: the batch must fail
+    with pytest.raises(sa.exc.IntegrityError):
+        sync_store.apply_course_sync(engine, batch)
+    with engine.connect() as connection:
+        for table in (future_learn_memberships, user_programme_enrolments, completion_events):
+            assert connection.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
+        assert sync_store.achievements_for_course(connection, COURSE_ACTIVITY).is_empty()
+
+
+def test_nothing_to_write_touches_nothing(engine: Engine) -> None:
+    with counting_statements(engine) as statements:
+        applied = sync_store.apply_course_sync(engine, sync_store.CourseSyncBatch())
+    assert statements == [] and applied.rows_written == 0
+
+
+def test_achievements_for_some_users(engine: Engine) -> None:
+    people, batch = _learners(30)
+    add_users(engine, people)
+    sync_store.apply_course_sync(engine, batch)
+    with engine.connect() as connection:
+        some = sync_store.achievements_for_course(
+            connection, COURSE_ACTIVITY, ["user-3", "user-7", "nobody"]
+        )
+        everyone = sync_store.achievements_for_course(connection, COURSE_ACTIVITY)
+    assert sorted(some["user_id"].to_list()) == ["user-3", "user-7"]
+    assert everyone.height == 30
+    assert everyone.schema["completed_at"] == pl.Datetime("us", "UTC")
+
+
+def test_existing_enrolments_are_kept(engine: Engine) -> None:
+    add_users(engine, [{"id": "u1", "email": "u1@example.org"}])
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(user_programme_enrolments),
+            [{"user_id": "u1", "programme_id": "cs-accelerator", "state": "unenrolled"}],
+        )
+        written = sync_store.ensure_programme_enrolments(
+            connection,
+            pl.DataFrame(
+                {"user_id": ["u1"], "programme_id": ["cs-accelerator"], "auto_enrolled": [True]}
+            ),
+        )
+        enrolments = sync_store.programme_enrolments(connection, ["u1"])
+    assert written == 0
+    assert enrolments.select("state", "auto_enrolled").rows() == [("unenrolled", False)]
+
+
+def test_activity_programmes_and_structure(engine: Engine) -> None:
+    with engine.connect() as connection:
+        programmes = sync_store.activity_programmes(connection, [COURSE_ACTIVITY])
+        structure = sync_store.programme_structure(connection)
+    assert sorted(programmes["programme_slug"]) == ["cs-accelerator", "primary-certificate"]
+    primary = structure.filter(pl.col("programme_slug") == "primary-certificate")
+    assert primary["grouping_title"].n_unique() == 4
+    assert primary["required_for_completion"].unique().to_list() == [1]
