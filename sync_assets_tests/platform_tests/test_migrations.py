@@ -168,7 +168,8 @@ DUPLICATES = {
     ),
     "programmes.slug": "INSERT INTO programmes (id, slug) VALUES ('p2', 'primary-certificate')",
     "programme_activity_groupings (programme, title)": (
-        "INSERT INTO programme_activity_groupings (programme_id, title) VALUES ('p1', 'All courses')"
+        "INSERT INTO programme_activity_groupings (programme_id, title)"
+        " VALUES ('p1', 'All courses')"
     ),
     "programme_activities (programme, activity)": (
         "INSERT INTO programme_activities (programme_id, activity_id) VALUES ('p1', 'a1')"
@@ -186,7 +187,8 @@ DUPLICATES = {
         "INSERT INTO notifications (user_id, kind) VALUES ('u1', 'csa_assessment_eligibility')"
     ),
     "completion_events.achievement_id": (
-        "INSERT INTO completion_events (achievement_id, user_id, activity_id) VALUES (1, 'u1', 'a1')"
+        "INSERT INTO completion_events (achievement_id, user_id, activity_id)"
+        " VALUES (1, 'u1', 'a1')"
     ),
 }
 

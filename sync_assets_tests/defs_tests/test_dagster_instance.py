@@ -1,0 +1,114 @@
+"""The code location loads, and the instance configs we ship run real materialisations."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from sync_assets.definitions import defs
+from sync_assets.defs.resources import PlatformDatabase
+from sync_assets.platform.database import create_platform_engine
+from sync_assets.platform.migrate import upgrade
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@dg.asset
+def known_course_count(platform_database: PlatformDatabase) -> dg.MaterializeResult:
+    with platform_database.engine.connect() as connection:
+        count = connection.execute(sa.text("SELECT count(*) FROM activities")).scalar_one()
+    return dg.MaterializeResult(metadata={"activities": count})
+
+
+def test_definitions_load() -> None:
+    dg.Definitions.validate_loadable(defs)
+    assert "platform_database" in defs.resources
+
+
+def _materialise(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [known_course_count],
+        instance=instance,
+        resources={"platform_database": PlatformDatabase()},
+    )
+
+
+def test_local_instance_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    upgrade(create_platform_engine(database_url))
+    monkeypatch.setenv("PLATFORM_DATABASE_URL", database_url)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        result = _materialise(instance)
+        assert result.success
+        event = instance.get_latest_materialization_event(dg.AssetKey("known_course_count"))
+        assert event.asset_materialization.metadata["activities"].value == 0
+
+
+@pytest.mark.postgres
+def test_postgres_instance_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_database_url: URL
+) -> None:
+    platform = f"sqlite:///{tmp_path / 'platform.sqlite3'}"
+    upgrade(create_platform_engine(platform))
+    monkeypatch.setenv("PLATFORM_DATABASE_URL", platform)
+    for name, value in {
+        "DAGSTER_PG_HOST": postgres_database_url.host,
+        "DAGSTER_PG_PORT": str(postgres_database_url.port or 5432),
+        "DAGSTER_PG_DB": postgres_database_url.database,
+        "DAGSTER_PG_USERNAME": postgres_database_url.username,
+        "DAGSTER_PG_PASSWORD": postgres_database_url.password or "",
+    }.items():
+        monkeypatch.setenv(name, value)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        result = _materialise(instance)
+        assert result.success
+    # The run and its materialisation are in PostgreSQL, not in a file under DAGSTER_HOME.
+    engine = sa.create_engine(postgres_database_url)
+    with engine.connect() as connection:
+        run_ids = connection.execute(sa.text("SELECT run_id FROM runs")).scalars().all()
+        materialised = connection.execute(
+            sa.text(
+                "SELECT count(*) FROM event_logs"
+                " WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND run_id = :run"
+            ),
+            {"run": result.run_id},
+        ).scalar_one()
+    engine.dispose()
+    assert run_ids == [result.run_id]
+    assert materialised == 1
+
+
+def test_resource_names_the_setting_when_the_database_is_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PLATFORM_DATABASE_URL", "postgresql://postgres:s3cret@127.0.0.1:1/nope")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [known_course_count],
+            instance=instance,
+            resources={"platform_database": PlatformDatabase()},
+            raise_on_error=False,
+        )
+    assert not result.success
+    [failure] = [
+        event.event_specific_data.error
+        for event in result.all_events
+        if event.event_type_value == "RESOURCE_INIT_FAILURE"
+    ]
+    assert "PLATFORM_DATABASE_URL: cannot connect" in failure.to_string()
+    assert "s3cret" not in failure.to_string()
