@@ -118,3 +118,11 @@ def platform_engine(empty_engine: Engine) -> Engine:
     """A platform database migrated to the latest revision."""
     upgrade(empty_engine)
     return empty_engine
+
+
+def pytest_report_header() -> str:
+    url, reason = _postgres_admin_url()
+    if url is not None:
+        return f"PostgreSQL tests: on {url.render_as_string()}"
+    verdict = "required, will fail" if _postgres_required() else "skipped"
+    return f"PostgreSQL tests: {verdict}: {reason}"
