@@ -1,0 +1,259 @@
+"""The Partners API contract (SPEC §2) as polars schemas, and parsers that quarantine bad records.
+
+Every parser takes decoded JSON and returns the valid records as a frame with an explicit schema
+(UTC timestamps, floats, strings) plus a quarantine frame naming each rejected record and why.
+The rest of a report is still used. Quarantine rows carry uuids and reasons only, never personal
+data such as an `external_learner_id`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+UTC_TIME = pl.Datetime("us", "UTC")
+
+COURSE_RUN_SCHEMA = {
+    "run_uuid": pl.String,
+    "course_uuid": pl.String,
+    "title": pl.String,
+    "full_code": pl.String,
+    "code": pl.String,
+    "start_time": UTC_TIME,
+    "weeks_count": pl.Int64,
+}
+ENROLMENT_SCHEMA = {
+    "run_uuid": pl.String,
+    "membership_uuid": pl.String,
+    "status": pl.String,
+    "activated_at": UTC_TIME,
+    "deactivated_at": UTC_TIME,
+    "steps_completed_count": pl.Int64,
+    "steps_completed_ratio": pl.Float64,
+}
+MEMBERSHIP_SCHEMA = {
+    "membership_uuid": pl.String,
+    "learner_uuid": pl.String,
+    "external_learner_id": pl.String,
+}
+QUARANTINE_SCHEMA = {
+    "endpoint": pl.String,
+    "source": pl.String,  # the run or membership the request was about
+    "record_index": pl.Int64,
+    "record_uuid": pl.String,
+    "reason": pl.String,
+}
+ENROLMENT_STATUSES = ("active", "deactivated")
+
+_REF = pl.Struct({"uuid": pl.String})
+# Every scalar is read as a string first, so a wrong type becomes a reason, not a crash.
+_RAW_COURSE_RUN = {
+    "uuid": pl.String,
+    "title": pl.String,
+    "full_code": pl.String,
+    "code": pl.String,
+    "start_time": pl.String,
+    "weeks_count": pl.String,
+    "course": _REF,
+}
+_RAW_ENROLMENT = {
+    "run": _REF,
+    "organisation_membership": _REF,
+    "status": pl.String,
+    "activated_at": pl.String,
+    "deactivated_at": pl.String,
+    "steps_completed_count": pl.String,
+    "steps_completed_ratio": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """Valid records and the quarantined ones, with their reasons."""
+
+    records: pl.DataFrame
+    quarantine: pl.DataFrame
+
+
+class ContractError(ValueError):
+    """A response whose shape is not the contract's at all (not a record-level problem)."""
+
+
+def empty_quarantine() -> pl.DataFrame:
+    return pl.DataFrame(schema=QUARANTINE_SCHEMA)
+
+
+def parse_timestamp(column: pl.Expr) -> pl.Expr:
+    """ISO 8601 with milliseconds and `Z`, as the API sends it; an explicit offset is accepted."""
+    zulu = column.str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_zone="UTC", strict=False)
+    offset = column.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", strict=False)
+    return pl.coalesce(zulu, offset.dt.convert_time_zone("UTC")).cast(UTC_TIME)
+
+
+def _first_reason(checks: list[tuple[pl.Expr, str | pl.Expr]]) -> pl.Expr:
+    expression = pl.lit(None, pl.String)
+    for failed, reason in reversed(checks):
+        value = reason if isinstance(reason, pl.Expr) else pl.lit(reason)
+        expression = pl.when(failed).then(value).otherwise(expression)
+    return expression
+
+
+def _objects(body: Any, endpoint: str, source: str) -> tuple[list[dict], pl.DataFrame]:
+    """Split an array body into its objects and quarantine rows for non-objects."""
+    if not isinstance(body, list):
+        raise ContractError(
+            f"{endpoint} for {source}: expected a JSON array, got {type(body).__name__}"
+        )
+    objects, rejected = [], []
+    for index, record in enumerate(body):
+        if isinstance(record, dict):
+            objects.append((index, record))
+        else:
+            rejected.append((endpoint, source, index, None, "record is not a JSON object"))
+    quarantine = pl.DataFrame(rejected, schema=QUARANTINE_SCHEMA, orient="row")
+    return objects, quarantine
+
+
+def _split(
+    frame: pl.DataFrame, reason: pl.Expr, uuid_column: str, endpoint: str, source: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    checked = frame.with_columns(reason.alias("_reason"))
+    quarantine = checked.filter(pl.col("_reason").is_not_null()).select(
+        pl.lit(endpoint).alias("endpoint"),
+        pl.lit(source).alias("source"),
+        pl.col("_index").alias("record_index"),
+        pl.col(uuid_column).alias("record_uuid"),
+        pl.col("_reason").alias("reason"),
+    )
+    return checked.filter(pl.col("_reason").is_null()), quarantine
+
+
+def _raw_frame(objects: list[tuple[int, dict]], schema: dict) -> pl.DataFrame:
+    return pl.from_dicts(
+        [record for _, record in objects], schema=schema, strict=False
+    ).with_columns(pl.Series("_index", [index for index, _ in objects], pl.Int64))
+
+
+def parse_enrolments(body: Any, run_uuid: str) -> Parsed:
+    """An enrolment report of one run (SPEC §2)."""
+    endpoint = "course_enrolments_report"
+    objects, rejected = _objects(body, endpoint, run_uuid)
+    if not objects:
+        return Parsed(pl.DataFrame(schema=ENROLMENT_SCHEMA), rejected)
+    raw = _raw_frame(objects, _RAW_ENROLMENT).with_columns(
+        pl.col("run").struct.field("uuid").alias("run_uuid"),
+        pl.col("organisation_membership").struct.field("uuid").alias("membership_uuid"),
+        parse_timestamp(pl.col("activated_at")).alias("_activated_at"),
+        parse_timestamp(pl.col("deactivated_at")).alias("_deactivated_at"),
+        pl.col("steps_completed_ratio").cast(pl.Float64, strict=False).alias("_ratio"),
+        pl.col("steps_completed_count").cast(pl.Float64, strict=False).alias("_count"),
+    )
+    ratio = pl.col("_ratio")
+    reason = _first_reason(
+        [
+            (
+                pl.col("membership_uuid").is_null() | (pl.col("membership_uuid") == ""),
+                "no membership uuid",
+            ),
+            (pl.col("run_uuid").is_null(), "no run uuid"),
+            (
+                ~pl.col("status").is_in(ENROLMENT_STATUSES) | pl.col("status").is_null(),
+                pl.format("unknown status '{}'", pl.col("status").fill_null("null")),
+            ),
+            (pl.col("_activated_at").is_null(), "activated_at missing or not an ISO 8601 time"),
+            (
+                pl.col("deactivated_at").is_not_null() & pl.col("_deactivated_at").is_null(),
+                "deactivated_at not an ISO 8601 time",
+            ),
+            (ratio.is_null() | ratio.is_nan(), "steps_completed_ratio missing or not a number"),
+            ((ratio < 0) | (ratio > 1), pl.format("steps_completed_ratio {} outside 0-1", ratio)),
+            (
+                pl.col("steps_completed_count").is_not_null()
+                & (pl.col("_count").is_null() | (pl.col("_count") != pl.col("_count").floor())),
+                "steps_completed_count not an integer",
+            ),
+        ]
+    )
+    valid, quarantine = _split(raw, reason, "membership_uuid", endpoint, run_uuid)
+    records = valid.select(
+        "run_uuid",
+        "membership_uuid",
+        "status",
+        pl.col("_activated_at").alias("activated_at"),
+        pl.col("_deactivated_at").alias("deactivated_at"),
+        pl.col("_count").cast(pl.Int64).alias("steps_completed_count"),
+        pl.col("_ratio").alias("steps_completed_ratio"),
+    )
+    return Parsed(records, pl.concat([rejected, quarantine]))
+
+
+def parse_course_runs(body: Any) -> Parsed:
+    """The list of course runs (or a one-element list built from a single run)."""
+    endpoint = "course_runs"
+    objects, rejected = _objects(body, endpoint, "")
+    if not objects:
+        return Parsed(pl.DataFrame(schema=COURSE_RUN_SCHEMA), rejected)
+    raw = _raw_frame(objects, _RAW_COURSE_RUN).with_columns(
+        pl.col("uuid").alias("run_uuid"),
+        pl.col("course").struct.field("uuid").alias("course_uuid"),
+        parse_timestamp(pl.col("start_time")).alias("_start_time"),
+        pl.col("weeks_count").cast(pl.Int64, strict=False).alias("_weeks"),
+    )
+    reason = _first_reason(
+        [
+            (pl.col("run_uuid").is_null(), "no run uuid"),
+            (pl.col("course_uuid").is_null(), "no course uuid"),
+            (pl.col("_start_time").is_null(), "start_time missing or not an ISO 8601 time"),
+            (
+                pl.col("weeks_count").is_not_null() & pl.col("_weeks").is_null(),
+                "weeks_count not an integer",
+            ),
+        ]
+    )
+    valid, quarantine = _split(raw, reason, "run_uuid", endpoint, "")
+    records = valid.select(
+        "run_uuid",
+        "course_uuid",
+        "title",
+        "full_code",
+        "code",
+        pl.col("_start_time").alias("start_time"),
+        pl.col("_weeks").alias("weeks_count"),
+    )
+    return Parsed(records, pl.concat([rejected, quarantine]))
+
+
+def parse_course_run(body: Any) -> Parsed:
+    if not isinstance(body, dict):
+        raise ContractError(f"course_run: expected a JSON object, got {type(body).__name__}")
+    return parse_course_runs([body])
+
+
+def parse_membership(body: Any, membership_uuid: str) -> Parsed:
+    """One organisation membership; a body without its uuid is quarantined."""
+    endpoint = "organisation_membership"
+    if not isinstance(body, dict):
+        raise ContractError(f"{endpoint} {membership_uuid}: expected a JSON object")
+    learner = body.get("learner") if isinstance(body.get("learner"), dict) else {}
+    external = body.get("external_learner_id")
+    uuid = body.get("uuid")
+    reason = None
+    if not isinstance(uuid, str) or not uuid:
+        reason = "no membership uuid"
+    elif external is not None and not isinstance(external, (str, int)):
+        reason = "external_learner_id is not a string"
+    if reason:
+        quarantine = pl.DataFrame(
+            [(endpoint, membership_uuid, 0, membership_uuid, reason)],
+            schema=QUARANTINE_SCHEMA,
+            orient="row",
+        )
+        return Parsed(pl.DataFrame(schema=MEMBERSHIP_SCHEMA), quarantine)
+    record = {
+        "membership_uuid": uuid,
+        "learner_uuid": learner.get("uuid"),
+        "external_learner_id": None if external is None else str(external),
+    }
+    return Parsed(pl.DataFrame([record], schema=MEMBERSHIP_SCHEMA), empty_quarantine())

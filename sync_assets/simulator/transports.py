@@ -1,0 +1,140 @@
+"""Two ways to reach the simulator: an httpx transport in process, and a loopback HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+from sync_assets.simulator.app import PartnersApiSimulator, SimulatedRequest, SimulatedResponse
+
+IN_PROCESS_BASE_URL = "http://partners-api.simulator"
+
+
+def _to_simulated(request: httpx.Request) -> SimulatedRequest:
+    return SimulatedRequest(
+        method=request.method,
+        url=str(request.url),
+        headers={name.lower(): value for name, value in request.headers.items()},
+    )
+
+
+def _to_httpx(request: httpx.Request, response: SimulatedResponse) -> httpx.Response:
+    # The same failures an HTTP client sees on the wire, as httpx raises them.
+    if response.wire_fault == "drop":
+        raise httpx.RemoteProtocolError(
+            "Server disconnected without sending a response.", request=request
+        )
+    if response.wire_fault == "truncate":
+        raise httpx.RemoteProtocolError(
+            "peer closed connection without sending complete message body", request=request
+        )
+    return httpx.Response(
+        response.status, headers=response.headers, content=response.body, request=request
+    )
+
+
+class SimulatorTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
+    """Answers httpx requests from the simulator in this process: no socket, same behaviour."""
+
+    def __init__(self, simulator: PartnersApiSimulator) -> None:
+        self.simulator = simulator
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        response = self.simulator.handle(_to_simulated(request))
+        if response.latency_ms:
+            await asyncio.sleep(response.latency_ms / 1000)
+        return _to_httpx(request, response)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        response = self.simulator.handle(_to_simulated(request))
+        if response.latency_ms:
+            time.sleep(response.latency_ms / 1000)
+        return _to_httpx(request, response)
+
+
+def _handler_for(simulator: PartnersApiSimulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as a production API server
+        server_version = "PartnersApiSimulator"
+
+        def do_GET(self) -> None:
+            host = (
+                self.headers.get("Host")
+                or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+            )
+            request = SimulatedRequest(
+                method="GET",
+                url=f"http://{host}{self.path}",
+                headers={name.lower(): value for name, value in self.headers.items()},
+            )
+            response = simulator.handle(request)
+            if response.latency_ms:
+                time.sleep(response.latency_ms / 1000)
+            if response.wire_fault == "drop":
+                self._drop()
+                return
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.end_headers()
+            if response.wire_fault == "truncate":
+                self.wfile.write(response.body[: len(response.body) // 2])
+                self.wfile.flush()
+                self._drop()
+                return
+            self.wfile.write(response.body)
+
+        def _drop(self) -> None:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # request lines would carry membership uuids; counts are kept instead
+
+    return Handler
+
+
+class SimulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(
+        self, simulator: PartnersApiSimulator, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        super().__init__((host, port), _handler_for(simulator))
+        self.simulator = simulator
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+@contextlib.contextmanager
+def serving(
+    simulator: PartnersApiSimulator, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[SimulatorServer]:
+    """Serve the simulator over loopback HTTP in a background thread for the duration."""
+    server = SimulatorServer(simulator, host, port)
+    thread = threading.Thread(
+        target=server.serve_forever, name="partners-api-simulator", daemon=True
+    )
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
