@@ -8,12 +8,24 @@ data such as an `external_learner_id`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
 UTC_TIME = pl.Datetime("us", "UTC")
+
+# The four endpoints of SPEC §2, by path; the group is the uuid the request is about.
+ROUTES = (
+    ("course_runs", re.compile(r"^/partners/course_runs/?$")),
+    (
+        "course_enrolments_report",
+        re.compile(r"^/partners/course_runs/([^/]+)/course_enrolments_report/?$"),
+    ),
+    ("course_run", re.compile(r"^/partners/course_runs/([^/]+)/?$")),
+    ("organisation_membership", re.compile(r"^/partners/organisation_memberships/([^/]+)/?$")),
+)
 
 COURSE_RUN_SCHEMA = {
     "run_uuid": pl.String,
@@ -79,6 +91,15 @@ class Parsed:
 
 class ContractError(ValueError):
     """A response whose shape is not the contract's at all (not a record-level problem)."""
+
+
+def route(path: str) -> tuple[str, str | None]:
+    """The endpoint a path belongs to, and the uuid in it; ("unknown", None) for anything else."""
+    for endpoint, pattern in ROUTES:
+        match = pattern.match(path)
+        if match:
+            return endpoint, (match.group(1) if match.groups() else None)
+    return "unknown", None
 
 
 def empty_quarantine() -> pl.DataFrame:

@@ -10,7 +10,6 @@ pagination of reports. Faults are decided here and carried out by each transport
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import jwt
 
+from sync_assets.partners_api.contract import route
 from sync_assets.simulator.datasets import GeneratedDataset, Resource, SandboxDataset
 from sync_assets.simulator.faults import STATUS_FAULTS, FaultPlan
 
@@ -27,15 +27,6 @@ SIMULATOR_CONSUMER_SECRET = "simulator-secret-not-for-production"
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 CACHEABLE = {"Cache-Control": "max-age=0, private, must-revalidate"}
-ROUTES = (
-    ("course_runs", re.compile(r"^/partners/course_runs/?$")),
-    (
-        "course_enrolments_report",
-        re.compile(r"^/partners/course_runs/([^/]+)/course_enrolments_report/?$"),
-    ),
-    ("course_run", re.compile(r"^/partners/course_runs/([^/]+)/?$")),
-    ("organisation_membership", re.compile(r"^/partners/organisation_memberships/([^/]+)/?$")),
-)
 
 
 @dataclass
@@ -104,7 +95,7 @@ class PartnersApiSimulator:
     def handle(self, request: SimulatedRequest) -> SimulatedResponse:
         parts = urlsplit(request.url)
         base_url = f"{parts.scheme}://{parts.netloc}"
-        endpoint, key = self._route(parts.path)
+        endpoint, key = route(parts.path)
         with self._lock:
             self._arrivals[endpoint] += 1
             decision = self.faults.decide(endpoint, self._arrivals[endpoint])
@@ -121,13 +112,6 @@ class PartnersApiSimulator:
         with self._lock:
             self.counts[(endpoint, response.wire_fault or response.status)] += 1
         return response
-
-    def _route(self, path: str) -> tuple[str, str | None]:
-        for endpoint, pattern in ROUTES:
-            match = pattern.match(path)
-            if match:
-                return endpoint, (match.group(1) if match.groups() else None)
-        return "unknown", None
 
     def _authorised(self, request: SimulatedRequest) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

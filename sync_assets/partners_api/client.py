@@ -1,0 +1,353 @@
+"""A Partners API client that survives a production API.
+
+Layers, top to bottom: JWT auth (renewed before expiry, one retry on 401) → an RFC 9111 private
+cache kept in SQLite across processes (hishel), so an unchanged report costs a 304 and is served
+from the kept body → a metering transport that counts what reaches the wire → the network (or
+the in-process simulator). Around each request: bounded retries with exponential backoff and
+jitter on 429, 5xx, connection and read errors and unreadable bodies, honouring `Retry-After`,
+within a total time budget; a concurrency bound and an optional requests-per-second ceiling for
+fan-out. Membership look-ups bypass the cache: each is fetched once ever and kept by the platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hishel
+import httpx
+import polars as pl
+from aiolimiter import AsyncLimiter
+from hishel.httpx import AsyncCacheTransport
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from sync_assets.partners_api import contract
+from sync_assets.partners_api.auth import PartnersJwtAuth
+from sync_assets.partners_api.metrics import ApiMetrics, MeteringTransport
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_PAGES = 10_000
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    base_url: str
+    consumer_key: str
+    consumer_secret: str = field(repr=False)
+    concurrency: int = 8
+    max_requests_per_second: float | None = None
+    max_attempts: int = 5
+    max_retry_seconds: float = 120.0
+    backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 30.0
+    timeout_seconds: float = 60.0
+    cache_path: Path | None = None  # None: an in-memory cache for this client only
+    cache_max_bytes: int = 4 * 1024**3
+
+
+class PartnersApiError(RuntimeError):
+    """A request that failed for good; the message names endpoint and status, never credentials."""
+
+    def __init__(self, endpoint: str, subject: str | None, problem: str) -> None:
+        about = f" {subject}" if subject else ""
+        super().__init__(f"Partners API {endpoint}{about}: {problem}")
+        self.endpoint = endpoint
+        self.subject = subject
+
+
+class _Retryable(Exception):
+    def __init__(self, problem: str, retry_after: float | None = None) -> None:
+        super().__init__(problem)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Records of one resource (all its pages), what was quarantined, and whether it changed."""
+
+    records: pl.DataFrame
+    quarantine: pl.DataFrame
+    not_modified: bool
+
+
+@dataclass(frozen=True)
+class Reports:
+    """Enrolment reports of several runs, stacked."""
+
+    records: pl.DataFrame
+    quarantine: pl.DataFrame
+    unchanged_runs: frozenset[str]
+    changed_runs: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Memberships:
+    found: pl.DataFrame  # contract.MEMBERSHIP_SCHEMA
+    gone: list[str]  # 404: kept as gone, not asked again
+    quarantine: pl.DataFrame
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare; fall back to our own backoff
+
+
+def _cache_key(url: str) -> str:
+    # hishel's key for RFC mode (see hishel.httpx.AsyncCacheTransport).
+    return hashlib.sha256(f"RFC {url}".encode()).hexdigest()
+
+
+class PartnersApiClient:
+    """Use as `async with PartnersApiClient(settings) as client: …`."""
+
+    def __init__(
+        self, settings: ClientSettings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = ApiMetrics()
+        self.auth = PartnersJwtAuth(settings.consumer_key, settings.consumer_secret)
+        wire = transport or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=max(settings.concurrency, 1) * 2)
+        )
+        self._metered = MeteringTransport(wire, self.metrics)
+        if settings.cache_path is not None:
+            settings.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            self._storage = hishel.AsyncSqliteStorage(
+                database_path=settings.cache_path, max_size=settings.cache_max_bytes
+            )
+        else:
+            self._storage = hishel.AsyncSqliteStorage(database_path=":memory:", max_size=None)
+        cached = AsyncCacheTransport(
+            next_transport=self._metered,
+            storage=self._storage,
+            rfc=hishel.CacheOptions(shared=False),
+        )
+        common: dict[str, Any] = {
+            "base_url": settings.base_url.rstrip("/"),
+            "auth": self.auth,
+            "timeout": settings.timeout_seconds,
+            "headers": {"Accept": "application/json", "User-Agent": "sync-assets"},
+        }
+        self._cached = httpx.AsyncClient(transport=cached, **common)
+        self._direct = httpx.AsyncClient(transport=_Unclosable(self._metered), **common)
+        self._slots = asyncio.Semaphore(max(1, settings.concurrency))
+        self._limiter = (
+            AsyncLimiter(settings.max_requests_per_second, 1)
+            if settings.max_requests_per_second
+            else None
+        )
+
+    async def __aenter__(self) -> PartnersApiClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._direct.aclose()
+        await self._cached.aclose()
+        await self._storage.close()
+
+    # --- the four endpoints --------------------------------------------------------------------
+
+    async def course_runs(self) -> Fetched:
+        pages, not_modified = await self._get_pages("/partners/course_runs", "course_runs", None)
+        return self._parse_pages(pages, not_modified, contract.parse_course_runs)
+
+    async def course_run(self, run_uuid: str) -> Fetched:
+        path = f"/partners/course_runs/{run_uuid}"
+        answer = await self._get(self._cached, path, "course_run", run_uuid)
+        if answer.body is None:
+            raise PartnersApiError("course_run", run_uuid, "not found (404)")
+        parsed = contract.parse_course_run(answer.body)
+        return Fetched(parsed.records, parsed.quarantine, answer.not_modified)
+
+    async def enrolments(self, run_uuid: str) -> Fetched:
+        endpoint = "course_enrolments_report"
+        path = f"/partners/course_runs/{run_uuid}/course_enrolments_report"
+        pages, not_modified = await self._get_pages(path, endpoint, run_uuid)
+        return self._parse_pages(
+            pages, not_modified, lambda body: contract.parse_enrolments(body, run_uuid)
+        )
+
+    async def enrolments_for_runs(self, run_uuids: Iterable[str]) -> Reports:
+        runs = list(dict.fromkeys(run_uuids))
+        fetched = await asyncio.gather(*(self.enrolments(run) for run in runs))
+        return Reports(
+            records=pl.concat([f.records for f in fetched])
+            if fetched
+            else _empty(contract.ENROLMENT_SCHEMA),
+            quarantine=pl.concat([f.quarantine for f in fetched])
+            if fetched
+            else contract.empty_quarantine(),
+            unchanged_runs=frozenset(
+                run for run, f in zip(runs, fetched, strict=True) if f.not_modified
+            ),
+            changed_runs=frozenset(
+                run for run, f in zip(runs, fetched, strict=True) if not f.not_modified
+            ),
+        )
+
+    async def memberships(self, membership_uuids: Iterable[str]) -> Memberships:
+        uuids = list(dict.fromkeys(membership_uuids))
+        answers = await asyncio.gather(*(self._membership(uuid) for uuid in uuids))
+        found = [parsed.records for parsed in answers if parsed is not None]
+        quarantine = [parsed.quarantine for parsed in answers if parsed is not None]
+        return Memberships(
+            found=pl.concat(found) if found else _empty(contract.MEMBERSHIP_SCHEMA),
+            gone=[uuid for uuid, parsed in zip(uuids, answers, strict=True) if parsed is None],
+            quarantine=pl.concat(quarantine) if quarantine else contract.empty_quarantine(),
+        )
+
+    async def _membership(self, membership_uuid: str) -> contract.Parsed | None:
+        endpoint = "organisation_membership"
+        path = f"/partners/organisation_memberships/{membership_uuid}"
+        answer = await self._get(self._direct, path, endpoint, membership_uuid)
+        if answer.body is None:
+            return None
+        return contract.parse_membership(answer.body, membership_uuid)
+
+    # --- requests ------------------------------------------------------------------------------
+
+    async def _get_pages(
+        self, path: str, endpoint: str, subject: str | None
+    ) -> tuple[list[Any], bool]:
+        """Every page of a resource, following `Link: rel="next"`; unchanged if all were 304."""
+        bodies: list[Any] = []
+        not_modified = True
+        url: str | None = path
+        seen: set[str] = set()
+        while url is not None:
+            if url in seen or len(seen) >= MAX_PAGES:
+                raise PartnersApiError(endpoint, subject, f"pagination loops at {url}")
+            seen.add(url)
+            answer = await self._get(self._cached, url, endpoint, subject)
+            if answer.body is None:
+                raise PartnersApiError(endpoint, subject, "not found (404)")
+            bodies.append(answer.body)
+            not_modified = not_modified and answer.not_modified
+            url = answer.next_url
+        return bodies, not_modified
+
+    def _parse_pages(
+        self, bodies: list[Any], not_modified: bool, parse: Callable[[Any], contract.Parsed]
+    ) -> Fetched:
+        parsed = [parse(body) for body in bodies]
+        return Fetched(
+            records=pl.concat([p.records for p in parsed]),
+            quarantine=pl.concat([p.quarantine for p in parsed]),
+            not_modified=not_modified,
+        )
+
+    async def _get(
+        self, http: httpx.AsyncClient, url: str, endpoint: str, subject: str | None
+    ) -> _Answer:
+        """GET with bounded retries: a 200 with its decoded body, or a 404 (no body)."""
+        settings = self.settings
+        started = time.monotonic()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(settings.max_attempts)
+            | stop_after_delay(settings.max_retry_seconds),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retryable),
+            before_sleep=lambda _: self.metrics.retries.update([endpoint]),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(http, url, endpoint)
+        except _Retryable as error:
+            attempts = retrying.statistics.get("attempt_number", settings.max_attempts)
+            elapsed = time.monotonic() - started
+            raise PartnersApiError(
+                endpoint, subject, f"{error} (gave up after {attempts} attempts in {elapsed:.1f} s)"
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, http: httpx.AsyncClient, url: str, endpoint: str) -> _Answer:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        async with self._slots:
+            try:
+                response = await http.get(url)
+            except httpx.TransportError as error:
+                raise _Retryable(f"{type(error).__name__}: {error}") from None
+        if response.status_code == 401:
+            raise PartnersApiError(
+                endpoint, None, "token refused (401): check FL_PARTNERS_CONSUMER_KEY and _SECRET"
+            )
+        if response.status_code in RETRY_STATUSES:
+            raise _Retryable(f"HTTP {response.status_code}", _retry_after_seconds(response))
+        if response.status_code == 404:
+            return _Answer(None, False, None)
+        if response.status_code != 200:
+            raise PartnersApiError(endpoint, None, f"unexpected HTTP {response.status_code}")
+        try:
+            body = json.loads(response.content)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            # The cache may have kept a broken body under a good ETag: forget it, then retry.
+            await self._forget(str(response.request.url))
+            raise _Retryable("unreadable JSON body") from None
+        return _Answer(body, _not_modified(response), response.links.get("next", {}).get("url"))
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = wait_random_exponential(
+            multiplier=self.settings.backoff_seconds, max=self.settings.max_backoff_seconds
+        )(state)
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        return max(backoff, retry_after) if retry_after is not None else backoff
+
+    async def _forget(self, url: str) -> None:
+        for entry in await self._storage.get_entries(_cache_key(url)):
+            await self._storage.remove_entry(entry.id)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    body: Any  # None for a 404
+    not_modified: bool  # a 304 answered from the kept body
+    next_url: str | None
+
+
+def _not_modified(response: httpx.Response) -> bool:
+    status = response.extensions.get("caching") or {}
+    return bool(status.get("from_cache") and status.get("revalidated"))
+
+
+def _empty(schema: dict) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)
+
+
+class _Unclosable(httpx.AsyncBaseTransport):
+    """One wire transport shared by the cached and direct clients, closed once (by the cache)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(request)
+
+
+def run(coroutine: Awaitable[Any]) -> Any:
+    """Run a client coroutine from synchronous code (a Dagster step, the CLI)."""
+    return asyncio.run(coroutine)  # type: ignore[arg-type]
