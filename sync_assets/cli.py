@@ -8,6 +8,14 @@ from sync_assets.platform import migrate
 from sync_assets.platform.database import check_connection, create_platform_engine, describe
 from sync_assets.platform.demo_catalogue import seed_demo_catalogue
 from sync_assets.settings import ConfigurationError
+from sync_assets.simulator.app import (
+    SIMULATOR_CONSUMER_KEY,
+    SIMULATOR_CONSUMER_SECRET,
+    PartnersApiSimulator,
+)
+from sync_assets.simulator.datasets import DATASETS, GeneratedDataset, load
+from sync_assets.simulator.faults import FaultPlan, FaultSpecError
+from sync_assets.simulator.transports import SimulatorServer
 
 
 class _Commands(click.Group):
@@ -65,3 +73,83 @@ def seed_catalogue() -> None:
         f"and {seeded.activities - seeded.future_learn_courses} platform activities, "
         f"{seeded.programmes} programmes with {seeded.groupings} groupings"
     )
+
+
+@main.group()
+def simulator() -> None:
+    """The Partners API simulator (SPEC §2), for demos, tests and benchmarks."""
+
+
+@simulator.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--dataset", type=click.Choice(DATASETS), default="demo", show_default=True)
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option(
+    "--latency-ms", default=0.0, show_default=True, type=float, help="Added to every answer"
+)
+@click.option("--page-size", default=None, type=int, help="Paginate reports with Link: rel=next")
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    help="ENDPOINT:KIND[:key=value,…], e.g. course_enrolments_report:503:rate=0.1 (repeatable)",
+)
+@click.option(
+    "--consumer-key",
+    envvar="FL_PARTNERS_CONSUMER_KEY",
+    default=SIMULATOR_CONSUMER_KEY,
+    show_default=True,
+)
+@click.option(
+    "--consumer-secret",
+    envvar="FL_PARTNERS_CONSUMER_SECRET",
+    default=SIMULATOR_CONSUMER_SECRET,
+    show_default=False,
+    help="JWT secret (default: the simulator's own; also FL_PARTNERS_CONSUMER_SECRET)",
+)
+def serve(
+    host: str,
+    port: int,
+    dataset: str,
+    seed: int,
+    latency_ms: float,
+    page_size: int | None,
+    faults: tuple[str, ...],
+    consumer_key: str,
+    consumer_secret: str,
+) -> None:
+    """Serve the Partners API over HTTP until interrupted.
+
+    POST /_simulator/advance_day moves the data on a day; GET /_simulator/counts reads what
+    was asked.
+    """
+    try:
+        plan = FaultPlan.parse(faults, seed=seed)
+    except FaultSpecError as error:
+        raise click.BadParameter(str(error), param_hint="--fault") from None
+    data = load(dataset, seed)
+    app = PartnersApiSimulator(
+        data,
+        consumer_key=consumer_key,
+        consumer_secret=consumer_secret,
+        page_size=page_size,
+        faults=plan,
+        latency_ms=latency_ms,
+    )
+    server = SimulatorServer(app, host, port)
+    if isinstance(data, GeneratedDataset):
+        size = (
+            f"{data.runs.height} runs, {data.enrolments.height} enrolments, "
+            f"{data.memberships.height} memberships"
+        )
+    else:
+        size = "the recorded sandbox responses"
+    click.echo(f"Partners API simulator: dataset {dataset} ({size})")
+    click.echo(f"Serving at {server.base_url}; set FL_PARTNERS_URL={server.base_url}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from sync_assets.defs.resources import PlatformDatabase
+from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 
 defs = dg.Definitions(
-    resources={"platform_database": PlatformDatabase()},
+    resources={"platform_database": PlatformDatabase(), "partners_api": PartnersApi()},
 )

@@ -6,7 +6,9 @@ Secrets live only in the environment: nothing here is copied into run config, lo
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -42,3 +44,43 @@ def default_platform_database_url() -> str:
 
 def platform_database_url() -> str:
     return os.environ.get("PLATFORM_DATABASE_URL", "").strip() or default_platform_database_url()
+
+
+@dataclass(frozen=True)
+class PartnersApiSettings:
+    """FL_PARTNERS_* from the environment. `url` None means the embedded simulator."""
+
+    url: str | None
+    consumer_key: str | None
+    consumer_secret: str | None = field(repr=False)
+    ignored_course_uuids: frozenset[str] = frozenset()
+
+
+def partners_api_settings() -> PartnersApiSettings:
+    url = os.environ.get("FL_PARTNERS_URL", "").strip() or None
+    key = os.environ.get("FL_PARTNERS_CONSUMER_KEY", "").strip() or None
+    secret = os.environ.get("FL_PARTNERS_CONSUMER_SECRET", "") or None
+    ignored = frozenset(
+        uuid.strip()
+        for uuid in os.environ.get("FL_PARTNERS_IGNORED_COURSE_UUIDS", "").split(",")
+        if uuid.strip()
+    )
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigurationError(
+                "FL_PARTNERS_URL", "expected an http(s) URL such as https://api.example.org"
+            )
+        if key is None:
+            raise ConfigurationError(
+                "FL_PARTNERS_CONSUMER_KEY", "required when FL_PARTNERS_URL is set"
+            )
+        if secret is None:
+            raise ConfigurationError(
+                "FL_PARTNERS_CONSUMER_SECRET", "required when FL_PARTNERS_URL is set"
+            )
+    return PartnersApiSettings(url, key, secret, ignored)
+
+
+def http_cache_path() -> Path:
+    return data_dir() / "http_cache" / "partners_api.sqlite3"

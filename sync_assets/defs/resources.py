@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
 
+from sync_assets.partners_api.client import ClientSettings, PartnersApiClient
 from sync_assets.platform.database import check_connection, create_platform_engine
+from sync_assets.settings import http_cache_path, partners_api_settings
+from sync_assets.simulator.app import SIMULATOR_CONSUMER_KEY, SIMULATOR_CONSUMER_SECRET
+from sync_assets.simulator.embedded import embedded_simulator
+from sync_assets.simulator.transports import IN_PROCESS_BASE_URL, SimulatorTransport
 
 
 class PlatformDatabase(dg.ConfigurableResource):
@@ -31,3 +38,51 @@ class PlatformDatabase(dg.ConfigurableResource):
         if self._engine is None:
             raise RuntimeError("PlatformDatabase is used outside a Dagster step")
         return self._engine
+
+
+class PartnersApi(dg.ConfigurableResource):
+    """FutureLearn's Partners API, at FL_PARTNERS_URL with FL_PARTNERS_CONSUMER_KEY / _SECRET.
+
+    Credentials are read from the environment when a client is made, never stored in config.
+    With FL_PARTNERS_URL unset, the in-process simulator answers with `simulator_dataset`.
+    """
+
+    concurrency: int = Field(default=8, description="Requests in flight at once")
+    max_requests_per_second: float | None = Field(
+        default=None, description="Ceiling; none if unset"
+    )
+    max_attempts: int = Field(default=5, description="Attempts per request before failing")
+    max_retry_seconds: float = Field(default=120.0, description="Time budget per request")
+    cache_path: str | None = Field(
+        default=None, description="SQLite file keeping ETags and bodies (default: data/http_cache)"
+    )
+    simulator_dataset: str = Field(default="demo", description="Used only without FL_PARTNERS_URL")
+
+    def client_settings(self) -> ClientSettings:
+        settings = partners_api_settings()
+        return ClientSettings(
+            base_url=settings.url or IN_PROCESS_BASE_URL,
+            consumer_key=settings.consumer_key or SIMULATOR_CONSUMER_KEY,
+            consumer_secret=settings.consumer_secret or SIMULATOR_CONSUMER_SECRET,
+            concurrency=self.concurrency,
+            max_requests_per_second=self.max_requests_per_second,
+            max_attempts=self.max_attempts,
+            max_retry_seconds=self.max_retry_seconds,
+            cache_path=Path(self.cache_path) if self.cache_path else http_cache_path(),
+        )
+
+    def ignored_course_uuids(self) -> frozenset[str]:
+        return partners_api_settings().ignored_course_uuids
+
+    def uses_simulator(self) -> bool:
+        return partners_api_settings().url is None
+
+    def client(self) -> PartnersApiClient:
+        """A new client; use it as `async with resource.client() as api: …`."""
+        settings = self.client_settings()
+        transport = (
+            SimulatorTransport(embedded_simulator(self.simulator_dataset))
+            if self.uses_simulator()
+            else None
+        )
+        return PartnersApiClient(settings, transport)

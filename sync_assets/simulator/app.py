@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -66,6 +68,8 @@ class PartnersApiSimulator:
     faults: FaultPlan = field(default_factory=FaultPlan)
     latency_ms: float = 0.0
     counts: Counter = field(default_factory=Counter)
+    max_in_flight: int = 0
+    _in_flight: int = 0
     _arrivals: Counter = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -83,6 +87,42 @@ class PartnersApiSimulator:
     def reset_counts(self) -> None:
         with self._lock:
             self.counts.clear()
+            self.max_in_flight = 0
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Transports wrap each request (latency included) in this, to measure concurrency."""
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def control(self, method: str, path: str) -> SimulatedResponse | None:
+        """`/_simulator/…`: drive and read a simulator running in another process."""
+        if not path.startswith("/_simulator/"):
+            return None
+        action = path.removeprefix("/_simulator/")
+        if method == "POST" and action == "advance_day":
+            result: object = self.advance_day()
+        elif method == "POST" and action == "reset_counts":
+            self.reset_counts()
+            result = {"reset": True}
+        elif method == "GET" and action == "counts":
+            with self._lock:
+                result = {
+                    "requests": [
+                        {"endpoint": endpoint, "status": status, "count": count}
+                        for (endpoint, status), count in sorted(self.counts.items(), key=str)
+                    ],
+                    "max_in_flight": self.max_in_flight,
+                }
+        else:
+            return _error(404, "not_found")
+        return SimulatedResponse(200, dict(JSON_HEADERS), json.dumps(result).encode())
 
     def advance_day(self) -> dict[str, int]:
         if not isinstance(self.dataset, GeneratedDataset):

@@ -48,16 +48,18 @@ class SimulatorTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
-        response = self.simulator.handle(_to_simulated(request))
-        if response.latency_ms:
-            await asyncio.sleep(response.latency_ms / 1000)
+        with self.simulator.in_flight():
+            response = self.simulator.handle(_to_simulated(request))
+            if response.latency_ms:
+                await asyncio.sleep(response.latency_ms / 1000)
         return _to_httpx(request, response)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()
-        response = self.simulator.handle(_to_simulated(request))
-        if response.latency_ms:
-            time.sleep(response.latency_ms / 1000)
+        with self.simulator.in_flight():
+            response = self.simulator.handle(_to_simulated(request))
+            if response.latency_ms:
+                time.sleep(response.latency_ms / 1000)
         return _to_httpx(request, response)
 
 
@@ -67,16 +69,23 @@ def _handler_for(simulator: PartnersApiSimulator) -> type[BaseHTTPRequestHandler
         server_version = "PartnersApiSimulator"
 
         def do_GET(self) -> None:
-            host = (
-                self.headers.get("Host")
-                or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
-            )
-            request = SimulatedRequest(
-                method="GET",
-                url=f"http://{host}{self.path}",
-                headers={name.lower(): value for name, value in self.headers.items()},
-            )
-            response = simulator.handle(request)
+            with simulator.in_flight():
+                self._answer("GET")
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))  # keep framing
+            self._answer("POST")
+
+        def _answer(self, method: str) -> None:
+            response = simulator.control(method, self.path.split("?")[0])
+            if response is None:
+                host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
+                request = SimulatedRequest(
+                    method=method,
+                    url=f"http://{host}{self.path}",
+                    headers={name.lower(): value for name, value in self.headers.items()},
+                )
+                response = simulator.handle(request)
             if response.latency_ms:
                 time.sleep(response.latency_ms / 1000)
             if response.wire_fault == "drop":
