@@ -178,7 +178,8 @@ class GeneratedDataset:
     # --- serving -------------------------------------------------------------------------------
 
     def _etag(self, key: str, extra: str = "") -> str:
-        return f'W/"{self.seed:x}-{self.day}-{self.versions.get(key, 0)}{extra}-{key[:8]}"'
+        # Only the resource's own version: a day that leaves a report alone keeps its ETag.
+        return f'W/"{self.seed:x}-{self.versions.get(key, 0)}{extra}-{key[:8]}"'
 
     def _run_objects(self, runs: pl.DataFrame, base_url: str) -> pl.DataFrame:
         return runs.select(

@@ -1,0 +1,139 @@
+"""The client's parsers against every recorded sandbox response, and bad records quarantined."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+
+from sync_assets.partners_api import contract
+from sync_assets.simulator.datasets import SANDBOX_DIR
+
+
+def recorded(name: str) -> dict:
+    return json.loads((SANDBOX_DIR / f"{name}.json").read_text())
+
+
+def recorded_body(name: str):
+    return recorded(name)["response"]["body"]
+
+
+def test_course_runs_fixture() -> None:
+    parsed = contract.parse_course_runs(recorded_body("course_runs"))
+    assert parsed.quarantine.is_empty()
+    assert parsed.records.schema == pl.Schema(contract.COURSE_RUN_SCHEMA)
+    assert parsed.records.height == 126
+    assert parsed.records["course_uuid"].n_unique() == 31
+    first = parsed.records.row(0, named=True)
+    assert first["run_uuid"] == "545ba924-9e73-4a30-bd54-4fb7dee8b913"
+    assert first["start_time"] == datetime(2019, 3, 4, tzinfo=UTC)
+    assert first["weeks_count"] == 4
+
+
+def test_course_run_fixture() -> None:
+    parsed = contract.parse_course_run(recorded_body("course_run_one"))
+    assert parsed.records.select("run_uuid", "course_uuid").row(0) == (
+        "545ba924-9e73-4a30-bd54-4fb7dee8b913",
+        "3ce9a624-6cc7-4d23-8f5f-95162e360178",
+    )
+
+
+def test_enrolments_report_fixture() -> None:
+    body = recorded_body("course_enrolments_report")
+    parsed = contract.parse_enrolments(body, "545ba924-9e73-4a30-bd54-4fb7dee8b913")
+    records = parsed.records
+    assert parsed.quarantine.is_empty()
+    assert records.schema == pl.Schema(contract.ENROLMENT_SCHEMA)
+    assert records.height == len(body) == 31
+    # Ratios stay the exact doubles the API sent: R7 floors them.
+    assert records["steps_completed_ratio"].to_list() == [r["steps_completed_ratio"] for r in body]
+    deactivated = records.filter(pl.col("status") == "deactivated").row(0, named=True)
+    assert deactivated["membership_uuid"] == "18e16a64-dc25-4a44-85aa-d8541fe060f0"
+    assert deactivated["deactivated_at"] == datetime(2019, 4, 29, 14, 17, 55, tzinfo=UTC)
+    assert records.filter(pl.col("status") == "active")["deactivated_at"].null_count() == 30
+
+
+def test_membership_fixture() -> None:
+    parsed = contract.parse_membership(recorded_body("organisation_membership"), "8e89c1b4")
+    assert parsed.records.row(0, named=True) == {
+        "membership_uuid": "8e89c1b4-d5c0-4208-b4ad-52928f37ab3f",
+        "learner_uuid": "4c9edfc0-eb9f-44dd-bc30-a239bbd1e840",
+        "external_learner_id": "sanitized_id_0b050e9f2d557f414b9c3d445d271f14c96f6519",
+    }
+
+
+def test_not_found_fixture_shape() -> None:
+    response = recorded("organisation_membership_404")["response"]
+    assert (response["status"], response["body"]) == (404, {"error": "not_found"})
+
+
+GOOD = {
+    "run": {"uuid": "run-1", "href": "h"},
+    "organisation_membership": {"uuid": "m-good", "href": "h"},
+    "status": "active",
+    "activated_at": "2019-03-07T18:55:11.000Z",
+    "deactivated_at": None,
+    "steps_completed_count": 21,
+    "steps_completed_ratio": 0.58,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"steps_completed_ratio": 1.5}, "steps_completed_ratio 1.5 outside 0-1"),
+        ({"steps_completed_ratio": -0.1}, "steps_completed_ratio -0.1 outside 0-1"),
+        ({"steps_completed_ratio": "lots"}, "steps_completed_ratio missing or not a number"),
+        ({"steps_completed_ratio": None}, "steps_completed_ratio missing or not a number"),
+        ({"organisation_membership": None}, "no membership uuid"),
+        ({"organisation_membership": {"href": "h"}}, "no membership uuid"),
+        ({"activated_at": "yesterday"}, "activated_at missing or not an ISO 8601 time"),
+        ({"deactivated_at": "31/02/2019"}, "deactivated_at not an ISO 8601 time"),
+        ({"status": "paused"}, "unknown status 'paused'"),
+        ({"steps_completed_count": 2.5}, "steps_completed_count not an integer"),
+    ],
+)
+def test_bad_enrolment_is_quarantined_and_the_rest_used(change: dict, reason: str) -> None:
+    bad = (
+        GOOD
+        | change
+        | (
+            {}
+            if "organisation_membership" in change
+            else {"organisation_membership": {"uuid": "m-bad"}}
+        )
+    )
+    parsed = contract.parse_enrolments([GOOD, bad, "junk"], "run-1")
+    assert parsed.records["membership_uuid"].to_list() == ["m-good"]
+    reasons = dict(zip(parsed.quarantine["record_index"], parsed.quarantine["reason"], strict=True))
+    assert reasons == {1: reason, 2: "record is not a JSON object"}
+    assert set(parsed.quarantine["source"]) == {"run-1"}
+
+
+def test_offset_timestamps_are_converted_to_utc() -> None:
+    parsed = contract.parse_enrolments(
+        [GOOD | {"activated_at": "2019-03-07T19:55:11.5+01:00"}], "r"
+    )
+    assert parsed.records["activated_at"].item() == datetime(
+        2019, 3, 7, 18, 55, 11, 500000, tzinfo=UTC
+    )
+
+
+def test_not_an_array_is_a_contract_error() -> None:
+    with pytest.raises(contract.ContractError, match="expected a JSON array"):
+        contract.parse_enrolments({"error": "oops"}, "run-1")
+
+
+def test_membership_without_uuid_is_quarantined() -> None:
+    parsed = contract.parse_membership({"external_learner_id": "a@b.c"}, "m-1")
+    assert parsed.records.is_empty()
+    assert parsed.quarantine.select("record_uuid", "reason").row(0) == ("m-1", "no membership uuid")
+    # Quarantine never carries the learner's external id.
+    assert "a@b.c" not in str(parsed.quarantine.to_dicts())
+
+
+def test_membership_with_numeric_external_id() -> None:
+    parsed = contract.parse_membership({"uuid": "m-1", "external_learner_id": 123}, "m-1")
+    assert parsed.records["external_learner_id"].item() == "123"
