@@ -1,0 +1,220 @@
+"""The client against the simulator over real loopback HTTP, with every fault class injected."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from sync_assets.partners_api.client import (
+    ClientSettings,
+    PartnersApiClient,
+    PartnersApiError,
+    run,
+)
+from sync_assets.simulator.app import (
+    SIMULATOR_CONSUMER_KEY,
+    SIMULATOR_CONSUMER_SECRET,
+    PartnersApiSimulator,
+)
+from sync_assets.simulator.datasets import generate, load
+from sync_assets.simulator.faults import FaultPlan
+from sync_assets.simulator.transports import serving
+
+RUN = "545ba924-9e73-4a30-bd54-4fb7dee8b913"
+REPORT = "course_enrolments_report"
+
+
+@contextmanager
+def simulated(dataset: str = "sandbox", faults: tuple[str, ...] = (), **options) -> Iterator[tuple]:
+    simulator = PartnersApiSimulator(load(dataset), faults=FaultPlan.parse(faults), **options)
+    with serving(simulator) as server:
+        yield simulator, server.base_url
+
+
+def settings(base_url: str, tmp_path: Path | None = None, **overrides) -> ClientSettings:
+    values = {
+        "base_url": base_url,
+        "consumer_key": SIMULATOR_CONSUMER_KEY,
+        "consumer_secret": SIMULATOR_CONSUMER_SECRET,
+        "backoff_seconds": 0.01,
+        "max_backoff_seconds": 0.05,
+        "cache_path": tmp_path / "cache.sqlite3" if tmp_path else None,
+    } | overrides
+    return ClientSettings(**values)
+
+
+async def fetch_report(client_settings: ClientSettings, run_uuid: str = RUN):
+    async with PartnersApiClient(client_settings) as client:
+        return await client.enrolments(run_uuid), client
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["500", "502", "503", "drop", "truncate", "malformed"],
+)
+def test_transient_faults_are_retried_to_the_right_data(fault: str, tmp_path: Path) -> None:
+    with simulated(faults=(f"{REPORT}:{fault}:nth=1,2",)) as (simulator, base_url):
+        fetched, client = run(fetch_report(settings(base_url, tmp_path)))
+    assert fetched.records.height == 31 and fetched.quarantine.is_empty()
+    assert simulator.requests(REPORT) == 3
+    assert client.metrics.retries[REPORT] == 2
+
+
+def test_a_malformed_body_does_not_poison_the_cache(tmp_path: Path) -> None:
+    with simulated(faults=(f"{REPORT}:malformed:nth=1",)) as (_simulator, base_url):
+        first, _ = run(fetch_report(settings(base_url, tmp_path)))
+        second, client = run(fetch_report(settings(base_url, tmp_path)))
+    assert first.records.equals(second.records)
+    assert second.not_modified and client.metrics.count(REPORT, 304) == 1
+
+
+def test_429_waits_for_retry_after(tmp_path: Path) -> None:
+    with simulated(faults=(f"{REPORT}:429:nth=1,retry_after=1",)) as (simulator, base_url):
+        started = time.monotonic()
+        fetched, _ = run(fetch_report(settings(base_url, tmp_path)))
+        waited = time.monotonic() - started
+    assert fetched.records.height == 31
+    assert simulator.requests(REPORT, 429) == 1
+    assert waited >= 1.0  # it honoured Retry-After instead of its own 10 ms backoff
+
+
+def test_persistent_failure_is_bounded_and_named(tmp_path: Path) -> None:
+    with simulated(faults=(f"{REPORT}:503:rate=1",)) as (simulator, base_url):
+        with pytest.raises(PartnersApiError) as failure:
+            run(fetch_report(settings(base_url, tmp_path, max_attempts=3)))
+    message = str(failure.value)
+    assert simulator.requests(REPORT) == 3
+    assert f"Partners API {REPORT} {RUN}: HTTP 503 (gave up after 3 attempts" in message
+    assert SIMULATOR_CONSUMER_SECRET not in message and "Bearer" not in message
+
+
+def test_retry_time_budget_stops_early(tmp_path: Path) -> None:
+    with simulated(faults=(f"{REPORT}:429:rate=1,retry_after=1",)) as (simulator, base_url):
+        with pytest.raises(PartnersApiError, match="HTTP 429"):
+            run(fetch_report(settings(base_url, tmp_path, max_attempts=10, max_retry_seconds=1.5)))
+    assert simulator.requests(REPORT, 429) <= 3
+
+
+def test_a_refused_token_is_renewed_once(tmp_path: Path) -> None:
+    with simulated(faults=(f"{REPORT}:refuse_token:nth=1",)) as (simulator, base_url):
+        fetched, client = run(fetch_report(settings(base_url, tmp_path)))
+    assert fetched.records.height == 31
+    assert simulator.requests(REPORT, 401) == 1 and client.auth.tokens_signed == 2
+
+
+def test_wrong_secret_fails_clearly_without_leaking_it(tmp_path: Path) -> None:
+    with simulated() as (simulator, base_url), pytest.raises(PartnersApiError) as failure:
+        run(fetch_report(settings(base_url, tmp_path, consumer_secret="not-the-secret")))
+    assert "token refused (401)" in str(failure.value)
+    assert "not-the-secret" not in str(failure.value)
+    assert simulator.requests(REPORT, 401) == 2  # the request and one retry with a new token
+
+
+def test_latency_fault_slows_but_succeeds(tmp_path: Path) -> None:
+    with simulated(faults=(f"{REPORT}:latency:ms=300",)) as (_, base_url):
+        started = time.monotonic()
+        fetched, _ = run(fetch_report(settings(base_url, tmp_path)))
+    assert fetched.records.height == 31 and time.monotonic() - started >= 0.3
+
+
+def test_unchanged_report_is_a_304_served_from_the_kept_body_in_another_process(
+    tmp_path: Path,
+) -> None:
+    with simulated() as (simulator, base_url):
+        first, _ = run(fetch_report(settings(base_url, tmp_path)))
+        # A new process, as tomorrow's sync would be: ETag and body come from the cache file.
+        script = (
+            "import json, sys\n"
+            "from pathlib import Path\n"
+            "from sync_assets.partners_api.client import ClientSettings, PartnersApiClient, run\n"
+            "async def main():\n"
+            f"    s = ClientSettings({base_url!r}, {SIMULATOR_CONSUMER_KEY!r}, "
+            f"{SIMULATOR_CONSUMER_SECRET!r}, cache_path=Path({str(tmp_path / 'cache.sqlite3')!r}))\n"
+            "    async with PartnersApiClient(s) as c:\n"
+            f"        f = await c.enrolments({RUN!r})\n"
+            "        print(json.dumps({'rows': f.records.height, 'not_modified': f.not_modified,"
+            " 'ratios': f.records['steps_completed_ratio'].to_list()}))\n"
+            "run(main())\n"
+        )
+        output = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+        )
+    second = json.loads(output.stdout)
+    assert second["not_modified"] and second["rows"] == 31
+    assert second["ratios"] == first.records["steps_completed_ratio"].to_list()
+    assert simulator.requests(REPORT, 200) == 1 and simulator.requests(REPORT, 304) == 1
+
+
+def test_changed_report_is_fetched_again(tmp_path: Path) -> None:
+    dataset = generate("demo")
+    simulator = PartnersApiSimulator(dataset)
+    runs = dataset.runs["run_uuid"].to_list()
+    with serving(simulator) as server:
+        client_settings = settings(server.base_url, tmp_path)
+
+        async def all_reports():
+            async with PartnersApiClient(client_settings) as client:
+                return await client.enrolments_for_runs(runs)
+
+        first = run(all_reports())
+        moved = simulator.advance_day()
+        second = run(all_reports())
+    assert len(first.changed_runs) == len(runs)
+    assert len(second.changed_runs) == moved["changed_reports"]
+    assert second.unchanged_runs | second.changed_runs == set(runs)
+    assert second.records.height == dataset.enrolments.height
+
+
+def test_pagination_is_followed(tmp_path: Path) -> None:
+    with simulated(page_size=4) as (simulator, base_url):
+        fetched, _ = run(fetch_report(settings(base_url, tmp_path)))
+        again, _ = run(fetch_report(settings(base_url, tmp_path)))
+    assert fetched.records.height == 31
+    assert simulator.requests(REPORT, 200) == 8  # ceil(31 / 4) pages
+    assert again.not_modified and simulator.requests(REPORT, 304) == 8
+
+
+def test_fan_out_is_bounded_and_memberships_are_looked_up(tmp_path: Path) -> None:
+    dataset = generate("demo")
+    simulator = PartnersApiSimulator(dataset, latency_ms=20)
+    uuids = [*dataset.memberships["membership_uuid"].head(40).to_list(), "no-such-membership"]
+    with serving(simulator) as server:
+
+        async def look_up():
+            async with PartnersApiClient(settings(server.base_url, concurrency=4)) as client:
+                return await client.memberships(uuids), client
+
+        found, client = run(look_up())
+    assert found.gone == ["no-such-membership"]
+    assert sorted(found.found["membership_uuid"]) == sorted(uuids[:-1])
+    expected = dataset.memberships.filter(pl.col("membership_uuid").is_in(uuids))
+    assert dict(found.found.select("membership_uuid", "external_learner_id").iter_rows()) == dict(
+        expected.select("membership_uuid", "external_learner_id").iter_rows()
+    )
+    assert simulator.max_in_flight <= 4
+    assert client.metrics.count("organisation_membership") == 41
+
+
+def test_requests_per_second_ceiling(tmp_path: Path) -> None:
+    dataset = generate("demo")
+    simulator = PartnersApiSimulator(dataset)
+    uuids = dataset.memberships["membership_uuid"].head(30).to_list()
+    with serving(simulator) as server:
+
+        async def look_up():
+            client_settings = settings(server.base_url, max_requests_per_second=20, concurrency=16)
+            async with PartnersApiClient(client_settings) as client:
+                return await client.memberships(uuids)
+
+        started = time.monotonic()
+        run(look_up())
+        elapsed = time.monotonic() - started
+    assert elapsed >= 0.45  # 30 requests at 20 per second cannot finish in much under 1 s
