@@ -87,9 +87,11 @@ def test_429_waits_for_retry_after(tmp_path: Path) -> None:
 
 
 def test_persistent_failure_is_bounded_and_named(tmp_path: Path) -> None:
-    with simulated(faults=(f"{REPORT}:503:rate=1",)) as (simulator, base_url):
-        with pytest.raises(PartnersApiError) as failure:
-            run(fetch_report(settings(base_url, tmp_path, max_attempts=3)))
+    with (
+        simulated(faults=(f"{REPORT}:503:rate=1",)) as (simulator, base_url),
+        pytest.raises(PartnersApiError) as failure,
+    ):
+        run(fetch_report(settings(base_url, tmp_path, max_attempts=3)))
     message = str(failure.value)
     assert simulator.requests(REPORT) == 3
     assert f"Partners API {REPORT} {RUN}: HTTP 503 (gave up after 3 attempts" in message
@@ -97,9 +99,12 @@ def test_persistent_failure_is_bounded_and_named(tmp_path: Path) -> None:
 
 
 def test_retry_time_budget_stops_early(tmp_path: Path) -> None:
-    with simulated(faults=(f"{REPORT}:429:rate=1,retry_after=1",)) as (simulator, base_url):
-        with pytest.raises(PartnersApiError, match="HTTP 429"):
-            run(fetch_report(settings(base_url, tmp_path, max_attempts=10, max_retry_seconds=1.5)))
+    budget = {"max_attempts": 10, "max_retry_seconds": 1.5}
+    with (
+        simulated(faults=(f"{REPORT}:429:rate=1,retry_after=1",)) as (simulator, base_url),
+        pytest.raises(PartnersApiError, match="HTTP 429"),
+    ):
+        run(fetch_report(settings(base_url, tmp_path, **budget)))
     assert simulator.requests(REPORT, 429) <= 3
 
 
@@ -131,13 +136,14 @@ def test_unchanged_report_is_a_304_served_from_the_kept_body_in_another_process(
     with simulated() as (simulator, base_url):
         first, _ = run(fetch_report(settings(base_url, tmp_path)))
         # A new process, as tomorrow's sync would be: ETag and body come from the cache file.
+        cache = str(tmp_path / "cache.sqlite3")
         script = (
             "import json, sys\n"
             "from pathlib import Path\n"
             "from sync_assets.partners_api.client import ClientSettings, PartnersApiClient, run\n"
             "async def main():\n"
             f"    s = ClientSettings({base_url!r}, {SIMULATOR_CONSUMER_KEY!r}, "
-            f"{SIMULATOR_CONSUMER_SECRET!r}, cache_path=Path({str(tmp_path / 'cache.sqlite3')!r}))\n"
+            f"{SIMULATOR_CONSUMER_SECRET!r}, cache_path=Path({cache!r}))\n"
             "    async with PartnersApiClient(s) as c:\n"
             f"        f = await c.enrolments({RUN!r})\n"
             "        print(json.dumps({'rows': f.records.height, 'not_modified': f.not_modified,"
