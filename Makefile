@@ -22,7 +22,7 @@ demo: $(INSTALLED)
 	$(BIN)/sync-assets db seed-catalogue
 
 test: $(INSTALLED) lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
+from sync_assets.partners_api.auth import PartnersJwtAuth
 from sync_assets.platform.migrate import head_revision
+from sync_assets.simulator.app import SIMULATOR_CONSUMER_KEY, SIMULATOR_CONSUMER_SECRET
 
 SCRIPT = Path(sys.executable).with_name("sync-assets")
 
@@ -61,3 +66,60 @@ def test_bad_configuration_is_one_clear_line(url: str, expected: str) -> None:
     assert len(lines) == 1, result.stderr
     assert "PLATFORM_DATABASE_URL" in lines[0] and expected in lines[0]
     assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_simulator_serve_answers_over_http() -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FL_PARTNERS_")}
+    server = subprocess.Popen(
+        [
+            str(SCRIPT),
+            "simulator",
+            "serve",
+            "--port",
+            str(port),
+            "--dataset",
+            "sandbox",
+            "--fault",
+            "course_runs:503:nth=1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        banner = server.stdout.readline() + server.stdout.readline()
+        assert f"FL_PARTNERS_URL=http://127.0.0.1:{port}" in banner
+        auth = PartnersJwtAuth(SIMULATOR_CONSUMER_KEY, SIMULATOR_CONSUMER_SECRET)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=auth) as client:
+            for _ in range(50):  # the banner is printed just before the server accepts
+                try:
+                    first = client.get("/partners/course_runs")
+                    break
+                except httpx.ConnectError:
+                    time.sleep(0.1)
+            second = client.get("/partners/course_runs")
+            counts = client.get("/_simulator/counts").json()["requests"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert first.status_code == 503 and second.status_code == 200
+    assert len(second.json()) == 126
+    assert {"endpoint": "course_runs", "status": 200, "count": 1} in counts
+
+
+def test_simulator_serve_refuses_a_bad_fault() -> None:
+    result = subprocess.run(
+        [str(SCRIPT), "simulator", "serve", "--fault", "nowhere:503"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and "unknown endpoint 'nowhere'" in result.stderr
