@@ -61,12 +61,14 @@ def test_with_a_url_the_real_http_path_is_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     simulator = PartnersApiSimulator(
-        generate("demo", seed=5), consumer_key="k", consumer_secret="s3cret"
+        generate("demo", seed=5),
+        consumer_key="k",
+        consumer_secret="s3cret-of-thirty-two-bytes-or-more",
     )
     with serving(simulator) as server:
         monkeypatch.setenv("FL_PARTNERS_URL", server.base_url)
         monkeypatch.setenv("FL_PARTNERS_CONSUMER_KEY", "k")
-        monkeypatch.setenv("FL_PARTNERS_CONSUMER_SECRET", "s3cret")
+        monkeypatch.setenv("FL_PARTNERS_CONSUMER_SECRET", "s3cret-of-thirty-two-bytes-or-more")
         metadata = _materialise(tmp_path)
     assert metadata["simulated"] is False and metadata["runs"] == simulator.dataset.runs.height
     assert simulator.requests("course_runs", 200) == 1
@@ -75,12 +77,14 @@ def test_with_a_url_the_real_http_path_is_used(
 def test_credentials_never_reach_config_or_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FL_PARTNERS_URL", "https://api.example.org")
     monkeypatch.setenv("FL_PARTNERS_CONSUMER_KEY", "k")
-    monkeypatch.setenv("FL_PARTNERS_CONSUMER_SECRET", "s3cret")
+    monkeypatch.setenv("FL_PARTNERS_CONSUMER_SECRET", "s3cret-of-thirty-two-bytes-or-more")
     resource = PartnersApi()
-    assert "s3cret" not in repr(resource) and "s3cret" not in str(resource.model_dump())
-    assert "s3cret" not in repr(resource.client_settings()) and "s3cret" not in repr(
-        partners_api_settings()
-    )
+    assert "s3cret-of-thirty-two-bytes-or-more" not in repr(
+        resource
+    ) and "s3cret-of-thirty-two-bytes-or-more" not in str(resource.model_dump())
+    assert "s3cret-of-thirty-two-bytes-or-more" not in repr(
+        resource.client_settings()
+    ) and "s3cret-of-thirty-two-bytes-or-more" not in repr(partners_api_settings())
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import pytest
 from sync_assets.partners_api.client import ClientSettings, PartnersApiClient, run
 from sync_assets.simulator.datasets import SANDBOX_DIR
 
-KEY, SECRET = "partner-42", "a-different-secret"
+KEY, SECRET = "partner-42", "a-different-secret-of-at-least-32-bytes"
 RUN = "545ba924-9e73-4a30-bd54-4fb7dee8b913"
 REPORT = json.loads((SANDBOX_DIR / "course_enrolments_report.json").read_text())["response"]["body"]
 PAGE = 10

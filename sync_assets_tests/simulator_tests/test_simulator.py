@@ -85,7 +85,7 @@ def test_if_none_match_gets_304_without_body(sandbox_http) -> None:
     [
         {},
         {"Authorization": "Basic abc"},
-        token(secret="wrong-secret"),
+        token(secret="a-wrong-secret-long-enough-for-hs256-keys"),
         token(key="someone-else"),
         token(issued=time.time() - 200),
     ],
