@@ -32,6 +32,7 @@ from sync_assets.platform.tables import (
     user_programme_enrolments,
     users,
 )
+from sync_assets.rules.achievements import INITIAL_STATE
 
 KEY_CHUNK = 5_000
 UTC_TIME = pl.Datetime("us", "UTC")
@@ -89,7 +90,8 @@ PROGRAMME_STRUCTURE_SCHEMA = {
 }
 
 # What a caller hands to apply_achievement_changes: one row per achievement to create or change.
-# `previous_state` is null for an achievement that does not exist yet; `cause` says why (R10).
+# `previous_state` is null for an achievement that does not exist yet, which starts `enrolled`;
+# `cause` says why (R10).
 ACHIEVEMENT_CHANGE_SCHEMA = {
     "user_id": pl.String,
     "activity_id": pl.String,
@@ -327,9 +329,9 @@ def apply_achievement_changes(
 ) -> AppliedChanges:
     """Create or update achievements, with their transitions (R10) and completion events.
 
-    A transition row is written for each row whose state differs from `previous_state` (a new
-    achievement has none); a completion event for each row that becomes `complete`. Events are
-    unique per achievement, so a retried batch cannot produce a second one.
+    A transition row is written for each row whose state differs from its previous state (a new
+    achievement starts `enrolled`); a completion event for each row that becomes `complete`.
+    Events are unique per achievement, so a retried batch cannot produce a second one.
     """
     applied = AppliedChanges()
     if changes.is_empty():
@@ -359,7 +361,9 @@ def apply_achievement_changes(
     applied.created = written.filter(pl.col("previous_state").is_null()).height
     applied.updated = written.height - applied.created
 
-    state_changed = written.filter(pl.col("state").ne_missing(pl.col("previous_state")))
+    state_changed = written.with_columns(
+        from_state=pl.col("previous_state").fill_null(INITIAL_STATE)
+    ).filter(pl.col("state") != pl.col("from_state"))
     applied.by_state = dict(state_changed.group_by("state").len().iter_rows())
     applied.transitions = _write_transitions(connection, state_changed, stamp, dagster_run_id)
     applied.completion_events = _write_completion_events(
@@ -376,7 +380,7 @@ def _write_transitions(
     rows = [
         {
             "achievement_id": row["achievement_id"],
-            "from_state": row["previous_state"],
+            "from_state": row["from_state"],
             "to_state": row["state"],
             "metadata": json.loads(row["cause"] or "{}") | {"dagster_run_id": dagster_run_id},
             "created_at": stamp,

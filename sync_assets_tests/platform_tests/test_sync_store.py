@@ -176,8 +176,9 @@ def test_apply_changes_creates_updates_and_records_transitions(engine: Engine) -
             ),
             dagster_run_id="run-1",
         )
-    assert (first.created, first.updated, first.transitions) == (2, 0, 2)
-    assert first.by_state == {"enrolled": 1, "in_progress": 1}
+    # A new achievement starts enrolled: only u1's enrolled → in_progress is a transition.
+    assert (first.created, first.updated, first.transitions) == (2, 0, 1)
+    assert first.by_state == {"in_progress": 1}
 
     with engine.begin() as connection:
         second = sync_store.apply_achievement_changes(
