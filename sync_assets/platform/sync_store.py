@@ -25,6 +25,7 @@ from sync_assets.platform.tables import (
     achievements,
     activities,
     completion_events,
+    course_sync_state,
     future_learn_memberships,
     programme_activities,
     programme_activity_groupings,
@@ -300,6 +301,36 @@ def programme_structure(connection: Connection) -> pl.DataFrame:
     return _read(connection, statement, PROGRAMME_STRUCTURE_SCHEMA)
 
 
+def last_enrolment_counts(connection: Connection, course_uuids: Iterable[str]) -> dict[str, int]:
+    """The circuit breaker's reference: each course's report size at its last successful sync."""
+    table = course_sync_state
+    counts: dict[str, int] = {}
+    for chunk in _chunks(_distinct(course_uuids)):
+        statement = sa.select(table.c.course_uuid, table.c.enrolment_count).where(
+            table.c.course_uuid.in_(chunk)
+        )
+        counts.update(connection.execute(statement).tuples())
+    return counts
+
+
+def record_course_state(
+    connection: Connection, course_uuid: str, enrolment_count: int, dagster_run_id: str | None
+) -> None:
+    statement = dialect_insert(connection, course_sync_state)
+    values = {
+        "course_uuid": course_uuid,
+        "enrolment_count": enrolment_count,
+        "synced_at": now_utc(),
+        "dagster_run_id": dagster_run_id,
+    }
+    connection.execute(
+        statement.values(values).on_conflict_do_update(
+            index_elements=["course_uuid"],
+            set_={name: statement.excluded[name] for name in values if name != "course_uuid"},
+        )
+    )
+
+
 @dataclass
 class AppliedChanges:
     """What one batch wrote; zeros everywhere when nothing changed."""
@@ -310,6 +341,7 @@ class AppliedChanges:
     transitions: int = 0
     completion_events: int = 0
     enrolments: int = 0
+    course_state: int = 0
     by_state: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -321,6 +353,7 @@ class AppliedChanges:
             + self.transitions
             + self.completion_events
             + self.enrolments
+            + self.course_state
         )
 
 
@@ -440,6 +473,8 @@ class CourseSyncBatch:
             schema={"user_id": pl.String, "programme_id": pl.String, "auto_enrolled": pl.Boolean}
         )
     )
+    # (course uuid, enrolment count) when the count differs from the one stored.
+    course_state: tuple[str, int] | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -447,6 +482,7 @@ class CourseSyncBatch:
             self.memberships.is_empty()
             and self.achievement_changes.is_empty()
             and self.programme_enrolments.is_empty()
+            and self.course_state is None
         )
 
 
@@ -466,4 +502,7 @@ def apply_course_sync(
         )
         applied.memberships = memberships
         applied.enrolments = ensure_programme_enrolments(connection, batch.programme_enrolments)
+        if batch.course_state is not None:
+            record_course_state(connection, *batch.course_state, dagster_run_id)
+            applied.course_state = 1
     return applied

@@ -2,8 +2,9 @@
 
 The contract columns are exactly SPEC §3's; a few columns and one table are ours:
 `activities.slug` / `stem_activity_code` (catalogue identity), `future_learn_memberships.gone_at`
-(R2: a 404 is kept, not asked again), and `completion_events` (the transactional outbox that hands
-completions to certificate jobs exactly once). Migrations under `migrations/` must produce exactly
+(R2: a 404 is kept, not asked again), `completion_events` (the transactional outbox that hands
+completions to certificate jobs exactly once) and `course_sync_state` (what the circuit breaker
+compares a course's enrolment report with). Migrations under `migrations/` must produce exactly
 this metadata; a test compares the two.
 """
 
@@ -190,4 +191,15 @@ completion_events = sa.Table(
         sqlite_where=sa.text("handled_at IS NULL"),
         postgresql_where=sa.text("handled_at IS NULL"),
     ),
+)
+
+# The enrolment report size of each course at its last successful sync: a report that shrinks
+# sharply is more likely an API fault than teachers leaving, and progress is not applied from it.
+course_sync_state = sa.Table(
+    "course_sync_state",
+    metadata,
+    sa.Column("course_uuid", sa.Text, primary_key=True),
+    sa.Column("enrolment_count", sa.Integer, nullable=False),
+    _timestamp("synced_at", nullable=False),
+    sa.Column("dagster_run_id", sa.Text),
 )
