@@ -5,7 +5,22 @@ from __future__ import annotations
 import dagster as dg
 
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
+from sync_assets.defs.storage import PartitionedParquetIOManager
+from sync_assets.defs.sync.assets import sync_assets_list
+from sync_assets.defs.sync.jobs import futurelearn_sync_job
+from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
+from sync_assets.defs.sync.sensors import course_partitions_sensor
+
+RESOURCES = {
+    "platform_database": PlatformDatabase(),
+    "partners_api": PartnersApi(),
+    "io_manager": PartitionedParquetIOManager(),
+}
 
 defs = dg.Definitions(
-    resources={"platform_database": PlatformDatabase(), "partners_api": PartnersApi()},
+    assets=sync_assets_list,
+    jobs=[futurelearn_sync_job],
+    schedules=[nightly_futurelearn_sync],
+    sensors=[course_partitions_sensor],
+    resources=RESOURCES,
 )

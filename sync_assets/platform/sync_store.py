@@ -214,8 +214,8 @@ def users_matching(connection: Connection, external_learner_ids: Iterable[str]) 
 def upsert_memberships(connection: Connection, memberships: pl.DataFrame) -> int:
     """Insert or update fetched memberships and their links, in bulk. Returns rows written.
 
-    Only the columns present in `memberships` are written, so a caller that relinks
-    memberships locally does not blank what was fetched earlier.
+    A null in `memberships` keeps what is stored, so rows that only relink a membership (or only
+    mark it gone) sit in one frame with fully fetched rows without blanking anything.
     """
     if memberships.is_empty():
         return 0
@@ -224,8 +224,11 @@ def upsert_memberships(connection: Connection, memberships: pl.DataFrame) -> int
         raise ValueError(f"unknown membership columns: {sorted(unknown)}")
     frame = memberships.cast({name: MEMBERSHIP_COLUMNS[name] for name in memberships.columns})
     statement = dialect_insert(connection, future_learn_memberships)
+    table = future_learn_memberships
     updates = {
-        name: statement.excluded[name] for name in frame.columns if name != "membership_uuid"
+        name: sa.func.coalesce(statement.excluded[name], table.c[name])
+        for name in frame.columns
+        if name != "membership_uuid"
     }
     statement = statement.on_conflict_do_update(index_elements=["membership_uuid"], set_=updates)
     connection.execute(statement, _rows(frame))
@@ -309,7 +312,7 @@ def last_enrolment_counts(connection: Connection, course_uuids: Iterable[str]) -
         statement = sa.select(table.c.course_uuid, table.c.enrolment_count).where(
             table.c.course_uuid.in_(chunk)
         )
-        counts.update(connection.execute(statement).tuples())
+        counts.update((course, count) for course, count in connection.execute(statement))
     return counts
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from sync_assets.platform.database import dialect_insert
 from sync_assets.platform.tables import (
     activities,
+    users,
     programme_activities,
     programme_activity_groupings,
     programmes,
@@ -182,3 +183,21 @@ def seed_demo_catalogue(connection: Connection) -> SeededCatalogue:
 def catalogue_frame() -> pl.DataFrame:
     """The FutureLearn courses of the catalogue as a frame (for the simulator and tests)."""
     return pl.DataFrame([_future_learn_activity(course) for course in load_catalogue()])
+
+
+def seed_users(connection: Connection, people: pl.DataFrame) -> int:
+    """Platform users (id, email, forgotten), as the demo and benchmark datasets provide them."""
+    if people.is_empty():
+        return 0
+    rows = people.select("id", "email", "forgotten").to_dicts()
+    for start in range(0, len(rows), 10_000):
+        _upsert(connection, users, rows[start : start + 10_000], ["id"])
+    return len(rows)
+
+
+def seed_activities(connection: Connection, extra: pl.DataFrame) -> int:
+    """Activities for FutureLearn courses outside the catalogue (the benchmark datasets' courses)."""
+    if extra.is_empty():
+        return 0
+    _upsert(connection, activities, extra.to_dicts(), ["id"])
+    return extra.height

@@ -1,0 +1,82 @@
+"""Where asset values live between steps: one parquet file per asset partition.
+
+A single-run backfill hands one step many course partitions and one output for all of them;
+Dagster's UPathIOManager refuses that. Here a partitioned asset's value is a dict keyed by
+partition, written one file per partition and read back the same way, so the nightly run (all
+courses) and a rerun of one course from the UI store and load exactly the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from sync_assets.settings import data_dir
+
+_SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def default_storage_dir() -> Path:
+    home = os.environ.get("DAGSTER_HOME")
+    return (Path(home) / "storage" if home else data_dir() / "dagster_storage") / "sync_assets"
+
+
+class PartitionedParquetIOManager(dg.ConfigurableIOManager):
+    """Polars frames as parquet; partitioned assets as `{partition key: frame}`."""
+
+    base_dir: str | None = None
+
+    def _asset_dir(self, asset_key: dg.AssetKey) -> Path:
+        root = Path(self.base_dir) if self.base_dir else default_storage_dir()
+        return root.joinpath(*asset_key.path)
+
+    def _partition_path(self, asset_key: dg.AssetKey, partition: str) -> Path:
+        name = (
+            partition if _SAFE.match(partition) else hashlib.sha256(partition.encode()).hexdigest()
+        )
+        return self._asset_dir(asset_key) / f"{name}.parquet"
+
+    def _whole_path(self, asset_key: dg.AssetKey) -> Path:
+        return self._asset_dir(asset_key).with_suffix(".parquet")
+
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | dict) -> None:
+        if not context.has_asset_partitions:
+            _write(self._whole_path(context.asset_key), obj)
+            return
+        if not isinstance(obj, dict):
+            raise TypeError(
+                f"{context.asset_key.to_user_string()} is partitioned: return {{partition: frame}}"
+            )
+        for partition in context.asset_partition_keys:
+            if partition not in obj:
+                raise KeyError(f"{context.asset_key.to_user_string()} has no value for {partition}")
+            _write(self._partition_path(context.asset_key, partition), obj[partition])
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict[str, pl.DataFrame]:
+        key = context.asset_key
+        if not context.has_asset_partitions:
+            return _read(self._whole_path(key), key.to_user_string())
+        return {
+            partition: _read(
+                self._partition_path(key, partition), f"{key.to_user_string()} {partition}"
+            )
+            for partition in sorted(context.asset_partition_keys)
+        }
+
+
+def _write(path: Path, frame: pl.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".parquet.partial")
+    frame.write_parquet(partial)
+    os.replace(partial, path)  # a reader never sees half a file
+
+
+def _read(path: Path, what: str) -> pl.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} has not been materialised yet ({path})")
+    return pl.read_parquet(path)

@@ -1,0 +1,1 @@
+"""The nightly FutureLearn sync as Dagster assets partitioned by course."""

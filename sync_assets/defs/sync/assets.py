@@ -1,0 +1,352 @@
+"""The two-step sync as software-defined assets (SPEC §4, §7).
+
+course_runs ─▶ enrolments ─▶ linked_memberships ─▶ latest_enrolments ─▶ activity_progress
+     └──────────────────────────────────────────────────────┘ (run start times, R6)
+
+Step one (linking) is upstream of step two (progress) in the lineage itself. Every partitioned
+asset runs all its requested course partitions in one step (single-run backfill), so the nightly
+run makes each Partners API request once and fetches each new membership once, whatever the
+number of courses; a rerun of one course partition from the UI touches only that course.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from sync_assets.defs.resources import PartnersApi, PlatformDatabase
+from sync_assets.defs.sync.metadata import frame_metadata, reasons
+from sync_assets.defs.sync.partitions import course_partitions
+from sync_assets.partners_api.client import run
+from sync_assets.platform import sync_store
+from sync_assets.sync import steps
+
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+GROUP = "futurelearn_sync"
+UNKNOWN_COURSES_CHECK = "unknown_courses_reported"
+ONE_LATEST_CHECK = "one_latest_enrolment_per_user_and_course"
+SHRINK_CHECK = "enrolment_report_not_shrunk"
+
+
+def _api_metadata(metrics: Any) -> dict[str, Any]:
+    figures = metrics.as_dict()
+    return {
+        "api_requests": figures["requests"],
+        "api_not_modified_304": figures["not_modified_304"],
+        "api_retries": figures["retries"],
+        "api_bytes": figures["bytes_received"],
+        "api_requests_by_status": dg.MetadataValue.json(figures["by_endpoint_and_status"]),
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    description="Every FutureLearn course run (one request), marked known or not (R1).",
+    check_specs=[dg.AssetCheckSpec(UNKNOWN_COURSES_CHECK, asset="course_runs")],
+)
+def course_runs(
+    context: dg.AssetExecutionContext,
+    partners_api: PartnersApi,
+    platform_database: PlatformDatabase,
+):
+    async def fetch():
+        async with partners_api.client() as client:
+            return await steps.fetch_course_runs(client, platform_database.engine), client.metrics
+
+    fetched, metrics = run(fetch())
+    runs = fetched.runs
+    unknown = fetched.unknown_courses(partners_api.ignored_course_uuids())
+    context.log.info(
+        f"{runs.height} runs of {runs['course_uuid'].n_unique()} courses; "
+        f"{len(fetched.known_course_uuids())} known, {unknown.height} unknown and not ignored"
+    )
+    yield dg.Output(
+        runs,
+        metadata={
+            **frame_metadata(runs),
+            "courses": runs["course_uuid"].n_unique(),
+            "known_courses": len(fetched.known_course_uuids()),
+            "unknown_courses": unknown.height,
+            "not_modified": fetched.not_modified,
+            "quarantined": dg.MetadataValue.json(reasons(fetched.quarantine)),
+            **_api_metadata(metrics),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name=UNKNOWN_COURSES_CHECK,
+        passed=unknown.is_empty(),
+        severity=dg.AssetCheckSeverity.WARN,
+        description="Courses with runs on FutureLearn that no activity knows (R1); "
+        "silence one with FL_PARTNERS_IGNORED_COURSE_UUIDS.",
+        metadata={
+            "unknown_courses": dg.MetadataValue.md(
+                "\n".join(f"- `{uuid}` {title}" for uuid, title in unknown.iter_rows()) or "none"
+            ),
+            "count": unknown.height,
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=course_partitions,
+    backfill_policy=SINGLE_RUN,
+    description="Enrolment reports of every run of the course, as one frame.",
+)
+def enrolments(
+    context: dg.AssetExecutionContext, course_runs: pl.DataFrame, partners_api: PartnersApi
+) -> dict[str, pl.DataFrame]:
+    courses = context.partition_keys
+
+    async def fetch():
+        async with partners_api.client() as client:
+            return await steps.fetch_enrolments(client, course_runs, courses), client.metrics
+
+    fetched, metrics = run(fetch())
+    for course, frame in fetched.by_course.items():
+        course_run_uuids = set(course_runs.filter(pl.col("course_uuid") == course)["run_uuid"])
+        context.add_asset_metadata(
+            {
+                **frame_metadata(frame),
+                "runs": len(course_run_uuids),
+                "reports_unchanged_304": len(course_run_uuids & fetched.unchanged_runs),
+                "memberships": frame["membership_uuid"].n_unique(),
+                "quarantined": dg.MetadataValue.json(
+                    reasons(
+                        fetched.quarantine.filter(pl.col("source").is_in(list(course_run_uuids)))
+                    )
+                ),
+            },
+            partition_key=course,
+        )
+    context.log.info(
+        f"{len(courses)} courses: {len(fetched.changed_runs)} reports changed, "
+        f"{len(fetched.unchanged_runs)} unchanged (304), "
+        f"{fetched.quarantine.height} records quarantined"
+    )
+    context.add_output_metadata(_api_metadata(metrics))
+    return fetched.by_course
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=course_partitions,
+    backfill_policy=SINGLE_RUN,
+    description="Step one: memberships of the course's enrolments and the users they belong to "
+    "(R2–R4). Each unknown membership is fetched once, ever.",
+)
+def linked_memberships(
+    context: dg.AssetExecutionContext,
+    enrolments: dict[str, pl.DataFrame],
+    partners_api: PartnersApi,
+    platform_database: PlatformDatabase,
+) -> dict[str, pl.DataFrame]:
+    async def link():
+        async with partners_api.client() as client:
+            result = await steps.link_memberships(
+                client, platform_database.engine, enrolments, datetime.now(UTC)
+            )
+            return result, client.metrics
+
+    (by_course, stats), metrics = run(link())
+    for course, frame in by_course.items():
+        context.add_asset_metadata(
+            {
+                **frame_metadata(frame),
+                "linked": frame.filter(pl.col("user_id").is_not_null()).height,
+                "links_made": frame.filter(pl.col("new_link")).height,
+                "unlinked": frame.filter(pl.col("user_id").is_null()).height,
+            },
+            partition_key=course,
+        )
+    context.log.info(
+        f"{stats.memberships} memberships: {stats.already_linked} linked before, "
+        f"{stats.looked_up} looked up ({stats.gone} gone), "
+        f"{stats.linked_by_id} linked by id, {stats.linked_by_email} by email, "
+        f"{stats.relinked_locally} relinked without a request"
+    )
+    context.add_output_metadata(
+        {
+            "memberships": stats.memberships,
+            "already_linked": stats.already_linked,
+            "looked_up": stats.looked_up,
+            "gone_404": stats.gone,
+            "linked_by_id": stats.linked_by_id,
+            "linked_by_email": stats.linked_by_email,
+            "relinked_locally": stats.relinked_locally,
+            "quarantined": dg.MetadataValue.json(reasons(stats.quarantine)),
+            **_api_metadata(metrics),
+        }
+    )
+    return by_course
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=course_partitions,
+    backfill_policy=SINGLE_RUN,
+    description="Step two: each linked user's latest enrolment on the course, across runs and "
+    "memberships (R5–R6).",
+    check_specs=[dg.AssetCheckSpec(ONE_LATEST_CHECK, asset="latest_enrolments")],
+)
+def latest_enrolments(
+    context: dg.AssetExecutionContext,
+    enrolments: dict[str, pl.DataFrame],
+    linked_memberships: dict[str, pl.DataFrame],
+    course_runs: pl.DataFrame,
+):
+    by_course = steps.choose_latest(enrolments, linked_memberships, course_runs)
+    duplicates = 0
+    for course, frame in by_course.items():
+        duplicates += frame.height - frame["user_id"].n_unique()
+        context.add_asset_metadata(
+            {**frame_metadata(frame), "learners": frame.height}, partition_key=course
+        )
+    yield dg.Output(by_course)
+    yield dg.AssetCheckResult(
+        check_name=ONE_LATEST_CHECK,
+        passed=duplicates == 0,
+        metadata={"courses": len(by_course), "duplicate_rows": duplicates},
+    )
+
+
+class ProgressConfig(dg.Config):
+    dry_run: bool = Field(default=False, description="S3: compute and report, write nothing")
+    max_shrink_share: float = Field(
+        default=0.2, description="Refuse a course whose report shrank by more than this share"
+    )
+    allow_shrink_courses: list[str] = Field(
+        default_factory=list,
+        description="Course uuids whose shrunk report is known to be real: apply them anyway",
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=course_partitions,
+    backfill_policy=SINGLE_RUN,
+    description="Step two: achievements' progress and state written from the latest enrolments "
+    "(R7–R12), with links, transitions and completion events, one transaction per course.",
+    check_specs=[dg.AssetCheckSpec(SHRINK_CHECK, asset="activity_progress", blocking=True)],
+)
+def activity_progress(
+    context: dg.AssetExecutionContext,
+    config: ProgressConfig,
+    latest_enrolments: dict[str, pl.DataFrame],
+    linked_memberships: dict[str, pl.DataFrame],
+    enrolments: dict[str, pl.DataFrame],
+    course_runs: pl.DataFrame,
+    platform_database: PlatformDatabase,
+):
+    engine = platform_database.engine
+    now = datetime.now(UTC)
+    activity_of = dict(
+        course_runs.filter("known").select("course_uuid", "activity_id").unique().iter_rows()
+    )
+    breaker = steps.CircuitBreaker(config.max_shrink_share, frozenset(config.allow_shrink_courses))
+    with engine.connect() as connection:
+        previous_counts = sync_store.last_enrolment_counts(connection, latest_enrolments)
+    outcomes: dict[str, steps.CourseOutcome] = {}
+    failures: dict[str, str] = {}
+    for course in sorted(latest_enrolments):
+        if course not in activity_of:
+            failures[course] = "no activity knows this course any more (R1)"
+            continue
+        try:
+            outcomes[course] = steps.sync_course(
+                engine,
+                course,
+                activity_of[course],
+                enrolments[course],
+                latest_enrolments[course],
+                linked_memberships[course],
+                now=now,
+                previous_count=previous_counts.get(course),
+                breaker=breaker,
+                dry_run=config.dry_run,
+                dagster_run_id=context.run_id,
+            )
+        except Exception as error:  # one course failing must not stop the others
+            context.log.error(f"course {course}: {type(error).__name__}: {error}")
+            failures[course] = f"{type(error).__name__}: {error}"
+
+    values: dict[str, pl.DataFrame] = {}
+    for course in latest_enrolments:
+        outcome = outcomes.get(course)
+        frame = (
+            outcome.changes
+            if outcome
+            else pl.DataFrame(schema=sync_store.ACHIEVEMENT_CHANGE_SCHEMA)
+        )
+        values[course] = frame
+        context.add_asset_metadata(
+            {**frame_metadata(frame), **_outcome_metadata(outcome, failures.get(course), config)},
+            partition_key=course,
+        )
+    refused = {course: o.refused for course, o in outcomes.items() if o.refused}
+    context.log.info(_summary_line(outcomes, failures, config.dry_run))
+    yield dg.Output(values, metadata={"dry_run": config.dry_run, "failed": len(failures)})
+    yield dg.AssetCheckResult(
+        check_name=SHRINK_CHECK,
+        passed=not refused,
+        description="Progress is not applied from a report that shrank by more than "
+        f"{config.max_shrink_share:.0%} since the course's last successful sync; allow a course "
+        "with the allow_shrink_courses config (or `sync-assets sync --allow-shrink UUID`).",
+        metadata={"refused": dg.MetadataValue.json(refused)},
+    )
+    if failures or refused:
+        problems = {**failures, **refused}
+        raise dg.Failure(
+            description=f"{len(problems)} course(s) not synced: "
+            + "; ".join(f"{course}: {why}" for course, why in sorted(problems.items())),
+            metadata={"failed_courses": dg.MetadataValue.json(problems)},
+        )
+
+
+def _outcome_metadata(
+    outcome: steps.CourseOutcome | None, failure: str | None, config: ProgressConfig
+) -> dict[str, Any]:
+    if outcome is None:
+        return {"status": "failed", "error": failure or ""}
+    applied = outcome.applied
+    status = "refused" if outcome.refused else "dry run" if config.dry_run else "applied"
+    return {
+        "status": status,
+        "enrolments": outcome.enrolments,
+        "learners": outcome.learners,
+        "links_made": outcome.links_made,
+        "achievements_created": outcome.created,
+        "achievements_updated": outcome.updated,
+        "achievements_completed": outcome.became("complete"),
+        "achievements_dropped": outcome.became("dropped"),
+        "transitions_written": applied.transitions if applied else 0,
+        "completion_events_written": applied.completion_events if applied else 0,
+        "programme_enrolments_written": applied.enrolments if applied else 0,
+        "rows_written": applied.rows_written if applied else 0,
+        **({"refused": outcome.refused} if outcome.refused else {}),
+    }
+
+
+def _summary_line(
+    outcomes: dict[str, steps.CourseOutcome], failures: dict[str, str], dry_run: bool
+) -> str:
+    verb = "would change" if dry_run else "changed"
+    created = sum(o.created for o in outcomes.values())
+    updated = sum(o.updated for o in outcomes.values())
+    completed = sum(o.became("complete") for o in outcomes.values())
+    return (
+        f"{len(outcomes)} courses {verb}: {created} achievements created, {updated} updated, "
+        f"{completed} completed; {len(failures)} failed"
+    )
+
+
+sync_assets_list = [
+    course_runs,
+    enrolments,
+    linked_memberships,
+    latest_enrolments,
+    activity_progress,
+]

@@ -1,0 +1,27 @@
+"""The sync job: all five assets in one process (steps run one after another anyway)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from sync_assets.defs.sync.assets import sync_assets_list
+
+NIGHTLY_SYNC_TAGS = {"sync_assets/kind": "nightly-sync"}
+
+# In process: each step of the multiprocess executor costs seconds to start, and these five run
+# in sequence; the fan-out that matters (API requests) is inside the steps.
+futurelearn_sync_job = dg.define_asset_job(
+    "futurelearn_sync",
+    selection=dg.AssetSelection.assets(*sync_assets_list),
+    executor_def=dg.in_process_executor,
+    tags=NIGHTLY_SYNC_TAGS,
+    description="Both steps of the sync for the selected course partitions (all, nightly).",
+)
+
+
+def all_partitions_tags(partition_keys: list[str]) -> dict[str, str]:
+    """Tags that make one run cover every course partition (a single-run backfill)."""
+    return {
+        "dagster/asset_partition_range_start": partition_keys[0],
+        "dagster/asset_partition_range_end": partition_keys[-1],
+    }

@@ -1,0 +1,86 @@
+"""Metadata a data engineer reads first, and nothing personal: no emails or external ids in clear.
+
+Platform user ids can be a learner's external id (LTI launches), so previews show a short digest
+of them instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+PERSONAL = ("external_learner_id", "email")
+PSEUDONYMISED = ("user_id",)
+PREVIEW_ROWS = 10
+
+_TYPES = {
+    pl.String: "string",
+    pl.Boolean: "boolean",
+    pl.Int64: "integer",
+    pl.Float64: "float",
+}
+
+
+def pseudonym(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return "user:" + hashlib.sha256(value.encode()).hexdigest()[:10]
+
+
+def safe(frame: pl.DataFrame) -> pl.DataFrame:
+    """The frame without personal columns, and with user ids replaced by digests."""
+    kept = frame.drop([name for name in PERSONAL if name in frame.columns])
+    return kept.with_columns(
+        [
+            pl.col(name).map_elements(pseudonym, return_dtype=pl.String)
+            for name in PSEUDONYMISED
+            if name in kept.columns
+        ]
+    )
+
+
+def column_schema(frame: pl.DataFrame) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name, _TYPES.get(dtype.base_type(), str(dtype)))
+            for name, dtype in safe(frame.head(0)).schema.items()
+        ]
+    )
+
+
+def _cell(value: Any) -> str | int | float | bool | None:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def preview(frame: pl.DataFrame, rows: int = PREVIEW_ROWS) -> dg.TableMetadataValue:
+    shown = safe(frame.head(rows))
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord({name: _cell(value) for name, value in row.items()})
+            for row in shown.iter_rows(named=True)
+        ],
+        schema=column_schema(frame),
+    )
+
+
+def frame_metadata(frame: pl.DataFrame) -> dict[str, Any]:
+    """Row count, column schema and a preview, for one asset partition."""
+    return {
+        "dagster/row_count": frame.height,
+        "dagster/column_schema": column_schema(frame),
+        "preview": preview(frame),
+    }
+
+
+def reasons(quarantine: pl.DataFrame) -> dict[str, int]:
+    if quarantine.is_empty():
+        return {}
+    return dict(quarantine.group_by("reason").len().sort("reason").iter_rows())

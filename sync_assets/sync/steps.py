@@ -1,0 +1,365 @@
+"""The two-step sync, step by step, for any set of courses at once.
+
+Each function is one asset's work: it takes the Partners API client and the platform engine,
+reads in bulk, and returns frames keyed by course. The rules themselves live in `rules/`; the
+reads and writes in `platform/sync_store`. Dagster assets are thin wrappers around these, and so
+is anything else that needs the same path (the on-demand resync).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import polars as pl
+from sqlalchemy.engine import Engine
+
+from sync_assets.partners_api import contract
+from sync_assets.partners_api.client import PartnersApiClient
+from sync_assets.platform import sync_store
+from sync_assets.rules.achievements import achievement_changes
+from sync_assets.rules.latest_enrolment import latest_enrolments
+from sync_assets.rules.linking import match_memberships
+from sync_assets.rules.programmes import CSA, assign_programmes, csa_auto_enrolments
+
+UTC_TIME = pl.Datetime("us", "UTC")
+COURSE_RUNS_SCHEMA = {
+    **contract.COURSE_RUN_SCHEMA,
+    "known": pl.Boolean,
+    "activity_id": pl.String,
+}
+LINKED_SCHEMA = {
+    "membership_uuid": pl.String,
+    "user_id": pl.String,  # a usable link (user not forgotten), or null
+    "new_link": pl.Boolean,  # linked by this sync
+    "write": pl.Boolean,  # a row for future_learn_memberships
+    "external_learner_id": pl.String,  # only on rows to write; personal data, never in metadata
+    "learner_uuid": pl.String,
+    "fetched_at": UTC_TIME,
+    "linked_at": UTC_TIME,
+    "gone_at": UTC_TIME,
+}
+MEMBERSHIP_ROW_COLUMNS = [
+    "membership_uuid",
+    "user_id",
+    "external_learner_id",
+    "learner_uuid",
+    "fetched_at",
+    "linked_at",
+    "gone_at",
+]
+
+
+# --- course runs (R1) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CourseRuns:
+    runs: pl.DataFrame  # COURSE_RUNS_SCHEMA: every run, with whether its course is known
+    quarantine: pl.DataFrame
+    not_modified: bool
+
+    def known_course_uuids(self) -> list[str]:
+        return sorted(set(self.runs.filter("known")["course_uuid"]))
+
+    def unknown_courses(self, ignored: Iterable[str] = ()) -> pl.DataFrame:
+        """R1: each unknown course with the title of its first run, less the ignored ones."""
+        return unknown_courses(self.runs, ignored)
+
+
+def unknown_courses(runs: pl.DataFrame, ignored: Iterable[str] = ()) -> pl.DataFrame:
+    return (
+        runs.filter(~pl.col("known") & ~pl.col("course_uuid").is_in(list(ignored)))
+        .sort("start_time", "run_uuid")
+        .group_by("course_uuid", maintain_order=True)
+        .agg(pl.col("title").first())
+        .sort("course_uuid")
+    )
+
+
+async def fetch_course_runs(client: PartnersApiClient, engine: Engine) -> CourseRuns:
+    fetched = await client.course_runs()
+    with engine.connect() as connection:
+        known = sync_store.known_courses(connection)
+    runs = (
+        fetched.records.join(
+            known.select("course_uuid", "activity_id"), on="course_uuid", how="left"
+        )
+        .with_columns(known=pl.col("activity_id").is_not_null())
+        .select(list(COURSE_RUNS_SCHEMA))
+    )
+    return CourseRuns(runs, fetched.quarantine, fetched.not_modified)
+
+
+# --- enrolments ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CourseEnrolments:
+    by_course: dict[str, pl.DataFrame]
+    quarantine: pl.DataFrame
+    unchanged_runs: frozenset[str]
+    changed_runs: frozenset[str]
+
+
+async def fetch_enrolments(
+    client: PartnersApiClient, runs: pl.DataFrame, courses: Iterable[str]
+) -> CourseEnrolments:
+    """Every report of the courses' runs, each requested once, split by course."""
+    wanted = sorted(set(courses))
+    course_runs = runs.filter(pl.col("course_uuid").is_in(wanted)).select("run_uuid", "course_uuid")
+    reports = await client.enrolments_for_runs(course_runs["run_uuid"])
+    with_course = reports.records.join(course_runs, on="run_uuid", how="inner")
+    by_course = {
+        course: with_course.filter(pl.col("course_uuid") == course).drop("course_uuid")
+        for course in wanted
+    }
+    return CourseEnrolments(
+        by_course, reports.quarantine, reports.unchanged_runs, reports.changed_runs
+    )
+
+
+# --- step one: linking (R2–R4) ----------------------------------------------------------------
+
+
+@dataclass
+class LinkingStats:
+    memberships: int = 0
+    already_linked: int = 0
+    looked_up: int = 0
+    found: int = 0
+    gone: int = 0
+    linked_by_id: int = 0
+    linked_by_email: int = 0
+    relinked_locally: int = 0
+    unlinked: int = 0
+    quarantine: pl.DataFrame = field(default_factory=contract.empty_quarantine)
+
+
+async def link_memberships(
+    client: PartnersApiClient,
+    engine: Engine,
+    enrolments_by_course: dict[str, pl.DataFrame],
+    now: datetime,
+) -> tuple[dict[str, pl.DataFrame], LinkingStats]:
+    """Step one for many courses at once: each unknown membership is fetched once, ever (R2).
+
+    Memberships fetched before and still unlinked are matched again locally (a teacher may have
+    joined the platform since), without another request.
+    """
+    all_uuids = sorted(
+        set().union(*(set(frame["membership_uuid"]) for frame in enrolments_by_course.values()))
+        if enrolments_by_course
+        else set()
+    )
+    with engine.connect() as connection:
+        existing = sync_store.linked_memberships(connection, all_uuids)
+        to_fetch = sync_store.memberships_to_look_up(connection, all_uuids)
+        unlinked_before = sync_store.unlinked_fetched_memberships(connection, all_uuids)
+    fetched = await client.memberships(to_fetch)
+    candidates = pl.concat(
+        [
+            fetched.found.select("membership_uuid", "external_learner_id"),
+            unlinked_before.select("membership_uuid", "external_learner_id"),
+        ]
+    )
+    with engine.connect() as connection:
+        users = sync_store.users_matching(
+            connection, candidates["external_learner_id"].drop_nulls().to_list()
+        )
+    new_links = match_memberships(candidates, users)
+    linked_now = new_links.select("membership_uuid", "user_id")
+    fetched_rows = fetched.found.join(linked_now, on="membership_uuid", how="left").with_columns(
+        fetched_at=pl.lit(now, UTC_TIME),
+        linked_at=pl.when(pl.col("user_id").is_not_null()).then(pl.lit(now, UTC_TIME)),
+    )
+    gone_rows = pl.DataFrame(
+        {"membership_uuid": fetched.gone, "gone_at": [now] * len(fetched.gone)},
+        schema={"membership_uuid": pl.String, "gone_at": UTC_TIME},
+    )
+    relinked = unlinked_before.select("membership_uuid").join(linked_now, on="membership_uuid")
+    relinked = relinked.with_columns(linked_at=pl.lit(now, UTC_TIME))
+    writes = pl.concat(
+        [_conform(frame, write=True) for frame in (fetched_rows, gone_rows, relinked)]
+    )
+    every = pl.concat([writes, _conform(existing, write=False)])
+    by_course = {
+        course: every.join(
+            frame.select("membership_uuid").unique(), on="membership_uuid", how="inner"
+        ).sort("membership_uuid")
+        for course, frame in enrolments_by_course.items()
+    }
+    first_time = new_links.join(fetched.found.select("membership_uuid"), on="membership_uuid")
+    by_method = dict(first_time.group_by("matched_by").len().iter_rows())
+    stats = LinkingStats(
+        memberships=len(all_uuids),
+        already_linked=existing.height,
+        looked_up=len(to_fetch),
+        found=fetched.found.height,
+        gone=len(fetched.gone),
+        linked_by_id=by_method.get("id", 0),
+        linked_by_email=by_method.get("email", 0),
+        relinked_locally=relinked.height,
+        unlinked=len(all_uuids) - existing.height - new_links.height,
+        quarantine=fetched.quarantine,
+    )
+    return by_course, stats
+
+
+def _conform(frame: pl.DataFrame, *, write: bool) -> pl.DataFrame:
+    """Any subset of LINKED_SCHEMA's columns, as the whole schema (missing columns null)."""
+    return (
+        frame.with_columns(
+            [
+                pl.lit(None, dtype).alias(name)
+                for name, dtype in LINKED_SCHEMA.items()
+                if name not in frame.columns
+            ]
+        )
+        .with_columns(
+            write=pl.lit(write),
+            new_link=pl.lit(write) & pl.col("user_id").is_not_null(),
+        )
+        .select([pl.col(name).cast(dtype) for name, dtype in LINKED_SCHEMA.items()])
+    )
+
+
+# --- step two: latest enrolments (R5–R6) -------------------------------------------------------
+
+
+def choose_latest(
+    enrolments_by_course: dict[str, pl.DataFrame],
+    linked_by_course: dict[str, pl.DataFrame],
+    runs: pl.DataFrame,
+) -> dict[str, pl.DataFrame]:
+    return {
+        course: latest_enrolments(
+            enrolments,
+            linked_by_course.get(course, pl.DataFrame(schema=LINKED_SCHEMA)).filter(
+                pl.col("user_id").is_not_null()
+            ),
+            runs,
+        ).with_columns(course_uuid=pl.lit(course))
+        for course, enrolments in enrolments_by_course.items()
+    }
+
+
+# --- step two: achievements (R7–R12) -----------------------------------------------------------
+
+
+@dataclass
+class CourseOutcome:
+    """What one course's sync did (or, in a dry run, would do)."""
+
+    course_uuid: str
+    activity_id: str
+    enrolments: int
+    learners: int
+    links_made: int
+    changes: pl.DataFrame  # the achievement changes (sync_store.ACHIEVEMENT_CHANGE_SCHEMA)
+    applied: sync_store.AppliedChanges | None = None  # None in a dry run or when refused
+    refused: str | None = None  # why progress was not applied (circuit breaker)
+
+    @property
+    def created(self) -> int:
+        return self.changes.filter(pl.col("previous_state").is_null()).height
+
+    @property
+    def updated(self) -> int:
+        return self.changes.height - self.created
+
+    def became(self, state: str) -> int:
+        return self.changes.filter(
+            (pl.col("state") == state) & (pl.col("previous_state").fill_null("enrolled") != state)
+        ).height
+
+
+@dataclass(frozen=True)
+class CircuitBreaker:
+    """Refuse progress from a report that shrank by more than `max_shrink_share` since last time."""
+
+    max_shrink_share: float = 0.2
+    allowed_courses: frozenset[str] = frozenset()
+
+    def refusal(self, course: str, previous: int | None, current: int) -> str | None:
+        if previous is None or previous == 0 or course in self.allowed_courses:
+            return None
+        shrink = (previous - current) / previous
+        if shrink > self.max_shrink_share:
+            return (
+                f"enrolment report shrank from {previous} to {current} ({shrink:.0%} > "
+                f"{self.max_shrink_share:.0%}); rerun with this course allowed if it is real"
+            )
+        return None
+
+
+def plan_course(
+    engine: Engine,
+    course: str,
+    activity_id: str,
+    latest: pl.DataFrame,
+    linked: pl.DataFrame,
+    now: datetime,
+) -> tuple[sync_store.CourseSyncBatch, pl.DataFrame]:
+    """The batch one course's sync would write: links, achievements (R7–R11), enrolments (R12)."""
+    users = latest["user_id"].to_list()
+    with engine.connect() as connection:
+        current = sync_store.achievements_for_course(connection, activity_id, users)
+        programmes = sync_store.activity_programmes(connection, [activity_id])
+        changes = achievement_changes(latest, current, activity_id=activity_id, now=now)
+        enrolments = sync_store.programme_enrolments(connection, changes["user_id"].to_list())
+    changes = assign_programmes(changes, programmes, enrolments)
+    csa_ids = programmes.filter(pl.col("programme_slug") == CSA)["programme_id"].to_list()
+    csa = (
+        csa_auto_enrolments(changes, programmes, enrolments, csa_ids[0])
+        if csa_ids
+        else pl.DataFrame(
+            schema={"user_id": pl.String, "programme_id": pl.String, "auto_enrolled": pl.Boolean}
+        )
+    )
+    memberships = linked.filter("write").select(MEMBERSHIP_ROW_COLUMNS)
+    batch = sync_store.CourseSyncBatch(
+        memberships=memberships,
+        achievement_changes=changes.select(list(sync_store.ACHIEVEMENT_CHANGE_SCHEMA)),
+        programme_enrolments=csa,
+    )
+    return batch, changes
+
+
+def sync_course(
+    engine: Engine,
+    course: str,
+    activity_id: str,
+    enrolments: pl.DataFrame,
+    latest: pl.DataFrame,
+    linked: pl.DataFrame,
+    *,
+    now: datetime,
+    previous_count: int | None,
+    breaker: CircuitBreaker,
+    dry_run: bool,
+    dagster_run_id: str | None,
+) -> CourseOutcome:
+    """Plan one course and, unless refused or dry, commit it in one transaction."""
+    batch, changes = plan_course(engine, course, activity_id, latest, linked, now)
+    outcome = CourseOutcome(
+        course_uuid=course,
+        activity_id=activity_id,
+        enrolments=enrolments.height,
+        learners=latest.height,
+        links_made=linked.filter(pl.col("new_link")).height,
+        changes=changes,
+    )
+    outcome.refused = breaker.refusal(course, previous_count, enrolments.height)
+    if outcome.refused or dry_run:
+        return outcome
+    count_changed = previous_count != enrolments.height
+    batch = sync_store.CourseSyncBatch(
+        memberships=batch.memberships,
+        achievement_changes=batch.achievement_changes,
+        programme_enrolments=batch.programme_enrolments,
+        course_state=(course, enrolments.height) if count_changed else None,
+    )
+    outcome.applied = sync_store.apply_course_sync(engine, batch, dagster_run_id=dagster_run_id)
+    return outcome
