@@ -20,10 +20,10 @@ from sqlalchemy.engine import Connection
 from sync_assets.platform.database import dialect_insert
 from sync_assets.platform.tables import (
     activities,
-    users,
     programme_activities,
     programme_activity_groupings,
     programmes,
+    users,
 )
 
 CATALOGUE_FILE = Path(__file__).resolve().parent / "activities_catalogue.json"
@@ -196,7 +196,7 @@ def seed_users(connection: Connection, people: pl.DataFrame) -> int:
 
 
 def seed_activities(connection: Connection, extra: pl.DataFrame) -> int:
-    """Activities for FutureLearn courses outside the catalogue (the benchmark datasets' courses)."""
+    """Activities for FutureLearn courses outside the catalogue (benchmark datasets' courses)."""
     if extra.is_empty():
         return 0
     _upsert(connection, activities, extra.to_dicts(), ["id"])
