@@ -16,10 +16,9 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-# The embedded default: a SQLite platform database under ./data, migrated and seeded.
+# The embedded default end to end: simulator, fresh SQLite platform under ./data, full sync.
 demo: $(INSTALLED)
-	$(BIN)/sync-assets db upgrade
-	$(BIN)/sync-assets db seed-catalogue
+	$(BIN)/sync-assets demo
 
 test: $(INSTALLED) lint
 	$(BIN)/pytest -n auto

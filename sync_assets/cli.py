@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from sync_assets.platform import migrate
 from sync_assets.platform.database import check_connection, create_platform_engine, describe
-from sync_assets.platform.demo_catalogue import seed_demo_catalogue
-from sync_assets.settings import ConfigurationError
+from sync_assets.platform.demo_catalogue import seed_demo_catalogue, seed_users
+from sync_assets.settings import ConfigurationError, data_dir, partners_api_settings
 from sync_assets.simulator.app import (
     SIMULATOR_CONSUMER_KEY,
     SIMULATOR_CONSUMER_SECRET,
@@ -44,6 +46,15 @@ def _connected_engine():
     return engine
 
 
+def _migrated_engine():
+    engine = _connected_engine()
+    if migrate.current_revision(engine) != migrate.head_revision():
+        raise click.ClickException(
+            f"{describe(engine.url)} is not at the latest schema: run `sync-assets db upgrade`"
+        )
+    return engine
+
+
 @db.command()
 def upgrade() -> None:
     """Create or migrate the platform schema; a database already up to date is left as it is."""
@@ -61,11 +72,7 @@ def upgrade() -> None:
 @db.command("seed-catalogue")
 def seed_catalogue() -> None:
     """Load the demo catalogue: 33 FutureLearn courses, 3 programmes and their groupings."""
-    engine = _connected_engine()
-    if migrate.current_revision(engine) != migrate.head_revision():
-        raise click.ClickException(
-            f"{describe(engine.url)} is not at the latest schema: run `sync-assets db upgrade`"
-        )
+    engine = _migrated_engine()
     with engine.begin() as connection:
         seeded = seed_demo_catalogue(connection)
     click.echo(
@@ -153,3 +160,84 @@ def serve(
         pass
     finally:
         server.server_close()
+
+
+def _sync_and_report(
+    courses: tuple[str, ...], dry_run: bool, allow_shrink: tuple[str, ...]
+) -> None:
+    # Imported here: loading the Dagster definitions takes a moment the db commands don't need.
+    import dagster as dg
+
+    from sync_assets.defs.sync.launch import (
+        ensure_dagster_home,
+        format_report,
+        launch_sync,
+        prepare_partitions,
+    )
+
+    partners_api_settings()  # a bad FL_PARTNERS_* setting fails here, before any request
+    _migrated_engine().dispose()
+    home = ensure_dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        partitions = prepare_partitions(instance, list(courses) or None)
+        if not partitions:
+            raise click.ClickException("no known course has runs on FutureLearn: nothing to sync")
+        report = launch_sync(
+            instance,
+            partitions,
+            all_courses=not courses,
+            dry_run=dry_run,
+            allow_shrink=list(allow_shrink),
+            say=click.echo,
+        )
+    click.echo(format_report(report))
+    click.echo(f"Dagster instance: {home}")
+    if not report.success:
+        for failure in report.failures:
+            click.echo(f"error: {failure}", err=True)
+        raise click.ClickException("the sync failed for some courses; the others were committed")
+
+
+@main.command()
+@click.option("--course", "courses", multiple=True, help="Sync only this course uuid (repeatable)")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing (S3)")
+@click.option(
+    "--allow-shrink",
+    multiple=True,
+    metavar="UUID",
+    help="Apply progress for this course even if its enrolment report shrank sharply",
+)
+def sync(courses: tuple[str, ...], dry_run: bool, allow_shrink: tuple[str, ...]) -> None:
+    """Both steps of the sync for all known courses (or the given ones), recorded in Dagster."""
+    _sync_and_report(courses, dry_run, allow_shrink)
+
+
+@main.command()
+def demo() -> None:
+    """The embedded default end to end: simulator, fresh SQLite platform, full sync."""
+    if partners_api_settings().url is not None:
+        raise click.ClickException("the demo runs on the embedded simulator: unset FL_PARTNERS_URL")
+    from sync_assets.simulator.embedded import embedded_simulator
+
+    if os.environ.get("PLATFORM_DATABASE_URL"):
+        click.echo(
+            "Using PLATFORM_DATABASE_URL as it is (the demo only wipes its own default file)."
+        )
+    else:
+        platform_file = data_dir() / "platform.sqlite3"
+        for leftover in platform_file.parent.glob(platform_file.name + "*"):
+            leftover.unlink()
+        click.echo(f"Fresh platform database: {platform_file}")
+    engine = _connected_engine()
+    migrate.upgrade(engine)
+    with engine.begin() as connection:
+        seed_demo_catalogue(connection)
+        people = seed_users(connection, embedded_simulator("demo").dataset.users)
+    engine.dispose()
+    click.echo(f"Seeded the catalogue (33 FutureLearn courses, 3 programmes) and {people} users")
+    _sync_and_report((), dry_run=False, allow_shrink=())
+    click.echo(
+        "\nSee it in the Dagster UI: `make ui` (or `DAGSTER_HOME=data/dagster_home "
+        ".venv/bin/dagster dev -w workspace.yaml`), then open http://127.0.0.1:3000 → Assets → "
+        "futurelearn_sync for the lineage, one partition per course, checks and metadata."
+    )

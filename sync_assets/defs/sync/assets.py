@@ -10,6 +10,7 @@ number of courses; a rerun of one course partition from the UI touches only that
 """
 
 # No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
+import warnings
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,8 @@ from sync_assets.partners_api.client import run
 from sync_assets.platform import sync_store
 from sync_assets.sync import steps
 
+# Single-run backfills are how one step serves every course; we rely on them knowingly.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 GROUP = "futurelearn_sync"
 UNKNOWN_COURSES_CHECK = "unknown_courses_reported"
@@ -70,6 +73,9 @@ def course_runs(
             "courses": runs["course_uuid"].n_unique(),
             "known_courses": len(fetched.known_course_uuids()),
             "unknown_courses": unknown.height,
+            "unknown_course_list": dg.MetadataValue.json(
+                [{"uuid": uuid, "title": title} for uuid, title in unknown.iter_rows()]
+            ),
             "not_modified": fetched.not_modified,
             "quarantined": dg.MetadataValue.json(reasons(fetched.quarantine)),
             **_api_metadata(metrics),

@@ -1,0 +1,259 @@
+"""Running the sync job from the command line, through the Dagster instance at DAGSTER_HOME.
+
+Runs are executed in this process but recorded in the instance, so they show in the UI with
+their metadata, exactly like the scheduled ones. The summary is read back from the run's own
+materialisation metadata: what the CLI prints is what the UI shows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from sync_assets.definitions import defs
+from sync_assets.defs.sync.jobs import all_partitions_tags, futurelearn_sync_job
+from sync_assets.defs.sync.partitions import course_partitions
+from sync_assets.defs.sync.sensors import missing_course_partitions
+from sync_assets.settings import ConfigurationError, data_dir, project_dir
+
+API_ASSETS = ("course_runs", "enrolments", "linked_memberships")
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME, defaulting to data/dagster_home with the project's dagster.yaml in it."""
+    home = Path(os.environ.get("DAGSTER_HOME") or data_dir() / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    template = project_dir() / "dagster.yaml"
+    if not config.exists() and template.exists():
+        shutil.copy(template, config)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+@dataclass
+class CourseLine:
+    course_uuid: str
+    status: str
+    links_made: int = 0
+    created: int = 0
+    updated: int = 0
+    completed: int = 0
+    dropped: int = 0
+    note: str = ""
+
+
+@dataclass
+class SyncReport:
+    run_ids: list[str]
+    success: bool
+    dry_run: bool
+    seconds: float
+    courses: list[CourseLine] = field(default_factory=list)
+    unknown_courses: list[dict[str, str]] = field(default_factory=list)
+    requests: int = 0
+    not_modified: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def _resource_values() -> dict[str, Any]:
+    return dict(defs.resources or {})
+
+
+def prepare_partitions(instance: dg.DagsterInstance, courses: list[str] | None) -> list[str]:
+    """Add a partition for every known course with runs; return the partitions to sync."""
+    existing = list(instance.get_dynamic_partitions(course_partitions.name))
+    resources = _resource_values()
+    with dg.build_resources(
+        {
+            "partners_api": resources["partners_api"],
+            "platform_database": resources["platform_database"],
+        }
+    ) as built:
+        missing = missing_course_partitions(
+            built.partners_api, built.platform_database, set(existing)
+        )
+    if missing:
+        instance.add_dynamic_partitions(course_partitions.name, missing)
+    partitions = list(instance.get_dynamic_partitions(course_partitions.name))
+    if not courses:
+        return partitions
+    unknown = [course for course in courses if course not in partitions]
+    if unknown:
+        raise ConfigurationError(
+            "--course",
+            f"not a known course with runs on FutureLearn (R1): {', '.join(unknown)}",
+        )
+    return [course for course in partitions if course in set(courses)]
+
+
+def _run_config(dry_run: bool, allow_shrink: list[str]) -> dict[str, Any]:
+    progress = {"dry_run": dry_run, "allow_shrink_courses": list(allow_shrink)}
+    return {"ops": {"activity_progress": {"config": progress}}, **QUIET_LOGGERS}
+
+
+def _follow(
+    instance: dg.DagsterInstance, run_id: str, done: threading.Event, say: Callable[[str], None]
+) -> None:
+    """Print each step as it starts and ends, from the run's event log."""
+    started = time.monotonic()
+    seen = 0
+    wanted = {"STEP_START": "started", "STEP_SUCCESS": "done", "STEP_FAILURE": "FAILED"}
+    while True:
+        finished = done.is_set()
+        records = instance.all_logs(run_id)
+        for record in records[seen:]:
+            event = record.dagster_event
+            if event is not None and event.event_type_value in wanted:
+                elapsed = time.monotonic() - started
+                say(f"  [{elapsed:6.1f}s] {event.step_key}: {wanted[event.event_type_value]}")
+        seen = len(records)
+        if finished:
+            return
+        done.wait(0.5)
+
+
+def _execute(
+    instance: dg.DagsterInstance,
+    run_config: dict[str, Any],
+    say: Callable[[str], None],
+    **target: Any,
+) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_job_def(futurelearn_sync_job.name)
+    run_id = str(uuid.uuid4())
+    done = threading.Event()
+    follower = threading.Thread(target=_follow, args=(instance, run_id, done, say), daemon=True)
+    follower.start()
+    try:
+        return job.execute_in_process(
+            run_config=run_config, instance=instance, run_id=run_id, raise_on_error=False, **target
+        )
+    finally:
+        done.set()
+        follower.join(timeout=5)
+
+
+def launch_sync(
+    instance: dg.DagsterInstance,
+    partitions: list[str],
+    *,
+    all_courses: bool,
+    dry_run: bool = False,
+    allow_shrink: list[str] | None = None,
+    say: Callable[[str], None] = print,
+) -> SyncReport:
+    """One run over every partition, or one run per chosen course; then the summary."""
+    started = time.monotonic()
+    run_config = _run_config(dry_run, allow_shrink or [])
+    if all_courses:
+        say(f"Syncing {len(partitions)} courses in one run")
+        results = [_execute(instance, run_config, say, tags=all_partitions_tags(partitions))]
+    else:
+        results = []
+        for course in partitions:
+            say(f"Syncing course {course}")
+            results.append(_execute(instance, run_config, say, partition_key=course))
+    report = SyncReport(
+        run_ids=[result.run_id for result in results],
+        success=all(result.success for result in results),
+        dry_run=dry_run,
+        seconds=time.monotonic() - started,
+    )
+    for result in results:
+        _read_result(result, report)
+    report.courses.sort(key=lambda line: line.course_uuid)
+    return report
+
+
+def _value(metadata: dict[str, Any], name: str, default: Any = 0) -> Any:
+    entry = metadata.get(name)
+    return default if entry is None else entry.value
+
+
+def _read_result(result: dg.ExecuteInProcessResult, report: SyncReport) -> None:
+    api_by_asset: dict[str, tuple[int, int]] = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        name = materialization.asset_key.to_user_string()
+        metadata = dict(materialization.metadata)
+        if name in API_ASSETS:
+            # A step's request counts sit on each of its partitions: count them once per step.
+            api_by_asset[name] = (
+                _value(metadata, "api_requests"),
+                _value(metadata, "api_not_modified_304"),
+            )
+        if name == "course_runs":
+            report.unknown_courses = list(_value(metadata, "unknown_course_list", []))
+        if name == "activity_progress" and materialization.partition:
+            report.courses.append(
+                CourseLine(
+                    course_uuid=materialization.partition,
+                    status=_value(metadata, "status", "?"),
+                    links_made=_value(metadata, "links_made"),
+                    created=_value(metadata, "achievements_created"),
+                    updated=_value(metadata, "achievements_updated"),
+                    completed=_value(metadata, "achievements_completed"),
+                    dropped=_value(metadata, "achievements_dropped"),
+                    note=_value(metadata, "refused", "") or _value(metadata, "error", ""),
+                )
+            )
+    report.requests += sum(requests for requests, _ in api_by_asset.values())
+    report.not_modified += sum(not_modified for _, not_modified in api_by_asset.values())
+    for event in result.all_events:
+        if event.event_type_value in ("STEP_FAILURE", "RUN_FAILURE") and event.message:
+            failure = event.step_failure_data.error if event.is_step_failure else None
+            text = failure.message.strip() if failure is not None else event.message
+            report.failures.append(f"{event.step_key or 'run'}: {text}")
+
+
+def format_report(report: SyncReport) -> str:
+    """The summary table the CLI prints."""
+    header = ("course", "status", "links", "created", "updated", "completed", "dropped")
+    rows = [
+        (
+            line.course_uuid,
+            line.status,
+            str(line.links_made),
+            str(line.created),
+            str(line.updated),
+            str(line.completed),
+            str(line.dropped),
+        )
+        for line in report.courses
+    ]
+    totals = [
+        sum(getattr(line, name) for line in report.courses)
+        for name in ("links_made", "created", "updated", "completed", "dropped")
+    ]
+    rows.append(("total", f"{len(report.courses)} courses", *map(str, totals)))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i < 2 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    out = [line(header), line(tuple("-" * width for width in widths)), *map(line, rows)]
+    if report.dry_run:
+        out.append("Dry run: nothing was written.")
+    out.append(
+        f"Partners API: {report.requests} requests, {report.not_modified} answered 304 (unchanged)."
+    )
+    if report.unknown_courses:
+        out.append(f"Unknown courses (R1), not synced ({len(report.unknown_courses)}):")
+        out += [f"  {course['uuid']}  {course['title']}" for course in report.unknown_courses]
+    notes = [line for line in report.courses if line.note]
+    out += [f"  {line.course_uuid}: {line.note}" for line in notes]
+    out.append(f"Time: {report.seconds:.1f} s; Dagster run(s): {', '.join(report.run_ids)}")
+    return "\n".join(out)
