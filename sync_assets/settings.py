@@ -35,7 +35,9 @@ def project_dir() -> Path:
 
 
 def data_dir() -> Path:
-    return project_dir() / "data"
+    """Where the embedded default keeps its files: SYNC_ASSETS_DATA_DIR, else ./data."""
+    override = os.environ.get("SYNC_ASSETS_DATA_DIR", "").strip()
+    return Path(override) if override else project_dir() / "data"
 
 
 def default_platform_database_url() -> str:

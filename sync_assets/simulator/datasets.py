@@ -36,6 +36,8 @@ class Scale:
 
 
 SCALES = {
+    # For tests: every feature of demo, in a few courses.
+    "tiny": Scale(known_courses=5, unknown_courses=2, runs=14, learners=90, enrolments=200),
     # The real API showed 31 courses with runs, 6 of them unknown to the platform.
     "demo": Scale(known_courses=25, unknown_courses=6, runs=90, learners=400, enrolments=900),
     "teachcomputing": Scale(

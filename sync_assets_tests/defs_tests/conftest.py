@@ -1,0 +1,90 @@
+"""A world to sync: a generated dataset served over loopback HTTP, a platform database, a
+Dagster home, and the environment pointing `sync-assets` at them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+from sqlalchemy.engine import Engine
+
+from sync_assets.cli import main
+from sync_assets.platform.database import create_platform_engine
+from sync_assets.platform.demo_catalogue import seed_demo_catalogue, seed_users
+from sync_assets.platform.migrate import upgrade
+from sync_assets.simulator.app import PartnersApiSimulator
+from sync_assets.simulator.datasets import GeneratedDataset, generate
+from sync_assets.simulator.faults import FaultPlan
+from sync_assets.simulator.transports import serving
+
+KEY, SECRET = "e2e-partner", "an-end-to-end-secret-of-32-bytes-or-more"
+TABLES = (
+    "future_learn_memberships",
+    "achievements",
+    "achievement_transitions",
+    "completion_events",
+    "user_programme_enrolments",
+    "course_sync_state",
+)
+REPORT = "course_enrolments_report"
+MEMBERSHIP = "organisation_membership"
+
+
+@dataclass
+class World:
+    dataset: GeneratedDataset
+    simulator: PartnersApiSimulator
+    engine: Engine
+
+    def sync(self, *args: str) -> Result:
+        return CliRunner().invoke(main, ["sync", *args], catch_exceptions=False)
+
+    def table(self, name: str) -> list[dict]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(sa.text(f"SELECT * FROM {name}")).mappings().all()
+        return sorted((dict(row) for row in rows), key=repr)
+
+    def snapshot(self) -> dict[str, list[dict]]:
+        return {name: self.table(name) for name in TABLES}
+
+    def achievements(self) -> dict[tuple[str, str], tuple[int, str]]:
+        return {
+            (row["user_id"], row["activity_id"]): (row["progress"], row["state"])
+            for row in self.table("achievements")
+        }
+
+
+def make_world(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, faults: tuple[str, ...] = ()
+) -> Iterator[World]:
+    dataset = generate("tiny", seed=11)
+    simulator = PartnersApiSimulator(
+        dataset, consumer_key=KEY, consumer_secret=SECRET, faults=FaultPlan.parse(faults, seed=2)
+    )
+    engine = create_platform_engine(database_url)
+    upgrade(engine)
+    with engine.begin() as connection:
+        seed_demo_catalogue(connection)
+        seed_users(connection, dataset.users)
+    with serving(simulator) as server:
+        for name, value in {
+            "FL_PARTNERS_URL": server.base_url,
+            "FL_PARTNERS_CONSUMER_KEY": KEY,
+            "FL_PARTNERS_CONSUMER_SECRET": SECRET,
+            "PLATFORM_DATABASE_URL": database_url,
+            "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+            "SYNC_ASSETS_DATA_DIR": str(tmp_path / "data"),
+        }.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("FL_PARTNERS_IGNORED_COURSE_UUIDS", raising=False)
+        yield World(dataset, simulator, engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def world(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    yield from make_world(database_url, tmp_path, monkeypatch)

@@ -1,0 +1,133 @@
+"""The sync's Dagster definitions: partitions sensor, nightly schedule, checks and metadata."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pytest
+
+from sync_assets.definitions import defs
+from sync_assets.defs.sync.partitions import course_partitions
+from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
+from sync_assets.defs.sync.sensors import course_partitions_sensor
+from sync_assets.platform.demo_catalogue import load_catalogue
+
+from .conftest import World
+
+CATALOGUE = {c["future_learn_course_uuid"] for c in load_catalogue()}
+
+
+def test_lineage_puts_linking_before_progress() -> None:
+    graph = defs.resolve_asset_graph()
+    upstream = {
+        key.to_user_string(): {parent.to_user_string() for parent in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+    }
+    assert upstream["enrolments"] == {"course_runs"}
+    assert upstream["linked_memberships"] == {"enrolments"}
+    assert "linked_memberships" in upstream["latest_enrolments"]
+    assert "latest_enrolments" in upstream["activity_progress"]
+
+
+def test_sensor_adds_a_partition_per_known_course(world: World) -> None:
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_sensor_context(instance=instance, resources=defs.resources) as context,
+    ):
+        result = course_partitions_sensor(context)
+        [request] = result.dynamic_partitions_requests
+        assert set(request.partition_keys) == set(world.dataset.runs["course_uuid"]) & CATALOGUE
+        instance.add_dynamic_partitions(course_partitions.name, list(request.partition_keys))
+        again = course_partitions_sensor(context)
+    assert isinstance(again, dg.SkipReason)
+
+
+def test_nightly_schedule_is_one_run_over_every_course() -> None:
+    assert nightly_futurelearn_sync.cron_schedule == "0 2 * * *"
+    assert nightly_futurelearn_sync.execution_timezone == "Europe/London"
+    with dg.instance_for_test() as instance:
+        when = datetime(2026, 11, 23, 2, 0, tzinfo=ZoneInfo("Europe/London"))
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as context:
+            assert isinstance(nightly_futurelearn_sync(context), dg.SkipReason)
+        instance.add_dynamic_partitions(course_partitions.name, ["c-1", "c-2", "c-3"])
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as context:
+            request = nightly_futurelearn_sync(context)
+    assert request.tags["dagster/asset_partition_range_start"] == "c-1"
+    assert request.tags["dagster/asset_partition_range_end"] == "c-3"
+
+
+def _run_events(world: World) -> list[dg.EventLogEntry]:
+    with dg.DagsterInstance.get() as instance:
+        [run] = instance.get_runs(limit=1)
+        return list(instance.all_logs(run.run_id))
+
+
+def _check(events: list[dg.EventLogEntry], name: str) -> dg.AssetCheckEvaluation:
+    return next(
+        entry.dagster_event.event_specific_data
+        for entry in events
+        if entry.dagster_event
+        and entry.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+        and entry.dagster_event.event_specific_data.check_name == name
+    )
+
+
+def test_checks_and_ignored_unknown_courses(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert world.sync().exit_code == 0
+    events = _run_events(world)
+    unknown = sorted(set(world.dataset.runs["course_uuid"]) - CATALOGUE)
+    warning = _check(events, "unknown_courses_reported")
+    assert not warning.passed and warning.severity == dg.AssetCheckSeverity.WARN
+    listed = warning.metadata["unknown_courses"].value
+    assert all(uuid in listed for uuid in unknown)
+    assert _check(events, "one_latest_enrolment_per_user_and_course").passed
+    assert _check(events, "enrolment_report_not_shrunk").passed
+
+    monkeypatch.setenv("FL_PARTNERS_IGNORED_COURSE_UUIDS", ",".join(unknown))
+    assert world.sync().exit_code == 0
+    assert _check(_run_events(world), "unknown_courses_reported").passed
+
+
+def test_metadata_is_informative_and_holds_no_personal_data(world: World) -> None:
+    assert world.sync().exit_code == 0
+    events = _run_events(world)
+    materialisations = [
+        entry.dagster_event.event_specific_data.materialization
+        for entry in events
+        if entry.dagster_event and entry.dagster_event.event_type_value == "ASSET_MATERIALIZATION"
+    ]
+    progress = [m for m in materialisations if m.asset_key.to_user_string() == "activity_progress"]
+    assert {m.partition for m in progress} == set(world.dataset.runs["course_uuid"]) & CATALOGUE
+    first = dict(progress[0].metadata)
+    for name in (
+        "dagster/row_count",
+        "dagster/column_schema",
+        "achievements_created",
+        "links_made",
+    ):
+        assert name in first
+    linking = next(
+        m for m in materialisations if m.asset_key.to_user_string() == "linked_memberships"
+    )
+    assert "api_requests" in linking.metadata and "looked_up" in linking.metadata
+
+    text = json.dumps(
+        [{k: str(v.value) for k, v in m.metadata.items()} for m in materialisations]
+        + [str(entry.user_message) for entry in events]
+    )
+    emails = world.dataset.users["email"].to_list()
+    externals = world.dataset.memberships["external_learner_id"].to_list()
+    assert not [value for value in emails + externals if "@" in value and value in text]
+    assert not [value for value in externals if "@" in value and value.lower() in text.lower()]
+    previews = [m.metadata["preview"].value for m in materialisations if "preview" in m.metadata]
+    user_cells = [
+        record.data["user_id"]
+        for table in previews
+        for record in table.records
+        if "user_id" in record.data
+    ]
+    linked_cells = [cell for cell in user_cells if cell is not None]  # unlinked: no user
+    assert linked_cells and all(cell.startswith("user:") for cell in linked_cells)
