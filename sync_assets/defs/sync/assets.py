@@ -273,7 +273,7 @@ def activity_progress(
                 previous_count=previous_counts.get(course),
                 breaker=breaker,
                 dry_run=config.dry_run,
-                dagster_run_id=context.run_id,
+                dagster_run_id=context.run.run_id,
             )
         except Exception as error:  # one course failing must not stop the others
             context.log.error(f"course {course}: {type(error).__name__}: {error}")
