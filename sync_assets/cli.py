@@ -8,7 +8,11 @@ import click
 
 from sync_assets.platform import migrate
 from sync_assets.platform.database import check_connection, create_platform_engine, describe
-from sync_assets.platform.demo_catalogue import seed_demo_catalogue, seed_users
+from sync_assets.platform.demo_catalogue import (
+    seed_demo_catalogue,
+    seed_demo_progress,
+    seed_users,
+)
 from sync_assets.settings import ConfigurationError, data_dir, partners_api_settings
 from sync_assets.simulator.app import (
     SIMULATOR_CONSUMER_KEY,
@@ -173,6 +177,7 @@ def _sync_and_report(
         format_report,
         launch_sync,
         prepare_partitions,
+        run_certificate_work,
     )
 
     partners_api_settings()  # a bad FL_PARTNERS_* setting fails here, before any request
@@ -190,12 +195,14 @@ def _sync_and_report(
             allow_shrink=list(allow_shrink),
             say=click.echo,
         )
+        if not dry_run:
+            run_certificate_work(instance, report, say=click.echo)
     click.echo(format_report(report))
     click.echo(f"Dagster instance: {home}")
     if not report.success:
         for failure in report.failures:
             click.echo(f"error: {failure}", err=True)
-        raise click.ClickException("the sync failed for some courses; the others were committed")
+        raise click.ClickException("some of the work failed (see above); the rest was committed")
 
 
 @main.command()
@@ -232,9 +239,14 @@ def demo() -> None:
     migrate.upgrade(engine)
     with engine.begin() as connection:
         seed_demo_catalogue(connection)
-        people = seed_users(connection, embedded_simulator("demo").dataset.users)
+        demo_users = embedded_simulator("demo").dataset.users
+        people = seed_users(connection, demo_users)
+        enrolled = seed_demo_progress(connection, demo_users)
     engine.dispose()
-    click.echo(f"Seeded the catalogue (33 FutureLearn courses, 3 programmes) and {people} users")
+    click.echo(
+        f"Seeded the catalogue (33 FutureLearn courses, 3 programmes), {people} users, "
+        f"{enrolled} of them enrolled on a programme with platform-side progress"
+    )
     _sync_and_report((), dry_run=False, allow_shrink=())
     click.echo(
         "\nSee it in the Dagster UI: `make ui` (or `DAGSTER_HOME=data/dagster_home "

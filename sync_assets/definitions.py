@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
+from sync_assets.defs.certificates.jobs import certificate_job, daily_certificates_job
+from sync_assets.defs.certificates.schedules import daily_certificates
+from sync_assets.defs.certificates.sensors import completion_events_sensor
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.storage import PartitionedParquetIOManager
 from sync_assets.defs.sync.assets import sync_assets_list
@@ -15,12 +18,13 @@ RESOURCES = {
     "platform_database": PlatformDatabase(),
     "partners_api": PartnersApi(),
     "io_manager": PartitionedParquetIOManager(),
+    "op_io_manager": dg.FilesystemIOManager(),
 }
 
 defs = dg.Definitions(
     assets=sync_assets_list,
-    jobs=[futurelearn_sync_job],
-    schedules=[nightly_futurelearn_sync],
-    sensors=[course_partitions_sensor],
+    jobs=[futurelearn_sync_job, certificate_job, daily_certificates_job],
+    schedules=[nightly_futurelearn_sync, daily_certificates],
+    sensors=[course_partitions_sensor, completion_events_sensor],
     resources=RESOURCES,
 )

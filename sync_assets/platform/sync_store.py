@@ -105,7 +105,7 @@ ACHIEVEMENT_CHANGE_SCHEMA = {
 }
 
 
-def _chunks(values: Sequence[Any], size: int = KEY_CHUNK) -> Iterator[Sequence[Any]]:
+def chunks(values: Sequence[Any], size: int = KEY_CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
 
@@ -126,7 +126,7 @@ def _read_by_keys(
     schema: dict,
 ) -> pl.DataFrame:
     """Run `build(chunk_of_keys)` for each chunk of distinct keys and stack the results."""
-    frames = [_read(connection, build(chunk), schema) for chunk in _chunks(_distinct(keys))]
+    frames = [_read(connection, build(chunk), schema) for chunk in chunks(_distinct(keys))]
     return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
@@ -154,7 +154,7 @@ def memberships_to_look_up(connection: Connection, membership_uuids: Iterable[st
     wanted = _distinct(membership_uuids)
     table = future_learn_memberships
     seen: set[str] = set()
-    for chunk in _chunks(wanted):
+    for chunk in chunks(wanted):
         statement = sa.select(table.c.membership_uuid).where(
             table.c.membership_uuid.in_(chunk),
             sa.or_(table.c.fetched_at.is_not(None), table.c.gone_at.is_not(None)),
@@ -308,7 +308,7 @@ def last_enrolment_counts(connection: Connection, course_uuids: Iterable[str]) -
     """The circuit breaker's reference: each course's report size at its last successful sync."""
     table = course_sync_state
     counts: dict[str, int] = {}
-    for chunk in _chunks(_distinct(course_uuids)):
+    for chunk in chunks(_distinct(course_uuids)):
         statement = sa.select(table.c.course_uuid, table.c.enrolment_count).where(
             table.c.course_uuid.in_(chunk)
         )

@@ -20,9 +20,12 @@ from typing import Any
 import dagster as dg
 
 from sync_assets.definitions import defs
+from sync_assets.defs.certificates.jobs import certificate_job
 from sync_assets.defs.sync.jobs import all_partitions_tags, futurelearn_sync_job
 from sync_assets.defs.sync.partitions import course_partitions
 from sync_assets.defs.sync.sensors import missing_course_partitions
+from sync_assets.platform import certificate_store
+from sync_assets.platform.database import create_platform_engine
 from sync_assets.settings import ConfigurationError, data_dir, project_dir
 
 API_ASSETS = ("course_runs", "enrolments", "linked_memberships")
@@ -64,6 +67,7 @@ class SyncReport:
     requests: int = 0
     not_modified: int = 0
     failures: list[str] = field(default_factory=list)
+    certificates: dict[str, Any] = field(default_factory=dict)
 
 
 def _resource_values() -> dict[str, Any]:
@@ -255,5 +259,45 @@ def format_report(report: SyncReport) -> str:
         out += [f"  {course['uuid']}  {course['title']}" for course in report.unknown_courses]
     notes = [line for line in report.courses if line.note]
     out += [f"  {line.course_uuid}: {line.note}" for line in notes]
+    if report.certificates:
+        figures = report.certificates
+        out.append(
+            f"Certificates: {figures.get('events_handled', 0)} completion events handled, "
+            f"{figures.get('enrolments_moved_to_pending', 0)} enrolments moved to pending, "
+            f"{figures.get('notifications_written', 0)} notifications written."
+        )
     out.append(f"Time: {report.seconds:.1f} s; Dagster run(s): {', '.join(report.run_ids)}")
     return "\n".join(out)
+
+
+def run_certificate_work(
+    instance: dg.DagsterInstance, report: SyncReport, say: Callable[[str], None] = print
+) -> None:
+    """What the completion events sensor does under the daemon, for this sync's completions."""
+    engine = create_platform_engine()
+    try:
+        with engine.connect() as connection:
+            event_ids = certificate_store.pending_event_ids(connection, run_ids=report.run_ids)
+    finally:
+        engine.dispose()
+    if not event_ids:
+        return
+    say(f"Certificate work for {len(event_ids)} completion events")
+    job = defs.resolve_job_def(certificate_job.name)
+    result = job.execute_in_process(
+        run_config={
+            "ops": {"handle_completion_events": {"config": {"event_ids": event_ids}}},
+            **QUIET_LOGGERS,
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+    report.run_ids.append(result.run_id)
+    report.success = report.success and result.success
+    for event in result.all_events:
+        if event.event_type_value == "STEP_OUTPUT":
+            report.certificates = {
+                name: value.value for name, value in event.event_specific_data.metadata.items()
+            }
+        elif event.is_step_failure and event.step_failure_data.error is not None:
+            report.failures.append(f"certificates: {event.step_failure_data.error.message.strip()}")

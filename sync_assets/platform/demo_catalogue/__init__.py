@@ -19,10 +19,12 @@ from sqlalchemy.engine import Connection
 
 from sync_assets.platform.database import dialect_insert
 from sync_assets.platform.tables import (
+    achievements,
     activities,
     programme_activities,
     programme_activity_groupings,
     programmes,
+    user_programme_enrolments,
     users,
 )
 
@@ -201,3 +203,35 @@ def seed_activities(connection: Connection, extra: pl.DataFrame) -> int:
         return 0
     _upsert(connection, activities, extra.to_dicts(), ["id"])
     return extra.height
+
+
+def seed_demo_progress(connection: Connection, people: pl.DataFrame, share: float = 0.3) -> int:
+    """Platform-side progress for some demo users, so the certificates have something to do.
+
+    Every third user in `share` is enrolled on a certificate programme with its face-to-face,
+    community and assessment groupings complete, or has CS Accelerator face-to-face credit; the
+    FutureLearn course completions the sync brings then complete their requirements. The choice
+    is by position, so the demo is the same every time.
+    """
+    chosen = people.filter(~pl.col("forgotten")).head(int(people.height * share))["id"].to_list()
+    enrolments, completed = [], []
+    for index, user in enumerate(chosen):
+        programme = ("primary-certificate", "secondary-certificate", "cs-accelerator")[index % 3]
+        platform_activities = [
+            activity["id"] for activity, owner, _ in PLATFORM_ACTIVITIES if owner == programme
+        ]
+        enrolments.append({"user_id": user, "programme_id": programme, "state": "enrolled"})
+        completed += [
+            {
+                "user_id": user,
+                "activity_id": activity,
+                "programme_id": programme,
+                "progress": 100,
+                "state": "complete",
+            }
+            for activity in platform_activities
+        ]
+    if enrolments:
+        _upsert(connection, user_programme_enrolments, enrolments, ["user_id", "programme_id"])
+        _upsert(connection, achievements, completed, ["user_id", "activity_id"])
+    return len(enrolments)

@@ -1,0 +1,1 @@
+"""Certificate work after the sync: completion events to certificate runs, exactly once."""

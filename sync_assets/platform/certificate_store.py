@@ -1,0 +1,307 @@
+"""Certificate work on the platform database, exactly once by construction.
+
+A batch of completion events is handled in one transaction: the events still pending are locked
+(PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: `BEGIN IMMEDIATE` takes the database's write lock),
+their effects are computed from the state inside that transaction, written, and the events are
+marked handled with their outcome before the commit. A crash anywhere rolls all of it back; an
+overlapping run skips what another holds or has handled. C2 numbering holds the programme's row
+lock while it numbers, so certificate numbers are consecutive and never reused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from sync_assets.platform import sync_store
+from sync_assets.platform.database import dialect_insert
+from sync_assets.platform.tables import (
+    achievements,
+    activities,
+    completion_events,
+    notifications,
+    programmes,
+    user_programme_enrolments,
+)
+from sync_assets.rules import certificates as rules
+
+log = logging.getLogger(__name__)
+PENDING_DAYS = 7
+EVENT_SCHEMA = {"id": pl.Int64, "user_id": pl.String, "programme_id": pl.String}
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that holds the write lock from its first statement on SQLite too."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.exec_driver_sql("COMMIT")
+            except BaseException:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+        else:
+            with connection.begin():
+                yield connection
+
+
+def pending_event_ids(
+    connection: Connection,
+    *,
+    after_id: int = 0,
+    limit: int | None = None,
+    run_ids: Sequence[str] = (),
+) -> list[int]:
+    table = completion_events
+    statement = (
+        sa.select(table.c.id)
+        .where(table.c.handled_at.is_(None), table.c.id > after_id)
+        .order_by(table.c.id)
+    )
+    if run_ids:
+        statement = statement.where(table.c.dagster_run_id.in_(list(run_ids)))
+    if limit:
+        statement = statement.limit(limit)
+    return list(connection.execute(statement).scalars())
+
+
+def _lock_pending(connection: Connection, event_ids: Sequence[int]) -> pl.DataFrame:
+    table = completion_events
+    statement = sa.select(table.c.id, table.c.user_id, table.c.programme_id).where(
+        table.c.id.in_(list(event_ids)), table.c.handled_at.is_(None)
+    )
+    if connection.dialect.name == "postgresql":
+        statement = statement.with_for_update(skip_locked=True)
+    return pl.DataFrame(connection.execute(statement).all(), schema=EVENT_SCHEMA, orient="row")
+
+
+def _complete_achievements(connection: Connection, user_ids: list[str]) -> pl.DataFrame:
+    schema = {
+        "user_id": pl.String,
+        "activity_id": pl.String,
+        "programme_id": pl.String,
+        "category": pl.String,
+        "credit": pl.Float64,
+    }
+
+    def build(chunk: Sequence[str]) -> sa.Select:
+        return (
+            sa.select(
+                achievements.c.user_id,
+                achievements.c.activity_id,
+                achievements.c.programme_id,
+                activities.c.category,
+                activities.c.credit,
+            )
+            .join(activities, activities.c.id == achievements.c.activity_id)
+            .where(achievements.c.user_id.in_(chunk), achievements.c.state == "complete")
+        )
+
+    frames = [
+        pl.DataFrame(connection.execute(build(chunk)).all(), schema=schema, orient="row")
+        for chunk in sync_store.chunks(sorted(set(user_ids)))
+    ]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+
+
+def _programmes(connection: Connection) -> pl.DataFrame:
+    rows = connection.execute(sa.select(programmes.c.id, programmes.c.slug)).all()
+    return pl.DataFrame(rows, schema={"id": pl.String, "slug": pl.String}, orient="row")
+
+
+def _notifications(connection: Connection, user_ids: list[str]) -> pl.DataFrame:
+    schema = {"user_id": pl.String, "kind": pl.String}
+    rows = []
+    for chunk in sync_store.chunks(sorted(set(user_ids))):
+        statement = sa.select(notifications.c.user_id, notifications.c.kind).where(
+            notifications.c.user_id.in_(chunk)
+        )
+        rows += connection.execute(statement).all()
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+@dataclass
+class CertificateBatch:
+    """What handling a batch of completion events did."""
+
+    handled: int = 0
+    skipped: int = 0  # already handled, or held by an overlapping run
+    moved_to_pending: int = 0
+    notifications_written: int = 0
+    refused: list[str] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    details: dict[str, int] = field(default_factory=dict)
+
+
+def handle_completion_events(
+    engine: Engine, event_ids: Sequence[int], *, now: datetime | None = None
+) -> CertificateBatch:
+    """C1 and C3 for the given events, each applied at most once (see the module docstring)."""
+    now = now or datetime.now(UTC)
+    batch = CertificateBatch()
+    if not event_ids:
+        return batch
+    with write_transaction(engine) as connection:
+        events = _lock_pending(connection, event_ids)
+        batch.skipped = len(set(event_ids)) - events.height
+        if events.is_empty():
+            return batch
+        users = events["user_id"].to_list()
+        outcomes = rules.certificate_outcomes(
+            events,
+            _programmes(connection),
+            sync_store.programme_structure(connection),
+            _complete_achievements(connection, users),
+            sync_store.programme_enrolments(connection, users),
+            _notifications(connection, users),
+        )
+        batch.moved_to_pending = _move_to_pending(
+            connection, outcomes.filter(pl.col("outcome") == rules.MOVED_TO_PENDING), now, batch
+        )
+        batch.notifications_written = _notify(
+            connection, outcomes.filter(pl.col("outcome") == rules.NOTIFIED), now
+        )
+        _mark_handled(connection, outcomes, now)
+    batch.handled = outcomes.height
+    batch.outcomes = dict(outcomes.group_by("outcome").len().sort("outcome").iter_rows())
+    batch.details = dict(
+        outcomes.filter(pl.col("detail").is_not_null())
+        .group_by("detail")
+        .len()
+        .sort("detail")
+        .iter_rows()
+    )
+    return batch
+
+
+def _move_to_pending(
+    connection: Connection, moves: pl.DataFrame, now: datetime, batch: CertificateBatch
+) -> int:
+    if moves.is_empty():
+        return 0
+    table = user_programme_enrolments
+    ids = moves["enrolment_id"].to_list()
+    current = connection.execute(
+        sa.select(table.c.id, table.c.state, table.c.flagged).where(table.c.id.in_(ids))
+    ).all()
+    allowed = []
+    for enrolment_id, state, flagged in current:
+        refusal = rules.enrolment_refusal(state, "pending", flagged)
+        if refusal:  # a logged no-op, not a crash
+            log.warning("enrolment %s not moved to pending: %s", enrolment_id, refusal)
+            batch.refused.append(f"enrolment {enrolment_id}: {refusal}")
+        else:
+            allowed.append(enrolment_id)
+    if not allowed:
+        return 0
+    result = connection.execute(
+        sa.update(table)
+        .where(table.c.id.in_(allowed), table.c.state == "enrolled")
+        .values(state="pending", pending_since=now)
+    )
+    return result.rowcount
+
+
+def _notify(connection: Connection, notified: pl.DataFrame, now: datetime) -> int:
+    if notified.is_empty():
+        return 0
+    rows = [
+        {"user_id": user, "kind": rules.CSA_NOTIFICATION, "created_at": now}
+        for user in notified["user_id"].unique().sort()
+    ]
+    statement = (
+        dialect_insert(connection, notifications)
+        .on_conflict_do_nothing(index_elements=["user_id", "kind"])
+        .returning(notifications.c.id)
+    )
+    return len(connection.execute(statement, rows).all())
+
+
+def _mark_handled(connection: Connection, outcomes: pl.DataFrame, now: datetime) -> None:
+    table = completion_events
+    # One statement per outcome code, however many events.
+    for outcome, ids in outcomes.group_by("outcome").agg("id").iter_rows():
+        connection.execute(
+            sa.update(table)
+            .where(table.c.id.in_(ids), table.c.handled_at.is_(None))
+            .values(handled_at=now, outcome=outcome)
+        )
+
+
+# --- C2 ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Certified:
+    completed: dict[str, list[int]] = field(default_factory=dict)  # programme → numbers given
+    refused: list[str] = field(default_factory=list)
+
+
+def complete_due_certificates(engine: Engine, *, now: datetime | None = None) -> Certified:
+    """C2: enrolments pending for seven days and not flagged become complete, numbered in turn.
+
+    Per programme, in one transaction that holds the programme's row lock (PostgreSQL) or the
+    database's write lock (SQLite): the next number is one more than the programme's highest,
+    and only enrolments that really complete get one, so numbers are never skipped or reused.
+    """
+    now = now or datetime.now(UTC)
+    due_before = now - timedelta(days=PENDING_DAYS)
+    certified = Certified()
+    with engine.connect() as connection:
+        programme_ids = list(
+            connection.execute(sa.select(programmes.c.id).order_by(programmes.c.id)).scalars()
+        )
+    for programme_id in programme_ids:
+        with write_transaction(engine) as connection:
+            numbers = _number_programme(connection, programme_id, due_before, certified)
+        if numbers:
+            certified.completed[programme_id] = numbers
+    return certified
+
+
+def _number_programme(
+    connection: Connection, programme_id: str, due_before: datetime, certified: Certified
+) -> list[int]:
+    table = user_programme_enrolments
+    lock = sa.select(programmes.c.id).where(programmes.c.id == programme_id)
+    if connection.dialect.name == "postgresql":
+        lock = lock.with_for_update()
+    connection.execute(lock)
+    due = connection.execute(
+        sa.select(table.c.id, table.c.state, table.c.flagged)
+        .where(
+            table.c.programme_id == programme_id,
+            table.c.state == "pending",
+            table.c.pending_since <= due_before,
+        )
+        .order_by(table.c.pending_since, table.c.id)
+    ).all()
+    highest = connection.execute(
+        sa.select(sa.func.coalesce(sa.func.max(table.c.certificate_number), 0)).where(
+            table.c.programme_id == programme_id
+        )
+    ).scalar_one()
+    numbers: list[int] = []
+    for enrolment_id, state, flagged in due:
+        refusal = rules.enrolment_refusal(state, "complete", flagged)
+        if refusal:
+            log.info("enrolment %s stays %s: %s", enrolment_id, state, refusal)
+            certified.refused.append(f"enrolment {enrolment_id}: {refusal}")
+            continue
+        number = highest + len(numbers) + 1
+        connection.execute(
+            sa.update(table)
+            .where(table.c.id == enrolment_id)
+            .values(state="complete", certificate_number=number)
+        )
+        numbers.append(number)
+    return numbers
