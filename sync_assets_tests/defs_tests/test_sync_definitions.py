@@ -61,7 +61,7 @@ def test_nightly_schedule_is_one_run_over_every_course() -> None:
 
 def _run_events(world: World) -> list[dg.EventLogEntry]:
     with dg.DagsterInstance.get() as instance:
-        [run] = instance.get_runs(limit=1)
+        [run] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
         return list(instance.all_logs(run.run_id))
 
 
