@@ -70,6 +70,7 @@ def make_world(
     with engine.begin() as connection:
         seed_demo_catalogue(connection)
         seed_users(connection, dataset.users)
+    (tmp_path / "dagster_home").mkdir()
     with serving(simulator) as server:
         for name, value in {
             "FL_PARTNERS_URL": server.base_url,
