@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import click
 
@@ -37,6 +38,8 @@ class _Commands(click.Group):
 @click.group(cls=_Commands)
 def main() -> None:
     """Keep the platform's teacher progress in step with FutureLearn's Partners API."""
+    # Dagster's notices about its own beta parameters are for its developers, not our operators.
+    warnings.filterwarnings("ignore", message=r"Parameter `\w+` of .* is currently in beta")
 
 
 @main.group()
@@ -253,3 +256,46 @@ def demo() -> None:
         ".venv/bin/dagster dev -w workspace.yaml`), then open http://127.0.0.1:3000 → Assets → "
         "futurelearn_sync for the lineage, one partition per course, checks and metadata."
     )
+
+
+@main.command()
+@click.option("--course", "course_uuid", required=True, help="The FutureLearn course uuid")
+@click.option(
+    "--user", "user_ids", required=True, multiple=True, help="Platform user id (repeatable)"
+)
+def resync(course_uuid: str, user_ids: tuple[str, ...]) -> None:
+    """Resync chosen learners of one course now (S2); nobody else is touched."""
+    import dagster as dg
+
+    from sync_assets.defs.sync.launch import (
+        ensure_dagster_home,
+        launch_resync,
+        run_certificate_work,
+    )
+    from sync_assets.sync.resync import ResyncRequestError, validate_request
+
+    partners_api_settings()
+    engine = _migrated_engine()
+    try:
+        validate_request(engine, course_uuid, list(user_ids))  # before any request
+    except ResyncRequestError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        engine.dispose()
+    ensure_dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        report, outcomes = launch_resync(instance, course_uuid, list(user_ids), say=click.echo)
+        if report.success:
+            run_certificate_work(instance, report, say=click.echo)
+    if not report.success:
+        raise click.ClickException("; ".join(report.failures) or "the resync failed")
+    width = max(len(user) for user in outcomes)
+    for user, outcome in outcomes.items():
+        click.echo(f"  {user.ljust(width)}  {outcome}")
+    if report.certificates:
+        figures = report.certificates
+        click.echo(
+            f"Certificates: {figures.get('enrolments_moved_to_pending', 0)} enrolments moved to "
+            f"pending, {figures.get('notifications_written', 0)} notifications written."
+        )
+    click.echo(f"Dagster run(s): {', '.join(report.run_ids)}")

@@ -8,6 +8,7 @@ from sync_assets.defs.certificates.jobs import certificate_job, daily_certificat
 from sync_assets.defs.certificates.schedules import daily_certificates
 from sync_assets.defs.certificates.sensors import completion_events_sensor
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
+from sync_assets.defs.resync.jobs import resync_learners_job
 from sync_assets.defs.storage import PartitionedParquetIOManager
 from sync_assets.defs.sync.assets import sync_assets_list
 from sync_assets.defs.sync.jobs import futurelearn_sync_job
@@ -23,7 +24,7 @@ RESOURCES = {
 
 defs = dg.Definitions(
     assets=sync_assets_list,
-    jobs=[futurelearn_sync_job, certificate_job, daily_certificates_job],
+    jobs=[futurelearn_sync_job, certificate_job, daily_certificates_job, resync_learners_job],
     schedules=[nightly_futurelearn_sync, daily_certificates],
     sensors=[course_partitions_sensor, completion_events_sensor],
     resources=RESOURCES,

@@ -340,6 +340,7 @@ def sync_course(
     breaker: CircuitBreaker,
     dry_run: bool,
     dagster_run_id: str | None,
+    record_course_state: bool = True,
 ) -> CourseOutcome:
     """Plan one course and, unless refused or dry, commit it in one transaction."""
     batch, changes = plan_course(engine, course, activity_id, latest, linked, now)
@@ -354,7 +355,7 @@ def sync_course(
     outcome.refused = breaker.refusal(course, previous_count, enrolments.height)
     if outcome.refused or dry_run:
         return outcome
-    count_changed = previous_count != enrolments.height
+    count_changed = record_course_state and previous_count != enrolments.height
     batch = sync_store.CourseSyncBatch(
         memberships=batch.memberships,
         achievement_changes=batch.achievement_changes,

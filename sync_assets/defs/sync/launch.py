@@ -21,6 +21,7 @@ import dagster as dg
 
 from sync_assets.definitions import defs
 from sync_assets.defs.certificates.jobs import certificate_job
+from sync_assets.defs.resync.jobs import resync_learners_job
 from sync_assets.defs.sync.jobs import all_partitions_tags, futurelearn_sync_job
 from sync_assets.defs.sync.partitions import course_partitions
 from sync_assets.defs.sync.sensors import missing_course_partitions
@@ -134,6 +135,16 @@ def _execute(
     **target: Any,
 ) -> dg.ExecuteInProcessResult:
     job = defs.resolve_job_def(futurelearn_sync_job.name)
+    return _execute_job(job, instance, run_config, say, **target)
+
+
+def _execute_job(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    run_config: dict[str, Any],
+    say: Callable[[str], None],
+    **target: Any,
+) -> dg.ExecuteInProcessResult:
     run_id = str(uuid.uuid4())
     done = threading.Event()
     follower = threading.Thread(target=_follow, args=(instance, run_id, done, say), daemon=True)
@@ -301,3 +312,37 @@ def run_certificate_work(
             }
         elif event.is_step_failure and event.step_failure_data.error is not None:
             report.failures.append(f"certificates: {event.step_failure_data.error.message.strip()}")
+
+
+def launch_resync(
+    instance: dg.DagsterInstance,
+    course_uuid: str,
+    user_ids: list[str],
+    say: Callable[[str], None] = print,
+) -> tuple[SyncReport, dict[str, str]]:
+    """Run the resync job in process; returns the report and each user's outcome."""
+    started = time.monotonic()
+    job = defs.resolve_job_def(resync_learners_job.name)
+    config = {"course_uuid": course_uuid, "user_ids": user_ids}
+    result = _execute_job(
+        job, instance, {"ops": {"resync_learners_op": {"config": config}}, **QUIET_LOGGERS}, say
+    )
+    report = SyncReport(
+        run_ids=[result.run_id],
+        success=result.success,
+        dry_run=False,
+        seconds=time.monotonic() - started,
+    )
+    outcomes: dict[str, str] = {}
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error is not None:
+            report.failures.append(_failure_text(event.step_failure_data.error))
+    if result.success:
+        outcomes = result.output_for_node("resync_learners_op")
+    return report, outcomes
+
+
+def _failure_text(error: Any) -> str:
+    """A dg.Failure's own description, without Dagster's framing."""
+    message = error.message.strip()
+    return message.split("dagster._core.definitions.events.Failure: ")[-1]

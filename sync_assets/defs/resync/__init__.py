@@ -1,0 +1,1 @@
+"""On-demand resync of chosen learners of one course (SPEC S2)."""

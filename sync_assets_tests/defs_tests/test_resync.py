@@ -1,0 +1,147 @@
+"""S2: resync chosen learners of a course, from the CLI; only they change."""
+
+from __future__ import annotations
+
+import polars as pl
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from sync_assets.cli import main
+from sync_assets.platform.demo_catalogue import load_catalogue
+
+from .conftest import World
+
+SLUG = {c["future_learn_course_uuid"]: c["slug"] for c in load_catalogue()}
+
+
+def resync(course: str, *users: str):
+    args = ["resync", "--course", course, *[arg for user in users for arg in ("--user", user)]]
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def outcomes(output: str) -> dict[str, str]:
+    lines = [
+        line.split(None, 1)
+        for line in output.splitlines()
+        if line.startswith("  ") and "[" not in line
+    ]
+    return {user: outcome.strip() for user, outcome in (line for line in lines if len(line) == 2)}
+
+
+def a_course_with_learners(world: World) -> tuple[str, list[str]]:
+    with world.engine.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT a.future_learn_course_uuid, ach.user_id FROM achievements ach "
+                "JOIN activities a ON a.id = ach.activity_id ORDER BY 1, 2"
+            )
+        ).all()
+    course = rows[0][0]
+    return course, [user for uuid, user in rows if uuid == course]
+
+
+def enrolled_users(world: World, course: str) -> set[str]:
+    runs = world.dataset.runs.filter(pl.col("course_uuid") == course)["run_uuid"]
+    enrolled = world.dataset.enrolments.filter(pl.col("run_uuid").is_in(runs.implode()))
+    joined = enrolled.join(world.dataset.memberships, on="membership_uuid")
+    # External ids are user ids or emails in any case (R3).
+    by_email = {
+        e.lower(): user for user, e in world.dataset.users.select("id", "email").iter_rows()
+    }
+    return {by_email.get(external.lower(), external) for external in joined["external_learner_id"]}
+
+
+def test_each_outcome_and_nobody_else_changes(world: World) -> None:
+    assert world.sync().exit_code == 0
+    course, _ = a_course_with_learners(world)
+    progressed = [
+        (r["user_id"], r["progress"])
+        for r in world.table("achievements")
+        if r["activity_id"] == SLUG[course]
+    ]
+    wrong = next(user for user, progress in progressed if progress > 0)
+    right = next(user for user, _ in progressed if user != wrong)
+    update = (
+        "UPDATE achievements SET progress = 0, state = 'enrolled'"
+        " WHERE user_id = :u AND activity_id = :a"
+    )
+    with world.engine.begin() as connection:
+        # "My progress is wrong": the platform lost this learner's progress.
+        connection.execute(sa.text(update), {"u": wrong, "a": SLUG[course]})
+        connection.execute(
+            sa.text("INSERT INTO users (id, email, forgotten) VALUES ('lonely', 'l@x.org', false)")
+        )
+    world.simulator.advance_day()  # others progress too, but a resync must not touch them
+    linked = {r["user_id"] for r in world.table("future_learn_memberships") if r["user_id"]}
+    linked_elsewhere = sorted(linked - enrolled_users(world, course))[0]
+    right_before = next(
+        r
+        for r in world.table("achievements")
+        if (r["user_id"], r["activity_id"]) == (right, SLUG[course])
+    )
+    before = {(r["user_id"], r["activity_id"]): r for r in world.table("achievements")}
+
+    result = resync(course, wrong, right, "lonely", linked_elsewhere)
+
+    assert result.exit_code == 0, result.output
+    got = outcomes(result.output)
+    assert (got[wrong], got["lonely"], got[linked_elsewhere]) == (
+        "updated",
+        "not linked",
+        "not enrolled",
+    )
+    assert got[right] in ("updated", "unchanged")  # the day may have moved this learner on
+    after = {(r["user_id"], r["activity_id"]): r for r in world.table("achievements")}
+    changed = {key for key in after if after[key] != before.get(key)}
+    expected = {(wrong, SLUG[course])} | (
+        {(right, SLUG[course])} if got[right] == "updated" else set()
+    )
+    assert changed == expected
+    assert after[(wrong, SLUG[course])]["progress"] > 0
+    if got[right] == "unchanged":
+        assert after[(right, SLUG[course])] == right_before
+
+
+def test_none_enrolled_fails_naming_course_and_users(world: World) -> None:
+    course = next(uuid for uuid in world.dataset.runs["course_uuid"] if uuid in SLUG)
+    with world.engine.begin() as connection:
+        connection.execute(
+            sa.text("INSERT INTO users (id, email, forgotten) VALUES ('lonely', 'l@x.org', false)")
+        )
+    result = resync(course, "lonely")
+    assert result.exit_code != 0
+    assert f"Could not find any enrolments for users ['lonely'] on course {course}" in result.output
+    assert not world.table("achievements")
+
+
+def test_bad_requests_fail_before_any_request(world: World) -> None:
+    course = next(uuid for uuid in world.dataset.runs["course_uuid"] if uuid in SLUG)
+    user = world.dataset.users["id"][0]
+    for args, message in [
+        (("not-a-uuid", user), "is not a UUID"),
+        (("00000000-0000-4000-8000-000000000000", user), "is not a known course"),
+        ((course, "two words"), "malformed user ids"),
+        ((course, "no-such-user"), "no platform users with ids ['no-such-user']"),
+    ]:
+        result = resync(*args)
+        assert result.exit_code != 0 and message in result.output, result.output
+    assert world.simulator.requests() == 0
+
+
+def test_only_the_chosen_learners_links_are_written(world: World) -> None:
+    course = next(uuid for uuid in world.dataset.runs["course_uuid"] if uuid in SLUG)
+    runs = world.dataset.runs.filter(pl.col("course_uuid") == course)["run_uuid"]
+    memberships = world.dataset.enrolments.filter(pl.col("run_uuid").is_in(runs.implode()))
+    owners = memberships.join(world.dataset.memberships, on="membership_uuid").filter(
+        pl.col("external_learner_id").is_in(world.dataset.users["id"].implode())
+    )
+    chosen = owners["external_learner_id"][0]
+
+    result = resync(course, chosen)
+
+    assert result.exit_code == 0, result.output
+    rows = world.table("future_learn_memberships")
+    assert {r["user_id"] for r in rows if r["user_id"]} == {chosen}
+    # Everyone else's memberships were fetched once and kept, unlinked, for the nightly sync.
+    assert len(rows) == memberships["membership_uuid"].n_unique()
+    assert {r["user_id"] for r in world.table("achievements")} == {chosen}
