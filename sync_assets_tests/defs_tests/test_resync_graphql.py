@@ -1,0 +1,124 @@
+"""S2 through the GraphQL API of a real `dagster-webserver` process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+from sync_assets.platform.demo_catalogue import load_catalogue
+
+from .conftest import World
+
+PROJECT = Path(__file__).resolve().parents[2]
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+STATUS = "query Status($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def webserver(world: World, tmp_path: Path):
+    home = Path(os.environ["DAGSTER_HOME"])
+    # Launch runs at once (no daemon in this test): the default run coordinator.
+    (home / "dagster.yaml").write_text(
+        "run_coordinator:\n"
+        "  module: dagster.core.run_coordinator\n"
+        "  class: DefaultRunCoordinator\n"
+        "telemetry:\n  enabled: false\n"
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("dagster-webserver")),
+            "-w",
+            str(PROJECT / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=PROJECT,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("dagster-webserver did not start")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_resync_launched_through_graphql(world: World, webserver: str) -> None:
+    catalogue = {c["future_learn_course_uuid"]: c["slug"] for c in load_catalogue()}
+    enrolled = (
+        world.dataset.enrolments.join(world.dataset.runs, on="run_uuid")
+        .join(world.dataset.memberships, on="membership_uuid")
+        .filter(
+            pl.col("course_uuid").is_in(list(catalogue))
+            & pl.col("external_learner_id").is_in(world.dataset.users["id"].implode())
+        )
+    )
+    course, user = enrolled.select("course_uuid", "external_learner_id").row(0)
+    params = {
+        "selector": {
+            "repositoryLocationName": "sync_assets",
+            "repositoryName": "__repository__",
+            "jobName": "resync_learners_job",
+        },
+        "runConfigData": {
+            "ops": {"resync_learners_op": {"config": {"course_uuid": course, "user_ids": [user]}}}
+        },
+    }
+    with httpx.Client(base_url=webserver, timeout=30) as client:
+        launched = client.post(
+            "/graphql", json={"query": LAUNCH, "variables": {"params": params}}
+        ).json()
+        assert launched["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["data"]["launchRun"]["run"]["runId"]
+        status = None
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            answer = client.post(
+                "/graphql", json={"query": STATUS, "variables": {"id": run_id}}
+            ).json()
+            status = answer["data"]["runOrError"]["status"]
+            if status in ("SUCCESS", "FAILURE", "CANCELED"):
+                break
+            time.sleep(1)
+    assert status == "SUCCESS"
+    achievements = world.table("achievements")
+    assert {(row["user_id"], row["activity_id"]) for row in achievements} == {
+        (user, catalogue[course])
+    }
