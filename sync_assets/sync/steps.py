@@ -8,11 +8,14 @@ is anything else that needs the same path (the on-demand resync).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import polars as pl
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from sync_assets.partners_api import contract
@@ -260,6 +263,9 @@ class CourseOutcome:
     changes: pl.DataFrame  # the achievement changes (sync_store.ACHIEVEMENT_CHANGE_SCHEMA)
     applied: sync_store.AppliedChanges | None = None  # None in a dry run or when refused
     refused: str | None = None  # why progress was not applied (circuit breaker)
+    plan_seconds: float = 0.0  # reads and rules
+    write_seconds: float = 0.0  # the course's transaction
+    sql_statements: int = 0  # statements the transaction sent
 
     @property
     def created(self) -> int:
@@ -343,7 +349,9 @@ def sync_course(
     record_course_state: bool = True,
 ) -> CourseOutcome:
     """Plan one course and, unless refused or dry, commit it in one transaction."""
+    started = time.perf_counter()
     batch, changes = plan_course(engine, course, activity_id, latest, linked, now)
+    planned = time.perf_counter()
     outcome = CourseOutcome(
         course_uuid=course,
         activity_id=activity_id,
@@ -362,5 +370,24 @@ def sync_course(
         programme_enrolments=batch.programme_enrolments,
         course_state=(course, enrolments.height) if count_changed else None,
     )
-    outcome.applied = sync_store.apply_course_sync(engine, batch, dagster_run_id=dagster_run_id)
+    outcome.plan_seconds = planned - started
+    with counting_statements(engine) as statements:
+        outcome.applied = sync_store.apply_course_sync(engine, batch, dagster_run_id=dagster_run_id)
+    outcome.write_seconds = time.perf_counter() - planned
+    outcome.sql_statements = statements[0]
     return outcome
+
+
+@contextmanager
+def counting_statements(engine: Engine) -> Iterator[list[int]]:
+    """Count the SQL statements sent while the block runs (for metadata and benchmarks)."""
+    count = [0]
+
+    def seen(*_args: object) -> None:
+        count[0] += 1
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield count
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)

@@ -10,6 +10,7 @@ number of courses; a rerun of one course partition from the UI touches only that
 """
 
 # No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
+import time
 import warnings
 from datetime import UTC, datetime
 from typing import Any
@@ -111,7 +112,9 @@ def enrolments(
         async with partners_api.client() as client:
             return await steps.fetch_enrolments(client, course_runs, courses), client.metrics
 
+    started = time.perf_counter()
     fetched, metrics = run(fetch())
+    api_seconds = time.perf_counter() - started
     for course, frame in fetched.by_course.items():
         course_run_uuids = set(course_runs.filter(pl.col("course_uuid") == course)["run_uuid"])
         context.add_asset_metadata(
@@ -133,7 +136,7 @@ def enrolments(
         f"{len(fetched.unchanged_runs)} unchanged (304), "
         f"{fetched.quarantine.height} records quarantined"
     )
-    context.add_output_metadata(_api_metadata(metrics))
+    context.add_output_metadata({**_api_metadata(metrics), "api_seconds": round(api_seconds, 3)})
     return fetched.by_course
 
 
@@ -157,7 +160,9 @@ def linked_memberships(
             )
             return result, client.metrics
 
+    started = time.perf_counter()
     (by_course, stats), metrics = run(link())
+    api_seconds = time.perf_counter() - started  # look-ups dominate; matching is in here too
     for course, frame in by_course.items():
         context.add_asset_metadata(
             {
@@ -185,6 +190,7 @@ def linked_memberships(
             "relinked_locally": stats.relinked_locally,
             "quarantined": dg.MetadataValue.json(reasons(stats.quarantine)),
             **_api_metadata(metrics),
+            "api_seconds": round(api_seconds, 3),
         }
     )
     return by_course
@@ -332,6 +338,9 @@ def _outcome_metadata(
         "completion_events_written": applied.completion_events if applied else 0,
         "programme_enrolments_written": applied.enrolments if applied else 0,
         "rows_written": applied.rows_written if applied else 0,
+        "sql_statements": outcome.sql_statements,
+        "plan_seconds": round(outcome.plan_seconds, 4),
+        "write_seconds": round(outcome.write_seconds, 4),
         **({"refused": outcome.refused} if outcome.refused else {}),
     }
 
