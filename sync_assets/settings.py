@@ -56,6 +56,8 @@ class PartnersApiSettings:
     consumer_key: str | None
     consumer_secret: str | None = field(repr=False)
     ignored_course_uuids: frozenset[str] = frozenset()
+    concurrency: int = 8
+    max_requests_per_second: float | None = None
 
 
 def partners_api_settings() -> PartnersApiSettings:
@@ -81,7 +83,27 @@ def partners_api_settings() -> PartnersApiSettings:
             raise ConfigurationError(
                 "FL_PARTNERS_CONSUMER_SECRET", "required when FL_PARTNERS_URL is set"
             )
-    return PartnersApiSettings(url, key, secret, ignored)
+    return PartnersApiSettings(
+        url,
+        key,
+        secret,
+        ignored,
+        concurrency=_positive("FL_PARTNERS_CONCURRENCY", int, 8),
+        max_requests_per_second=_positive("FL_PARTNERS_MAX_REQUESTS_PER_SECOND", float, None),
+    )
+
+
+def _positive(name: str, kind: type, default):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigurationError(name, f"expected a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigurationError(name, "must be positive")
+    return value
 
 
 def http_cache_path() -> Path:

@@ -47,9 +47,11 @@ class PartnersApi(dg.ConfigurableResource):
     With FL_PARTNERS_URL unset, the in-process simulator answers with `simulator_dataset`.
     """
 
-    concurrency: int = Field(default=8, description="Requests in flight at once")
+    concurrency: int | None = Field(
+        default=None, description="Requests in flight at once (default FL_PARTNERS_CONCURRENCY, 8)"
+    )
     max_requests_per_second: float | None = Field(
-        default=None, description="Ceiling; none if unset"
+        default=None, description="Ceiling (default FL_PARTNERS_MAX_REQUESTS_PER_SECOND, none)"
     )
     max_attempts: int = Field(default=5, description="Attempts per request before failing")
     max_retry_seconds: float = Field(default=120.0, description="Time budget per request")
@@ -64,8 +66,9 @@ class PartnersApi(dg.ConfigurableResource):
             base_url=settings.url or IN_PROCESS_BASE_URL,
             consumer_key=settings.consumer_key or SIMULATOR_CONSUMER_KEY,
             consumer_secret=settings.consumer_secret or SIMULATOR_CONSUMER_SECRET,
-            concurrency=self.concurrency,
-            max_requests_per_second=self.max_requests_per_second,
+            concurrency=self.concurrency or settings.concurrency,
+            max_requests_per_second=self.max_requests_per_second
+            or settings.max_requests_per_second,
             max_attempts=self.max_attempts,
             max_retry_seconds=self.max_retry_seconds,
             cache_path=Path(self.cache_path) if self.cache_path else http_cache_path(),
