@@ -190,7 +190,7 @@ class PartnersApiClient:
 
     async def enrolments_for_runs(self, run_uuids: Iterable[str]) -> Reports:
         runs = list(dict.fromkeys(run_uuids))
-        fetched = await asyncio.gather(*(self.enrolments(run) for run in runs))
+        fetched = await self._map(self.enrolments, runs)
         return Reports(
             records=pl.concat([f.records for f in fetched])
             if fetched
@@ -208,7 +208,7 @@ class PartnersApiClient:
 
     async def memberships(self, membership_uuids: Iterable[str]) -> Memberships:
         uuids = list(dict.fromkeys(membership_uuids))
-        answers = await asyncio.gather(*(self._membership(uuid) for uuid in uuids))
+        answers = await self._map(self._membership, uuids)
         found = [parsed.records for parsed in answers if parsed is not None]
         quarantine = [parsed.quarantine for parsed in answers if parsed is not None]
         return Memberships(
@@ -224,6 +224,21 @@ class PartnersApiClient:
         if answer.body is None:
             return None
         return contract.parse_membership(answer.body, membership_uuid)
+
+    async def _map(self, fetch: Callable[[str], Awaitable[Any]], keys: list[str]) -> list[Any]:
+        """`fetch` every key with `concurrency` workers: memory stays flat for a million keys
+        (one task per key would hold a million coroutines at once)."""
+        results: list[Any] = [None] * len(keys)
+        queue = iter(enumerate(keys))
+
+        async def worker() -> None:
+            for index, key in queue:
+                results[index] = await fetch(key)
+
+        await asyncio.gather(
+            *(worker() for _ in range(max(1, min(self.settings.concurrency, len(keys)))))
+        )
+        return results
 
     # --- requests ------------------------------------------------------------------------------
 

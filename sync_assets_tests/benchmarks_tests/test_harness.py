@@ -1,0 +1,25 @@
+"""The benchmark harness keeps working (on a tiny workload; no timings are asserted)."""
+
+from __future__ import annotations
+
+from benchmarks.harness import run_benchmark, to_markdown
+
+
+def test_harness_measures_every_scenario_and_the_seed_baseline() -> None:
+    bench = run_benchmark("tiny", latency_ms=0, concurrency=4, with_seed=True)
+    first, second, _next_day = bench.scenarios
+    for scenario in bench.scenarios:
+        assert scenario.exit_code == 0
+        assert scenario.requests_in_run == scenario.minimum_requests
+        assert scenario.peak_rss_mb > 0 and scenario.wall_seconds > 0
+    assert first.rows_written > 0 and first.membership_requests > 0
+    assert second.rows_written == 0 and second.membership_requests == 0
+    assert second.conditional_304 == second.requests
+    # The seed's algorithm asks for every unlinked membership again and writes row by row.
+    assert bench.seed["first"]["requests"] >= first.requests_in_run
+    assert bench.seed["first"]["sql_statements"] > first.sql_statements
+    # On unchanged data it asks again for every membership that matched no one, and rewrites.
+    assert bench.seed["second"]["membership_requests"] > 0
+    assert bench.seed["second"]["sql_statements"] > 0
+    table = to_markdown([bench])
+    assert table.count("| tiny |") == 3
