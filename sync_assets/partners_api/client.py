@@ -208,22 +208,21 @@ class PartnersApiClient:
 
     async def memberships(self, membership_uuids: Iterable[str]) -> Memberships:
         uuids = list(dict.fromkeys(membership_uuids))
-        answers = await self._map(self._membership, uuids)
-        found = [parsed.records for parsed in answers if parsed is not None]
-        quarantine = [parsed.quarantine for parsed in answers if parsed is not None]
+        bodies = await self._map(self._membership, uuids)
+        parsed = contract.parse_memberships(
+            [(uuid, body) for uuid, body in zip(uuids, bodies, strict=True) if body is not None]
+        )
         return Memberships(
-            found=pl.concat(found) if found else _empty(contract.MEMBERSHIP_SCHEMA),
-            gone=[uuid for uuid, parsed in zip(uuids, answers, strict=True) if parsed is None],
-            quarantine=pl.concat(quarantine) if quarantine else contract.empty_quarantine(),
+            found=parsed.records,
+            gone=[uuid for uuid, body in zip(uuids, bodies, strict=True) if body is None],
+            quarantine=parsed.quarantine,
         )
 
-    async def _membership(self, membership_uuid: str) -> contract.Parsed | None:
-        endpoint = "organisation_membership"
+    async def _membership(self, membership_uuid: str) -> Any:
+        """The membership's JSON body, or None when the API says 404 (gone)."""
         path = f"/partners/organisation_memberships/{membership_uuid}"
-        answer = await self._get(self._direct, path, endpoint, membership_uuid)
-        if answer.body is None:
-            return None
-        return contract.parse_membership(answer.body, membership_uuid)
+        answer = await self._get(self._direct, path, "organisation_membership", membership_uuid)
+        return answer.body
 
     async def _map(self, fetch: Callable[[str], Awaitable[Any]], keys: list[str]) -> list[Any]:
         """`fetch` every key with `concurrency` workers: memory stays flat for a million keys

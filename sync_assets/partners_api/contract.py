@@ -252,8 +252,8 @@ def parse_course_run(body: Any) -> Parsed:
     return parse_course_runs([body])
 
 
-def parse_membership(body: Any, membership_uuid: str) -> Parsed:
-    """One organisation membership; a body without its uuid is quarantined."""
+def membership_record(body: Any, membership_uuid: str) -> tuple[dict | None, tuple | None]:
+    """One organisation membership as a record, or a quarantine row with its reason."""
     endpoint = "organisation_membership"
     if not isinstance(body, dict):
         raise ContractError(f"{endpoint} {membership_uuid}: expected a JSON object")
@@ -266,15 +266,30 @@ def parse_membership(body: Any, membership_uuid: str) -> Parsed:
     elif external is not None and not isinstance(external, (str, int)):
         reason = "external_learner_id is not a string"
     if reason:
-        quarantine = pl.DataFrame(
-            [(endpoint, membership_uuid, 0, membership_uuid, reason)],
-            schema=QUARANTINE_SCHEMA,
-            orient="row",
-        )
-        return Parsed(pl.DataFrame(schema=MEMBERSHIP_SCHEMA), quarantine)
+        return None, (endpoint, membership_uuid, 0, membership_uuid, reason)
     record = {
         "membership_uuid": uuid,
         "learner_uuid": learner.get("uuid"),
         "external_learner_id": None if external is None else str(external),
     }
-    return Parsed(pl.DataFrame([record], schema=MEMBERSHIP_SCHEMA), empty_quarantine())
+    return record, None
+
+
+def parse_memberships(answers: list[tuple[str, Any]]) -> Parsed:
+    """Many memberships at once: one frame for all (a frame each would cost far more)."""
+    records, rejected = [], []
+    for membership_uuid, body in answers:
+        record, quarantined = membership_record(body, membership_uuid)
+        if record is not None:
+            records.append(record)
+        if quarantined is not None:
+            rejected.append(quarantined)
+    return Parsed(
+        pl.DataFrame(records, schema=MEMBERSHIP_SCHEMA),
+        pl.DataFrame(rejected, schema=QUARANTINE_SCHEMA, orient="row"),
+    )
+
+
+def parse_membership(body: Any, membership_uuid: str) -> Parsed:
+    """One organisation membership; a body without its uuid is quarantined."""
+    return parse_memberships([(membership_uuid, body)])
