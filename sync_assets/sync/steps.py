@@ -68,17 +68,13 @@ class CourseRuns:
 
     def unknown_courses(self, ignored: Iterable[str] = ()) -> pl.DataFrame:
         """R1: each unknown course with the title of its first run, less the ignored ones."""
-        return unknown_courses(self.runs, ignored)
-
-
-def unknown_courses(runs: pl.DataFrame, ignored: Iterable[str] = ()) -> pl.DataFrame:
-    return (
-        runs.filter(~pl.col("known") & ~pl.col("course_uuid").is_in(list(ignored)))
-        .sort("start_time", "run_uuid")
-        .group_by("course_uuid", maintain_order=True)
-        .agg(pl.col("title").first())
-        .sort("course_uuid")
-    )
+        return (
+            self.runs.filter(~pl.col("known") & ~pl.col("course_uuid").is_in(list(ignored)))
+            .sort("start_time", "run_uuid")
+            .group_by("course_uuid", maintain_order=True)
+            .agg(pl.col("title").first())
+            .sort("course_uuid")
+        )
 
 
 async def fetch_course_runs(client: PartnersApiClient, engine: Engine) -> CourseRuns:

@@ -236,6 +236,27 @@ def test_c3_inactive_csa_enrolment(engine: Engine, state: str | None) -> None:
     assert count(engine, notifications) == 0
 
 
+def run_concurrently(task, workers: int = 4) -> list:
+    """Start `task` in `workers` threads at the same instant; re-raise any failure."""
+    results, errors = [], []
+    start = threading.Barrier(workers)
+
+    def worker() -> None:
+        start.wait()
+        try:
+            results.append(task())
+        except BaseException as error:  # surfaced below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    return results
+
+
 # --- exactly once ---------------------------------------------------------------------------------
 
 
@@ -290,23 +311,9 @@ def test_a_crash_between_effects_and_marking_leaves_nothing_then_a_retry_applies
 def test_overlapping_runs_leave_one_effect_per_event(engine: Engine) -> None:
     many_ready_users(engine, 20)
     events = pending_events(engine)
-    results: list[certificate_store.CertificateBatch] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(4)
-
-    def worker() -> None:
-        start.wait()
-        try:
-            results.append(certificate_store.handle_completion_events(engine, events, now=NOW))
-        except BaseException as error:  # surfaced below
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    results = run_concurrently(
+        lambda: certificate_store.handle_completion_events(engine, events, now=NOW)
+    )
     assert sum(batch.handled for batch in results) == len(events) == 40
     assert sum(batch.moved_to_pending for batch in results) == 20
     assert sum(batch.notifications_written for batch in results) == 20
@@ -361,22 +368,7 @@ def test_c2_numbers_are_consecutive_per_programme_and_continue(engine: Engine) -
 def test_c2_concurrent_workers_never_skip_or_reuse_a_number(engine: Engine) -> None:
     for i in range(50):
         pending_since(engine, f"u{i}", "secondary-certificate", 30 - i * 0.01)
-    errors: list[BaseException] = []
-    start = threading.Barrier(4)
-
-    def worker() -> None:
-        start.wait()
-        try:
-            certificate_store.complete_due_certificates(engine, now=NOW)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    run_concurrently(lambda: certificate_store.complete_due_certificates(engine, now=NOW))
     with engine.connect() as connection:
         numbers = sorted(
             connection.execute(
