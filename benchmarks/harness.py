@@ -450,6 +450,11 @@ def main() -> None:
     parser.add_argument(
         "--seed-algorithm", action="store_true", help="also run the seed's algorithm"
     )
+    parser.add_argument(
+        "--scenarios",
+        default="first,second,next_day",
+        help="comma-separated, in order: first, second, next_day (a quick look: first)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
     bench = run_benchmark(
@@ -458,6 +463,7 @@ def main() -> None:
         concurrency=args.concurrency,
         database=args.database,
         with_seed=args.seed_algorithm,
+        scenarios=tuple(name.strip() for name in args.scenarios.split(",") if name.strip()),
     )
     print(to_markdown([bench]))
     if bench.seed:

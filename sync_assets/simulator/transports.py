@@ -127,6 +127,11 @@ class SimulatorServer(ThreadingHTTPServer):
     ) -> None:
         super().__init__((host, port), _handler_for(simulator))
         self.simulator = simulator
+        self.connections_accepted = 0  # keep-alive reuse shows as few connections, many requests
+
+    def process_request(self, request: object, client_address: object) -> None:
+        self.connections_accepted += 1
+        super().process_request(request, client_address)  # type: ignore[arg-type]
 
     @property
     def base_url(self) -> str:

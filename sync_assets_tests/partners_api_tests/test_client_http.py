@@ -213,6 +213,8 @@ def test_fan_out_is_bounded_and_memberships_are_looked_up(tmp_path: Path) -> Non
     )
     assert simulator.max_in_flight <= 4
     assert client.metrics.count("organisation_membership") == 41
+    # Each of the 4 workers keeps its own connection alive: no new connection per look-up.
+    assert server.connections_accepted <= 4
 
 
 def test_requests_per_second_ceiling(tmp_path: Path) -> None:

@@ -110,19 +110,27 @@ def _run_config(dry_run: bool, allow_shrink: list[str]) -> dict[str, Any]:
 def _follow(
     instance: dg.DagsterInstance, run_id: str, done: threading.Event, say: Callable[[str], None]
 ) -> None:
-    """Print each step as it starts and ends, from the run's event log."""
+    """Print each step as it starts and ends, from the run's event log.
+
+    Reads only step events past a cursor: this thread shares the GIL with the run, and re-reading
+    the whole log twice a second once cost the run's request fan-out a fifth of its pace.
+    """
     started = time.monotonic()
-    seen = 0
-    wanted = {"STEP_START": "started", "STEP_SUCCESS": "done", "STEP_FAILURE": "FAILED"}
+    cursor: str | None = None
+    wanted = {
+        dg.DagsterEventType.STEP_START: "started",
+        dg.DagsterEventType.STEP_SUCCESS: "done",
+        dg.DagsterEventType.STEP_FAILURE: "FAILED",
+    }
     while True:
         finished = done.is_set()
-        records = instance.all_logs(run_id)
-        for record in records[seen:]:
-            event = record.dagster_event
-            if event is not None and event.event_type_value in wanted:
+        page = instance.get_records_for_run(run_id, cursor=cursor, of_type=set(wanted))
+        cursor = page.cursor
+        for record in page.records:
+            event = record.event_log_entry.dagster_event
+            if event is not None and event.event_type in wanted:
                 elapsed = time.monotonic() - started
-                say(f"  [{elapsed:6.1f}s] {event.step_key}: {wanted[event.event_type_value]}")
-        seen = len(records)
+                say(f"  [{elapsed:6.1f}s] {event.step_key}: {wanted[event.event_type]}")
         if finished:
             return
         done.wait(0.5)
