@@ -40,6 +40,7 @@ from sync_assets.partners_api.lanes import LanedTransport, lane
 from sync_assets.partners_api.metrics import ApiMetrics, MeteringTransport
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+HEADERS = {"Accept": "application/json", "User-Agent": "sync-assets"}
 MAX_PAGES = 10_000
 
 
@@ -148,14 +149,15 @@ class PartnersApiClient:
             storage=self._storage,
             rfc=hishel.CacheOptions(shared=False),
         )
-        common: dict[str, Any] = {
-            "base_url": settings.base_url.rstrip("/"),
-            "auth": self.auth,
-            "timeout": settings.timeout_seconds,
-            "headers": {"Accept": "application/json", "User-Agent": "sync-assets"},
-        }
-        self._cached = httpx.AsyncClient(transport=cached, **common)
-        self._direct = httpx.AsyncClient(transport=_Unclosable(self._metered), **common)
+        self._base_url = settings.base_url.rstrip("/")
+        self._timeout = httpx.Timeout(settings.timeout_seconds)
+        self._cached = httpx.AsyncClient(
+            transport=cached,
+            base_url=self._base_url,
+            auth=self.auth,
+            timeout=self._timeout,
+            headers=HEADERS,
+        )
         self._slots = asyncio.Semaphore(max(1, settings.concurrency))
         self._limiter = (
             AsyncLimiter(settings.max_requests_per_second, 1)
@@ -170,8 +172,7 @@ class PartnersApiClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._direct.aclose()
-        await self._cached.aclose()
+        await self._cached.aclose()  # closes the wire below it too
         await self._storage.close()
 
     # --- the four endpoints --------------------------------------------------------------------
@@ -182,7 +183,7 @@ class PartnersApiClient:
 
     async def course_run(self, run_uuid: str) -> Fetched:
         path = f"/partners/course_runs/{run_uuid}"
-        answer = await self._get(self._cached, path, "course_run", run_uuid)
+        answer = await self._get(self._cached.get, path, "course_run", run_uuid)
         if answer.body is None:
             raise PartnersApiError("course_run", run_uuid, "not found (404)")
         parsed = contract.parse_course_run(answer.body)
@@ -229,7 +230,9 @@ class PartnersApiClient:
     async def _membership(self, membership_uuid: str) -> Any:
         """The membership's JSON body, or None when the API says 404 (gone)."""
         path = f"/partners/organisation_memberships/{membership_uuid}"
-        answer = await self._get(self._direct, path, "organisation_membership", membership_uuid)
+        answer = await self._get(
+            self._get_uncached, path, "organisation_membership", membership_uuid
+        )
         return answer.body
 
     async def _map(self, fetch: Callable[[str], Awaitable[Any]], keys: list[str]) -> list[Any]:
@@ -261,7 +264,7 @@ class PartnersApiClient:
             if url in seen or len(seen) >= MAX_PAGES:
                 raise PartnersApiError(endpoint, subject, f"pagination loops at {url}")
             seen.add(url)
-            answer = await self._get(self._cached, url, endpoint, subject)
+            answer = await self._get(self._cached.get, url, endpoint, subject)
             if answer.body is None:
                 raise PartnersApiError(endpoint, subject, "not found (404)")
             bodies.append(answer.body)
@@ -279,8 +282,38 @@ class PartnersApiClient:
             not_modified=not_modified,
         )
 
+    async def _get_uncached(self, url: str) -> httpx.Response:
+        """GET straight to the metered wire, past the cache and httpx's client layer.
+
+        Membership look-ups are most of a first sync's requests (a million on a large platform),
+        each asked once ever, so caching them is waste; and the client layer (URL merging, cookie
+        jar, auth generator, stream wrappers) cost a seventh of the client's CPU per look-up. What
+        that layer did for us is done here: base URL, headers, timeout, and a refused token
+        signed anew once (the same as `PartnersJwtAuth.auth_flow`).
+        """
+        for renew in (False, True):
+            request = httpx.Request(
+                "GET",
+                url if url.startswith(("http://", "https://")) else self._base_url + url,
+                headers={**HEADERS, "Authorization": f"Bearer {self.auth.token(renew=renew)}"},
+                extensions={"timeout": self._timeout.as_dict()},
+            )
+            response = await self._metered.handle_async_request(request)
+            response.request = request
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            if response.status_code != 401:
+                break
+        return response
+
     async def _get(
-        self, http: httpx.AsyncClient, url: str, endpoint: str, subject: str | None
+        self,
+        send: Callable[[str], Awaitable[httpx.Response]],
+        url: str,
+        endpoint: str,
+        subject: str | None,
     ) -> _Answer:
         """GET with bounded retries: a 200 with its decoded body, or a 404 (no body)."""
         settings = self.settings
@@ -296,7 +329,7 @@ class PartnersApiClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(http, url, endpoint)
+                    return await self._attempt(send, url, endpoint)
         except _Retryable as error:
             attempts = retrying.statistics.get("attempt_number", settings.max_attempts)
             elapsed = time.monotonic() - started
@@ -305,12 +338,14 @@ class PartnersApiClient:
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, http: httpx.AsyncClient, url: str, endpoint: str) -> _Answer:
+    async def _attempt(
+        self, send: Callable[[str], Awaitable[httpx.Response]], url: str, endpoint: str
+    ) -> _Answer:
         if self._limiter is not None:
             await self._limiter.acquire()
         async with self._slots:
             try:
-                response = await http.get(url)
+                response = await send(url)
             except httpx.TransportError as error:
                 raise _Retryable(f"{type(error).__name__}: {error}") from None
         if response.status_code == 401:
@@ -358,16 +393,6 @@ def _not_modified(response: httpx.Response) -> bool:
 
 def _empty(schema: dict) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
-
-
-class _Unclosable(httpx.AsyncBaseTransport):
-    """One wire transport shared by the cached and direct clients, closed once (by the cache)."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self._inner = inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._inner.handle_async_request(request)
 
 
 def run(coroutine: Awaitable[Any]) -> Any:

@@ -232,3 +232,60 @@ def test_requests_per_second_ceiling(tmp_path: Path) -> None:
         run(look_up())
         elapsed = time.monotonic() - started
     assert elapsed >= 0.45  # 30 requests at 20 per second cannot finish in much under 1 s
+
+
+MEMBERSHIP = "organisation_membership"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "500",
+        "503",
+        "429:nth=1,2,retry_after=0",
+        "drop",
+        "truncate",
+        "malformed",
+        "refuse_token:nth=1",
+    ],
+)
+def test_membership_look_ups_survive_every_fault(fault: str) -> None:
+    """Look-ups take their own path to the wire (past the cache): it must be as robust."""
+    kind, _, options = fault.partition(":")
+    dataset = generate("demo")
+    uuids = dataset.memberships["membership_uuid"].head(6).to_list()
+    simulator = PartnersApiSimulator(
+        dataset, faults=FaultPlan.parse((f"{MEMBERSHIP}:{kind}:{options or 'nth=1,2'}",))
+    )
+    with serving(simulator) as server:
+
+        async def look_up():
+            async with PartnersApiClient(settings(server.base_url, concurrency=2)) as client:
+                return await client.memberships(uuids), client
+
+        found, client = run(look_up())
+    expected = dataset.memberships.filter(pl.col("membership_uuid").is_in(uuids))
+    assert dict(found.found.select("membership_uuid", "external_learner_id").iter_rows()) == dict(
+        expected.select("membership_uuid", "external_learner_id").iter_rows()
+    )
+    assert found.gone == [] and found.quarantine.is_empty()
+    if kind == "refuse_token":  # renewed on the spot, not retried as a failure
+        assert simulator.requests(MEMBERSHIP, 401) == 1 and client.auth.tokens_signed == 2
+    else:
+        assert client.metrics.retries[MEMBERSHIP] == 2
+
+
+def test_membership_look_up_with_a_wrong_secret_fails_clearly() -> None:
+    simulator = PartnersApiSimulator(generate("demo"))
+    uuid = simulator.dataset.memberships["membership_uuid"][0]
+    secret = "not-the-secret-but-long-enough-for-hs256"
+    with serving(simulator) as server, pytest.raises(PartnersApiError) as failure:
+
+        async def look_up():
+            client_settings = settings(server.base_url, consumer_secret=secret)
+            async with PartnersApiClient(client_settings) as client:
+                return await client.memberships([uuid])
+
+        run(look_up())
+    assert "token refused (401)" in str(failure.value) and secret not in str(failure.value)
+    assert simulator.requests(MEMBERSHIP, 401) == 2
