@@ -76,6 +76,7 @@ class Scenario:
     orchestration_seconds: float
     api_bound_seconds: float
     exit_code: int
+    dagster_runs: dict[str, int] = field(default_factory=dict)  # job name: runs this scenario
 
     @property
     def bound_multiple(self) -> float:
@@ -233,6 +234,15 @@ def run_metadata(dagster_home: Path) -> dict[str, float]:
     return figures
 
 
+def runs_by_job(dagster_home: Path) -> dict[str, int]:
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    with dg.DagsterInstance.get() as instance:
+        names = [run.job_name for run in instance.get_runs()]
+    return {name: names.count(name) for name in sorted(set(names))}
+
+
 def run_sync(env: dict[str, str], workdir: Path) -> tuple[float, float, int]:
     rss_file = workdir / "rss.txt"
     started = time.perf_counter()
@@ -261,8 +271,10 @@ def measure(
     concurrency: int,
 ) -> Scenario:
     rows_before = table_rows(url)
+    runs_before = runs_by_job(Path(env["DAGSTER_HOME"]))
     simulator.reset()
     wall, rss, code = run_sync(env, workdir)
+    runs_after = runs_by_job(Path(env["DAGSTER_HOME"]))
     counts = simulator.counts()
     meta = run_metadata(Path(env["DAGSTER_HOME"]))
     requests = sum(counts.values())
@@ -289,6 +301,11 @@ def measure(
         orchestration_seconds=round(wall - meta["steps_seconds"], 2),
         api_bound_seconds=round(in_run * latency_ms / 1000 / concurrency, 2),
         exit_code=code,
+        dagster_runs={
+            job: count - runs_before.get(job, 0)
+            for job, count in runs_after.items()
+            if count > runs_before.get(job, 0)
+        },
     )
 
 
