@@ -110,10 +110,7 @@ async def fetch_enrolments(
     course_runs = runs.filter(pl.col("course_uuid").is_in(wanted)).select("run_uuid", "course_uuid")
     reports = await client.enrolments_for_runs(course_runs["run_uuid"])
     with_course = reports.records.join(course_runs, on="run_uuid", how="inner")
-    by_course = {
-        course: with_course.filter(pl.col("course_uuid") == course).drop("course_uuid")
-        for course in wanted
-    }
+    by_course = split_by_course(with_course, wanted)
     return CourseEnrolments(
         by_course, reports.quarantine, reports.unchanged_runs, reports.changed_runs
     )
@@ -183,12 +180,22 @@ async def link_memberships(
         [_conform(frame, write=True) for frame in (fetched_rows, gone_rows, relinked)]
     )
     every = pl.concat([writes, _conform(existing, write=False)])
-    by_course = {
-        course: every.join(
-            frame.select("membership_uuid").unique(), on="membership_uuid", how="inner"
-        ).sort("membership_uuid")
-        for course, frame in enrolments_by_course.items()
-    }
+    course_memberships = (
+        pl.concat(
+            [
+                frame.select("membership_uuid").unique().with_columns(course_uuid=pl.lit(course))
+                for course, frame in enrolments_by_course.items()
+            ],
+            how="vertical_relaxed",
+        )
+        if enrolments_by_course
+        else pl.DataFrame(schema={"membership_uuid": pl.String, "course_uuid": pl.String})
+    )
+    with_course = course_memberships.join(every, on="membership_uuid", how="inner")
+    by_course = split_by_course(
+        with_course.sort("membership_uuid").select("course_uuid", *every.columns),
+        list(enrolments_by_course),
+    )
     first_time = new_links.join(fetched.found.select("membership_uuid"), on="membership_uuid")
     by_method = dict(first_time.group_by("matched_by").len().iter_rows())
     stats = LinkingStats(
@@ -204,6 +211,17 @@ async def link_memberships(
         quarantine=fetched.quarantine,
     )
     return by_course, stats
+
+
+def split_by_course(frame: pl.DataFrame, courses: Iterable[str]) -> dict[str, pl.DataFrame]:
+    """One frame per course (without its `course_uuid` column), every course present.
+
+    One pass over the rows: a filter per course would cost courses × rows, which on a thousand
+    courses and millions of enrolments is most of the run.
+    """
+    parts = frame.partition_by("course_uuid", as_dict=True, include_key=False, maintain_order=True)
+    empty = frame.clear().drop("course_uuid")
+    return {course: parts.get((course,), empty) for course in courses}
 
 
 def _conform(frame: pl.DataFrame, *, write: bool) -> pl.DataFrame:
