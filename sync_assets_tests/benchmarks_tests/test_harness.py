@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+from pathlib import Path
+
 from benchmarks.harness import run_benchmark, to_markdown
+from benchmarks.report import load, render
 
 
-def test_harness_measures_every_scenario_and_the_seed_baseline() -> None:
+def test_harness_measures_every_scenario_and_the_seed_baseline(tmp_path: Path) -> None:
     bench = run_benchmark("tiny", latency_ms=0, concurrency=4, with_seed=True)
     first, second, _next_day = bench.scenarios
     for scenario in bench.scenarios:
         assert scenario.exit_code == 0
         assert scenario.requests_in_run == scenario.minimum_requests
         assert scenario.peak_rss_mb > 0 and scenario.wall_seconds > 0
+        assert scenario.dagster_runs["futurelearn_sync"] == 1  # every course in one run
     assert first.rows_written > 0 and first.membership_requests > 0
     assert second.rows_written == 0 and second.membership_requests == 0
     assert second.conditional_304 == second.requests
@@ -23,3 +29,8 @@ def test_harness_measures_every_scenario_and_the_seed_baseline() -> None:
     assert bench.seed["second"]["sql_statements"] > 0
     table = to_markdown([bench])
     assert table.count("| tiny |") == 3
+    # The report reads back what the harness writes, and puts ratios first.
+    (tmp_path / "tiny.json").write_text(json.dumps(asdict(bench)))
+    report = render([load(tmp_path / "tiny.json")], "## Targets\nby hand")
+    assert "ours / seed =" in report and "wall / API bound =" in report
+    assert "1 futurelearn_sync" in report and report.rstrip().endswith("by hand")
