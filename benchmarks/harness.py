@@ -163,6 +163,29 @@ def fresh_database(database: str, workdir: Path) -> str:
     return admin.set(database=name).render_as_string(hide_password=False)
 
 
+def dagster_instance(home: Path, database: str) -> dict[str, str]:
+    """The Dagster instance the sync records itself in, as deployed next to that database.
+
+    SQLite: the embedded default (no dagster.yaml). PostgreSQL: the production instance
+    (deploy/dagster.postgres.yaml) in a fresh database of the same server. Returns the
+    environment it needs; the harness process reads the instance too, so it sets them here.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    if database == "sqlite":
+        return {}
+    url = sa.make_url(fresh_database(database, home))
+    (home / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.postgres.yaml").read_text())
+    env = {
+        "DAGSTER_PG_HOST": url.host or "127.0.0.1",
+        "DAGSTER_PG_PORT": str(url.port or 5432),
+        "DAGSTER_PG_DB": url.database or "",
+        "DAGSTER_PG_USERNAME": url.username or "postgres",
+        "DAGSTER_PG_PASSWORD": url.password or "",
+    }
+    os.environ.update(env)
+    return env
+
+
 def seed_platform(url: str, dataset: GeneratedDataset) -> None:
     engine = create_platform_engine(url)
     upgrade(engine)
@@ -337,7 +360,7 @@ def run_benchmark(
     try:
         url = fresh_database(database, workdir)
         seed_platform(url, dataset)
-        (workdir / "dagster_home").mkdir()
+        dagster_env = dagster_instance(workdir / "dagster_home", database)
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("FL_PARTNERS_")},
             "FL_PARTNERS_URL": simulator.url,
@@ -346,6 +369,7 @@ def run_benchmark(
             "FL_PARTNERS_CONCURRENCY": str(concurrency),
             "PLATFORM_DATABASE_URL": url,
             "DAGSTER_HOME": str(workdir / "dagster_home"),
+            **dagster_env,
             "SYNC_ASSETS_DATA_DIR": str(workdir / "data"),
         }
         result = Benchmark(
