@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from sync_assets.partners_api import client as client_module
 from sync_assets.partners_api.client import (
     ClientSettings,
     PartnersApiClient,
@@ -194,7 +195,11 @@ def test_pagination_is_followed(tmp_path: Path) -> None:
     assert again.not_modified and simulator.requests(REPORT, 304) == 8
 
 
-def test_fan_out_is_bounded_and_memberships_are_looked_up(tmp_path: Path) -> None:
+def test_fan_out_is_bounded_and_memberships_are_looked_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three batches of look-ups (16, 16, 9): nothing lost or doubled at a batch's edge.
+    monkeypatch.setattr(client_module, "MEMBERSHIP_BATCH", 16)
     dataset = generate("demo")
     simulator = PartnersApiSimulator(dataset, latency_ms=20)
     uuids = [*dataset.memberships["membership_uuid"].head(40).to_list(), "no-such-membership"]
