@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -421,3 +422,46 @@ def test_r12_auto_enrols_on_csa_and_keeps_the_exception(engine: Engine) -> None:
         ).scalar_one()
     assert u2_programmes == {"secondary-certificate"}  # an active enrolment on another programme
     assert u2_programme == "secondary-certificate"  # R11: the programme the user is enrolled on
+
+
+def test_more_events_than_sqlite_binds_in_one_statement_are_all_handled(engine: Engine) -> None:
+    """A first sync of a large platform completes ~100k enrolments at once (found by the
+    benchmark on `large`: one `IN` over every event broke SQLite's limit on bound variables).
+    This build of SQLite allows 250,000; SQLite's own default since 3.32 is 32,766: use that."""
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_default_variable_limit)
+        engine.dispose()
+    learners = 40_000
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(users),
+            [
+                {"id": f"x{i}", "email": f"x{i}@example.org", "forgotten": False}
+                for i in range(learners)
+            ],
+        )
+    changes = pl.DataFrame(
+        {
+            "user_id": [f"x{i}" for i in range(learners)],
+            "activity_id": CSA_COURSE,
+            "programme_id": "cs-accelerator",
+            "progress": 100,
+            "state": "complete",
+            "completed_at": NOW,
+            "previous_state": None,
+            "cause": json.dumps({"source": "test"}),
+        },
+        schema=sync_store.ACHIEVEMENT_CHANGE_SCHEMA,
+    )
+    with engine.begin() as connection:
+        sync_store.apply_achievement_changes(connection, changes, dagster_run_id="sync-run")
+
+    batch = certificate_store.handle_completion_events(engine, pending_events(engine), now=NOW)
+
+    assert batch.handled == learners and batch.skipped == 0
+    assert batch.outcomes == {rules.CSA_ENROLMENT_INACTIVE: learners}  # no CSA enrolment
+    assert pending_events(engine) == []
+
+
+def _sqlite_default_variable_limit(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)
