@@ -9,7 +9,7 @@ is anything else that needs the same path (the on-demand resync).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -136,7 +136,7 @@ class LinkingStats:
 async def link_memberships(
     client: PartnersApiClient,
     engine: Engine,
-    enrolments_by_course: dict[str, pl.DataFrame],
+    enrolments_by_course: Mapping[str, pl.DataFrame],
     now: datetime,
 ) -> tuple[dict[str, pl.DataFrame], LinkingStats]:
     """Step one for many courses at once: each unknown membership is fetched once, ever (R2).
@@ -246,8 +246,8 @@ def _conform(frame: pl.DataFrame, *, write: bool) -> pl.DataFrame:
 
 
 def choose_latest(
-    enrolments_by_course: dict[str, pl.DataFrame],
-    linked_by_course: dict[str, pl.DataFrame],
+    enrolments_by_course: Mapping[str, pl.DataFrame],
+    linked_by_course: Mapping[str, pl.DataFrame],
     runs: pl.DataFrame,
 ) -> dict[str, pl.DataFrame]:
     return {
@@ -364,7 +364,7 @@ def sync_course(
 ) -> CourseOutcome:
     """Plan one course and, unless refused or dry, commit it in one transaction."""
     started = time.perf_counter()
-    batch, changes = plan_course(engine, course, activity_id, latest, linked, now)
+    batch, _ = plan_course(engine, course, activity_id, latest, linked, now)
     planned = time.perf_counter()
     outcome = CourseOutcome(
         course_uuid=course,
@@ -372,7 +372,7 @@ def sync_course(
         enrolments=enrolments.height,
         learners=latest.height,
         links_made=linked.filter(pl.col("new_link")).height,
-        changes=changes,
+        changes=batch.achievement_changes,  # only what is written: it is kept for every course
     )
     outcome.refused = breaker.refusal(course, previous_count, enrolments.height)
     if outcome.refused or dry_run:

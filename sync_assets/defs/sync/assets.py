@@ -20,6 +20,7 @@ import polars as pl
 from pydantic import Field
 
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
+from sync_assets.defs.storage import PartitionFrames
 from sync_assets.defs.sync.metadata import frame_metadata, reasons
 from sync_assets.defs.sync.partitions import course_partitions
 from sync_assets.partners_api.client import run
@@ -149,7 +150,7 @@ def enrolments(
 )
 def linked_memberships(
     context: dg.AssetExecutionContext,
-    enrolments: dict[str, pl.DataFrame],
+    enrolments: PartitionFrames,
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
 ) -> dict[str, pl.DataFrame]:
@@ -206,8 +207,8 @@ def linked_memberships(
 )
 def latest_enrolments(
     context: dg.AssetExecutionContext,
-    enrolments: dict[str, pl.DataFrame],
-    linked_memberships: dict[str, pl.DataFrame],
+    enrolments: PartitionFrames,
+    linked_memberships: PartitionFrames,
     course_runs: pl.DataFrame,
 ):
     by_course = steps.choose_latest(enrolments, linked_memberships, course_runs)
@@ -247,9 +248,9 @@ class ProgressConfig(dg.Config):
 def activity_progress(
     context: dg.AssetExecutionContext,
     config: ProgressConfig,
-    latest_enrolments: dict[str, pl.DataFrame],
-    linked_memberships: dict[str, pl.DataFrame],
-    enrolments: dict[str, pl.DataFrame],
+    latest_enrolments: PartitionFrames,
+    linked_memberships: PartitionFrames,
+    enrolments: PartitionFrames,
     course_runs: pl.DataFrame,
     platform_database: PlatformDatabase,
 ):

@@ -1,0 +1,84 @@
+"""The IO manager between steps: one parquet file per course partition, read back per course."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from sync_assets.defs.storage import PartitionedParquetIOManager
+
+COURSES = dg.StaticPartitionsDefinition(["course-a", "course-b", "course/with:odd chars"])
+KEY = dg.AssetKey("enrolments")
+
+
+def _frames() -> dict[str, pl.DataFrame]:
+    return {
+        course: pl.DataFrame({"membership_uuid": [f"{course}-{i}" for i in range(n)]})
+        for n, course in enumerate(COURSES.get_partition_keys(), start=1)
+    }
+
+
+def _store(
+    manager: PartitionedParquetIOManager,
+    frames: dict[str, pl.DataFrame],
+    first: str = "course-a",
+    last: str = "course/with:odd chars",
+) -> None:
+    with dg.build_output_context(
+        asset_key=KEY,
+        asset_partition_key_range=dg.PartitionKeyRange(first, last),
+        asset_partitions_def=COURSES,
+    ) as context:
+        manager.handle_output(context, frames)
+
+
+def _load(manager: PartitionedParquetIOManager, courses: list[str]):
+    with dg.build_input_context(
+        asset_key=KEY,
+        asset_partition_key_range=dg.PartitionKeyRange(courses[0], courses[-1]),
+        asset_partitions_def=COURSES,
+    ) as context:
+        return manager.load_input(context)
+
+
+def test_many_courses_written_by_one_step_read_back_course_by_course(tmp_path: Path) -> None:
+    manager = PartitionedParquetIOManager(base_dir=str(tmp_path))
+    frames = _frames()
+    _store(manager, frames)
+
+    loaded = _load(manager, list(frames))
+
+    assert sorted(loaded) == sorted(frames)
+    assert len(loaded) == len(frames)
+    for course, frame in frames.items():
+        assert_frame_equal(loaded[course], frame)
+    assert dict(loaded.items()).keys() == frames.keys()
+
+
+def test_a_step_that_forgets_a_course_stores_none_of_its_courses(tmp_path: Path) -> None:
+    manager = PartitionedParquetIOManager(base_dir=str(tmp_path))
+    frames = _frames()
+    del frames["course-b"]
+
+    with pytest.raises(KeyError, match=r"enrolments .* 1 partition\(s\): course-b"):
+        _store(manager, frames)
+
+    with pytest.raises(FileNotFoundError, match=r"3 partition\(s\)"):
+        _load(manager, list(COURSES.get_partition_keys()))
+
+
+def test_a_course_never_materialised_is_named_when_the_step_loads(tmp_path: Path) -> None:
+    manager = PartitionedParquetIOManager(base_dir=str(tmp_path))
+    _store(manager, {"course-a": _frames()["course-a"]}, first="course-a", last="course-a")
+
+    assert_frame_equal(_load(manager, ["course-a"])["course-a"], _frames()["course-a"])
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"enrolments has not been materialised yet for 2 partition\(s\): "
+        r"course-b, course/with:odd chars",
+    ):
+        _load(manager, list(COURSES.get_partition_keys()))
