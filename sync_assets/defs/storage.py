@@ -7,7 +7,9 @@ courses) and a rerun of one course from the UI store and load exactly the same f
 
 Inputs come back as a read-on-access mapping: a step that works course by course holds one
 course's frames at a time, not every course's at once (on `large` that was ~650 MiB of inputs
-held through the whole write loop).
+held through the whole write loop). Outputs may be built the same way: a `PartitionSpool` writes
+each course's frame to disk as soon as it is made, so a step's output for every course is never in
+memory at once either.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -49,22 +52,30 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
     def _whole_path(self, asset_key: dg.AssetKey) -> Path:
         return self._asset_dir(asset_key).with_suffix(".parquet")
 
-    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | dict) -> None:
+    def handle_output(
+        self, context: dg.OutputContext, obj: pl.DataFrame | Mapping[str, pl.DataFrame]
+    ) -> None:
         if not context.has_asset_partitions:
             _write(self._whole_path(context.asset_key), obj)
             return
-        if not isinstance(obj, dict):
+        if not isinstance(obj, Mapping):
             raise TypeError(
                 f"{context.asset_key.to_user_string()} is partitioned: return {{partition: frame}}"
             )
-        missing = [partition for partition in context.asset_partition_keys if partition not in obj]
+        missing = sorted(
+            partition for partition in context.asset_partition_keys if partition not in obj
+        )
         if missing:  # checked before any write: a step that forgets a course stores nothing
             raise KeyError(
                 f"{context.asset_key.to_user_string()} has no value for "
                 f"{len(missing)} partition(s): {', '.join(missing[:5])}"
             )
         for partition in context.asset_partition_keys:
-            _write(self._partition_path(context.asset_key, partition), obj[partition])
+            target = self._partition_path(context.asset_key, partition)
+            if isinstance(obj, PartitionFrames):  # already parquet: copy, never load
+                _copy(obj.path(partition), target)
+            else:
+                _write(target, obj[partition])
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame | PartitionFrames:
         key = context.asset_key
@@ -96,12 +107,43 @@ class PartitionFrames(Mapping[str, pl.DataFrame]):
     def __len__(self) -> int:
         return len(self._paths)
 
+    def __contains__(self, partition: object) -> bool:
+        return partition in self._paths  # without reading the file, unlike Mapping's default
+
+    def path(self, partition: str) -> Path:
+        return self._paths[partition]
+
+
+class PartitionSpool(PartitionFrames):
+    """An output built course by course: each frame goes to parquet under `directory` at once.
+
+    Hand it to the IO manager as the step's output; it copies the files into storage. The
+    directory must outlive the output (e.g. a TemporaryDirectory around the `yield`).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__({})
+        self._directory = Path(directory)
+
+    def add(self, partition: str, frame: pl.DataFrame) -> None:
+        name = hashlib.sha256(partition.encode()).hexdigest()
+        path = self._directory / f"{name}.parquet"
+        _write(path, frame)
+        self._paths[partition] = path
+
 
 def _write(path: Path, frame: pl.DataFrame) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".parquet.partial")
     frame.write_parquet(partial)
     os.replace(partial, path)  # a reader never sees half a file
+
+
+def _copy(source: Path, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".parquet.partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, path)
 
 
 def _read(path: Path, what: str) -> pl.DataFrame:

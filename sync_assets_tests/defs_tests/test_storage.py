@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -9,7 +10,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from sync_assets.defs.storage import PartitionedParquetIOManager
+from sync_assets.defs.storage import PartitionedParquetIOManager, PartitionSpool
 
 COURSES = dg.StaticPartitionsDefinition(["course-a", "course-b", "course/with:odd chars"])
 KEY = dg.AssetKey("enrolments")
@@ -24,7 +25,7 @@ def _frames() -> dict[str, pl.DataFrame]:
 
 def _store(
     manager: PartitionedParquetIOManager,
-    frames: dict[str, pl.DataFrame],
+    frames: Mapping[str, pl.DataFrame],
     first: str = "course-a",
     last: str = "course/with:odd chars",
 ) -> None:
@@ -82,3 +83,32 @@ def test_a_course_never_materialised_is_named_when_the_step_loads(tmp_path: Path
         r"course-b, course/with:odd chars",
     ):
         _load(manager, list(COURSES.get_partition_keys()))
+
+
+def test_a_spooled_output_is_stored_like_a_dict_and_outlives_its_spool(tmp_path: Path) -> None:
+    manager = PartitionedParquetIOManager(base_dir=str(tmp_path / "storage"))
+    frames = _frames()
+    spool = PartitionSpool(tmp_path / "spool")
+    for course, frame in frames.items():
+        spool.add(course, frame)
+
+    _store(manager, spool)
+    for spooled in (tmp_path / "spool").iterdir():
+        spooled.unlink()  # the step's temporary directory is gone once the output is stored
+
+    loaded = _load(manager, list(frames))
+    for course, frame in frames.items():
+        assert_frame_equal(loaded[course], frame)
+
+
+def test_a_spool_missing_a_course_stores_none_of_its_courses(tmp_path: Path) -> None:
+    manager = PartitionedParquetIOManager(base_dir=str(tmp_path / "storage"))
+    spool = PartitionSpool(tmp_path / "spool")
+    for course, frame in _frames().items():
+        if course != "course-a":
+            spool.add(course, frame)
+
+    assert "course-a" not in spool and "course-b" in spool
+    with pytest.raises(KeyError, match=r"1 partition\(s\): course-a"):
+        _store(manager, spool)
+    assert not (tmp_path / "storage").exists()

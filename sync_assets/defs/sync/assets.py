@@ -10,9 +10,12 @@ number of courses; a rerun of one course partition from the UI touches only that
 """
 
 # No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
+import tempfile
 import time
 import warnings
+from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -20,7 +23,7 @@ import polars as pl
 from pydantic import Field
 
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
-from sync_assets.defs.storage import PartitionFrames
+from sync_assets.defs.storage import PartitionFrames, PartitionSpool
 from sync_assets.defs.sync.metadata import frame_metadata, reasons
 from sync_assets.defs.sync.partitions import course_partitions
 from sync_assets.partners_api.client import run
@@ -34,6 +37,7 @@ GROUP = "futurelearn_sync"
 UNKNOWN_COURSES_CHECK = "unknown_courses_reported"
 ONE_LATEST_CHECK = "one_latest_enrolment_per_user_and_course"
 SHRINK_CHECK = "enrolment_report_not_shrunk"
+_NO_CHANGES = pl.DataFrame(schema=sync_store.ACHIEVEMENT_CHANGE_SCHEMA)
 
 
 def _api_metadata(metrics: Any) -> dict[str, Any]:
@@ -262,46 +266,50 @@ def activity_progress(
     breaker = steps.CircuitBreaker(config.max_shrink_share, frozenset(config.allow_shrink_courses))
     with engine.connect() as connection:
         previous_counts = sync_store.last_enrolment_counts(connection, latest_enrolments)
-    outcomes: dict[str, steps.CourseOutcome] = {}
+    tally: Counter[str] = Counter()
     failures: dict[str, str] = {}
-    for course in sorted(latest_enrolments):
-        if course not in activity_of:
-            failures[course] = "no activity knows this course any more (R1)"
-            continue
-        try:
-            outcomes[course] = steps.sync_course(
-                engine,
-                course,
-                activity_of[course],
-                enrolments[course],
-                latest_enrolments[course],
-                linked_memberships[course],
-                now=now,
-                previous_count=previous_counts.get(course),
-                breaker=breaker,
-                dry_run=config.dry_run,
-                dagster_run_id=context.run.run_id,
+    refused: dict[str, str] = {}
+    # Each course's changes go to disk as soon as they are made: held all together they were
+    # the largest value in the step (~440 MiB on `large`), growing through the write loop.
+    with tempfile.TemporaryDirectory(prefix="activity_progress-") as spool_dir:
+        changes = PartitionSpool(Path(spool_dir))
+        for course in sorted(latest_enrolments):
+            outcome: steps.CourseOutcome | None = None
+            if course not in activity_of:
+                failures[course] = "no activity knows this course any more (R1)"
+            else:
+                try:
+                    outcome = steps.sync_course(
+                        engine,
+                        course,
+                        activity_of[course],
+                        enrolments[course],
+                        latest_enrolments[course],
+                        linked_memberships[course],
+                        now=now,
+                        previous_count=previous_counts.get(course),
+                        breaker=breaker,
+                        dry_run=config.dry_run,
+                        dagster_run_id=context.run.run_id,
+                    )
+                except Exception as error:  # one course failing must not stop the others
+                    context.log.error(f"course {course}: {type(error).__name__}: {error}")
+                    failures[course] = f"{type(error).__name__}: {error}"
+            frame = outcome.changes if outcome else _NO_CHANGES
+            changes.add(course, frame)
+            context.add_asset_metadata(
+                {
+                    **frame_metadata(frame),
+                    **_outcome_metadata(outcome, failures.get(course), config),
+                },
+                partition_key=course,
             )
-        except Exception as error:  # one course failing must not stop the others
-            context.log.error(f"course {course}: {type(error).__name__}: {error}")
-            failures[course] = f"{type(error).__name__}: {error}"
-
-    values: dict[str, pl.DataFrame] = {}
-    for course in latest_enrolments:
-        outcome = outcomes.get(course)
-        frame = (
-            outcome.changes
-            if outcome
-            else pl.DataFrame(schema=sync_store.ACHIEVEMENT_CHANGE_SCHEMA)
-        )
-        values[course] = frame
-        context.add_asset_metadata(
-            {**frame_metadata(frame), **_outcome_metadata(outcome, failures.get(course), config)},
-            partition_key=course,
-        )
-    refused = {course: o.refused for course, o in outcomes.items() if o.refused}
-    context.log.info(_summary_line(outcomes, failures, config.dry_run))
-    yield dg.Output(values, metadata={"dry_run": config.dry_run, "failed": len(failures)})
+            if outcome:
+                tally.update(_outcome_counts(outcome))
+                if outcome.refused:
+                    refused[course] = outcome.refused
+        context.log.info(_summary_line(tally, len(failures), config.dry_run))
+        yield dg.Output(changes, metadata={"dry_run": config.dry_run, "failed": len(failures)})
     yield dg.AssetCheckResult(
         check_name=SHRINK_CHECK,
         passed=not refused,
@@ -346,16 +354,20 @@ def _outcome_metadata(
     }
 
 
-def _summary_line(
-    outcomes: dict[str, steps.CourseOutcome], failures: dict[str, str], dry_run: bool
-) -> str:
+def _outcome_counts(outcome: steps.CourseOutcome) -> Counter[str]:
+    return Counter(
+        courses=1,
+        created=outcome.created,
+        updated=outcome.updated,
+        completed=outcome.became("complete"),
+    )
+
+
+def _summary_line(tally: Counter[str], failed: int, dry_run: bool) -> str:
     verb = "would change" if dry_run else "changed"
-    created = sum(o.created for o in outcomes.values())
-    updated = sum(o.updated for o in outcomes.values())
-    completed = sum(o.became("complete") for o in outcomes.values())
     return (
-        f"{len(outcomes)} courses {verb}: {created} achievements created, {updated} updated, "
-        f"{completed} completed; {len(failures)} failed"
+        f"{tally['courses']} courses {verb}: {tally['created']} achievements created, "
+        f"{tally['updated']} updated, {tally['completed']} completed; {failed} failed"
     )
 
 
