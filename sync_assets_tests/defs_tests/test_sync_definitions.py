@@ -113,6 +113,13 @@ def test_metadata_is_informative_and_holds_no_personal_data(world: World) -> Non
         m for m in materialisations if m.asset_key.to_user_string() == "linked_memberships"
     )
     assert "api_requests" in linking.metadata and "looked_up" in linking.metadata
+    for asset in ("enrolments", "linked_memberships", "latest_enrolments", "activity_progress"):
+        peaks = [
+            m.metadata["process_peak_rss_mib"].value
+            for m in materialisations
+            if m.asset_key.to_user_string() == asset
+        ]
+        assert peaks and all(peak > 50 for peak in peaks), asset  # a Python with Dagster loaded
 
     text = json.dumps(
         [{k: str(v.value) for k, v in m.metadata.items()} for m in materialisations]

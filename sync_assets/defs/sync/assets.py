@@ -24,7 +24,7 @@ from pydantic import Field
 
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.storage import PartitionFrames, PartitionSpool
-from sync_assets.defs.sync.metadata import frame_metadata, reasons
+from sync_assets.defs.sync.metadata import frame_metadata, peak_memory_metadata, reasons
 from sync_assets.defs.sync.partitions import course_partitions
 from sync_assets.partners_api.client import run
 from sync_assets.platform import sync_store
@@ -141,7 +141,13 @@ def enrolments(
         f"{len(fetched.unchanged_runs)} unchanged (304), "
         f"{fetched.quarantine.height} records quarantined"
     )
-    context.add_output_metadata({**_api_metadata(metrics), "api_seconds": round(api_seconds, 3)})
+    context.add_output_metadata(
+        {
+            **_api_metadata(metrics),
+            "api_seconds": round(api_seconds, 3),
+            **peak_memory_metadata(),
+        }
+    )
     return fetched.by_course
 
 
@@ -196,6 +202,7 @@ def linked_memberships(
             "quarantined": dg.MetadataValue.json(reasons(stats.quarantine)),
             **_api_metadata(metrics),
             "api_seconds": round(api_seconds, 3),
+            **peak_memory_metadata(),
         }
     )
     return by_course
@@ -222,7 +229,7 @@ def latest_enrolments(
         context.add_asset_metadata(
             {**frame_metadata(frame), "learners": frame.height}, partition_key=course
         )
-    yield dg.Output(by_course)
+    yield dg.Output(by_course, metadata=peak_memory_metadata())
     yield dg.AssetCheckResult(
         check_name=ONE_LATEST_CHECK,
         passed=duplicates == 0,
@@ -309,7 +316,14 @@ def activity_progress(
                 if outcome.refused:
                     refused[course] = outcome.refused
         context.log.info(_summary_line(tally, len(failures), config.dry_run))
-        yield dg.Output(changes, metadata={"dry_run": config.dry_run, "failed": len(failures)})
+        yield dg.Output(
+            changes,
+            metadata={
+                "dry_run": config.dry_run,
+                "failed": len(failures),
+                **peak_memory_metadata(),
+            },
+        )
     yield dg.AssetCheckResult(
         check_name=SHRINK_CHECK,
         passed=not refused,

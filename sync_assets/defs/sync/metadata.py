@@ -7,6 +7,7 @@ of them instead.
 from __future__ import annotations
 
 import hashlib
+import resource
 from datetime import datetime
 from typing import Any
 
@@ -84,3 +85,13 @@ def reasons(quarantine: pl.DataFrame) -> dict[str, int]:
     if quarantine.is_empty():
         return {}
     return dict(quarantine.group_by("reason").len().sort("reason").iter_rows())
+
+
+def peak_memory_metadata() -> dict[str, float]:
+    """The step process's peak resident memory so far: watch it grow with the catalogue.
+
+    In-process, steps share one process, so the first step to show the run's maximum is where
+    the peak happened.
+    """
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"process_peak_rss_mib": round(peak_kib / 1024, 1)}
