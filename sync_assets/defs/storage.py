@@ -18,7 +18,7 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -44,10 +44,7 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         return root.joinpath(*asset_key.path)
 
     def _partition_path(self, asset_key: dg.AssetKey, partition: str) -> Path:
-        name = (
-            partition if _SAFE.match(partition) else hashlib.sha256(partition.encode()).hexdigest()
-        )
-        return self._asset_dir(asset_key) / f"{name}.parquet"
+        return self._asset_dir(asset_key) / _file_name(partition)
 
     def _whole_path(self, asset_key: dg.AssetKey) -> Path:
         return self._asset_dir(asset_key).with_suffix(".parquet")
@@ -126,24 +123,29 @@ class PartitionSpool(PartitionFrames):
         self._directory = Path(directory)
 
     def add(self, partition: str, frame: pl.DataFrame) -> None:
-        name = hashlib.sha256(partition.encode()).hexdigest()
-        path = self._directory / f"{name}.parquet"
+        path = self._directory / _file_name(partition)
         _write(path, frame)
         self._paths[partition] = path
 
 
+def _file_name(partition: str) -> str:
+    name = partition if _SAFE.match(partition) else hashlib.sha256(partition.encode()).hexdigest()
+    return f"{name}.parquet"
+
+
 def _write(path: Path, frame: pl.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".parquet.partial")
-    frame.write_parquet(partial)
-    os.replace(partial, path)  # a reader never sees half a file
+    _replace(path, frame.write_parquet)
 
 
 def _copy(source: Path, path: Path) -> None:
+    _replace(path, lambda partial: shutil.copyfile(source, partial))
+
+
+def _replace(path: Path, fill: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".parquet.partial")
-    shutil.copyfile(source, partial)
-    os.replace(partial, path)
+    fill(partial)
+    os.replace(partial, path)  # a reader never sees half a file
 
 
 def _read(path: Path, what: str) -> pl.DataFrame:

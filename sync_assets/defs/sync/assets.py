@@ -276,38 +276,43 @@ def activity_progress(
     tally: Counter[str] = Counter()
     failures: dict[str, str] = {}
     refused: dict[str, str] = {}
+
+    def sync_one(course: str) -> tuple[steps.CourseOutcome | None, str | None]:
+        if course not in activity_of:
+            return None, "no activity knows this course any more (R1)"
+        try:
+            outcome = steps.sync_course(
+                engine,
+                course,
+                activity_of[course],
+                enrolments[course],
+                latest_enrolments[course],
+                linked_memberships[course],
+                now=now,
+                previous_count=previous_counts.get(course),
+                breaker=breaker,
+                dry_run=config.dry_run,
+                dagster_run_id=context.run.run_id,
+            )
+        except Exception as error:  # one course failing must not stop the others
+            context.log.error(f"course {course}: {type(error).__name__}: {error}")
+            return None, f"{type(error).__name__}: {error}"
+        return outcome, None
+
     # Each course's changes go to disk as soon as they are made: held all together they were
     # the largest value in the step (~440 MiB on `large`), growing through the write loop.
     with tempfile.TemporaryDirectory(prefix="activity_progress-") as spool_dir:
         changes = PartitionSpool(Path(spool_dir))
         for course in sorted(latest_enrolments):
-            outcome: steps.CourseOutcome | None = None
-            if course not in activity_of:
-                failures[course] = "no activity knows this course any more (R1)"
-            else:
-                try:
-                    outcome = steps.sync_course(
-                        engine,
-                        course,
-                        activity_of[course],
-                        enrolments[course],
-                        latest_enrolments[course],
-                        linked_memberships[course],
-                        now=now,
-                        previous_count=previous_counts.get(course),
-                        breaker=breaker,
-                        dry_run=config.dry_run,
-                        dagster_run_id=context.run.run_id,
-                    )
-                except Exception as error:  # one course failing must not stop the others
-                    context.log.error(f"course {course}: {type(error).__name__}: {error}")
-                    failures[course] = f"{type(error).__name__}: {error}"
+            outcome, failure = sync_one(course)
+            if failure:
+                failures[course] = failure
             frame = outcome.changes if outcome else _NO_CHANGES
             changes.add(course, frame)
             context.add_asset_metadata(
                 {
                     **frame_metadata(frame),
-                    **_outcome_metadata(outcome, failures.get(course), config),
+                    **_outcome_metadata(outcome, failure, config),
                 },
                 partition_key=course,
             )
