@@ -7,6 +7,7 @@ import warnings
 
 import click
 
+from sync_assets import failpoints
 from sync_assets.platform import migrate
 from sync_assets.platform.database import check_connection, create_platform_engine, describe
 from sync_assets.platform.demo_catalogue import (
@@ -173,20 +174,19 @@ def _sync_and_report(
     courses: tuple[str, ...], dry_run: bool, allow_shrink: tuple[str, ...]
 ) -> None:
     # Imported here: loading the Dagster definitions takes a moment the db commands don't need.
-    import dagster as dg
 
     from sync_assets.defs.sync.launch import (
-        ensure_dagster_home,
         format_report,
         launch_sync,
+        open_instance,
         prepare_partitions,
         run_certificate_work,
     )
 
     partners_api_settings()  # a bad FL_PARTNERS_* setting fails here, before any request
     _migrated_engine().dispose()
-    home = ensure_dagster_home()
-    with dg.DagsterInstance.get() as instance:
+    with open_instance(say=click.echo) as instance:
+        home = instance.root_directory
         partitions = prepare_partitions(instance, list(courses) or None)
         if not partitions:
             raise click.ClickException("no known course has runs on FutureLearn: nothing to sync")
@@ -199,6 +199,7 @@ def _sync_and_report(
             say=click.echo,
         )
         if not dry_run:
+            failpoints.reached("sync.before_certificates")
             run_certificate_work(instance, report, say=click.echo)
     click.echo(format_report(report))
     click.echo(f"Dagster instance: {home}")
@@ -265,11 +266,11 @@ def demo() -> None:
 )
 def resync(course_uuid: str, user_ids: tuple[str, ...]) -> None:
     """Resync chosen learners of one course now (S2); nobody else is touched."""
-    import dagster as dg
 
     from sync_assets.defs.sync.launch import (
-        ensure_dagster_home,
+        format_certificates,
         launch_resync,
+        open_instance,
         run_certificate_work,
     )
     from sync_assets.sync.resync import ResyncRequestError, validate_request
@@ -282,8 +283,7 @@ def resync(course_uuid: str, user_ids: tuple[str, ...]) -> None:
         raise click.ClickException(str(error)) from None
     finally:
         engine.dispose()
-    ensure_dagster_home()
-    with dg.DagsterInstance.get() as instance:
+    with open_instance(say=click.echo) as instance:
         report, outcomes = launch_resync(instance, course_uuid, list(user_ids), say=click.echo)
         if report.success:
             run_certificate_work(instance, report, say=click.echo)
@@ -293,9 +293,32 @@ def resync(course_uuid: str, user_ids: tuple[str, ...]) -> None:
     for user, outcome in outcomes.items():
         click.echo(f"  {user.ljust(width)}  {outcome}")
     if report.certificates:
-        figures = report.certificates
-        click.echo(
-            f"Certificates: {figures.get('enrolments_moved_to_pending', 0)} enrolments moved to "
-            f"pending, {figures.get('notifications_written', 0)} notifications written."
-        )
+        click.echo(format_certificates(report.certificates))
     click.echo(f"Dagster run(s): {', '.join(report.run_ids)}")
+
+
+@main.command()
+def certificates() -> None:
+    """The certificate work the daemon does: pending completion events (C1, C3), then C2.
+
+    For deployments driven by cron without the Dagster daemon; safe to run at any time and as
+    often as you like (each event is handled once, each certificate numbered once).
+    """
+    from sync_assets.defs.sync.launch import (
+        SyncReport,
+        format_certificates,
+        open_instance,
+        run_certificate_work,
+    )
+
+    _migrated_engine().dispose()
+    report = SyncReport(run_ids=[], success=True, dry_run=False, seconds=0.0)
+    with open_instance(say=click.echo) as instance:
+        run_certificate_work(instance, report, say=click.echo)
+    if not report.success:
+        raise click.ClickException("; ".join(report.failures) or "the certificate work failed")
+    click.echo(format_certificates(report.certificates))
+    figures = report.certificates
+    if figures.get("refused"):
+        click.echo(f"Not completed (C4): {len(figures['refused'])} enrolments, e.g. flagged")
+    click.echo(f"Dagster run: {', '.join(report.run_ids)}")

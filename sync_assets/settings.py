@@ -106,5 +106,10 @@ def _positive(name: str, kind: type, default):
     return value
 
 
+def course_lock_timeout_seconds() -> float:
+    """How long a sync waits for a course another writer holds before giving up on it."""
+    return _positive("SYNC_ASSETS_COURSE_LOCK_TIMEOUT_SECONDS", float, 120.0)
+
+
 def http_cache_path() -> Path:
     return data_dir() / "http_cache" / "partners_api.sqlite3"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,29 @@ from sync_assets.partners_api.lanes import LanedTransport, lane
 from sync_assets.partners_api.metrics import ApiMetrics, MeteringTransport
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+CACHE_LOGGERS = ("hishel._core._storages._async_sqlite", "hishel._core._storages._sync_sqlite")
+
+
+class _CacheFailureInOneLine(logging.Filter):
+    """hishel logs a failed cache write (e.g. the cache file locked by another sync on the
+    machine) with its whole traceback. The request was served all the same; only its 304 next
+    time is lost. One line says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            record.msg = (
+                f"{record.getMessage()} ({type(error).__name__}: {error}); the request was "
+                "served, its response is not kept for a 304 next time"
+            )
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+for _name in CACHE_LOGGERS:
+    logging.getLogger(_name).addFilter(_CacheFailureInOneLine())
 HEADERS = {"Accept": "application/json", "User-Agent": "sync-assets"}
 MAX_PAGES = 10_000
 MEMBERSHIP_BATCH = 20_000

@@ -11,8 +11,7 @@ lock while it numbers, so certificate numbers are consecutive and never reused.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +19,7 @@ import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from sync_assets import failpoints
 from sync_assets.platform import sync_store
 from sync_assets.platform.database import dialect_insert
 from sync_assets.platform.tables import (
@@ -30,6 +30,7 @@ from sync_assets.platform.tables import (
     programmes,
     user_programme_enrolments,
 )
+from sync_assets.platform.transactions import write_transaction
 from sync_assets.rules import certificates as rules
 
 log = logging.getLogger(__name__)
@@ -37,38 +38,10 @@ PENDING_DAYS = 7
 EVENT_SCHEMA = {"id": pl.Int64, "user_id": pl.String, "programme_id": pl.String}
 
 
-@contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that holds the write lock from its first statement on SQLite too."""
-    with engine.connect() as connection:
-        if connection.dialect.name == "sqlite":
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield connection
-                connection.exec_driver_sql("COMMIT")
-            except BaseException:
-                connection.exec_driver_sql("ROLLBACK")
-                raise
-        else:
-            with connection.begin():
-                yield connection
-
-
-def pending_event_ids(
-    connection: Connection,
-    *,
-    after_id: int = 0,
-    limit: int | None = None,
-    run_ids: Sequence[str] = (),
-) -> list[int]:
+def pending_event_ids(connection: Connection, *, limit: int | None = None) -> list[int]:
+    """Completion events not yet handled, oldest first: what is left to do, whoever left it."""
     table = completion_events
-    statement = (
-        sa.select(table.c.id)
-        .where(table.c.handled_at.is_(None), table.c.id > after_id)
-        .order_by(table.c.id)
-    )
-    if run_ids:
-        statement = statement.where(table.c.dagster_run_id.in_(list(run_ids)))
+    statement = sa.select(table.c.id).where(table.c.handled_at.is_(None)).order_by(table.c.id)
     if limit:
         statement = statement.limit(limit)
     return list(connection.execute(statement).scalars())
@@ -191,6 +164,7 @@ def _handle_chunk(engine: Engine, event_ids: Sequence[int], now: datetime) -> Ce
             connection, outcomes.filter(pl.col("outcome") == rules.NOTIFIED), now
         )
         _mark_handled(connection, outcomes, now)
+        failpoints.reached("certificates.before_commit")
     batch.handled = outcomes.height
     batch.outcomes = dict(outcomes.group_by("outcome").len().sort("outcome").iter_rows())
     batch.details = dict(
@@ -283,6 +257,8 @@ def complete_due_certificates(engine: Engine, *, now: datetime | None = None) ->
     for programme_id in programme_ids:
         with write_transaction(engine) as connection:
             numbers = _number_programme(connection, programme_id, due_before, certified)
+            if numbers:
+                failpoints.reached("certificates.c2_before_commit")
         if numbers:
             certified.completed[programme_id] = numbers
     return certified

@@ -91,8 +91,9 @@ PROGRAMME_STRUCTURE_SCHEMA = {
 }
 
 # What a caller hands to apply_achievement_changes: one row per achievement to create or change.
-# `previous_state` is null for an achievement that does not exist yet, which starts `enrolled`;
-# `cause` says why (R10).
+# `previous_state` and `previous_progress` are what the change was planned from (null for an
+# achievement that does not exist yet, which starts `enrolled`): a row whose stored state or
+# progress is no longer that is not written. `cause` says why (R10).
 ACHIEVEMENT_CHANGE_SCHEMA = {
     "user_id": pl.String,
     "activity_id": pl.String,
@@ -101,8 +102,25 @@ ACHIEVEMENT_CHANGE_SCHEMA = {
     "state": pl.String,
     "completed_at": UTC_TIME,
     "previous_state": pl.String,
+    "previous_progress": pl.Int64,
     "cause": pl.String,  # JSON object
 }
+_WRITTEN_SCHEMA = {"achievement_id": pl.Int64, "user_id": pl.String, "activity_id": pl.String}
+
+# The plan of a course's updates, staged so that one UPDATE … FROM applies every row whose stored
+# state and progress are still those it was planned from. Temporary: private to the connection.
+achievement_plan = sa.Table(
+    "sync_assets_achievement_plan",
+    sa.MetaData(),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("activity_id", sa.Text, nullable=False),
+    sa.Column("progress", sa.Integer, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("completed_at", sa.DateTime(timezone=True)),
+    sa.Column("previous_state", sa.Text, nullable=False),
+    sa.Column("previous_progress", sa.Integer, nullable=False),
+    prefixes=["TEMPORARY"],
+)
 
 
 def chunks(values: Sequence[Any], size: int = KEY_CHUNK) -> Iterator[Sequence[Any]]:
@@ -345,6 +363,8 @@ class AppliedChanges:
     completion_events: int = 0
     enrolments: int = 0
     course_state: int = 0
+    # Planned changes not written: the stored row was no longer what they were planned from.
+    stale: int = 0
     by_state: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -365,36 +385,31 @@ def apply_achievement_changes(
 ) -> AppliedChanges:
     """Create or update achievements, with their transitions (R10) and completion events.
 
-    A transition row is written for each row whose state differs from its previous state (a new
-    achievement starts `enrolled`); a completion event for each row that becomes `complete`.
+    Each change is conditional on the state it was planned from: a new achievement is inserted
+    only if none exists, an existing one is updated only while its stored state and progress are
+    still `previous_state` and `previous_progress`. A stale change writes nothing, no transition
+    and no event, so two writers that planned from the same state never both apply it.
+    A transition row is written for each written row whose state differs from its previous state
+    (a new achievement starts `enrolled`); a completion event for each that becomes `complete`.
     Events are unique per achievement, so a retried batch cannot produce a second one.
     """
     applied = AppliedChanges()
     if changes.is_empty():
         return applied
     frame = changes.select(list(ACHIEVEMENT_CHANGE_SCHEMA)).cast(ACHIEVEMENT_CHANGE_SCHEMA)
+    is_new = pl.col("previous_state").is_null()
+    if frame.filter(~is_new & pl.col("previous_progress").is_null()).height:
+        raise ValueError("a change to an existing achievement needs its previous_progress")
     stamp = now_utc()
-    statement = dialect_insert(connection, achievements)
-    upsert = statement.on_conflict_do_update(
-        index_elements=["user_id", "activity_id"],
-        set_={
-            "progress": statement.excluded.progress,
-            "state": statement.excluded.state,
-            "completed_at": statement.excluded.completed_at,
-            "updated_at": statement.excluded.updated_at,
-        },
-    ).returning(achievements.c.id, achievements.c.user_id, achievements.c.activity_id)
-    values = frame.select(
-        "user_id", "activity_id", "programme_id", "progress", "state", "completed_at"
-    ).with_columns(created_at=pl.lit(stamp, UTC_TIME), updated_at=pl.lit(stamp, UTC_TIME))
-    returned = connection.execute(upsert, _rows(values)).all()
-    ids = pl.DataFrame(
-        returned,
-        schema={"achievement_id": pl.Int64, "user_id": pl.String, "activity_id": pl.String},
-        orient="row",
+    ids = pl.concat(
+        [
+            _insert_new_achievements(connection, frame.filter(is_new), stamp),
+            _update_achievements(connection, frame.filter(~is_new), stamp),
+        ]
     )
-    written = frame.join(ids, on=["user_id", "activity_id"], how="left", validate="1:1")
-    applied.created = written.filter(pl.col("previous_state").is_null()).height
+    written = frame.join(ids, on=["user_id", "activity_id"], how="inner", validate="1:1")
+    applied.stale = frame.height - written.height
+    applied.created = written.filter(is_new).height
     applied.updated = written.height - applied.created
 
     state_changed = written.with_columns(
@@ -406,6 +421,55 @@ def apply_achievement_changes(
         connection, state_changed.filter(pl.col("state") == "complete"), stamp, dagster_run_id
     )
     return applied
+
+
+def _written_ids(rows: Sequence[Any]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=_WRITTEN_SCHEMA, orient="row")
+
+
+def _insert_new_achievements(
+    connection: Connection, new: pl.DataFrame, stamp: datetime
+) -> pl.DataFrame:
+    if new.is_empty():
+        return _written_ids([])
+    statement = (
+        dialect_insert(connection, achievements)
+        .on_conflict_do_nothing(index_elements=["user_id", "activity_id"])
+        .returning(achievements.c.id, achievements.c.user_id, achievements.c.activity_id)
+    )
+    values = new.select(
+        "user_id", "activity_id", "programme_id", "progress", "state", "completed_at"
+    ).with_columns(created_at=pl.lit(stamp, UTC_TIME), updated_at=pl.lit(stamp, UTC_TIME))
+    return _written_ids(connection.execute(statement, _rows(values)).all())
+
+
+def _update_achievements(
+    connection: Connection, existing: pl.DataFrame, stamp: datetime
+) -> pl.DataFrame:
+    if existing.is_empty():
+        return _written_ids([])
+    plan = achievement_plan
+    plan.create(connection)
+    connection.execute(sa.insert(plan), _rows(existing.select([c.name for c in plan.columns])))
+    statement = (
+        sa.update(achievements)
+        .where(
+            achievements.c.user_id == plan.c.user_id,
+            achievements.c.activity_id == plan.c.activity_id,
+            achievements.c.state == plan.c.previous_state,
+            achievements.c.progress == plan.c.previous_progress,
+        )
+        .values(
+            progress=plan.c.progress,
+            state=plan.c.state,
+            completed_at=plan.c.completed_at,
+            updated_at=stamp,
+        )
+        .returning(achievements.c.id, achievements.c.user_id, achievements.c.activity_id)
+    )
+    written = _written_ids(connection.execute(statement).all())
+    plan.drop(connection)
+    return written
 
 
 def _write_transitions(
@@ -489,23 +553,33 @@ class CourseSyncBatch:
         )
 
 
-def apply_course_sync(
-    engine: Engine, batch: CourseSyncBatch, *, dagster_run_id: str | None = None
+def write_course_sync(
+    connection: Connection, batch: CourseSyncBatch, *, dagster_run_id: str | None = None
 ) -> AppliedChanges:
-    """Commit a course's links, achievements, transitions, events and enrolments together.
+    """Write a course's links, achievements, transitions, events and enrolments.
 
-    Either all of it is written or none of it (R13: an empty batch opens no transaction).
+    The caller holds the transaction (and, for a sync, the course's writer lock): either all of
+    it is committed or none of it. An empty batch sends no statement (R13).
     """
     if batch.is_empty:
         return AppliedChanges()
-    with engine.begin() as connection:
-        memberships = upsert_memberships(connection, batch.memberships)
-        applied = apply_achievement_changes(
-            connection, batch.achievement_changes, dagster_run_id=dagster_run_id
-        )
-        applied.memberships = memberships
-        applied.enrolments = ensure_programme_enrolments(connection, batch.programme_enrolments)
-        if batch.course_state is not None:
-            record_course_state(connection, *batch.course_state, dagster_run_id)
-            applied.course_state = 1
+    memberships = upsert_memberships(connection, batch.memberships)
+    applied = apply_achievement_changes(
+        connection, batch.achievement_changes, dagster_run_id=dagster_run_id
+    )
+    applied.memberships = memberships
+    applied.enrolments = ensure_programme_enrolments(connection, batch.programme_enrolments)
+    if batch.course_state is not None:
+        record_course_state(connection, *batch.course_state, dagster_run_id)
+        applied.course_state = 1
     return applied
+
+
+def apply_course_sync(
+    engine: Engine, batch: CourseSyncBatch, *, dagster_run_id: str | None = None
+) -> AppliedChanges:
+    """`write_course_sync` in a transaction of its own (R13: an empty batch opens none)."""
+    if batch.is_empty:
+        return AppliedChanges()
+    with engine.begin() as connection:
+        return write_course_sync(connection, batch, dagster_run_id=dagster_run_id)

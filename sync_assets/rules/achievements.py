@@ -57,8 +57,9 @@ def achievement_changes(
 
     `latest`: one latest enrolment per user (latest_enrolments). `current`: the activity's
     achievements (user_id, state, progress, programme_id, completed_at). Returns rows in
-    sync_store.ACHIEVEMENT_CHANGE_SCHEMA order, with `previous_state` null for a new achievement
-    and `cause` saying what caused it (R10), plus `programme_id` null (filled by R11).
+    sync_store.ACHIEVEMENT_CHANGE_SCHEMA order: `previous_state` and `previous_progress` (what the
+    write is conditional on) null for a new achievement, `cause` saying what caused it (R10), and
+    `programme_id` null for a new achievement (filled by R11).
     """
     frame = (
         latest.join(
@@ -126,5 +127,6 @@ def achievement_changes(
         "state",
         "completed_at",
         "previous_state",
+        "previous_progress",
         pl.Series("cause", causes, dtype=pl.String),
     )

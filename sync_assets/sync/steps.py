@@ -16,15 +16,17 @@ from datetime import datetime
 
 import polars as pl
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
+from sync_assets import failpoints
 from sync_assets.partners_api import contract
 from sync_assets.partners_api.client import PartnersApiClient
-from sync_assets.platform import sync_store
+from sync_assets.platform import sync_store, transactions
 from sync_assets.rules.achievements import achievement_changes
 from sync_assets.rules.latest_enrolment import latest_enrolments
 from sync_assets.rules.linking import match_memberships
 from sync_assets.rules.programmes import CSA, assign_programmes, csa_auto_enrolments
+from sync_assets.settings import course_lock_timeout_seconds
 
 UTC_TIME = pl.Datetime("us", "UTC")
 COURSE_RUNS_SCHEMA = {
@@ -154,6 +156,7 @@ async def link_memberships(
         to_fetch = sync_store.memberships_to_look_up(connection, all_uuids)
         unlinked_before = sync_store.unlinked_fetched_memberships(connection, all_uuids)
     fetched = await client.memberships(to_fetch)
+    failpoints.reached("linking.after_lookups")
     candidates = pl.concat(
         [
             fetched.found.select("membership_uuid", "external_learner_id"),
@@ -285,6 +288,7 @@ class CourseOutcome:
     plan_seconds: float = 0.0  # reads and rules
     write_seconds: float = 0.0  # the course's transaction
     sql_statements: int = 0  # statements the transaction sent
+    batch: sync_store.CourseSyncBatch = field(default_factory=sync_store.CourseSyncBatch)
 
     @property
     def created(self) -> int:
@@ -320,20 +324,23 @@ class CircuitBreaker:
 
 
 def plan_course(
-    engine: Engine,
+    connection: Connection,
     course: str,
     activity_id: str,
     latest: pl.DataFrame,
     linked: pl.DataFrame,
     now: datetime,
 ) -> tuple[sync_store.CourseSyncBatch, pl.DataFrame]:
-    """The batch one course's sync would write: links, achievements (R7–R11), enrolments (R12)."""
+    """The batch one course's sync would write: links, achievements (R7–R11), enrolments (R12).
+
+    Read through `connection`, so that a writer holding the course's lock plans from what the
+    previous writer committed.
+    """
     users = latest["user_id"].to_list()
-    with engine.connect() as connection:
-        current = sync_store.achievements_for_course(connection, activity_id, users)
-        programmes = sync_store.activity_programmes(connection, [activity_id])
-        changes = achievement_changes(latest, current, activity_id=activity_id, now=now)
-        enrolments = sync_store.programme_enrolments(connection, changes["user_id"].to_list())
+    current = sync_store.achievements_for_course(connection, activity_id, users)
+    programmes = sync_store.activity_programmes(connection, [activity_id])
+    changes = achievement_changes(latest, current, activity_id=activity_id, now=now)
+    enrolments = sync_store.programme_enrolments(connection, changes["user_id"].to_list())
     changes = assign_programmes(changes, programmes, enrolments)
     csa_ids = programmes.filter(pl.col("programme_slug") == CSA)["programme_id"].to_list()
     csa = (
@@ -366,35 +373,67 @@ def sync_course(
     dry_run: bool,
     dagster_run_id: str | None,
     record_course_state: bool = True,
+    lock_timeout_seconds: float | None = None,
 ) -> CourseOutcome:
-    """Plan one course and, unless refused or dry, commit it in one transaction."""
-    started = time.perf_counter()
-    batch, _ = plan_course(engine, course, activity_id, latest, linked, now)
-    planned = time.perf_counter()
-    outcome = CourseOutcome(
+    """Plan one course and, unless refused or dry, commit it in one transaction.
+
+    The plan and its writes happen under the course's writer lock (`transactions`): a writer that
+    overlaps with another plans from what the other committed, so nothing is applied twice. A
+    writer that cannot get the lock in time raises `CourseBusyError`.
+    """
+    if dry_run:
+        with engine.connect() as connection:
+            return _plan_outcome(connection, course, activity_id, enrolments, latest, linked, now)
+    timeout = (
+        course_lock_timeout_seconds() if lock_timeout_seconds is None else lock_timeout_seconds
+    )
+    with transactions.course_write_transaction(
+        engine, course, timeout_seconds=timeout
+    ) as connection:
+        started = time.perf_counter()
+        outcome = _plan_outcome(connection, course, activity_id, enrolments, latest, linked, now)
+        planned = time.perf_counter()
+        outcome.plan_seconds = planned - started
+        outcome.refused = breaker.refusal(course, previous_count, enrolments.height)
+        if outcome.refused:
+            return outcome
+        count_changed = record_course_state and previous_count != enrolments.height
+        batch = sync_store.CourseSyncBatch(
+            memberships=outcome.batch.memberships,
+            achievement_changes=outcome.changes,
+            programme_enrolments=outcome.batch.programme_enrolments,
+            course_state=(course, enrolments.height) if count_changed else None,
+        )
+        with counting_statements(engine) as statements:
+            outcome.applied = sync_store.write_course_sync(
+                connection, batch, dagster_run_id=dagster_run_id
+            )
+            failpoints.reached("activity_progress.before_course_commit")
+    outcome.write_seconds = time.perf_counter() - planned
+    outcome.sql_statements = statements[0]
+    outcome.batch = sync_store.CourseSyncBatch()  # written: not kept for every course
+    return outcome
+
+
+def _plan_outcome(
+    connection: Connection,
+    course: str,
+    activity_id: str,
+    enrolments: pl.DataFrame,
+    latest: pl.DataFrame,
+    linked: pl.DataFrame,
+    now: datetime,
+) -> CourseOutcome:
+    batch, _ = plan_course(connection, course, activity_id, latest, linked, now)
+    return CourseOutcome(
         course_uuid=course,
         activity_id=activity_id,
         enrolments=enrolments.height,
         learners=latest.height,
         links_made=linked.filter(pl.col("new_link")).height,
         changes=batch.achievement_changes,  # only what is written: it is kept for every course
+        batch=batch,
     )
-    outcome.refused = breaker.refusal(course, previous_count, enrolments.height)
-    if outcome.refused or dry_run:
-        return outcome
-    count_changed = record_course_state and previous_count != enrolments.height
-    batch = sync_store.CourseSyncBatch(
-        memberships=batch.memberships,
-        achievement_changes=batch.achievement_changes,
-        programme_enrolments=batch.programme_enrolments,
-        course_state=(course, enrolments.height) if count_changed else None,
-    )
-    outcome.plan_seconds = planned - started
-    with counting_statements(engine) as statements:
-        outcome.applied = sync_store.apply_course_sync(engine, batch, dagster_run_id=dagster_run_id)
-    outcome.write_seconds = time.perf_counter() - planned
-    outcome.sql_statements = statements[0]
-    return outcome
 
 
 @contextmanager

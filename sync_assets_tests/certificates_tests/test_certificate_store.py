@@ -88,6 +88,7 @@ def complete(engine: Engine, user: str, activity: str, programme: str) -> None:
                 "state": "complete",
                 "completed_at": NOW,
                 "previous_state": None,
+                "previous_progress": None,
                 "cause": json.dumps({"source": "test"}),
             }
         ],
@@ -406,8 +407,10 @@ def test_r12_auto_enrols_on_csa_and_keeps_the_exception(engine: Engine) -> None:
     enrol(engine, "u2", "secondary-certificate")
     linked = pl.DataFrame(schema=steps.LINKED_SCHEMA)
     for user, activity in (("u1", CSA_COURSE), ("u2", shared)):
-        batch, _ = steps.plan_course(engine, "course", activity, _latest(user, 0.5), linked, NOW)
-        sync_store.apply_course_sync(engine, batch)
+        with engine.begin() as connection:
+            latest = _latest(user, 0.5)
+            batch, _ = steps.plan_course(connection, "course", activity, latest, linked, NOW)
+            sync_store.write_course_sync(connection, batch)
     assert enrolment(engine, "u1", "cs-accelerator")["auto_enrolled"] is True
     with engine.connect() as connection:
         u2_programmes = set(
@@ -449,6 +452,7 @@ def test_more_events_than_sqlite_binds_in_one_statement_are_all_handled(engine: 
             "state": "complete",
             "completed_at": NOW,
             "previous_state": None,
+            "previous_progress": None,
             "cause": json.dumps({"source": "test"}),
         },
         schema=sync_store.ACHIEVEMENT_CHANGE_SCHEMA,

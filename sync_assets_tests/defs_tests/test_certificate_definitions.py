@@ -14,50 +14,66 @@ from sync_assets.platform.demo_catalogue import seed_demo_progress
 from .conftest import World
 
 
-def test_sync_completions_reach_certificate_runs_through_the_sensor(world: World) -> None:
+def _event_ids(request: dg.RunRequest) -> list[int]:
+    return request.run_config["ops"]["handle_completion_events"]["config"]["event_ids"]
+
+
+def _tick(instance: dg.DagsterInstance) -> dg.SensorResult | dg.SkipReason:
+    with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
+        return completion_events_sensor(context)
+
+
+def _under_way(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.DagsterRun:
+    """What the daemon makes of a run request: a certificate run, started, not yet finished."""
+    return instance.create_run_for_job(
+        job_def=defs.resolve_job_def("certificate_job"),
+        run_config=request.run_config,
+        tags=request.tags,
+        status=dg.DagsterRunStatus.STARTED,
+    )
+
+
+def _sync_with_platform_progress(world: World, instance: dg.DagsterInstance) -> int:
+    """A first sync of a platform where many users have progress of their own; its events."""
     with world.engine.begin() as connection:
         enrolled = seed_demo_progress(connection, world.dataset.users, share=0.6)
     assert enrolled > 0
+    partitions = prepare_partitions(instance, None)
+    sync = defs.resolve_job_def("futurelearn_sync").execute_in_process(
+        instance=instance, tags=all_partitions_tags(partitions), run_config=QUIET_LOGGERS
+    )
+    assert sync.success
+    with world.engine.connect() as connection:
+        return connection.execute(sa.text("SELECT count(*) FROM completion_events")).scalar()
+
+
+def test_sync_completions_reach_certificate_runs_through_the_sensor(world: World) -> None:
     with dg.DagsterInstance.get() as instance:
-        partitions = prepare_partitions(instance, None)
-        sync = defs.resolve_job_def("futurelearn_sync").execute_in_process(
-            instance=instance, tags=all_partitions_tags(partitions), run_config=QUIET_LOGGERS
-        )
-        assert sync.success
-        with world.engine.connect() as connection:
-            events = connection.execute(sa.text("SELECT count(*) FROM completion_events")).scalar()
+        events = _sync_with_platform_progress(world, instance)
         assert events > 0
 
-        with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
-            first = completion_events_sensor(context)
-            cursor = first.cursor
-        with dg.build_sensor_context(
-            instance=instance, resources=defs.resources, cursor=cursor
-        ) as context:
-            again = completion_events_sensor(context)
-        assert isinstance(again, dg.SkipReason)  # nothing new after the cursor
+        first = _tick(instance)
         requests = first.run_requests
-        assert (
-            sum(
-                len(r.run_config["ops"]["handle_completion_events"]["config"]["event_ids"])
-                for r in requests
-            )
-            == events
-        )
-        assert all(r.run_key.startswith("completion-events-") for r in requests)
+        assert sum(len(_event_ids(r)) for r in requests) == events
         assert len(requests) == -(-events // EVENTS_PER_RUN)
+        in_flight = [_under_way(instance, request) for request in requests]
+        # While their runs are in flight, the same events are not launched again.
+        assert isinstance(_tick(instance), dg.SkipReason)
 
         job = defs.resolve_job_def("certificate_job")
         metadata = {}
-        for request in requests:
-            run = job.execute_in_process(
+        for request, run in zip(requests, in_flight, strict=True):
+            instance.report_run_canceled(run)  # the stand-in makes way for the real run
+            result = job.execute_in_process(
                 instance=instance,
                 run_config={**request.run_config, **QUIET_LOGGERS},
                 tags=request.tags,
             )
-            assert run.success
-            output = next(e for e in run.all_events if e.event_type_value == "STEP_OUTPUT")
+            assert result.success
+            output = next(e for e in result.all_events if e.event_type_value == "STEP_OUTPUT")
             metadata = {k: v.value for k, v in output.event_specific_data.metadata.items()}
+        done = _tick(instance)
+    assert isinstance(done, dg.SkipReason) and "no completion event" in done.skip_message
     assert metadata["events_handled"] == events
     assert metadata["enrolments_moved_to_pending"] + metadata["notifications_written"] > 0
     assert (
@@ -72,6 +88,30 @@ def test_sync_completions_reach_certificate_runs_through_the_sensor(world: World
             sa.text("SELECT count(*) FROM user_programme_enrolments WHERE state = 'pending'")
         ).scalar()
     assert left == 0 and pending == metadata["enrolments_moved_to_pending"]
+
+
+def test_events_of_a_failed_certificate_run_are_launched_again(world: World) -> None:
+    """State, not a cursor: what a failed run left pending goes out again on the next tick."""
+    with dg.DagsterInstance.get() as instance:
+        _sync_with_platform_progress(world, instance)
+        first = _tick(instance).run_requests
+        runs = [_under_way(instance, request) for request in first]
+        instance.report_run_failed(runs[0], "the database went away")
+
+        again = _tick(instance)
+
+    assert [_event_ids(r) for r in again.run_requests] == [_event_ids(first[0])]
+
+
+def test_a_sweep_in_flight_holds_the_sensor_back(world: World) -> None:
+    with dg.DagsterInstance.get() as instance:
+        _sync_with_platform_progress(world, instance)
+        instance.create_run_for_job(
+            job_def=defs.resolve_job_def("daily_certificates_job"),
+            status=dg.DagsterRunStatus.STARTED,
+        )
+        tick = _tick(instance)
+    assert isinstance(tick, dg.SkipReason) and "every pending event" in tick.skip_message
 
 
 def test_cli_sync_does_the_certificate_work_itself(world: World) -> None:

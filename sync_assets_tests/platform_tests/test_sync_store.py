@@ -16,6 +16,7 @@ from sync_assets.platform import sync_store
 from sync_assets.platform.demo_catalogue import seed_demo_catalogue
 from sync_assets.platform.tables import (
     achievement_transitions,
+    achievements,
     completion_events,
     future_learn_memberships,
     user_programme_enrolments,
@@ -58,6 +59,7 @@ def changes(rows: list[dict]) -> pl.DataFrame:
         "programme_id": None,
         "completed_at": None,
         "previous_state": None,
+        "previous_progress": None,
         "cause": json.dumps({"source": "test"}),
     }
     return pl.DataFrame(
@@ -192,6 +194,7 @@ def test_apply_changes_creates_updates_and_records_transitions(engine: Engine) -
                         "state": "complete",
                         "completed_at": T0,
                         "previous_state": "in_progress",
+                        "previous_progress": 30,
                         "cause": json.dumps({"source": "test", "run_uuid": "r1"}),
                     },
                     {
@@ -200,6 +203,7 @@ def test_apply_changes_creates_updates_and_records_transitions(engine: Engine) -
                         "progress": 5,
                         "state": "enrolled",
                         "previous_state": "enrolled",
+                        "previous_progress": 0,
                     },
                 ]
             ),
@@ -226,28 +230,87 @@ def test_apply_changes_creates_updates_and_records_transitions(engine: Engine) -
     assert last["metadata"] == {"source": "test", "run_uuid": "r1", "dagster_run_id": "run-2"}
 
 
-def test_a_retried_completion_writes_no_second_event(engine: Engine) -> None:
-    add_users(engine, [{"id": "u1", "email": "u1@example.org"}])
-    completion = changes(
+def _count(engine: Engine, table: sa.Table) -> int:
+    with engine.connect() as connection:
+        return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def _start_in_progress(engine: Engine, user: str, progress: int = 30) -> None:
+    start = changes(
         [
             {
-                "user_id": "u1",
+                "user_id": user,
+                "activity_id": COURSE_ACTIVITY,
+                "progress": progress,
+                "state": "in_progress",
+            }
+        ]
+    )
+    with engine.begin() as connection:
+        sync_store.apply_achievement_changes(connection, start)
+
+
+def _completion(user: str, planned_from_progress: int = 30) -> pl.DataFrame:
+    return changes(
+        [
+            {
+                "user_id": user,
                 "activity_id": COURSE_ACTIVITY,
                 "progress": 100,
                 "state": "complete",
                 "completed_at": T0,
                 "previous_state": "in_progress",
+                "previous_progress": planned_from_progress,
             }
         ]
     )
-    for _ in range(2):
+
+
+def test_a_retried_completion_writes_no_second_event(engine: Engine) -> None:
+    add_users(engine, [{"id": "u1", "email": "u1@example.org"}])
+    _start_in_progress(engine, "u1")
+    results = []
+    for _ in range(2):  # the same plan applied twice, as by two overlapping syncs
         with engine.begin() as connection:
-            sync_store.apply_achievement_changes(connection, completion)
-    with engine.connect() as connection:
-        assert (
-            connection.execute(sa.select(sa.func.count()).select_from(completion_events)).scalar()
-            == 1
+            results.append(sync_store.apply_achievement_changes(connection, _completion("u1")))
+    assert [(r.updated, r.transitions, r.completion_events, r.stale) for r in results] == [
+        (1, 1, 1, 0),
+        (0, 0, 0, 1),
+    ]
+    assert _count(engine, completion_events) == 1
+    assert _count(engine, achievement_transitions) == 2  # enrolled → in_progress → complete
+
+
+def test_a_change_planned_from_a_state_since_changed_writes_nothing(engine: Engine) -> None:
+    add_users(engine, [{"id": "u1", "email": "u1@example.org"}, {"id": "u2", "email": "u2@x"}])
+    _start_in_progress(engine, "u1")
+    _start_in_progress(engine, "u2")
+    plan = pl.concat([_completion("u1"), _completion("u2")])
+    with engine.begin() as connection:  # another writer moves u1 on after the plan was made
+        connection.execute(
+            sa.update(achievements).where(achievements.c.user_id == "u1").values(progress=45)
         )
+    with engine.begin() as connection:
+        applied = sync_store.apply_achievement_changes(connection, plan)
+        current = sync_store.achievements_for_course(connection, COURSE_ACTIVITY)
+    assert (applied.updated, applied.stale, applied.completion_events) == (1, 1, 1)
+    assert dict(current.select("user_id", "state").iter_rows()) == {
+        "u1": "in_progress",
+        "u2": "complete",
+    }
+
+
+def test_a_new_achievement_someone_else_created_first_is_not_overwritten(engine: Engine) -> None:
+    add_users(engine, [{"id": "u1", "email": "u1@example.org"}])
+    _start_in_progress(engine, "u1", progress=40)
+    planned_as_new = changes(
+        [{"user_id": "u1", "activity_id": COURSE_ACTIVITY, "progress": 10, "state": "in_progress"}]
+    )
+    with engine.begin() as connection:
+        applied = sync_store.apply_achievement_changes(connection, planned_as_new)
+        current = sync_store.achievements_for_course(connection, COURSE_ACTIVITY)
+    assert (applied.created, applied.stale, applied.transitions) == (0, 1, 0)
+    assert current["progress"].to_list() == [40]
 
 
 def _learners(count: int, prefix: str = "") -> tuple[list[dict], sync_store.CourseSyncBatch]:

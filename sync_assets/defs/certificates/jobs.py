@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from sync_assets.defs import pools
 from sync_assets.defs.resources import PlatformDatabase
 from sync_assets.platform import certificate_store
 
@@ -18,6 +19,7 @@ class CompletionEventsConfig(dg.Config):
 
 
 @dg.op(
+    pool=pools.PLATFORM_WRITES,
     description="C1 and C3 for each event, its effects and its marking in one transaction.",
     out=OP_RESULTS,
 )
@@ -60,6 +62,7 @@ def handle_completion_events(
 
 
 @dg.op(
+    pool=pools.PLATFORM_WRITES,
     description="C2: pending for seven days and not flagged → complete, numbered in turn.",
     out=OP_RESULTS,
 )

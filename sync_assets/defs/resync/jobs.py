@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
+from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.sync.metadata import pseudonym
 from sync_assets.partners_api.client import run
@@ -20,6 +21,7 @@ class ResyncConfig(dg.Config):
 
 
 @dg.op(
+    pool=pools.PLATFORM_WRITES,
     description="Both steps of the sync for the chosen learners of one course, nobody else.",
     out=dg.Out(io_manager_key="op_io_manager"),
 )

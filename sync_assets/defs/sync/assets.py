@@ -22,12 +22,14 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from sync_assets import failpoints
+from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.storage import PartitionFrames, PartitionSpool
 from sync_assets.defs.sync.metadata import frame_metadata, peak_memory_metadata, reasons
 from sync_assets.defs.sync.partitions import course_partitions
 from sync_assets.partners_api.client import run
-from sync_assets.platform import sync_store
+from sync_assets.platform import sync_store, transactions
 from sync_assets.sync import steps
 
 # Single-run backfills are how one step serves every course; we rely on them knowingly.
@@ -52,6 +54,7 @@ def _api_metadata(metrics: Any) -> dict[str, Any]:
 
 
 @dg.asset(
+    pool=pools.PARTNERS_API,
     group_name=GROUP,
     description="Every FutureLearn course run (one request), marked known or not (R1).",
     check_specs=[dg.AssetCheckSpec(UNKNOWN_COURSES_CHECK, asset="course_runs")],
@@ -103,6 +106,7 @@ def course_runs(
 
 
 @dg.asset(
+    pool=pools.PARTNERS_API,
     group_name=GROUP,
     partitions_def=course_partitions,
     backfill_policy=SINGLE_RUN,
@@ -152,6 +156,7 @@ def enrolments(
 
 
 @dg.asset(
+    pool=pools.PARTNERS_API,
     group_name=GROUP,
     partitions_def=course_partitions,
     backfill_policy=SINGLE_RUN,
@@ -249,6 +254,7 @@ class ProgressConfig(dg.Config):
 
 
 @dg.asset(
+    pool=pools.PLATFORM_WRITES,
     group_name=GROUP,
     partitions_def=course_partitions,
     backfill_policy=SINGLE_RUN,
@@ -294,9 +300,19 @@ def activity_progress(
                 dry_run=config.dry_run,
                 dagster_run_id=context.run.run_id,
             )
+        except transactions.CourseBusyError as error:
+            context.log.warning(f"course {course}: {error}")
+            return None, str(error)
         except Exception as error:  # one course failing must not stop the others
             context.log.error(f"course {course}: {type(error).__name__}: {error}")
             return None, f"{type(error).__name__}: {error}"
+        if outcome.applied is not None and outcome.applied.stale:
+            context.log.warning(
+                f"course {course}: {outcome.applied.stale} achievement changes not written: "
+                "another writer changed them after they were planned"
+            )
+        if outcome.applied is not None and outcome.applied.rows_written:
+            failpoints.reached("activity_progress.after_course_commit")
         return outcome, None
 
     # Each course's changes go to disk as soon as they are made: held all together they were
@@ -366,6 +382,8 @@ def _outcome_metadata(
         "completion_events_written": applied.completion_events if applied else 0,
         "programme_enrolments_written": applied.enrolments if applied else 0,
         "rows_written": applied.rows_written if applied else 0,
+        # Planned from a state another writer had already changed: not written.
+        "stale_changes_not_written": applied.stale if applied else 0,
         "sql_statements": outcome.sql_statements,
         "plan_seconds": round(outcome.plan_seconds, 4),
         "write_seconds": round(outcome.write_seconds, 4),

@@ -9,28 +9,100 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from filelock import FileLock
 
 from sync_assets.definitions import defs
-from sync_assets.defs.certificates.jobs import certificate_job
+from sync_assets.defs.certificates.jobs import daily_certificates_job
 from sync_assets.defs.resync.jobs import resync_learners_job
+from sync_assets.defs.run_status import IN_FLIGHT
 from sync_assets.defs.sync.jobs import all_partitions_tags, futurelearn_sync_job
 from sync_assets.defs.sync.partitions import course_partitions
 from sync_assets.defs.sync.sensors import missing_course_partitions
-from sync_assets.platform import certificate_store
-from sync_assets.platform.database import create_platform_engine
 from sync_assets.settings import ConfigurationError, data_dir, project_dir
 
 API_ASSETS = ("course_runs", "enrolments", "linked_memberships")
-QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+LAUNCHED_BY_TAG, HOST_TAG, PID_TAG = (
+    "sync_assets/launched_by",
+    "sync_assets/host",
+    "sync_assets/pid",
+)
+INSTANCE_LOCK_TIMEOUT_SECONDS = 300
+# The command prints its own progress and one line per failure from the event log; Dagster's
+# console logger would add each failure again with its stack trace. The UI keeps everything.
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def cli_run_tags() -> dict[str, str]:
+    """Who runs a run launched from the command line, so a later command can tell it died."""
+    return {
+        LAUNCHED_BY_TAG: "cli",
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
+    }
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def reap_dead_cli_runs(instance: dg.DagsterInstance, say: Callable[[str], None] = print) -> int:
+    """Mark failed the runs a killed `sync-assets` process on this host left running.
+
+    An in-process run whose process was killed (`kill -9`, OOM, power cut) stays STARTED for ever
+    and keeps its concurrency pool slots, so every later run would wait for them. The daemon's
+    run monitoring does this for runs it launched; this does it for the command line's own.
+    """
+    host = socket.gethostname()
+    records = instance.get_runs(
+        dg.RunsFilter(statuses=IN_FLIGHT, tags={LAUNCHED_BY_TAG: "cli", HOST_TAG: host})
+    )
+    reaped = 0
+    for run in records:
+        pid = int(run.tags.get(PID_TAG, "0") or 0)
+        if pid <= 0 or pid == os.getpid() or _process_alive(pid):
+            continue
+        instance.report_run_failed(
+            run, f"the sync-assets process (pid {pid}) running it ended without finishing it"
+        )
+        if instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        say(
+            f"Run {run.run_id} ({run.job_name}) was left running by a killed process: marked failed"
+        )
+        reaped += 1
+    return reaped
+
+
+@contextmanager
+def open_instance(say: Callable[[str], None] = print) -> Iterator[dg.DagsterInstance]:
+    """The Dagster instance at DAGSTER_HOME, ready for a command-line run.
+
+    Two commands starting together on a new home would both create its SQLite storage and one
+    would crash; a lock file in the home makes them take turns for the set-up only.
+    """
+    home = ensure_dagster_home()
+    with FileLock(home / ".sync_assets.lock", timeout=INSTANCE_LOCK_TIMEOUT_SECONDS):
+        instance = dg.DagsterInstance.get()
+        reap_dead_cli_runs(instance, say)
+    with instance:
+        yield instance
 
 
 def ensure_dagster_home() -> Path:
@@ -154,6 +226,7 @@ def _execute_job(
     **target: Any,
 ) -> dg.ExecuteInProcessResult:
     run_id = str(uuid.uuid4())
+    target["tags"] = {**target.get("tags", {}), **cli_run_tags()}
     done = threading.Event()
     follower = threading.Thread(target=_follow, args=(instance, run_id, done, say), daemon=True)
     follower.start()
@@ -235,7 +308,7 @@ def _read_result(result: dg.ExecuteInProcessResult, report: SyncReport) -> None:
     for event in result.all_events:
         if event.event_type_value in ("STEP_FAILURE", "RUN_FAILURE") and event.message:
             failure = event.step_failure_data.error if event.is_step_failure else None
-            text = failure.message.strip() if failure is not None else event.message
+            text = _failure_text(failure) if failure is not None else event.message
             report.failures.append(f"{event.step_key or 'run'}: {text}")
 
 
@@ -279,47 +352,47 @@ def format_report(report: SyncReport) -> str:
     notes = [line for line in report.courses if line.note]
     out += [f"  {line.course_uuid}: {line.note}" for line in notes]
     if report.certificates:
-        figures = report.certificates
-        out.append(
-            f"Certificates: {figures.get('events_handled', 0)} completion events handled, "
-            f"{figures.get('enrolments_moved_to_pending', 0)} enrolments moved to pending, "
-            f"{figures.get('notifications_written', 0)} notifications written."
-        )
+        out.append(format_certificates(report.certificates))
     out.append(f"Time: {report.seconds:.1f} s; Dagster run(s): {', '.join(report.run_ids)}")
     return "\n".join(out)
+
+
+def format_certificates(figures: dict[str, Any]) -> str:
+    numbers = figures.get("numbers_by_programme") or {}
+    issued = ", ".join(
+        f"{programme} {min(given)}–{max(given)}" for programme, given in sorted(numbers.items())
+    )
+    return (
+        f"Certificates: {figures.get('events_handled', 0)} completion events handled, "
+        f"{figures.get('enrolments_moved_to_pending', 0)} enrolments moved to pending, "
+        f"{figures.get('notifications_written', 0)} notifications written, "
+        f"{figures.get('certificates_issued', 0)} certificates issued"
+        + (f" ({issued})." if issued else ".")
+    )
 
 
 def run_certificate_work(
     instance: dg.DagsterInstance, report: SyncReport, say: Callable[[str], None] = print
 ) -> None:
-    """What the completion events sensor does under the daemon, for this sync's completions."""
-    engine = create_platform_engine()
-    try:
-        with engine.connect() as connection:
-            event_ids = certificate_store.pending_event_ids(connection, run_ids=report.run_ids)
-    finally:
-        engine.dispose()
-    if not event_ids:
-        return
-    say(f"Certificate work for {len(event_ids)} completion events")
-    job = defs.resolve_job_def(certificate_job.name)
-    result = job.execute_in_process(
-        run_config={
-            "ops": {"handle_completion_events": {"config": {"event_ids": event_ids}}},
-            **QUIET_LOGGERS,
-        },
-        instance=instance,
-        raise_on_error=False,
-    )
+    """What the daemon does: every completion event still pending (C1, C3), then C2.
+
+    Every pending event, not only this command's own: events left pending by a crash, a failed
+    run or a database outage are finished by the next command that gets here.
+    """
+    say("Certificate work: pending completion events, then certificates due (C2)")
+    job = defs.resolve_job_def(daily_certificates_job.name)
+    result = _execute_job(job, instance, QUIET_LOGGERS, say)
     report.run_ids.append(result.run_id)
     report.success = report.success and result.success
+    figures: dict[str, Any] = {}
     for event in result.all_events:
         if event.event_type_value == "STEP_OUTPUT":
-            report.certificates = {
+            figures |= {
                 name: value.value for name, value in event.event_specific_data.metadata.items()
             }
         elif event.is_step_failure and event.step_failure_data.error is not None:
-            report.failures.append(f"certificates: {event.step_failure_data.error.message.strip()}")
+            report.failures.append(f"certificates: {_failure_text(event.step_failure_data.error)}")
+    report.certificates = figures
 
 
 def launch_resync(

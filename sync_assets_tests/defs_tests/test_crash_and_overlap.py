@@ -1,0 +1,419 @@
+"""Crashes and overlapping syncs, with real processes and real signals (issue: nothing lost,
+nothing doubled).
+
+Each scenario runs `sync-assets` as an operator would, in its own process, against a simulator
+served over loopback and a platform database on SQLite and PostgreSQL. A crash is a SIGKILL sent
+while the process waits at a named failpoint (`sync_assets/failpoints.py`), so whatever it had
+open (a transaction, a lock, a Dagster run) is left as a power cut would leave it. Then one plain
+`sync-assets sync`, and the contract tables must equal those of a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+
+from sync_assets.platform.database import create_platform_engine
+from sync_assets.platform.demo_catalogue import seed_demo_catalogue, seed_demo_progress, seed_users
+from sync_assets.platform.migrate import upgrade
+from sync_assets.platform.transactions import course_write_transaction
+from sync_assets.simulator.app import PartnersApiSimulator
+from sync_assets.simulator.datasets import GeneratedDataset, generate
+from sync_assets.simulator.transports import serving
+from sync_assets_tests.conftest import BACKENDS, postgres_admin_url, with_search_path
+
+SCRIPT = Path(sys.executable).with_name("sync-assets")
+KEY, SECRET = "crash-partner", "a-crash-test-secret-of-32-bytes-or-more"
+PROCESS_TIMEOUT = 180
+
+
+@dataclass
+class Platform:
+    """One platform database and one Dagster home, and `sync-assets` pointed at them."""
+
+    engine: Engine
+    url: str
+    env: dict[str, str]
+    home: Path
+
+    def run(self, *args: str, home: Path | None = None, **env: str) -> Result:
+        return start(self, *args, home=home, **env).finish()
+
+    def backdate_pending(self) -> None:
+        """Seven days pass for every enrolment pending now (C2 becomes due)."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "UPDATE user_programme_enrolments SET pending_since = :since"
+                    " WHERE state = 'pending'"
+                ),
+                {"since": "2000-01-01 00:00:00"},
+            )
+
+    def snapshot(self) -> dict[str, list]:
+        return contract_snapshot(self.engine)
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Started:
+    """A `sync-assets` process, its output read as it comes."""
+
+    def __init__(self, process: subprocess.Popen[str], marker: Path | None) -> None:
+        self.process = process
+        self.marker = marker
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in ((process.stdout, self.stdout), (process.stderr, self.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: IO[str], lines: list[str]) -> None:
+        lines.extend(stream)
+
+    def finish(self) -> Result:
+        self.process.wait(timeout=PROCESS_TIMEOUT)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return Result(self.process.returncode, "".join(self.stdout), "".join(self.stderr))
+
+    def wait_until(self, what: str, ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        while not ready():
+            if self.process.poll() is not None:
+                ended = self.finish()
+                pytest.fail(f"ended before {what}:\n{ended.stdout}\n{ended.stderr}")
+            assert time.monotonic() < deadline, f"never reached {what}"
+            time.sleep(0.05)
+
+    def wait_for_failpoint(self) -> None:
+        assert self.marker is not None
+        self.wait_until("its failpoint", self.marker.exists)
+
+    def release(self) -> None:
+        """Let a process held at its failpoint go on."""
+        assert self.marker is not None
+        self.marker.unlink()
+
+    def kill_at_failpoint(self) -> Result:
+        """Wait until the process stops at its failpoint, then SIGKILL it."""
+        self.wait_for_failpoint()
+        self.process.send_signal(signal.SIGKILL)
+        return self.finish()
+
+
+def start(
+    platform: Platform,
+    *args: str,
+    failpoint: str | None = None,
+    home: Path | None = None,
+    **extra_env: str,
+) -> Started:
+    env = platform.env | extra_env
+    env |= {"DAGSTER_HOME": str(home or platform.home), "PYTHONUNBUFFERED": "1"}
+    marker = None
+    if failpoint:
+        marker = platform.home.parent / f"failpoint-{uuid.uuid4().hex}"
+        env |= {"SYNC_ASSETS_FAILPOINT": failpoint, "SYNC_ASSETS_FAILPOINT_MARKER": str(marker)}
+    process = subprocess.Popen(
+        [str(SCRIPT), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    return Started(process, marker)
+
+
+def contract_snapshot(engine: Engine) -> dict[str, list]:
+    """The contract tables, without what differs between two correct runs (ids, clocks, run ids).
+
+    Rows are kept as lists, not sets: a duplicate transition or a second event must show.
+    """
+    queries = {
+        "memberships": "SELECT membership_uuid, user_id, external_learner_id, learner_uuid,"
+        " fetched_at IS NOT NULL, linked_at IS NOT NULL, gone_at IS NOT NULL"
+        " FROM future_learn_memberships",
+        "achievements": "SELECT user_id, activity_id, programme_id, progress, state,"
+        " completed_at IS NOT NULL FROM achievements",
+        "transitions": "SELECT a.user_id, a.activity_id, t.from_state, t.to_state, t.metadata"
+        " FROM achievement_transitions t JOIN achievements a ON a.id = t.achievement_id",
+        "completion_events": "SELECT user_id, activity_id, programme_id,"
+        " handled_at IS NOT NULL, outcome FROM completion_events",
+        "programme_enrolments": "SELECT user_id, programme_id, state, flagged, auto_enrolled,"
+        " certificate_number, pending_since IS NOT NULL FROM user_programme_enrolments",
+        "notifications": "SELECT user_id, kind FROM notifications",
+        "course_sync_state": "SELECT course_uuid, enrolment_count FROM course_sync_state",
+    }
+    snapshot = {}
+    with engine.connect() as connection:
+        for name, query in queries.items():
+            rows = [
+                tuple(_plain(value) for value in row) for row in connection.execute(sa.text(query))
+            ]
+            snapshot[name] = sorted(rows, key=repr)
+    return snapshot
+
+
+def _plain(value: object) -> object:
+    """Transition metadata as one canonical string, without the run id that wrote it."""
+    if isinstance(value, str) and value.startswith("{"):
+        value = json.loads(value)
+    if isinstance(value, dict):
+        return json.dumps({k: v for k, v in value.items() if k != "dagster_run_id"}, sort_keys=True)
+    return value
+
+
+def duplicate_transitions(snapshot: dict[str, list]) -> int:
+    counts = Counter(row[:4] for row in snapshot["transitions"])
+    return sum(count - 1 for count in counts.values())
+
+
+@pytest.fixture(scope="module")
+def dataset() -> GeneratedDataset:
+    return generate("tiny", seed=11)
+
+
+@pytest.fixture(scope="module")
+def partners_api(dataset: GeneratedDataset) -> Iterator[str]:
+    simulator = PartnersApiSimulator(dataset, consumer_key=KEY, consumer_secret=SECRET)
+    with serving(simulator) as server:
+        yield server.base_url
+
+
+def _fresh_database_url(backend: str, folder: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / 'platform.sqlite3'}"
+        return
+    admin_url: URL = postgres_admin_url()
+    schema = f"crash_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield with_search_path(admin_url, schema).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _platform(
+    backend: str, folder: Path, dataset: GeneratedDataset, partners_api: str
+) -> Iterator[Platform]:
+    folder.mkdir(parents=True)
+    for url in _fresh_database_url(backend, folder):
+        engine = create_platform_engine(url)
+        upgrade(engine)
+        with engine.begin() as connection:
+            seed_demo_catalogue(connection)
+            seed_users(connection, dataset.users)
+            seed_demo_progress(connection, dataset.users, share=0.6)
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("FL_PARTNERS_", "SYNC_ASSETS_FAILPOINT"))
+        } | {
+            "FL_PARTNERS_URL": partners_api,
+            "FL_PARTNERS_CONSUMER_KEY": KEY,
+            "FL_PARTNERS_CONSUMER_SECRET": SECRET,
+            "PLATFORM_DATABASE_URL": url,
+            "SYNC_ASSETS_DATA_DIR": str(folder / "data"),
+        }
+        yield Platform(engine, url, env, folder / "dagster_home")
+        engine.dispose()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def baseline(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    dataset: GeneratedDataset,
+    partners_api: str,
+) -> Iterator[tuple[str, dict[str, list], dict[str, list]]]:
+    """An uninterrupted history: a first sync; seven days later, another (which issues C2)."""
+    folder = tmp_path_factory.mktemp(f"baseline-{request.param}") / "world"
+    for platform in _platform(request.param, folder, dataset, partners_api):
+        first = platform.run("sync")
+        assert first.returncode == 0, first.stderr
+        after_first = platform.snapshot()
+        platform.backdate_pending()
+        second = platform.run("sync")
+        assert second.returncode == 0, second.stderr
+        yield request.param, after_first, platform.snapshot()
+
+
+@pytest.fixture
+def fresh(
+    baseline: tuple[str, dict, dict],
+    tmp_path: Path,
+    dataset: GeneratedDataset,
+    partners_api: str,
+) -> Iterator[Platform]:
+    """A platform like the baseline's before its first sync, on the same backend."""
+    yield from _platform(baseline[0], tmp_path / "world", dataset, partners_api)
+
+
+def test_the_baseline_has_certificate_work_to_lose(baseline: tuple[str, dict, dict]) -> None:
+    _, after_first, after_second = baseline
+    assert after_first["completion_events"] and after_first["notifications"]
+    assert all(event[3] for event in after_first["completion_events"])  # every one handled
+    pending = [row for row in after_first["programme_enrolments"] if row[2] == "pending"]
+    numbered = [row for row in after_second["programme_enrolments"] if row[5] is not None]
+    assert pending and len(numbered) == len(pending)
+    assert duplicate_transitions(after_first) == 0
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    [
+        "linking.after_lookups",
+        "activity_progress.before_course_commit",
+        "activity_progress.after_course_commit",
+        "sync.before_certificates",
+        "certificates.before_commit",
+    ],
+)
+def test_a_sync_killed_at_any_phase_then_one_sync_converges(
+    fresh: Platform, baseline: tuple[str, dict, dict], failpoint: str
+) -> None:
+    killed = start(fresh, "sync", failpoint=failpoint).kill_at_failpoint()
+    assert killed.returncode == -signal.SIGKILL
+
+    recovery = fresh.run("sync")
+
+    assert recovery.returncode == 0, recovery.stdout + recovery.stderr
+    assert "Traceback" not in recovery.stderr
+    if failpoint != "sync.before_certificates":  # there, no run was under way
+        # The killed process's run is not left "started" for ever, holding its pool slots.
+        assert "left running by a killed process" in recovery.stdout
+    snapshot = fresh.snapshot()
+    assert duplicate_transitions(snapshot) == 0
+    assert snapshot == baseline[1]
+
+
+def test_certificate_numbering_killed_then_one_sync_gives_each_number_once(
+    fresh: Platform, baseline: tuple[str, dict, dict]
+) -> None:
+    assert fresh.run("sync").returncode == 0
+    fresh.backdate_pending()
+    killed = start(fresh, "certificates", failpoint="certificates.c2_before_commit")
+    assert killed.kill_at_failpoint().returncode == -signal.SIGKILL
+
+    recovery = fresh.run("sync")
+
+    assert recovery.returncode == 0, recovery.stdout + recovery.stderr
+    snapshot = fresh.snapshot()
+    assert snapshot == baseline[2]
+    numbers = Counter(
+        (row[1], row[5]) for row in snapshot["programme_enrolments"] if row[5] is not None
+    )
+    assert set(numbers.values()) == {1}
+
+
+def assert_both_succeeded_and_converged(
+    results: list[Result], platform: Platform, uninterrupted: dict[str, list]
+) -> None:
+    for result in results:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr and "Stack Trace" not in result.stderr
+    snapshot = platform.snapshot()
+    assert duplicate_transitions(snapshot) == 0
+    assert snapshot == uninterrupted
+
+
+@pytest.mark.parametrize("homes", ["same DAGSTER_HOME", "different DAGSTER_HOMEs"])
+def test_a_sync_running_into_a_course_another_is_writing_waits_and_applies_nothing_twice(
+    fresh: Platform, baseline: tuple[str, dict, dict], homes: str
+) -> None:
+    other_home = fresh.home if homes == "same DAGSTER_HOME" else fresh.home.with_name("other")
+    # The first sync stops with its first course's writes sent, not committed...
+    first = start(fresh, "sync", failpoint="activity_progress.before_course_commit")
+    first.wait_for_failpoint()
+    # ...while the second plans and writes the same course.
+    second = start(fresh, "sync", home=other_home)
+    second.wait_until(
+        "activity_progress", lambda: any("activity_progress: started" in s for s in second.stdout)
+    )
+    time.sleep(1.0)  # into the course's lock
+    first.release()
+    results = [first.finish(), second.finish()]
+
+    assert_both_succeeded_and_converged(results, fresh, baseline[1])
+
+
+@pytest.mark.parametrize("homes", ["same DAGSTER_HOME", "different DAGSTER_HOMEs"])
+def test_two_syncs_started_together_apply_each_course_once(
+    fresh: Platform, baseline: tuple[str, dict, dict], homes: str
+) -> None:
+    other_home = fresh.home if homes == "same DAGSTER_HOME" else fresh.home.with_name("other")
+    first = start(fresh, "sync")
+    second = start(fresh, "sync", home=other_home)
+    results = [first.finish(), second.finish()]
+
+    assert_both_succeeded_and_converged(results, fresh, baseline[1])
+
+
+def test_certificates_command_is_idempotent(fresh: Platform, baseline: tuple[str, dict, dict]):
+    assert fresh.run("sync").returncode == 0
+    fresh.backdate_pending()
+
+    first = fresh.run("certificates")
+    second = fresh.run("certificates")
+
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    issued = baseline[2]["programme_enrolments"]
+    count = sum(1 for row in issued if row[5] is not None)
+    assert f"{count} certificates issued" in first.stdout
+    assert "0 completion events handled" in second.stdout
+    assert "0 certificates issued" in second.stdout
+    assert fresh.snapshot() == baseline[2]
+
+
+@pytest.mark.postgres  # SQLite's lock is the whole database's: see test_transactions.py
+def test_a_course_held_too_long_by_another_writer_is_given_up_in_one_line(
+    tmp_path: Path, dataset: GeneratedDataset, partners_api: str
+) -> None:
+    for platform in _platform("postgresql", tmp_path / "world", dataset, partners_api):
+        with platform.engine.connect() as connection:
+            known = set(
+                connection.execute(
+                    sa.text("SELECT future_learn_course_uuid FROM activities")
+                ).scalars()
+            )
+        courses = sorted(known & set(dataset.runs["course_uuid"]))
+        held = courses[0]
+
+        with course_write_transaction(platform.engine, held, timeout_seconds=5):
+            result = platform.run("sync", SYNC_ASSETS_COURSE_LOCK_TIMEOUT_SECONDS="1")
+
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr and "Stack Trace" not in result.stderr
+        [error, summary] = result.stderr.strip().splitlines()
+        assert error == (
+            f"error: activity_progress: 1 course(s) not synced: {held}: another sync held course "
+            f"{held} for more than 1 s; not applied by this run (the other writer applies it)"
+        )
+        assert summary.startswith("Error: some of the work failed")
+        applied = {row[0] for row in platform.snapshot()["course_sync_state"]}
+        assert applied == set(courses) - {held}  # the others were applied
