@@ -250,9 +250,16 @@ def complete_due_certificates(engine: Engine, *, now: datetime | None = None) ->
     now = now or datetime.now(UTC)
     due_before = now - timedelta(days=PENDING_DAYS)
     certified = Certified()
+    table = user_programme_enrolments
     with engine.connect() as connection:
+        # Only programmes with something due: on SQLite a write transaction locks the database.
         programme_ids = list(
-            connection.execute(sa.select(programmes.c.id).order_by(programmes.c.id)).scalars()
+            connection.execute(
+                sa.select(table.c.programme_id)
+                .where(table.c.state == "pending", table.c.pending_since <= due_before)
+                .distinct()
+                .order_by(table.c.programme_id)
+            ).scalars()
         )
     for programme_id in programme_ids:
         with write_transaction(engine) as connection:

@@ -30,10 +30,12 @@ from sync_assets.platform.tables import (
     programme_activities,
     programme_activity_groupings,
     programmes,
+    user_email_keys,
     user_programme_enrolments,
     users,
 )
 from sync_assets.rules.achievements import INITIAL_STATE
+from sync_assets.rules.linking import email_key, email_keys
 
 KEY_CHUNK = 5_000
 UTC_TIME = pl.Datetime("us", "UTC")
@@ -41,6 +43,11 @@ UTC_TIME = pl.Datetime("us", "UTC")
 KNOWN_COURSES_SCHEMA = {"course_uuid": pl.String, "activity_id": pl.String, "title": pl.String}
 LINKS_SCHEMA = {"membership_uuid": pl.String, "user_id": pl.String}
 UNLINKED_SCHEMA = {"membership_uuid": pl.String, "external_learner_id": pl.String}
+LINKED_EXTERNAL_SCHEMA = {
+    "membership_uuid": pl.String,
+    "user_id": pl.String,
+    "external_learner_id": pl.String,
+}
 USERS_SCHEMA = {"id": pl.String, "email": pl.String, "forgotten": pl.Boolean}
 MEMBERSHIP_COLUMNS = {
     "membership_uuid": pl.String,
@@ -168,14 +175,22 @@ def known_courses(connection: Connection) -> pl.DataFrame:
 
 
 def memberships_to_look_up(connection: Connection, membership_uuids: Iterable[str]) -> list[str]:
-    """R2: the given memberships never fetched (nor known to be gone): each is fetched once ever."""
+    """R2: the given memberships never fetched, not known to be gone and linked to no one.
+
+    Each is fetched once ever. A membership already linked, by a sync or by the platform itself
+    (invitation link, LTI launch, migrated rows with no `fetched_at`), is never asked about.
+    """
     wanted = _distinct(membership_uuids)
     table = future_learn_memberships
     seen: set[str] = set()
     for chunk in chunks(wanted):
         statement = sa.select(table.c.membership_uuid).where(
             table.c.membership_uuid.in_(chunk),
-            sa.or_(table.c.fetched_at.is_not(None), table.c.gone_at.is_not(None)),
+            sa.or_(
+                table.c.fetched_at.is_not(None),
+                table.c.gone_at.is_not(None),
+                table.c.user_id.is_not(None),
+            ),
         )
         seen.update(connection.execute(statement).scalars())
     return [uuid for uuid in wanted if uuid not in seen]
@@ -211,17 +226,71 @@ def unlinked_fetched_memberships(
     return _read_by_keys(connection, build, membership_uuids, UNLINKED_SCHEMA)
 
 
+def linked_with_external_ids(
+    connection: Connection, membership_uuids: Iterable[str]
+) -> pl.DataFrame:
+    """Stored links of the given memberships that also have an external id (to check, not move)."""
+    table = future_learn_memberships
+
+    def build(chunk: Sequence[str]) -> sa.Select:
+        return sa.select(
+            table.c.membership_uuid, table.c.user_id, table.c.external_learner_id
+        ).where(
+            table.c.membership_uuid.in_(chunk),
+            table.c.user_id.is_not(None),
+            table.c.external_learner_id.is_not(None),
+        )
+
+    return _read_by_keys(connection, build, membership_uuids, LINKED_EXTERNAL_SCHEMA)
+
+
+def stale_email_keys(connection: Connection) -> pl.DataFrame:
+    """Users whose caseless email key is missing or was computed from another email.
+
+    One anti-join: on an unchanged platform it returns nothing, and the sync writes nothing.
+    """
+    keys = user_email_keys
+    changed = _read(
+        connection,
+        sa.select(users.c.id, users.c.email)
+        .outerjoin(keys, keys.c.user_id == users.c.id)
+        .where(sa.or_(keys.c.user_id.is_(None), keys.c.email != users.c.email)),
+        {"user_id": pl.String, "email": pl.String},
+    )
+    return changed.with_columns(email_key=pl.col("email").map_batches(email_keys, pl.String))
+
+
+def write_email_keys(connection: Connection, stale: pl.DataFrame) -> int:
+    if stale.is_empty():
+        return 0
+    statement = dialect_insert(connection, user_email_keys)
+    statement = statement.on_conflict_do_update(
+        index_elements=["user_id"],
+        set_={"email": statement.excluded.email, "email_key": statement.excluded.email_key},
+    )
+    connection.execute(statement, _rows(stale))
+    return stale.height
+
+
+def refresh_email_keys(connection: Connection) -> int:
+    """Bring user_email_keys up to date with `users`: new users and changed emails. Returns rows."""
+    return write_email_keys(connection, stale_email_keys(connection))
+
+
 def users_matching(connection: Connection, external_learner_ids: Iterable[str]) -> pl.DataFrame:
     """Candidate users for R3: id equal to an external id, or email equal to it ignoring case.
 
-    The database narrows the candidates; the exact rule (id first, forgotten users never) is
-    applied by the caller on the frame. SQLite's lower() folds ASCII letters only.
+    The database narrows the candidates through the Unicode caseless keys of user_email_keys
+    (call `refresh_email_keys` first); the exact rule (id first, forgotten users never, an email
+    shared by several users links no one) is applied by the caller on the frame.
     """
+    keys = user_email_keys
 
     def build(chunk: Sequence[str]) -> sa.Select:
-        lowered = sorted({value.lower() for value in chunk})
+        caseless = sorted({email_key(value) for value in chunk})
+        by_email = sa.select(keys.c.user_id).where(keys.c.email_key.in_(caseless))
         return sa.select(users.c.id, users.c.email, users.c.forgotten).where(
-            sa.or_(users.c.id.in_(chunk), sa.func.lower(users.c.email).in_(lowered))
+            sa.or_(users.c.id.in_(chunk), users.c.id.in_(by_email))
         )
 
     return _read_by_keys(connection, build, external_learner_ids, USERS_SCHEMA).unique(
@@ -246,8 +315,19 @@ def upsert_memberships(connection: Connection, memberships: pl.DataFrame) -> int
     updates = {
         name: sa.func.coalesce(statement.excluded[name], table.c[name])
         for name in frame.columns
-        if name != "membership_uuid"
+        if name not in ("membership_uuid", "user_id", "linked_at")
     }
+    # A stored link is never re-pointed (R2, R4), whoever made it: the sync only fills a gap.
+    if "user_id" in frame.columns:
+        updates["user_id"] = sa.func.coalesce(table.c.user_id, statement.excluded.user_id)
+    if "linked_at" in frame.columns:
+        updates["linked_at"] = sa.case(
+            (
+                table.c.user_id.is_(None),
+                sa.func.coalesce(statement.excluded.linked_at, table.c.linked_at),
+            ),
+            else_=table.c.linked_at,
+        )
     statement = statement.on_conflict_do_update(index_elements=["membership_uuid"], set_=updates)
     connection.execute(statement, _rows(frame))
     return frame.height

@@ -49,6 +49,19 @@ users = sa.Table(
     sa.Index("ix_users_lower_email", sa.func.lower(sa.column("email"))),
 )
 
+# R3's "email ignoring letter case" as a key the database can index on both dialects: the
+# Unicode caseless form of each user's email (rules.linking.email_key), kept with the email it was
+# computed from so that a changed email is noticed. SQL lower() folds ASCII only on SQLite, and
+# lower() is not case folding on PostgreSQL either (ß, ς, ﬁ …). Derived: rebuilt from `users`.
+user_email_keys = sa.Table(
+    "user_email_keys",
+    metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("email_key", sa.Text, nullable=False),
+    sa.Index(None, "email_key"),
+)
+
 activities = sa.Table(
     "activities",
     metadata,

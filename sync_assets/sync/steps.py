@@ -20,11 +20,17 @@ from sqlalchemy.engine import Connection, Engine
 
 from sync_assets import failpoints
 from sync_assets.partners_api import contract
-from sync_assets.partners_api.client import PartnersApiClient
+from sync_assets.partners_api.client import Memberships, PartnersApiClient
 from sync_assets.platform import sync_store, transactions
 from sync_assets.rules.achievements import achievement_changes
 from sync_assets.rules.latest_enrolment import latest_enrolments
-from sync_assets.rules.linking import match_memberships
+from sync_assets.rules.linking import (
+    AMBIGUOUS_SCHEMA,
+    CONFLICT_SCHEMA,
+    ambiguous_emails,
+    link_conflicts,
+    match_memberships,
+)
 from sync_assets.rules.programmes import CSA, assign_programmes, csa_auto_enrolments
 from sync_assets.settings import course_lock_timeout_seconds
 
@@ -132,7 +138,12 @@ class LinkingStats:
     linked_by_email: int = 0
     relinked_locally: int = 0
     unlinked: int = 0
+    kept_unlinked: int = 0  # memberships fetched now, kept before any course is applied
     quarantine: pl.DataFrame = field(default_factory=contract.empty_quarantine)
+    # Left unlinked: one external id, the email of several users (rules.linking.AMBIGUOUS_SCHEMA).
+    ambiguous: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=AMBIGUOUS_SCHEMA))
+    # Stored links R3 disagrees with, kept as they are (rules.linking.CONFLICT_SCHEMA).
+    conflicts: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=CONFLICT_SCHEMA))
 
 
 async def link_memberships(
@@ -155,8 +166,10 @@ async def link_memberships(
         existing = sync_store.linked_memberships(connection, all_uuids)
         to_fetch = sync_store.memberships_to_look_up(connection, all_uuids)
         unlinked_before = sync_store.unlinked_fetched_memberships(connection, all_uuids)
+        stored_links = sync_store.linked_with_external_ids(connection, all_uuids)
     fetched = await client.memberships(to_fetch)
     failpoints.reached("linking.after_lookups")
+    kept = keep_fetched_memberships(engine, fetched, now)
     candidates = pl.concat(
         [
             fetched.found.select("membership_uuid", "external_learner_id"),
@@ -164,9 +177,15 @@ async def link_memberships(
         ]
     )
     with engine.connect() as connection:
-        users = sync_store.users_matching(
-            connection, candidates["external_learner_id"].drop_nulls().to_list()
+        stale_keys = sync_store.stale_email_keys(connection)
+    if not stale_keys.is_empty():  # on SQLite, a write transaction holds the whole database
+        with transactions.write_transaction(engine) as connection:
+            sync_store.write_email_keys(connection, stale_keys)
+    with engine.connect() as connection:
+        external_ids = pl.concat(
+            [candidates["external_learner_id"], stored_links["external_learner_id"]]
         )
+        users = sync_store.users_matching(connection, external_ids.drop_nulls().to_list())
     new_links = match_memberships(candidates, users)
     linked_now = new_links.select("membership_uuid", "user_id")
     fetched_rows = fetched.found.join(linked_now, on="membership_uuid", how="left").with_columns(
@@ -216,9 +235,40 @@ async def link_memberships(
         linked_by_email=by_method.get("email", 0),
         relinked_locally=relinked.height,
         unlinked=len(all_uuids) - existing.height - new_links.height,
+        kept_unlinked=kept,
         quarantine=fetched.quarantine,
+        ambiguous=ambiguous_emails(candidates, users),
+        conflicts=link_conflicts(stored_links, users),
     )
     return by_course, stats
+
+
+def keep_fetched_memberships(engine: Engine, fetched: Memberships, now: datetime) -> int:
+    """Store what the API said of each membership looked up, before anything else can fail.
+
+    Fetched, not linked: links are written with the course they serve, in its transaction. A
+    course refused by the circuit breaker, a failed course or a dry run still keeps what was
+    fetched, so no membership is ever asked about twice (R2).
+    """
+    rows = pl.concat(
+        [
+            fetched.found.select(
+                "membership_uuid",
+                "external_learner_id",
+                "learner_uuid",
+                pl.lit(now, UTC_TIME).alias("fetched_at"),
+            ),
+            pl.DataFrame(
+                {"membership_uuid": fetched.gone, "gone_at": [now] * len(fetched.gone)},
+                schema={"membership_uuid": pl.String, "gone_at": UTC_TIME},
+            ),
+        ],
+        how="diagonal",
+    )
+    if rows.is_empty():
+        return 0
+    with transactions.write_transaction(engine) as connection:
+        return sync_store.upsert_memberships(connection, rows)
 
 
 def split_by_course(frame: pl.DataFrame, courses: Iterable[str]) -> dict[str, pl.DataFrame]:

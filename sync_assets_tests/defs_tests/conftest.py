@@ -59,9 +59,13 @@ class World:
 
 
 def make_world(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, faults: tuple[str, ...] = ()
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    faults: tuple[str, ...] = (),
+    dataset: GeneratedDataset | None = None,
 ) -> Iterator[World]:
-    dataset = generate("tiny", seed=11)
+    dataset = dataset or generate("tiny", seed=11)
     simulator = PartnersApiSimulator(
         dataset, consumer_key=KEY, consumer_secret=SECRET, faults=FaultPlan.parse(faults, seed=2)
     )

@@ -7,6 +7,7 @@ SPEC §4 (not the polars rules under test), on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,22 +31,35 @@ ALLOWED = {
 }
 
 
-def expected_achievements(
-    dataset: GeneratedDataset, before: dict[tuple[str, str], tuple[int, str]] | None = None
-) -> dict[tuple[str, str], tuple[int, str]]:
-    activity_of = {c["future_learn_course_uuid"]: c["slug"] for c in load_catalogue()}
+def caseless(text: str) -> str:
+    """Unicode default caseless matching (canonical): NFD, case fold, then one normal form."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold())
+
+
+def expected_owners(dataset: GeneratedDataset) -> dict[str, str]:
+    """R3–R4: membership → user."""
     users = [u for u in dataset.users.iter_rows(named=True) if not u["forgotten"]]
     by_id = {u["id"]: u["id"] for u in users}
     by_email: dict[str, list[str]] = {}
     for user in users:
-        by_email.setdefault(user["email"].lower(), []).append(user["id"])
+        by_email.setdefault(caseless(user["email"]), []).append(user["id"])
     owner = {}
     for membership in dataset.memberships.iter_rows(named=True):
         external = membership["external_learner_id"]
         if external in by_id:
             owner[membership["membership_uuid"]] = by_id[external]
-        elif len(by_email.get(external.lower(), [])) == 1:
-            owner[membership["membership_uuid"]] = by_email[external.lower()][0]
+        elif len(by_email.get(caseless(external), [])) == 1:
+            owner[membership["membership_uuid"]] = by_email[caseless(external)][0]
+    return owner
+
+
+def expected_achievements(
+    dataset: GeneratedDataset,
+    before: dict[tuple[str, str], tuple[int, str]] | None = None,
+    owner: dict[str, str] | None = None,
+) -> dict[tuple[str, str], tuple[int, str]]:
+    activity_of = {c["future_learn_course_uuid"]: c["slug"] for c in load_catalogue()}
+    owner = expected_owners(dataset) if owner is None else owner
     runs = {run["run_uuid"]: run for run in dataset.runs.iter_rows(named=True)}
     best: dict[tuple[str, str], dict] = {}
     for enrolment in dataset.enrolments.iter_rows(named=True):
@@ -172,11 +186,17 @@ def test_rerun_of_one_course_touches_only_it(world: World) -> None:
     assert world.simulator.requests(REPORT) == len(course_runs)
 
 
-def test_dry_run_writes_nothing(world: World) -> None:
+def test_dry_run_writes_nothing_but_what_it_fetched(world: World) -> None:
     result = world.sync("--dry-run")
     assert result.exit_code == 0, result.output
-    assert "Dry run: nothing was written." in result.output
-    assert all(not rows for rows in world.snapshot().values())
+    assert "Dry run: no link, progress or certificate was written" in result.output
+    snapshot = world.snapshot()
+    memberships = snapshot.pop("future_learn_memberships")
+    assert all(not rows for rows in snapshot.values())
+    # What the API said is kept (R2: fetched once ever), and nothing is linked.
+    assert memberships and all(row["user_id"] is None for row in memberships)
+    assert all(row["fetched_at"] or row["gone_at"] for row in memberships)
+    assert f"The {len(memberships)} memberships looked up were kept" in result.output
     total = next(line for line in result.output.splitlines() if line.startswith("total"))
     assert int(total.split()[4]) == len(expected_achievements(world.dataset))  # "created"
 

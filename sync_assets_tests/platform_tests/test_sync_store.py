@@ -147,12 +147,68 @@ def test_users_matching_by_id_or_email_ignoring_case_and_wildcards(engine: Engin
             {"id": "44", "email": "100%@example.org"},
         ],
     )
-    with engine.connect() as connection:
+    with engine.begin() as connection:
+        assert sync_store.refresh_email_keys(connection) == 3
         found = sync_store.users_matching(
-            connection, ["42", "ada.lovelace@EXAMPLE.org", "axb@example.org", "100x@example.org"]
+            connection, ["ada.lovelace@EXAMPLE.org", "axb@example.org", "100x@example.org"]
         )
+        by_id = sync_store.users_matching(connection, ["43"])
     # `_` and `%` are ordinary characters: neither a_b nor 100% matches.
     assert sorted(found["id"].to_list()) == ["42"]
+    assert by_id["id"].to_list() == ["43"]
+
+
+def test_users_matching_folds_unicode_case_on_every_database(engine: Engine) -> None:
+    add_users(
+        engine,
+        [
+            {"id": "u1", "email": "JOSÉ@Example.org"},
+            {"id": "u2", "email": "maría@example.org"},
+            {"id": "u3", "email": "STRASSE@example.org"},
+        ],
+    )
+    with engine.begin() as connection:
+        sync_store.refresh_email_keys(connection)
+        found = sync_store.users_matching(
+            connection, ["josé@example.org", "MARÍA@EXAMPLE.ORG", "straße@example.org"]
+        )
+    assert sorted(found["id"].to_list()) == ["u1", "u2", "u3"]
+
+
+def test_email_keys_follow_changed_emails_and_write_nothing_when_unchanged(engine: Engine) -> None:
+    add_users(engine, [{"id": "u1", "email": "old@example.org"}])
+    with engine.begin() as connection:
+        assert sync_store.refresh_email_keys(connection) == 1
+        assert sync_store.refresh_email_keys(connection) == 0
+        connection.execute(sa.update(users).values(email="NEW@example.org"))
+        assert sync_store.refresh_email_keys(connection) == 1
+        assert sync_store.users_matching(connection, ["old@example.org"]).is_empty()
+        assert sync_store.users_matching(connection, ["new@EXAMPLE.org"])["id"].to_list() == ["u1"]
+
+
+def test_linked_memberships_are_never_looked_up_nor_re_pointed(engine: Engine) -> None:
+    add_users(engine, [{"id": "u1", "email": "one@example.org"}, {"id": "u2", "email": "2@x"}])
+    with engine.begin() as connection:
+        # Linked by the platform: no fetched_at, no external id.
+        sync_store.upsert_memberships(
+            connection, pl.DataFrame({"membership_uuid": ["m1"], "user_id": ["u1"]})
+        )
+        to_fetch = sync_store.memberships_to_look_up(connection, ["m1", "m2"])
+        sync_store.upsert_memberships(
+            connection,
+            pl.DataFrame(
+                {
+                    "membership_uuid": ["m1"],
+                    "user_id": ["u2"],
+                    "external_learner_id": ["u2"],
+                    "fetched_at": [T0],
+                    "linked_at": [T0],
+                }
+            ),
+        )
+        row = connection.execute(sa.select(future_learn_memberships)).mappings().one()
+    assert to_fetch == ["m2"]
+    assert (row["user_id"], row["linked_at"]) == ("u1", None)
 
 
 def test_apply_changes_creates_updates_and_records_transitions(engine: Engine) -> None:

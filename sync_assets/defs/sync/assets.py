@@ -26,7 +26,12 @@ from sync_assets import failpoints
 from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.storage import PartitionFrames, PartitionSpool
-from sync_assets.defs.sync.metadata import frame_metadata, peak_memory_metadata, reasons
+from sync_assets.defs.sync.metadata import (
+    frame_metadata,
+    linking_problems_metadata,
+    peak_memory_metadata,
+    reasons,
+)
 from sync_assets.defs.sync.partitions import course_partitions
 from sync_assets.partners_api.client import run
 from sync_assets.platform import sync_store, transactions
@@ -180,12 +185,16 @@ def linked_memberships(
     (by_course, stats), metrics = run(link())
     api_seconds = time.perf_counter() - started  # look-ups dominate; matching is in here too
     for course, frame in by_course.items():
+        course_memberships = frame.select("membership_uuid")
+        ambiguous = stats.ambiguous.join(course_memberships, on="membership_uuid")
+        conflicts = stats.conflicts.join(course_memberships, on="membership_uuid")
         context.add_asset_metadata(
             {
                 **frame_metadata(frame),
                 "linked": frame.filter(pl.col("user_id").is_not_null()).height,
                 "links_made": frame.filter(pl.col("new_link")).height,
                 "unlinked": frame.filter(pl.col("user_id").is_null()).height,
+                **linking_problems_metadata(ambiguous, conflicts),
             },
             partition_key=course,
         )
@@ -204,6 +213,9 @@ def linked_memberships(
             "linked_by_id": stats.linked_by_id,
             "linked_by_email": stats.linked_by_email,
             "relinked_locally": stats.relinked_locally,
+            "kept_fetched_unlinked": stats.kept_unlinked,
+            "ambiguous_emails_total": stats.ambiguous.height,
+            "link_conflicts_total": stats.conflicts.height,
             "quarantined": dg.MetadataValue.json(reasons(stats.quarantine)),
             **_api_metadata(metrics),
             "api_seconds": round(api_seconds, 3),

@@ -141,6 +141,12 @@ class SyncReport:
     not_modified: int = 0
     failures: list[str] = field(default_factory=list)
     certificates: dict[str, Any] = field(default_factory=dict)
+    memberships_kept: int = 0  # looked up and stored, links or not
+    ambiguous_total: int = 0  # memberships, each once however many courses it is in
+    link_conflicts_total: int = 0
+    # course → pseudonymised users: ambiguous emails (not linked) and stored links R3 disputes
+    ambiguous_emails: dict[str, list[list[str]]] = field(default_factory=dict)
+    link_conflicts: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
 
 def _resource_values() -> dict[str, Any]:
@@ -290,6 +296,15 @@ def _read_result(result: dg.ExecuteInProcessResult, report: SyncReport) -> None:
             )
         if name == "course_runs":
             report.unknown_courses = list(_value(metadata, "unknown_course_list", []))
+        if name == "linked_memberships" and materialization.partition:
+            report.memberships_kept = _value(metadata, "kept_fetched_unlinked")
+            report.ambiguous_total = _value(metadata, "ambiguous_emails_total")
+            report.link_conflicts_total = _value(metadata, "link_conflicts_total")
+            course = materialization.partition
+            if _value(metadata, "ambiguous_emails"):
+                report.ambiguous_emails[course] = _value(metadata, "ambiguous_email_users", [])
+            if _value(metadata, "link_conflicts"):
+                report.link_conflicts[course] = _value(metadata, "link_conflict_users", [])
         if name == "activity_progress" and materialization.partition:
             report.courses.append(
                 CourseLine(
@@ -342,19 +357,52 @@ def format_report(report: SyncReport) -> str:
 
     out = [line(header), line(tuple("-" * width for width in widths)), *map(line, rows)]
     if report.dry_run:
-        out.append("Dry run: nothing was written.")
+        out.append(
+            "Dry run: no link, progress or certificate was written. The "
+            f"{report.memberships_kept} memberships looked up were kept (fetched, not linked), "
+            "so no membership is asked about twice (R2)."
+        )
     out.append(
         f"Partners API: {report.requests} requests, {report.not_modified} answered 304 (unchanged)."
     )
     if report.unknown_courses:
         out.append(f"Unknown courses (R1), not synced ({len(report.unknown_courses)}):")
         out += [f"  {course['uuid']}  {course['title']}" for course in report.unknown_courses]
+    out += _linking_problems(report)
     notes = [line for line in report.courses if line.note]
     out += [f"  {line.course_uuid}: {line.note}" for line in notes]
     if report.certificates:
         out.append(format_certificates(report.certificates))
     out.append(f"Time: {report.seconds:.1f} s; Dagster run(s): {', '.join(report.run_ids)}")
     return "\n".join(out)
+
+
+def _linking_problems(report: SyncReport) -> list[str]:
+    """For the platform team: emails several users share, stored links R3 disagrees with."""
+    out = []
+    if report.ambiguous_total:
+        out.append(
+            f"Ambiguous emails, not linked (one external id, several users with that email; "
+            f"users as pseudonyms): {report.ambiguous_total}"
+        )
+        out += [
+            f"  {course}: " + "; ".join(" = ".join(users) for users in groups)
+            for course, groups in sorted(report.ambiguous_emails.items())
+        ]
+    if report.link_conflicts_total:
+        out.append(
+            "Stored links kept although their external id names another user: "
+            f"{report.link_conflicts_total}"
+        )
+        out += [
+            f"  {course}: "
+            + "; ".join(
+                f"{pair['linked']} (external id names {pair['external_id_names']})"
+                for pair in pairs
+            )
+            for course, pairs in sorted(report.link_conflicts.items())
+        ]
+    return out
 
 
 def format_certificates(figures: dict[str, Any]) -> str:

@@ -95,3 +95,26 @@ def peak_memory_metadata() -> dict[str, float]:
     """
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {"process_peak_rss_mib": round(peak_kib / 1024, 1)}
+
+
+def linking_problems_metadata(ambiguous: pl.DataFrame, conflicts: pl.DataFrame) -> dict[str, Any]:
+    """What linking left for the platform team, users as pseudonyms (`pseudonym(user_id)`).
+
+    `ambiguous`: memberships whose external id is the email of several users (not linked).
+    `conflicts`: stored links the external id disagrees with (kept, not re-pointed).
+    """
+    return {
+        "ambiguous_emails": ambiguous.height,
+        "ambiguous_email_users": dg.MetadataValue.json(
+            [[pseudonym(user) for user in users] for users in ambiguous["user_ids"].to_list()]
+        ),
+        "link_conflicts": conflicts.height,
+        "link_conflict_users": dg.MetadataValue.json(
+            [
+                {"linked": pseudonym(linked), "external_id_names": pseudonym(matching)}
+                for linked, matching in conflicts.select(
+                    "linked_user_id", "matching_user_id"
+                ).iter_rows()
+            ]
+        ),
+    }
