@@ -58,6 +58,7 @@ class PartnersApiSettings:
     ignored_course_uuids: frozenset[str] = frozenset()
     concurrency: int = 8
     max_requests_per_second: float | None = None
+    timeout_seconds: float = 60.0  # one attempt, connect to the last byte of the body
 
 
 def partners_api_settings() -> PartnersApiSettings:
@@ -90,6 +91,7 @@ def partners_api_settings() -> PartnersApiSettings:
         ignored,
         concurrency=_positive("FL_PARTNERS_CONCURRENCY", int, 8),
         max_requests_per_second=_positive("FL_PARTNERS_MAX_REQUESTS_PER_SECOND", float, None),
+        timeout_seconds=_positive("FL_PARTNERS_TIMEOUT_SECONDS", float, 60.0),
     )
 
 

@@ -71,6 +71,7 @@ class PartnersApi(dg.ConfigurableResource):
             or settings.max_requests_per_second,
             max_attempts=self.max_attempts,
             max_retry_seconds=self.max_retry_seconds,
+            timeout_seconds=settings.timeout_seconds,
             cache_path=Path(self.cache_path) if self.cache_path else http_cache_path(),
         )
 

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import hishel
 import httpx
 import polars as pl
 from aiolimiter import AsyncLimiter
+from hishel import Headers
 from hishel.httpx import AsyncCacheTransport
 from tenacity import (
     AsyncRetrying,
@@ -64,6 +65,29 @@ class _CacheFailureInOneLine(logging.Filter):
 
 for _name in CACHE_LOGGERS:
     logging.getLogger(_name).addFilter(_CacheFailureInOneLine())
+
+# Request headers never kept on disk: the bearer token is a live credential for 90 s.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+class SecretFreeSqliteStorage(hishel.AsyncSqliteStorage):
+    """hishel's SQLite cache, storing each request without its credentials.
+
+    The cache needs the response and the request's URL and method; it keys on those, and our
+    responses vary on nothing, so dropping `Authorization` changes no lookup.
+    """
+
+    async def create_entry(self, request, response, key, **limits):  # type: ignore[override]
+        kept = {
+            name: request.headers.get_list(name)
+            for name in request.headers
+            if name.lower() not in SECRET_HEADERS
+        }
+        return await super().create_entry(
+            replace(request, headers=Headers(kept)), response, key, **limits
+        )
+
+
 HEADERS = {"Accept": "application/json", "User-Agent": "sync-assets"}
 MAX_PAGES = 10_000
 MEMBERSHIP_BATCH = 20_000
@@ -164,7 +188,7 @@ class PartnersApiClient:
         self._metered = MeteringTransport(wire, self.metrics)
         if settings.cache_path is not None:
             settings.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            self._storage = hishel.AsyncSqliteStorage(
+            self._storage = SecretFreeSqliteStorage(
                 database_path=settings.cache_path, max_size=settings.cache_max_bytes
             )
         else:
@@ -360,10 +384,21 @@ class PartnersApiClient:
             before_sleep=lambda _: self.metrics.retries.update([endpoint]),
             reraise=True,
         )
+        last: _Retryable | None = None
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(send, url, endpoint)
+                    # Each attempt ends by its own deadline, and never outlives the budget: a
+                    # Retry-After that spends it ends the request with the error that asked.
+                    left = settings.max_retry_seconds - (time.monotonic() - started)
+                    if left <= 0 and last is not None:
+                        raise last
+                    try:
+                        deadline = max(0.001, min(settings.timeout_seconds, left))
+                        return await self._attempt(send, url, endpoint, deadline)
+                    except _Retryable as error:
+                        last = error
+                        raise
         except _Retryable as error:
             attempts = retrying.statistics.get("attempt_number", settings.max_attempts)
             elapsed = time.monotonic() - started
@@ -373,13 +408,25 @@ class PartnersApiClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(
-        self, send: Callable[[str], Awaitable[httpx.Response]], url: str, endpoint: str
+        self,
+        send: Callable[[str], Awaitable[httpx.Response]],
+        url: str,
+        endpoint: str,
+        deadline_seconds: float,
     ) -> _Answer:
+        """One request, connect to the last byte of its body within `deadline_seconds`.
+
+        httpx's read timeout is per chunk: a server dripping a byte every few seconds would keep
+        a request alive for ever. This deadline is for the whole answer.
+        """
         if self._limiter is not None:
             await self._limiter.acquire()
         async with self._slots:
             try:
-                response = await send(url)
+                async with asyncio.timeout(deadline_seconds):
+                    response = await send(url)
+            except TimeoutError:
+                raise _Retryable(f"no complete answer within {deadline_seconds:g} s") from None
             except httpx.TransportError as error:
                 raise _Retryable(f"{type(error).__name__}: {error}") from None
         if response.status_code == 401:

@@ -40,26 +40,19 @@ COURSE_RUNS_SCHEMA = {
     "known": pl.Boolean,
     "activity_id": pl.String,
 }
+# The linking step's output, stored between steps: links only. External learner ids (emails) are
+# personal data; what the API said is written to the platform database by the linking step itself
+# (keep_fetched_memberships) and never reaches asset storage.
 LINKED_SCHEMA = {
     "membership_uuid": pl.String,
     "user_id": pl.String,  # a usable link (user not forgotten), or null
     "new_link": pl.Boolean,  # linked by this sync
     "write": pl.Boolean,  # a row for future_learn_memberships
-    "external_learner_id": pl.String,  # only on rows to write; personal data, never in metadata
-    "learner_uuid": pl.String,
     "fetched_at": UTC_TIME,
     "linked_at": UTC_TIME,
     "gone_at": UTC_TIME,
 }
-MEMBERSHIP_ROW_COLUMNS = [
-    "membership_uuid",
-    "user_id",
-    "external_learner_id",
-    "learner_uuid",
-    "fetched_at",
-    "linked_at",
-    "gone_at",
-]
+MEMBERSHIP_ROW_COLUMNS = ["membership_uuid", "user_id", "fetched_at", "linked_at", "gone_at"]
 
 
 # --- course runs (R1) ----------------------------------------------------------------------------

@@ -294,3 +294,61 @@ def test_membership_look_up_with_a_wrong_secret_fails_clearly() -> None:
         run(look_up())
     assert "token refused (401)" in str(failure.value) and secret not in str(failure.value)
     assert simulator.requests(MEMBERSHIP, 401) == 2
+
+
+@contextmanager
+def dripping_server(seconds_per_byte: float) -> Iterator[str]:
+    """A server that answers 200 at once, then sends its body one byte at a time, slowly."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def answer(connection: socket.socket) -> None:
+        with connection:
+            connection.recv(65536)
+            body = b"[" + b" " * 10_000 + b"]"
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            )
+            for byte in body:
+                if stop.wait(seconds_per_byte):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=answer, args=(connection,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_a_dripping_body_ends_by_the_deadline_and_the_budget(tmp_path: Path) -> None:
+    """httpx's read timeout is per chunk: a byte every 0.2 s would never trip a 1 s one."""
+    with dripping_server(seconds_per_byte=0.2) as base_url:
+        options = settings(base_url, timeout_seconds=1.0, max_attempts=10, max_retry_seconds=2.5)
+        started = time.monotonic()
+        with pytest.raises(PartnersApiError, match="no complete answer within") as raised:
+            run(fetch_report(options))
+        elapsed = time.monotonic() - started
+    assert elapsed < 4.0  # the budget bounds the whole request, not each attempt
+    assert "gave up after" in str(raised.value)

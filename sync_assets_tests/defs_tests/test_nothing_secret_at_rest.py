@@ -1,0 +1,70 @@
+"""No secret and no personal data at rest outside the platform database (issue: hostile input)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+import sqlalchemy as sa
+
+from .conftest import SECRET, World
+
+
+def _files(root: Path, pattern: str) -> list[Path]:
+    return sorted(path for path in root.rglob(pattern) if path.is_file())
+
+
+def _stored_values(home: Path) -> set[str]:
+    """Every string cell of every asset output stored under the Dagster home."""
+    values: set[str] = set()
+    for path in _files(home / "storage", "*.parquet"):
+        frame = pl.read_parquet(path)
+        for name, dtype in frame.schema.items():
+            if dtype == pl.String:
+                values.update(frame[name].drop_nulls().to_list())
+    return values
+
+
+def test_the_http_cache_keeps_no_credentials(world: World) -> None:
+    assert world.sync().exit_code == 0
+    cache = Path(os.environ["SYNC_ASSETS_DATA_DIR"]) / "http_cache" / "partners_api.sqlite3"
+    engine = sa.create_engine(f"sqlite:///{cache}")
+    with engine.connect() as connection:
+        blobs = [bytes(row[0]) for row in connection.execute(sa.text("SELECT data FROM entries"))]
+    engine.dispose()
+
+    assert blobs  # reports are cached, for their 304s
+    for blob in blobs:
+        assert b"Bearer" not in blob and b"uthorization" not in blob
+        assert SECRET.encode() not in blob
+
+
+def test_asset_storage_keeps_no_email_or_external_id(world: World) -> None:
+    assert world.sync().exit_code == 0
+    home = Path(os.environ["DAGSTER_HOME"])
+    stored = _stored_values(home)
+
+    assert stored  # the outputs are there
+    external_ids = set(world.dataset.memberships["external_learner_id"].drop_nulls())
+    emails = set(world.dataset.users["email"])
+    personal = {value for value in external_ids | emails if not value.isdigit()}  # ids are user ids
+    assert personal and not (stored & personal)
+
+
+def test_a_forgotten_user_leaves_no_trace_in_asset_storage_after_the_next_sync(
+    world: World,
+) -> None:
+    assert world.sync().exit_code == 0
+    home = Path(os.environ["DAGSTER_HOME"])
+    linked = world.table("future_learn_memberships")
+    user = next(row["user_id"] for row in linked if row["user_id"])
+    assert user in _stored_values(home)
+    with world.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE users SET forgotten = true WHERE id = :id"), {"id": user}
+        )
+
+    assert world.sync().exit_code == 0
+
+    assert user not in _stored_values(home)
