@@ -6,8 +6,10 @@ import os
 import warnings
 
 import click
+import sqlalchemy as sa
 
 from sync_assets import failpoints
+from sync_assets.partners_api.client import PartnersApiError
 from sync_assets.platform import migrate
 from sync_assets.platform.database import check_connection, create_platform_engine, describe
 from sync_assets.platform.demo_catalogue import (
@@ -27,20 +29,48 @@ from sync_assets.simulator.transports import SimulatorServer
 
 
 class _Commands(click.Group):
-    """Turns a configuration problem into one line naming the setting, not a traceback."""
+    """Turns an expected failure into one line saying what failed and what to do.
+
+    A setting that cannot be used names the setting; the Partners API or the platform database
+    failing for good says which and why; anything else is one line too, with `--verbose` for
+    the trace. Failures inside a Dagster run keep their full trace in the run's log (the UI).
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except ConfigurationError as error:
             raise click.ClickException(str(error)) from None
+        except PartnersApiError as error:
+            hint = "" if "(401)" in str(error) else _API_HINT
+            raise click.ClickException(f"{error}{hint}") from None
+        except sa.exc.DBAPIError as error:
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+            raise click.ClickException(
+                f"PLATFORM_DATABASE_URL: the platform database failed: {reason}; "
+                "nothing after the last committed course was written, run the command again"
+            ) from None
+        except Exception as error:
+            if ctx.find_root().params.get("verbose"):
+                raise
+            raise click.ClickException(
+                f"{type(error).__name__}: {error} (run with --verbose for the trace)"
+            ) from None
+
+
+_API_HINT = "; check FL_PARTNERS_URL and that the Partners API answers, then run the command again"
 
 
 @click.group(cls=_Commands)
-def main() -> None:
+@click.option("--verbose", is_flag=True, help="On an unexpected failure, show the whole trace")
+def main(verbose: bool) -> None:
     """Keep the platform's teacher progress in step with FutureLearn's Partners API."""
     # Dagster's notices about its own beta parameters are for its developers, not our operators.
     warnings.filterwarnings("ignore", message=r"Parameter `\w+` of .* is currently in beta")
+    # A short consumer secret is FutureLearn's to choose; a refused one says so in one line.
+    warnings.filterwarnings("ignore", message=r"The HMAC key is \d+ bytes long")
 
 
 @main.group()

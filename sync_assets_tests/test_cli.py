@@ -15,7 +15,13 @@ import sqlalchemy as sa
 
 from sync_assets.partners_api.auth import PartnersJwtAuth
 from sync_assets.platform.migrate import head_revision
-from sync_assets.simulator.app import SIMULATOR_CONSUMER_KEY, SIMULATOR_CONSUMER_SECRET
+from sync_assets.simulator.app import (
+    SIMULATOR_CONSUMER_KEY,
+    SIMULATOR_CONSUMER_SECRET,
+    PartnersApiSimulator,
+)
+from sync_assets.simulator.datasets import load
+from sync_assets.simulator.transports import serving
 
 SCRIPT = Path(sys.executable).with_name("sync-assets")
 
@@ -123,3 +129,82 @@ def test_simulator_serve_refuses_a_bad_fault() -> None:
         check=False,
     )
     assert result.returncode == 2 and "unknown endpoint 'nowhere'" in result.stderr
+
+
+def _sync_with(env: dict[str, str], database_url: str) -> subprocess.CompletedProcess[str]:
+    full = os.environ | {"PLATFORM_DATABASE_URL": database_url} | env
+    return subprocess.run(
+        [str(SCRIPT), "sync"], env=full, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.fixture
+def seeded_sqlite(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'platform.sqlite3'}"
+    assert run("db", "upgrade", database_url=url).returncode == 0
+    assert run("db", "seed-catalogue", database_url=url).returncode == 0
+    return url
+
+
+def _one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr and "Stack Trace" not in result.stderr
+    return lines[0]
+
+
+def test_a_refused_secret_is_one_line_naming_the_settings(
+    seeded_sqlite: str, tmp_path: Path
+) -> None:
+    with serving(PartnersApiSimulator(load("sandbox"))) as server:
+        line = _one_line(
+            _sync_with(
+                {
+                    "FL_PARTNERS_URL": server.base_url,
+                    "FL_PARTNERS_CONSUMER_KEY": SIMULATOR_CONSUMER_KEY,
+                    "FL_PARTNERS_CONSUMER_SECRET": "not-the-secret-not-the-secret-not-the-secret",
+                    "DAGSTER_HOME": str(tmp_path / "home"),
+                    "SYNC_ASSETS_DATA_DIR": str(tmp_path / "data"),
+                },
+                seeded_sqlite,
+            )
+        )
+    assert "token refused (401)" in line and "FL_PARTNERS_CONSUMER_KEY" in line
+    assert "not-the-secret" not in line
+
+
+def test_an_unreachable_api_is_one_line(seeded_sqlite: str, tmp_path: Path) -> None:
+    line = _one_line(
+        _sync_with(
+            {
+                "FL_PARTNERS_URL": "http://127.0.0.1:1",
+                "FL_PARTNERS_CONSUMER_KEY": "key",
+                "FL_PARTNERS_CONSUMER_SECRET": "a-secret-of-at-least-thirty-two-bytes!!",
+                "DAGSTER_HOME": str(tmp_path / "home"),
+                "SYNC_ASSETS_DATA_DIR": str(tmp_path / "data"),
+            },
+            seeded_sqlite,
+        )
+    )
+    assert line.startswith("Error: Partners API course_runs: ConnectError")
+    assert "check FL_PARTNERS_URL" in line
+
+
+@pytest.mark.parametrize("problem", ["a file", "a broken dagster.yaml"])
+def test_an_unusable_dagster_home_is_one_line(
+    seeded_sqlite: str, tmp_path: Path, problem: str
+) -> None:
+    home = tmp_path / "home"
+    if problem == "a file":
+        home.write_text("not a folder")
+    else:
+        home.mkdir()
+        (home / "dagster.yaml").write_text("storage: [unclosed\n")
+    line = _one_line(
+        _sync_with(
+            {"DAGSTER_HOME": str(home), "SYNC_ASSETS_DATA_DIR": str(tmp_path / "data")},
+            seeded_sqlite,
+        )
+    )
+    assert line.startswith("Error: DAGSTER_HOME: ") and str(home) in line

@@ -8,6 +8,7 @@ materialisation metadata: what the CLI prints is what the UI shows.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import threading
@@ -99,7 +100,15 @@ def open_instance(say: Callable[[str], None] = print) -> Iterator[dg.DagsterInst
     """
     home = ensure_dagster_home()
     with FileLock(home / ".sync_assets.lock", timeout=INSTANCE_LOCK_TIMEOUT_SECONDS):
-        instance = dg.DagsterInstance.get()
+        try:
+            instance = dg.DagsterInstance.get()
+        except Exception as error:  # a dagster.yaml it cannot use, storage it cannot open
+            problem = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ConfigurationError(
+                "DAGSTER_HOME",
+                f"the Dagster instance at {home} cannot be opened: {type(error).__name__}: "
+                f"{problem} (check {home / 'dagster.yaml'})",
+            ) from None
         reap_dead_cli_runs(instance, say)
     with instance:
         yield instance
@@ -108,11 +117,19 @@ def open_instance(say: Callable[[str], None] = print) -> Iterator[dg.DagsterInst
 def ensure_dagster_home() -> Path:
     """DAGSTER_HOME, defaulting to data/dagster_home with the project's dagster.yaml in it."""
     home = Path(os.environ.get("DAGSTER_HOME") or data_dir() / "dagster_home").resolve()
-    home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     template = project_dir() / "dagster.yaml"
-    if not config.exists() and template.exists():
-        shutil.copy(template, config)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if not config.exists() and template.exists():
+            shutil.copy(template, config)
+        probe = home / ".sync_assets.lock"
+        probe.touch()
+    except OSError as error:
+        why = "it is a file, not a folder" if home.is_file() else error.strerror
+        raise ConfigurationError(
+            "DAGSTER_HOME", f"{home} cannot be used as the Dagster instance: {why}"
+        ) from None
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -472,6 +489,6 @@ def launch_resync(
 
 
 def _failure_text(error: Any) -> str:
-    """A dg.Failure's own description, without Dagster's framing."""
-    message = error.message.strip()
-    return message.split("dagster._core.definitions.events.Failure: ")[-1]
+    """An error's own message, without the exception's module path Dagster puts before it."""
+    first = error.message.strip().splitlines()[0] if error.message.strip() else ""
+    return re.sub(r"^[\w.]+\.(\w+): ", "", first)
