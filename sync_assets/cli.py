@@ -201,7 +201,10 @@ def serve(
 
 
 def _sync_and_report(
-    courses: tuple[str, ...], dry_run: bool, allow_shrink: tuple[str, ...]
+    courses: tuple[str, ...],
+    dry_run: bool,
+    allow_shrink: tuple[str, ...],
+    allow_quarantine: tuple[str, ...] = (),
 ) -> None:
     # Imported here: loading the Dagster definitions takes a moment the db commands don't need.
 
@@ -226,6 +229,7 @@ def _sync_and_report(
             all_courses=not courses,
             dry_run=dry_run,
             allow_shrink=list(allow_shrink),
+            allow_quarantine=list(allow_quarantine),
             say=click.echo,
         )
         if not dry_run:
@@ -236,7 +240,21 @@ def _sync_and_report(
     if not report.success:
         for failure in report.failures:
             click.echo(f"error: {failure}", err=True)
-        raise click.ClickException("some of the work failed (see above); the rest was committed")
+        raise click.ClickException(_what_was_committed(report))
+
+
+def _what_was_committed(report) -> str:
+    """The honest last line of a sync that failed somewhere."""
+    applied = [line for line in report.courses if line.status == "applied"]
+    others = [line for line in report.courses if line.status != "applied"]
+    if not report.courses:
+        return "the sync failed before any course was applied: nothing was committed"
+    if report.dry_run:
+        return f"{len(others)} of {len(report.courses)} courses failed (dry run: nothing written)"
+    return (
+        f"{len(others)} of {len(report.courses)} courses not applied (see above); "
+        f"the other {len(applied)} were applied and committed"
+    )
 
 
 @main.command()
@@ -248,9 +266,20 @@ def _sync_and_report(
     metavar="UUID",
     help="Apply progress for this course even if its enrolment report shrank sharply",
 )
-def sync(courses: tuple[str, ...], dry_run: bool, allow_shrink: tuple[str, ...]) -> None:
+@click.option(
+    "--allow-quarantine",
+    multiple=True,
+    metavar="UUID",
+    help="Apply this course from its valid records even if many of its report's were quarantined",
+)
+def sync(
+    courses: tuple[str, ...],
+    dry_run: bool,
+    allow_shrink: tuple[str, ...],
+    allow_quarantine: tuple[str, ...],
+) -> None:
     """Both steps of the sync for all known courses (or the given ones), recorded in Dagster."""
-    _sync_and_report(courses, dry_run, allow_shrink)
+    _sync_and_report(courses, dry_run, allow_shrink, allow_quarantine)
 
 
 @main.command()

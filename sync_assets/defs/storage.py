@@ -18,7 +18,9 @@ import hashlib
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -50,7 +52,9 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         return self._asset_dir(asset_key).with_suffix(".parquet")
 
     def handle_output(
-        self, context: dg.OutputContext, obj: pl.DataFrame | Mapping[str, pl.DataFrame]
+        self,
+        context: dg.OutputContext,
+        obj: pl.DataFrame | Mapping[str, pl.DataFrame | CourseFailure],
     ) -> None:
         if not context.has_asset_partitions:
             _write(self._whole_path(context.asset_key), obj)
@@ -89,14 +93,56 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         return PartitionFrames(paths)
 
 
+# A course that failed in a step is stored as a one-row frame of this one column, so that every
+# later step of the run sees the failure (and its reason) instead of a course with no data.
+FAILURE_COLUMN = "__course_failed__"
+
+
+@dataclass(frozen=True)
+class CourseFailure:
+    """A step's value for a course it could not compute; the other courses go on."""
+
+    reason: str
+
+    def as_frame(self) -> pl.DataFrame:
+        return pl.DataFrame({FAILURE_COLUMN: [self.reason]})
+
+
+class CourseFailed(Exception):
+    """Raised on reading a course an earlier step of the run failed."""
+
+    def __init__(self, partition: str, reason: str) -> None:
+        super().__init__(reason)
+        self.partition = partition
+        self.reason = reason
+
+
 class PartitionFrames(Mapping[str, pl.DataFrame]):
-    """`{partition: frame}` read from parquet each time a partition is asked for."""
+    """`{partition: frame}` read from parquet each time a partition is asked for.
+
+    Reading a course an earlier step failed raises `CourseFailed`; `failures()` lists them from
+    the files' schemas alone, and `succeeded()` is the mapping without them.
+    """
 
     def __init__(self, paths: Mapping[str, Path]) -> None:
         self._paths = dict(paths)
 
     def __getitem__(self, partition: str) -> pl.DataFrame:
-        return pl.read_parquet(self._paths[partition])
+        frame = pl.read_parquet(self._paths[partition])
+        if frame.columns == [FAILURE_COLUMN]:
+            raise CourseFailed(partition, frame[FAILURE_COLUMN][0])
+        return frame
+
+    def failures(self) -> dict[str, str]:
+        failed = {}
+        for partition, path in self._paths.items():
+            if list(pl.read_parquet_schema(path)) == [FAILURE_COLUMN]:
+                failed[partition] = pl.read_parquet(path)[FAILURE_COLUMN][0]
+        return failed
+
+    def succeeded(self) -> PartitionFrames:
+        failed = self.failures()
+        return PartitionFrames({p: path for p, path in self._paths.items() if p not in failed})
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._paths)
@@ -122,7 +168,7 @@ class PartitionSpool(PartitionFrames):
         super().__init__({})
         self._directory = Path(directory)
 
-    def add(self, partition: str, frame: pl.DataFrame) -> None:
+    def add(self, partition: str, frame: pl.DataFrame | CourseFailure) -> None:
         path = self._directory / _file_name(partition)
         _write(path, frame)
         self._paths[partition] = path
@@ -133,7 +179,8 @@ def _file_name(partition: str) -> str:
     return f"{name}.parquet"
 
 
-def _write(path: Path, frame: pl.DataFrame) -> None:
+def _write(path: Path, value: pl.DataFrame | CourseFailure) -> None:
+    frame = value.as_frame() if isinstance(value, CourseFailure) else value
     _replace(path, frame.write_parquet)
 
 
@@ -143,9 +190,14 @@ def _copy(source: Path, path: Path) -> None:
 
 def _replace(path: Path, fill: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".parquet.partial")
-    fill(partial)
-    os.replace(partial, path)  # a reader never sees half a file
+    # A name of its own per writer: two runs storing the same partition at once (two syncs on
+    # one DAGSTER_HOME) would otherwise move each other's file away mid-write.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.partial")
+    try:
+        fill(partial)
+        os.replace(partial, path)  # a reader never sees half a file; the last writer wins
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _read(path: Path, what: str) -> pl.DataFrame:

@@ -112,11 +112,15 @@ class ClientSettings:
 class PartnersApiError(RuntimeError):
     """A request that failed for good; the message names endpoint and status, never credentials."""
 
-    def __init__(self, endpoint: str, subject: str | None, problem: str) -> None:
+    def __init__(
+        self, endpoint: str, subject: str | None, problem: str, *, fatal: bool = False
+    ) -> None:
         about = f" {subject}" if subject else ""
         super().__init__(f"Partners API {endpoint}{about}: {problem}")
         self.endpoint = endpoint
         self.subject = subject
+        # True when no other request can succeed either (refused credentials): not one course's.
+        self.fatal = fatal
 
 
 class _Retryable(Exception):
@@ -142,6 +146,7 @@ class Reports:
     quarantine: pl.DataFrame
     unchanged_runs: frozenset[str]
     changed_runs: frozenset[str]
+    failed_runs: dict[str, str] = field(default_factory=dict)  # run → why, after every retry
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ class Memberships:
     found: pl.DataFrame  # contract.MEMBERSHIP_SCHEMA
     gone: list[str]  # 404: kept as gone, not asked again
     quarantine: pl.DataFrame
+    failed: dict[str, str] = field(default_factory=dict)  # membership → why, after every retry
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
@@ -247,8 +253,17 @@ class PartnersApiClient:
         )
 
     async def enrolments_for_runs(self, run_uuids: Iterable[str]) -> Reports:
-        runs = list(dict.fromkeys(run_uuids))
-        fetched = await self._map(self.enrolments, runs)
+        """Every run's report; a run that fails for good is named in `failed_runs`, not raised,
+        so that it costs its own course only."""
+        requested = list(dict.fromkeys(run_uuids))
+        answers = await self._map(_or_failure(self.enrolments), requested)
+        failed = {
+            run: str(answer)
+            for run, answer in zip(requested, answers, strict=True)
+            if isinstance(answer, PartnersApiError)
+        }
+        runs = [run for run in requested if run not in failed]
+        fetched = [answer for answer in answers if not isinstance(answer, PartnersApiError)]
         return Reports(
             records=pl.concat([f.records for f in fetched])
             if fetched
@@ -262,6 +277,7 @@ class PartnersApiClient:
             changed_runs=frozenset(
                 run for run, f in zip(runs, fetched, strict=True) if not f.not_modified
             ),
+            failed_runs=failed,
         )
 
     async def memberships(self, membership_uuids: Iterable[str]) -> Memberships:
@@ -269,20 +285,27 @@ class PartnersApiClient:
         found: list[pl.DataFrame] = []
         quarantine: list[pl.DataFrame] = []
         gone: list[str] = []
+        failed: dict[str, str] = {}
         # Parsed a batch at a time: a million JSON bodies held at once cost ~1 GB of dicts.
         for start in range(0, len(uuids), MEMBERSHIP_BATCH):
             batch = uuids[start : start + MEMBERSHIP_BATCH]
-            bodies = await self._map(self._membership, batch)
-            parsed = contract.parse_memberships(
-                [(uuid, body) for uuid, body in zip(batch, bodies, strict=True) if body is not None]
-            )
+            bodies = await self._map(_or_failure(self._membership), batch)
+            answered = []
+            for uuid, body in zip(batch, bodies, strict=True):
+                if isinstance(body, PartnersApiError):
+                    failed[uuid] = str(body)
+                elif body is None:
+                    gone.append(uuid)
+                else:
+                    answered.append((uuid, body))
+            parsed = contract.parse_memberships(answered)
             found.append(parsed.records)
             quarantine.append(parsed.quarantine)
-            gone += [uuid for uuid, body in zip(batch, bodies, strict=True) if body is None]
         return Memberships(
             found=pl.concat(found) if found else _empty(contract.MEMBERSHIP_SCHEMA),
             gone=gone,
             quarantine=pl.concat(quarantine) if quarantine else contract.empty_quarantine(),
+            failed=failed,
         )
 
     async def _membership(self, membership_uuid: str) -> Any:
@@ -431,7 +454,10 @@ class PartnersApiClient:
                 raise _Retryable(f"{type(error).__name__}: {error}") from None
         if response.status_code == 401:
             raise PartnersApiError(
-                endpoint, None, "token refused (401): check FL_PARTNERS_CONSUMER_KEY and _SECRET"
+                endpoint,
+                None,
+                "token refused (401): check FL_PARTNERS_CONSUMER_KEY and _SECRET",
+                fatal=True,
             )
         if response.status_code in RETRY_STATUSES:
             raise _Retryable(f"HTTP {response.status_code}", _retry_after_seconds(response))
@@ -465,6 +491,23 @@ class _Answer:
     body: Any  # None for a 404
     not_modified: bool  # a 304 answered from the kept body
     next_url: str | None
+
+
+def _or_failure(
+    fetch: Callable[[str], Awaitable[Any]],
+) -> Callable[[str], Awaitable[Any]]:
+    """`fetch`, returning a request's final PartnersApiError instead of raising it (a refused
+    token still raises: it fails every request, not one course's)."""
+
+    async def fetched(key: str) -> Any:
+        try:
+            return await fetch(key)
+        except PartnersApiError as error:
+            if error.fatal:
+                raise
+            return error
+
+    return fetched
 
 
 def _not_modified(response: httpx.Response) -> bool:

@@ -58,6 +58,13 @@ QUARANTINE_SCHEMA = {
     "reason": pl.String,
 }
 ENROLMENT_STATUSES = ("active", "deactivated")
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID = re.compile(UUID_PATTERN)
+# Longer than any email (254) or platform id; anything longer is not one.
+MAX_EXTERNAL_ID = 320
+MAX_TITLE = 500
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
+_CONTROL = re.compile(CONTROL_CHARACTERS)
 
 _REF = pl.Struct({"uuid": pl.String})
 # Every scalar is read as a string first, so a wrong type becomes a reason, not a crash.
@@ -157,13 +164,30 @@ def _raw_frame(objects: list[tuple[int, dict]], schema: dict) -> pl.DataFrame:
     ).with_columns(pl.Series("_index", [index for index, _ in objects], pl.Int64))
 
 
+def _is_json_number(value: Any) -> bool:
+    """A JSON number, as json.loads gives it: int or float, not a string, not true/false."""
+    return type(value) in (int, float)
+
+
+def _not_uuid(column: pl.Expr) -> pl.Expr:
+    return column.is_null() | ~column.str.contains(UUID_PATTERN)
+
+
 def parse_enrolments(body: Any, run_uuid: str) -> Parsed:
     """An enrolment report of one run (SPEC §2)."""
     endpoint = "course_enrolments_report"
     objects, rejected = _objects(body, endpoint, run_uuid)
     if not objects:
         return Parsed(pl.DataFrame(schema=ENROLMENT_SCHEMA), rejected)
+    # Types are checked on the decoded JSON: the frame reads every scalar as a string.
+    ratio_numbers = [_is_json_number(r.get("steps_completed_ratio")) for _, r in objects]
+    count_numbers = [
+        r.get("steps_completed_count") is None or _is_json_number(r.get("steps_completed_count"))
+        for _, r in objects
+    ]
     raw = _raw_frame(objects, _RAW_ENROLMENT).with_columns(
+        pl.Series("_ratio_is_number", ratio_numbers, pl.Boolean),
+        pl.Series("_count_is_number", count_numbers, pl.Boolean),
         pl.col("run").struct.field("uuid").alias("run_uuid"),
         pl.col("organisation_membership").struct.field("uuid").alias("membership_uuid"),
         parse_timestamp(pl.col("activated_at")).alias("_activated_at"),
@@ -178,7 +202,9 @@ def parse_enrolments(body: Any, run_uuid: str) -> Parsed:
                 pl.col("membership_uuid").is_null() | (pl.col("membership_uuid") == ""),
                 "no membership uuid",
             ),
+            (_not_uuid(pl.col("membership_uuid")), "membership uuid is not a UUID"),
             (pl.col("run_uuid").is_null(), "no run uuid"),
+            (_not_uuid(pl.col("run_uuid")), "run uuid is not a UUID"),
             (
                 ~pl.col("status").is_in(ENROLMENT_STATUSES) | pl.col("status").is_null(),
                 pl.format("unknown status '{}'", pl.col("status").fill_null("null")),
@@ -188,11 +214,19 @@ def parse_enrolments(body: Any, run_uuid: str) -> Parsed:
                 pl.col("deactivated_at").is_not_null() & pl.col("_deactivated_at").is_null(),
                 "deactivated_at not an ISO 8601 time",
             ),
+            (
+                pl.col("steps_completed_ratio").is_not_null() & ~pl.col("_ratio_is_number"),
+                "steps_completed_ratio is not a JSON number",
+            ),
             (ratio.is_null() | ratio.is_nan(), "steps_completed_ratio missing or not a number"),
             ((ratio < 0) | (ratio > 1), pl.format("steps_completed_ratio {} outside 0-1", ratio)),
             (
                 pl.col("steps_completed_count").is_not_null()
-                & (pl.col("_count").is_null() | (pl.col("_count") != pl.col("_count").floor())),
+                & (
+                    ~pl.col("_count_is_number")
+                    | pl.col("_count").is_null()
+                    | (pl.col("_count") != pl.col("_count").floor())
+                ),
                 "steps_completed_count not an integer",
             ),
         ]
@@ -225,7 +259,17 @@ def parse_course_runs(body: Any) -> Parsed:
     reason = _first_reason(
         [
             (pl.col("run_uuid").is_null(), "no run uuid"),
+            (_not_uuid(pl.col("run_uuid")), "run uuid is not a UUID"),
             (pl.col("course_uuid").is_null(), "no course uuid"),
+            (_not_uuid(pl.col("course_uuid")), "course uuid is not a UUID"),
+            (
+                pl.col("title").str.len_chars() > MAX_TITLE,
+                f"title longer than {MAX_TITLE} characters",
+            ),
+            (
+                pl.col("title").str.contains(CONTROL_CHARACTERS),
+                "title holds control characters",
+            ),
             (pl.col("_start_time").is_null(), "start_time missing or not an ISO 8601 time"),
             (
                 pl.col("weeks_count").is_not_null() & pl.col("_weeks").is_null(),
@@ -260,16 +304,29 @@ def membership_record(body: Any, membership_uuid: str) -> tuple[dict | None, tup
     learner = body.get("learner") if isinstance(body.get("learner"), dict) else {}
     external = body.get("external_learner_id")
     uuid = body.get("uuid")
+    learner_uuid = learner.get("uuid")
     reason = None
     if not isinstance(uuid, str) or not uuid:
         reason = "no membership uuid"
-    elif external is not None and not isinstance(external, (str, int)):
+    elif uuid != membership_uuid:
+        reason = "the answer is about another membership"
+    elif learner_uuid is not None and not (
+        isinstance(learner_uuid, str) and _UUID.match(learner_uuid)
+    ):
+        reason = "learner uuid is not a UUID"
+    elif external is not None and (
+        isinstance(external, bool) or not isinstance(external, (str, int))
+    ):
         reason = "external_learner_id is not a string"
+    elif external is not None and len(str(external)) > MAX_EXTERNAL_ID:
+        reason = f"external_learner_id longer than {MAX_EXTERNAL_ID} characters"
+    elif external is not None and _CONTROL.search(str(external)):
+        reason = "external_learner_id holds control characters"
     if reason:
         return None, (endpoint, membership_uuid, 0, membership_uuid, reason)
     record = {
         "membership_uuid": uuid,
-        "learner_uuid": learner.get("uuid"),
+        "learner_uuid": learner_uuid,
         "external_learner_id": None if external is None else str(external),
     }
     return record, None

@@ -32,6 +32,10 @@ class NoEnrolmentsError(RuntimeError):
     pass
 
 
+class ResyncFailed(RuntimeError):
+    """The Partners API failed the course for good (after every retry)."""
+
+
 @dataclass
 class ResyncResult:
     course_uuid: str
@@ -95,8 +99,12 @@ async def resync_learners(
     activity_id = validate_request(engine, course_uuid, chosen)
     runs = await steps.fetch_course_runs(client, engine)
     fetched = await steps.fetch_enrolments(client, runs.runs, [course_uuid])
+    if course_uuid in fetched.failed:
+        raise ResyncFailed(f"course {course_uuid}: {fetched.failed[course_uuid]}")
     enrolments = fetched.by_course[course_uuid]
-    linked_by_course, _ = await steps.link_memberships(client, engine, fetched.by_course, now)
+    linked_by_course, stats = await steps.link_memberships(client, engine, fetched.by_course, now)
+    if course_uuid in stats.failed_courses:
+        raise ResyncFailed(f"course {course_uuid}: {stats.failed_courses[course_uuid]}")
     is_chosen = pl.col("user_id").is_in(chosen)
     others = pl.col("write") & ~is_chosen
     linked = linked_by_course[course_uuid].with_columns(

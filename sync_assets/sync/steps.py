@@ -97,10 +97,11 @@ async def fetch_course_runs(client: PartnersApiClient, engine: Engine) -> Course
 
 @dataclass(frozen=True)
 class CourseEnrolments:
-    by_course: dict[str, pl.DataFrame]
+    by_course: dict[str, pl.DataFrame]  # every course that did not fail
     quarantine: pl.DataFrame
     unchanged_runs: frozenset[str]
     changed_runs: frozenset[str]
+    failed: dict[str, str] = field(default_factory=dict)  # course → why
 
 
 async def fetch_enrolments(
@@ -110,10 +111,37 @@ async def fetch_enrolments(
     wanted = sorted(set(courses))
     course_runs = runs.filter(pl.col("course_uuid").is_in(wanted)).select("run_uuid", "course_uuid")
     reports = await client.enrolments_for_runs(course_runs["run_uuid"])
+    failed: dict[str, str] = {}
+    for run, course in course_runs.iter_rows():
+        if run in reports.failed_runs and course not in failed:
+            failed[course] = f"report of run {run}: {reports.failed_runs[run]}"
     with_course = reports.records.join(course_runs, on="run_uuid", how="inner")
-    by_course = split_by_course(with_course, wanted)
+    by_course = split_by_course(with_course, [c for c in wanted if c not in failed])
     return CourseEnrolments(
-        by_course, reports.quarantine, reports.unchanged_runs, reports.changed_runs
+        by_course, reports.quarantine, reports.unchanged_runs, reports.changed_runs, failed
+    )
+
+
+def quarantine_refusal(
+    quarantined: pl.DataFrame, valid: int, max_share: float, *, allowed: bool = False
+) -> str | None:
+    """Why a course is not applied from the valid part of a report mostly quarantined, or None.
+
+    Like the shrink breaker: a report whose records are largely unreadable is more likely an API
+    fault than a truth, and applying the fraction left would move learners on partial data.
+    """
+    total = quarantined.height + valid
+    if allowed or total == 0:
+        return None
+    share = quarantined.height / total
+    if share <= max_share:
+        return None
+    reason = quarantined.group_by("reason").len().sort("len", "reason", descending=[True, False])
+    top = reason["reason"][0]
+    return (
+        f"refused: {quarantined.height} of {total} records of its report quarantined "
+        f"({share:.0%} > {max_share:.0%}), most often: {top}; rerun with "
+        "--allow-quarantine for this course to apply the rest"
     )
 
 
@@ -132,6 +160,7 @@ class LinkingStats:
     relinked_locally: int = 0
     unlinked: int = 0
     kept_unlinked: int = 0  # memberships fetched now, kept before any course is applied
+    failed_courses: dict[str, str] = field(default_factory=dict)  # a look-up failed for good
     quarantine: pl.DataFrame = field(default_factory=contract.empty_quarantine)
     # Left unlinked: one external id, the email of several users (rules.linking.AMBIGUOUS_SCHEMA).
     ambiguous: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=AMBIGUOUS_SCHEMA))
@@ -212,9 +241,10 @@ async def link_memberships(
         every, on="membership_uuid", how="inner", maintain_order="left"
     )
     del course_memberships
+    failed_courses = _courses_with_failed_lookups(enrolments_by_course, fetched.failed)
     by_course = split_by_course(
         with_course.select("course_uuid", *every.columns),
-        list(enrolments_by_course),
+        [course for course in enrolments_by_course if course not in failed_courses],
     )
     first_time = new_links.join(fetched.found.select("membership_uuid"), on="membership_uuid")
     by_method = dict(first_time.group_by("matched_by").len().iter_rows())
@@ -229,11 +259,28 @@ async def link_memberships(
         relinked_locally=relinked.height,
         unlinked=len(all_uuids) - existing.height - new_links.height,
         kept_unlinked=kept,
+        failed_courses=failed_courses,
         quarantine=fetched.quarantine,
         ambiguous=ambiguous_emails(candidates, users),
         conflicts=link_conflicts(stored_links, users),
     )
     return by_course, stats
+
+
+def _courses_with_failed_lookups(
+    enrolments_by_course: Mapping[str, pl.DataFrame], failed: Mapping[str, str]
+) -> dict[str, str]:
+    """Each course with a membership whose look-up failed for good, and the first such failure."""
+    if not failed:
+        return {}
+    courses = {}
+    for course, frame in enrolments_by_course.items():
+        hit = sorted(set(frame["membership_uuid"]) & failed.keys())
+        if hit:
+            courses[course] = (
+                f"look-up of {len(hit)} membership(s) failed, e.g. {hit[0]}: {failed[hit[0]]}"
+            )
+    return courses
 
 
 def keep_fetched_memberships(engine: Engine, fetched: Memberships, now: datetime) -> int:

@@ -112,3 +112,36 @@ def test_a_spool_missing_a_course_stores_none_of_its_courses(tmp_path: Path) -> 
     with pytest.raises(KeyError, match=r"1 partition\(s\): course-a"):
         _store(manager, spool)
     assert not (tmp_path / "storage").exists()
+
+
+def test_two_writers_of_one_partition_at_once_both_succeed(tmp_path: Path) -> None:
+    """Two syncs on one DAGSTER_HOME store the same course at the same moment."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sync_assets.defs.storage import _write
+
+    target = tmp_path / "course.parquet"
+    frames = [pl.DataFrame({"writer": [n] * 1000}) for n in range(2)]
+
+    def write(n: int) -> None:
+        for _ in range(50):
+            _write(target, frames[n])
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(write, range(2)))  # raised FileNotFoundError with one partial file name
+
+    assert pl.read_parquet(target)["writer"].n_unique() == 1
+    assert [path.name for path in tmp_path.iterdir()] == ["course.parquet"]
+
+
+def test_a_failed_course_reads_back_as_its_failure(tmp_path: Path) -> None:
+    from sync_assets.defs.storage import CourseFailed, CourseFailure, PartitionFrames, _write
+
+    _write(tmp_path / "good.parquet", pl.DataFrame({"a": [1]}))
+    _write(tmp_path / "bad.parquet", CourseFailure("report of run r: HTTP 500"))
+    frames = PartitionFrames({"good": tmp_path / "good.parquet", "bad": tmp_path / "bad.parquet"})
+
+    assert frames.failures() == {"bad": "report of run r: HTTP 500"}
+    assert list(frames.succeeded()) == ["good"]
+    with pytest.raises(CourseFailed, match="HTTP 500"):
+        frames["bad"]

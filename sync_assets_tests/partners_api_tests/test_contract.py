@@ -56,7 +56,9 @@ def test_enrolments_report_fixture() -> None:
 
 
 def test_membership_fixture() -> None:
-    parsed = contract.parse_membership(recorded_body("organisation_membership"), "8e89c1b4")
+    parsed = contract.parse_membership(
+        recorded_body("organisation_membership"), "8e89c1b4-d5c0-4208-b4ad-52928f37ab3f"
+    )
     assert parsed.records.row(0, named=True) == {
         "membership_uuid": "8e89c1b4-d5c0-4208-b4ad-52928f37ab3f",
         "learner_uuid": "4c9edfc0-eb9f-44dd-bc30-a239bbd1e840",
@@ -69,9 +71,12 @@ def test_not_found_fixture_shape() -> None:
     assert (response["status"], response["body"]) == (404, {"error": "not_found"})
 
 
+RUN = "545ba924-9e73-4a30-bd54-4fb7dee8b913"
+M_GOOD = "0b1c2d3e-0000-4000-8000-000000000001"
+M_BAD = "0b1c2d3e-0000-4000-8000-000000000002"
 GOOD = {
-    "run": {"uuid": "run-1", "href": "h"},
-    "organisation_membership": {"uuid": "m-good", "href": "h"},
+    "run": {"uuid": RUN, "href": "h"},
+    "organisation_membership": {"uuid": M_GOOD, "href": "h"},
     "status": "active",
     "activated_at": "2019-03-07T18:55:11.000Z",
     "deactivated_at": None,
@@ -85,14 +90,24 @@ GOOD = {
     [
         ({"steps_completed_ratio": 1.5}, "steps_completed_ratio 1.5 outside 0-1"),
         ({"steps_completed_ratio": -0.1}, "steps_completed_ratio -0.1 outside 0-1"),
-        ({"steps_completed_ratio": "lots"}, "steps_completed_ratio missing or not a number"),
+        ({"steps_completed_ratio": "lots"}, "steps_completed_ratio is not a JSON number"),
+        ({"steps_completed_ratio": "0.7"}, "steps_completed_ratio is not a JSON number"),
+        ({"steps_completed_ratio": True}, "steps_completed_ratio is not a JSON number"),
+        ({"steps_completed_ratio": float("nan")}, "steps_completed_ratio missing or not a number"),
+        ({"steps_completed_ratio": float("inf")}, "steps_completed_ratio inf outside 0-1"),
         ({"steps_completed_ratio": None}, "steps_completed_ratio missing or not a number"),
         ({"organisation_membership": None}, "no membership uuid"),
         ({"organisation_membership": {"href": "h"}}, "no membership uuid"),
+        (
+            {"organisation_membership": {"uuid": M_BAD[:-3] + "\x00ab"}},
+            "membership uuid is not a UUID",
+        ),
+        ({"run": {"uuid": "run-1"}}, "run uuid is not a UUID"),
         ({"activated_at": "yesterday"}, "activated_at missing or not an ISO 8601 time"),
         ({"deactivated_at": "31/02/2019"}, "deactivated_at not an ISO 8601 time"),
         ({"status": "paused"}, "unknown status 'paused'"),
         ({"steps_completed_count": 2.5}, "steps_completed_count not an integer"),
+        ({"steps_completed_count": "21"}, "steps_completed_count not an integer"),
     ],
 )
 def test_bad_enrolment_is_quarantined_and_the_rest_used(change: dict, reason: str) -> None:
@@ -102,14 +117,14 @@ def test_bad_enrolment_is_quarantined_and_the_rest_used(change: dict, reason: st
         | (
             {}
             if "organisation_membership" in change
-            else {"organisation_membership": {"uuid": "m-bad"}}
+            else {"organisation_membership": {"uuid": M_BAD}}
         )
     )
-    parsed = contract.parse_enrolments([GOOD, bad, "junk"], "run-1")
-    assert parsed.records["membership_uuid"].to_list() == ["m-good"]
+    parsed = contract.parse_enrolments([GOOD, bad, "junk"], RUN)
+    assert parsed.records["membership_uuid"].to_list() == [M_GOOD]
     reasons = dict(zip(parsed.quarantine["record_index"], parsed.quarantine["reason"], strict=True))
     assert reasons == {1: reason, 2: "record is not a JSON object"}
-    assert set(parsed.quarantine["source"]) == {"run-1"}
+    assert set(parsed.quarantine["source"]) == {RUN}
 
 
 def test_offset_timestamps_are_converted_to_utc() -> None:
@@ -123,7 +138,7 @@ def test_offset_timestamps_are_converted_to_utc() -> None:
 
 def test_not_an_array_is_a_contract_error() -> None:
     with pytest.raises(contract.ContractError, match="expected a JSON array"):
-        contract.parse_enrolments({"error": "oops"}, "run-1")
+        contract.parse_enrolments({"error": "oops"}, RUN)
 
 
 def test_membership_without_uuid_is_quarantined() -> None:
@@ -135,5 +150,28 @@ def test_membership_without_uuid_is_quarantined() -> None:
 
 
 def test_membership_with_numeric_external_id() -> None:
-    parsed = contract.parse_membership({"uuid": "m-1", "external_learner_id": 123}, "m-1")
+    parsed = contract.parse_membership({"uuid": M_GOOD, "external_learner_id": 123}, M_GOOD)
     assert parsed.records["external_learner_id"].item() == "123"
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ({"uuid": M_BAD}, "the answer is about another membership"),
+        ({"uuid": M_GOOD, "learner": {"uuid": "x\x00y"}}, "learner uuid is not a UUID"),
+        ({"uuid": M_GOOD, "external_learner_id": True}, "external_learner_id is not a string"),
+        (
+            {"uuid": M_GOOD, "external_learner_id": "x" * 1_000_000},
+            "external_learner_id longer than 320 characters",
+        ),
+        (
+            {"uuid": M_GOOD, "external_learner_id": "a\x00b@example.org"},
+            "external_learner_id holds control characters",
+        ),
+    ],
+)
+def test_hostile_membership_answers_are_quarantined(answer: dict, reason: str) -> None:
+    parsed = contract.parse_membership(answer, M_GOOD)
+    assert parsed.records.is_empty()
+    assert parsed.quarantine["reason"].to_list() == [reason]
+    assert "x" * 50 not in str(parsed.quarantine.to_dicts())

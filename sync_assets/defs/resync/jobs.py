@@ -10,7 +10,12 @@ from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.sync.metadata import pseudonym
 from sync_assets.partners_api.client import run
-from sync_assets.sync.resync import NoEnrolmentsError, ResyncRequestError, resync_learners
+from sync_assets.sync.resync import (
+    NoEnrolmentsError,
+    ResyncFailed,
+    ResyncRequestError,
+    resync_learners,
+)
 
 RESYNC_TAGS = {"sync_assets/kind": "resync"}
 
@@ -47,7 +52,7 @@ def resync_learners_op(
 
     try:
         result, metrics = run(resync())
-    except (ResyncRequestError, NoEnrolmentsError) as error:
+    except (ResyncRequestError, NoEnrolmentsError, ResyncFailed) as error:
         raise dg.Failure(description=str(error)) from None
     applied = result.outcome.applied if result.outcome else None
     context.log.info(

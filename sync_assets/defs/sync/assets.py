@@ -25,7 +25,12 @@ from pydantic import Field
 from sync_assets import failpoints
 from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
-from sync_assets.defs.storage import PartitionFrames, PartitionSpool
+from sync_assets.defs.storage import (
+    CourseFailed,
+    CourseFailure,
+    PartitionFrames,
+    PartitionSpool,
+)
 from sync_assets.defs.sync.metadata import (
     frame_metadata,
     linking_problems_metadata,
@@ -110,6 +115,18 @@ def course_runs(
     )
 
 
+class EnrolmentsConfig(dg.Config):
+    max_quarantine_share: float = Field(
+        default=0.1,
+        description="Refuse a course when more than this share of its report's records is "
+        "quarantined (bad types, bad uuids, unreadable times) rather than apply the rest",
+    )
+    allow_quarantine_courses: list[str] = Field(
+        default_factory=list,
+        description="Course uuids to apply from their valid records however many are quarantined",
+    )
+
+
 @dg.asset(
     pool=pools.PARTNERS_API,
     group_name=GROUP,
@@ -118,8 +135,11 @@ def course_runs(
     description="Enrolment reports of every run of the course, as one frame.",
 )
 def enrolments(
-    context: dg.AssetExecutionContext, course_runs: pl.DataFrame, partners_api: PartnersApi
-) -> dict[str, pl.DataFrame]:
+    context: dg.AssetExecutionContext,
+    config: EnrolmentsConfig,
+    course_runs: pl.DataFrame,
+    partners_api: PartnersApi,
+) -> dict:  # {course: frame or CourseFailure}
     courses = context.partition_keys
 
     async def fetch():
@@ -129,26 +149,38 @@ def enrolments(
     started = time.perf_counter()
     fetched, metrics = run(fetch())
     api_seconds = time.perf_counter() - started
+    refused: dict[str, str] = {}
     for course, frame in fetched.by_course.items():
         course_run_uuids = set(course_runs.filter(pl.col("course_uuid") == course)["run_uuid"])
+        quarantined = fetched.quarantine.filter(pl.col("source").is_in(list(course_run_uuids)))
+        refusal = steps.quarantine_refusal(
+            quarantined,
+            frame.height,
+            config.max_quarantine_share,
+            allowed=course in config.allow_quarantine_courses,
+        )
+        if refusal:
+            refused[course] = refusal
+            context.log.error(f"course {course}: {refusal}")
         context.add_asset_metadata(
             {
                 **frame_metadata(frame),
+                **({"status": "refused", "error": refusal} if refusal else {}),
                 "runs": len(course_run_uuids),
                 "reports_unchanged_304": len(course_run_uuids & fetched.unchanged_runs),
                 "memberships": frame["membership_uuid"].n_unique(),
-                "quarantined": dg.MetadataValue.json(
-                    reasons(
-                        fetched.quarantine.filter(pl.col("source").is_in(list(course_run_uuids)))
-                    )
-                ),
+                "quarantined_records": quarantined.height,
+                "quarantined": dg.MetadataValue.json(reasons(quarantined)),
             },
             partition_key=course,
         )
+    for course, why in fetched.failed.items():
+        context.log.error(f"course {course}: {why}")
+        context.add_asset_metadata(failed_metadata(why), partition_key=course)
     context.log.info(
         f"{len(courses)} courses: {len(fetched.changed_runs)} reports changed, "
         f"{len(fetched.unchanged_runs)} unchanged (304), "
-        f"{fetched.quarantine.height} records quarantined"
+        f"{fetched.quarantine.height} records quarantined, {len(fetched.failed)} courses failed"
     )
     context.add_output_metadata(
         {
@@ -157,7 +189,7 @@ def enrolments(
             **peak_memory_metadata(),
         }
     )
-    return fetched.by_course
+    return {**fetched.by_course, **failures({**fetched.failed, **refused})}
 
 
 @dg.asset(
@@ -173,11 +205,13 @@ def linked_memberships(
     enrolments: PartitionFrames,
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
-) -> dict[str, pl.DataFrame]:
+) -> dict:  # {course: frame or CourseFailure}
+    upstream_failed = enrolments.failures()
+
     async def link():
         async with partners_api.client() as client:
             result = await steps.link_memberships(
-                client, platform_database.engine, enrolments, datetime.now(UTC)
+                client, platform_database.engine, enrolments.succeeded(), datetime.now(UTC)
             )
             return result, client.metrics
 
@@ -198,6 +232,10 @@ def linked_memberships(
             },
             partition_key=course,
         )
+    failed = {**upstream_failed, **stats.failed_courses}
+    for course, why in stats.failed_courses.items():
+        context.log.error(f"course {course}: {why}")
+        context.add_asset_metadata(failed_metadata(why), partition_key=course)
     context.log.info(
         f"{stats.memberships} memberships: {stats.already_linked} linked before, "
         f"{stats.looked_up} looked up ({stats.gone} gone), "
@@ -222,7 +260,7 @@ def linked_memberships(
             **peak_memory_metadata(),
         }
     )
-    return by_course
+    return {**by_course, **failures(failed)}
 
 
 @dg.asset(
@@ -239,9 +277,24 @@ def latest_enrolments(
     linked_memberships: PartitionFrames,
     course_runs: pl.DataFrame,
 ):
-    by_course = steps.choose_latest(enrolments, linked_memberships, course_runs)
+    failed = {**enrolments.failures(), **linked_memberships.failures()}
+    by_course: dict[str, pl.DataFrame | CourseFailure] = {}
     duplicates = 0
-    for course, frame in by_course.items():
+    for course in enrolments:
+        if course in failed:
+            by_course[course] = CourseFailure(failed[course])
+            continue
+        try:
+            frame = steps.choose_latest(
+                {course: enrolments[course]}, {course: linked_memberships[course]}, course_runs
+            )[course]
+        except Exception as error:  # one course's rules failing must not stop the others
+            why = f"latest enrolments: {type(error).__name__}: {error}"
+            context.log.error(f"course {course}: {why}")
+            context.add_asset_metadata(failed_metadata(why), partition_key=course)
+            by_course[course] = CourseFailure(why)
+            continue
+        by_course[course] = frame
         duplicates += frame.height - frame["user_id"].n_unique()
         context.add_asset_metadata(
             {**frame_metadata(frame), "learners": frame.height}, partition_key=course
@@ -312,6 +365,8 @@ def activity_progress(
                 dry_run=config.dry_run,
                 dagster_run_id=context.run.run_id,
             )
+        except CourseFailed as error:  # an earlier step failed it; already logged there
+            return None, error.reason
         except transactions.CourseBusyError as error:
             context.log.warning(f"course {course}: {error}")
             return None, str(error)
@@ -367,11 +422,33 @@ def activity_progress(
     )
     if failures or refused:
         problems = {**failures, **refused}
+        title_of = course_titles(course_runs)
         raise dg.Failure(
             description=f"{len(problems)} course(s) not synced: "
-            + "; ".join(f"{course}: {why}" for course, why in sorted(problems.items())),
+            + "; ".join(
+                f"{course} ({title_of.get(course, '?')}): {why}"
+                for course, why in sorted(problems.items())
+            ),
             metadata={"failed_courses": dg.MetadataValue.json(problems)},
         )
+
+
+def failures(failed: dict[str, str]) -> dict[str, CourseFailure]:
+    return {course: CourseFailure(why) for course, why in failed.items()}
+
+
+def failed_metadata(why: str) -> dict[str, Any]:
+    return {"status": "failed", "error": why}
+
+
+def course_titles(course_runs: pl.DataFrame) -> dict[str, str]:
+    """Each course's name, as its earliest run calls it."""
+    return dict(
+        course_runs.sort("start_time", "run_uuid")
+        .group_by("course_uuid", maintain_order=True)
+        .agg(pl.col("title").first())
+        .iter_rows()
+    )
 
 
 def _outcome_metadata(

@@ -143,6 +143,7 @@ class CourseLine:
     updated: int = 0
     completed: int = 0
     dropped: int = 0
+    quarantined: int = 0
     note: str = ""
 
 
@@ -197,9 +198,15 @@ def prepare_partitions(instance: dg.DagsterInstance, courses: list[str] | None) 
     return [course for course in partitions if course in set(courses)]
 
 
-def _run_config(dry_run: bool, allow_shrink: list[str]) -> dict[str, Any]:
+def _run_config(
+    dry_run: bool, allow_shrink: list[str], allow_quarantine: list[str] = ()
+) -> dict[str, Any]:
     progress = {"dry_run": dry_run, "allow_shrink_courses": list(allow_shrink)}
-    return {"ops": {"activity_progress": {"config": progress}}, **QUIET_LOGGERS}
+    reports = {"allow_quarantine_courses": list(allow_quarantine)}
+    return {
+        "ops": {"activity_progress": {"config": progress}, "enrolments": {"config": reports}},
+        **QUIET_LOGGERS,
+    }
 
 
 def _follow(
@@ -269,11 +276,12 @@ def launch_sync(
     all_courses: bool,
     dry_run: bool = False,
     allow_shrink: list[str] | None = None,
+    allow_quarantine: list[str] | None = None,
     say: Callable[[str], None] = print,
 ) -> SyncReport:
     """One run over every partition, or one run per chosen course; then the summary."""
     started = time.monotonic()
-    run_config = _run_config(dry_run, allow_shrink or [])
+    run_config = _run_config(dry_run, allow_shrink or [], allow_quarantine or [])
     if all_courses:
         say(f"Syncing {len(partitions)} courses in one run")
         results = [_execute(instance, run_config, say, tags=all_partitions_tags(partitions))]
@@ -301,6 +309,7 @@ def _value(metadata: dict[str, Any], name: str, default: Any = 0) -> Any:
 
 def _read_result(result: dg.ExecuteInProcessResult, report: SyncReport) -> None:
     api_by_asset: dict[str, tuple[int, int]] = {}
+    quarantined: dict[str, int] = {}
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
         name = materialization.asset_key.to_user_string()
@@ -313,6 +322,8 @@ def _read_result(result: dg.ExecuteInProcessResult, report: SyncReport) -> None:
             )
         if name == "course_runs":
             report.unknown_courses = list(_value(metadata, "unknown_course_list", []))
+        if name == "enrolments" and materialization.partition:
+            quarantined[materialization.partition] = _value(metadata, "quarantined_records")
         if name == "linked_memberships" and materialization.partition:
             report.memberships_kept = _value(metadata, "kept_fetched_unlinked")
             report.ambiguous_total = _value(metadata, "ambiguous_emails_total")
@@ -335,6 +346,8 @@ def _read_result(result: dg.ExecuteInProcessResult, report: SyncReport) -> None:
                     note=_value(metadata, "refused", "") or _value(metadata, "error", ""),
                 )
             )
+    for line in report.courses:
+        line.quarantined = quarantined.get(line.course_uuid, line.quarantined)
     report.requests += sum(requests for requests, _ in api_by_asset.values())
     report.not_modified += sum(not_modified for _, not_modified in api_by_asset.values())
     for event in result.all_events:
@@ -346,23 +359,22 @@ def _read_result(result: dg.ExecuteInProcessResult, report: SyncReport) -> None:
 
 def format_report(report: SyncReport) -> str:
     """The summary table the CLI prints."""
-    header = ("course", "status", "links", "created", "updated", "completed", "dropped")
+    header = (
+        "course",
+        "status",
+        "links",
+        "created",
+        "updated",
+        "completed",
+        "dropped",
+        "quarantined",
+    )
+    counts = ("links_made", "created", "updated", "completed", "dropped", "quarantined")
     rows = [
-        (
-            line.course_uuid,
-            line.status,
-            str(line.links_made),
-            str(line.created),
-            str(line.updated),
-            str(line.completed),
-            str(line.dropped),
-        )
+        (line.course_uuid, line.status, *(str(getattr(line, name)) for name in counts))
         for line in report.courses
     ]
-    totals = [
-        sum(getattr(line, name) for line in report.courses)
-        for name in ("links_made", "created", "updated", "completed", "dropped")
-    ]
+    totals = [sum(getattr(line, name) for line in report.courses) for name in counts]
     rows.append(("total", f"{len(report.courses)} courses", *map(str, totals)))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
@@ -489,6 +501,16 @@ def launch_resync(
 
 
 def _failure_text(error: Any) -> str:
-    """An error's own message, without the exception's module path Dagster puts before it."""
-    first = error.message.strip().splitlines()[0] if error.message.strip() else ""
-    return re.sub(r"^[\w.]+\.(\w+): ", "", first)
+    """An error's own message in one line, without the module path Dagster puts before it.
+
+    Dagster wraps some errors ("Error occurred while handling output …:"); the cause, the
+    wrapped error's message, is what the operator needs, so it is kept after the wrapper's line.
+    """
+    lines = [line.strip() for line in error.message.strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    cause = getattr(error, "cause", None)
+    if text.endswith(":") and cause is not None:
+        text += " " + _failure_text(cause)
+    elif text.endswith(":") and len(lines) > 1:
+        text += " " + lines[1]
+    return re.sub(r"(^|: )[\w.]+\.(\w+): ", r"\1", text)

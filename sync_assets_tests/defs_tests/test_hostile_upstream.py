@@ -1,0 +1,278 @@
+"""A hostile stand-in of the Partners API over loopback: it costs the courses it touches only.
+
+The proxy forwards to the simulator and spoils chosen answers: malformed JSON, an HTML page with
+200, a body dripped a byte at a time, a 500 for ever, records with NUL bytes, huge strings and
+wrong types. End to end through `sync-assets sync`, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import polars as pl
+import pytest
+
+from sync_assets.platform.demo_catalogue import load_catalogue
+
+from .conftest import World
+from .test_sync_end_to_end import expected_achievements
+
+CATALOGUE = {c["future_learn_course_uuid"]: c["slug"] for c in load_catalogue()}
+FORWARDED = ("authorization", "if-none-match", "accept", "user-agent")
+KEPT = ("etag", "cache-control", "content-type", "link")
+
+# A spoiler gets the simulator's answer (status, headers, body) and returns what to send instead;
+# None sends it as it is. "drip" is handled apart: it needs the socket.
+Spoiler = Callable[[int, dict[str, str], bytes], tuple[int, dict[str, str], bytes] | None]
+
+
+def malformed(status: int, headers: dict, body: bytes):
+    return 200, {"Content-Type": "application/json"}, b'[{"run": {"uuid": '
+
+
+def html(status: int, headers: dict, body: bytes):
+    return 200, {"Content-Type": "text/html"}, b"<html><body>Down for maintenance</body></html>"
+
+
+def server_error(status: int, headers: dict, body: bytes):
+    return 500, {"Content-Type": "text/plain"}, b"internal error"
+
+
+class HostileProxy(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.upstream = upstream
+        self.spoilers: dict[str, Spoiler | str] = {}  # path → spoiler (or "drip")
+        self.client = httpx.Client(base_url=upstream, timeout=30)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: HostileProxy
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        spoiler = self.server.spoilers.get(self.path.split("?")[0])
+        if spoiler == "drip":
+            self._drip()
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() in FORWARDED}
+        answer = self.server.client.get(self.path, headers=headers)
+        status, kept, body = (
+            answer.status_code,
+            {k: v for k, v in answer.headers.items() if k.lower() in KEPT},
+            answer.content,
+        )
+        if callable(spoiler):
+            status, kept, body = spoiler(status, kept, body) or (status, kept, body)
+        self.send_response(status)
+        for name, value in kept.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _drip(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        try:
+            for _ in range(1000):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.3)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def proxy(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[HostileProxy]:
+    import os
+
+    server = HostileProxy(os.environ["FL_PARTNERS_URL"])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("FL_PARTNERS_URL", server.base_url)
+    monkeypatch.setenv("FL_PARTNERS_TIMEOUT_SECONDS", "1")
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.client.close()
+
+
+def _course_and_run(world: World) -> tuple[str, str, str]:
+    """A known course, the title of its first run, and one of its runs with enrolments."""
+    runs = world.dataset.runs.filter(pl.col("course_uuid").is_in(list(CATALOGUE))).sort(
+        "start_time", "run_uuid"
+    )
+    busy = set(world.dataset.enrolments["run_uuid"])
+    course = sorted(set(runs["course_uuid"]))[0]
+    of_course = runs.filter(pl.col("course_uuid") == course)
+    run = next(r for r in of_course["run_uuid"] if r in busy)
+    return course, of_course["title"][0], run
+
+
+def _report(run: str) -> str:
+    return f"/partners/course_runs/{run}/course_enrolments_report"
+
+
+def _others(achievements: dict, course: str) -> dict:
+    return {key: value for key, value in achievements.items() if key[1] != CATALOGUE[course]}
+
+
+def _assert_one_course_failed_alone(result, course: str, title: str, world: World, before: dict):
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "Stack Trace" not in result.output
+    assert f"{course} ({title}):" in result.output
+    courses = len(set(world.dataset.runs["course_uuid"]) & CATALOGUE.keys())
+    assert f"1 of {courses} courses not applied (see above); the other {courses - 1} were" in (
+        result.output
+    )
+    after = world.achievements()
+    # The course keeps exactly what it had; every other course is applied.
+    assert {k: v for k, v in after.items() if k[1] == CATALOGUE[course]} == {
+        k: v for k, v in before.items() if k[1] == CATALOGUE[course]
+    }
+    assert _others(after, course) == _others(expected_achievements(world.dataset, before), course)
+
+
+@pytest.mark.parametrize(
+    "spoiler", [malformed, html, server_error, "drip"], ids=["malformed", "html", "500", "drip"]
+)
+def test_a_report_spoilt_on_every_attempt_fails_its_course_alone(
+    world: World, proxy: HostileProxy, spoiler: Spoiler | str
+) -> None:
+    assert world.sync().exit_code == 0
+    before = world.achievements()
+    world.simulator.advance_day()
+    course, title, run = _course_and_run(world)
+    proxy.spoilers[_report(run)] = spoiler
+
+    started = time.monotonic()
+    result = world.sync()
+
+    assert time.monotonic() - started < 90  # every request ends
+    _assert_one_course_failed_alone(result, course, title, world, before)
+    proxy.spoilers.clear()
+    assert world.sync().exit_code == 0  # and the next good night catches up
+    assert world.achievements() == expected_achievements(world.dataset, before)
+
+
+def test_a_membership_look_up_failing_for_good_fails_the_courses_holding_it(
+    world: World, proxy: HostileProxy
+) -> None:
+    course, title, run = _course_and_run(world)
+    enrolments = world.dataset.enrolments
+    in_run = set(enrolments.filter(pl.col("run_uuid") == run)["membership_uuid"])
+    runs_of = (
+        enrolments.join(world.dataset.runs, on="run_uuid")
+        .group_by("membership_uuid")
+        .agg(pl.col("course_uuid").n_unique().alias("courses"))
+    )
+    only_here = sorted(set(runs_of.filter(pl.col("courses") == 1)["membership_uuid"]) & in_run)[0]
+    proxy.spoilers[f"/partners/organisation_memberships/{only_here}"] = server_error
+
+    result = world.sync()
+
+    _assert_one_course_failed_alone(result, course, title, world, {})
+    assert f"look-up of 1 membership(s) failed, e.g. {only_here}" in result.output
+
+
+# --- records of the wrong type are quarantined, counted and shown -------------------------------
+
+HOSTILE_VALUES = [
+    ("steps_completed_ratio", "0.7"),  # a string, not a JSON number
+    ("steps_completed_ratio", "abc"),
+    ("steps_completed_ratio", -1),
+    ("steps_completed_ratio", 1.5),
+    ("steps_completed_ratio", "__raw:1e309"),
+    ("steps_completed_ratio", "__raw:NaN"),
+    ("activated_at", "yesterday"),
+    ("organisation_membership", {"uuid": "c0ffee00-0000-4000-8000-00000000\x00000"}),
+]
+
+
+def _hostile_records(memberships: list[str]) -> Spoiler:
+    """Spoil the records of these memberships, one hostile value each."""
+    value_of = dict(zip(memberships, HOSTILE_VALUES, strict=True))
+
+    def spoiler(status: int, headers: dict, body: bytes):
+        if status != 200:
+            return None
+        records = json.loads(body)
+        for record in records:
+            spoil = value_of.get(record["organisation_membership"]["uuid"])
+            if spoil:
+                record[spoil[0]] = spoil[1]
+        text = json.dumps(records)
+        for raw in ("1e309", "NaN"):
+            text = text.replace(f'"__raw:{raw}"', raw)
+        return status, {**headers, "ETag": 'W/"hostile"'}, text.encode()
+
+    return spoiler
+
+
+def test_a_report_mostly_of_bad_records_is_refused_then_applied_from_the_rest_when_allowed(
+    world: World, proxy: HostileProxy
+) -> None:
+    course, title, run = _course_and_run(world)
+    spoilt = world.dataset.enrolments.filter(pl.col("run_uuid") == run).head(len(HOSTILE_VALUES))
+    assert spoilt.height == len(HOSTILE_VALUES)
+    proxy.spoilers[_report(run)] = _hostile_records(spoilt["membership_uuid"].to_list())
+
+    refused = world.sync()
+    _assert_one_course_failed_alone(refused, course, title, world, {})
+    assert "records of its report quarantined" in refused.output
+    row = next(line for line in refused.output.splitlines() if line.startswith(course))
+    assert row.split()[-1] == str(len(HOSTILE_VALUES))  # the summary's quarantined column
+
+    allowed = world.sync("--allow-quarantine", course)
+
+    assert allowed.exit_code == 0, allowed.output
+    # Applied from the records left: the spoilt ones count for nothing.
+    dataset = world.dataset
+    kept = dataset.enrolments.join(spoilt, on=["run_uuid", "membership_uuid"], how="anti")
+    dataset.enrolments, full = kept, dataset.enrolments
+    try:
+        expected = expected_achievements(dataset)
+    finally:
+        dataset.enrolments = full
+    assert world.achievements() == expected
+    assert not [
+        m for m in world.table("future_learn_memberships") if "\x00" in m["membership_uuid"]
+    ]
+
+
+def test_a_membership_with_a_huge_external_id_is_quarantined_not_stored(
+    world: World, proxy: HostileProxy
+) -> None:
+    membership = world.dataset.memberships["membership_uuid"][0]
+
+    def huge(status: int, headers: dict, body: bytes):
+        answer = json.loads(body)
+        answer["external_learner_id"] = "x" * 1_000_000 + "@example.org"
+        return status, headers, json.dumps(answer).encode()
+
+    proxy.spoilers[f"/partners/organisation_memberships/{membership}"] = huge
+
+    result = world.sync()
+
+    assert result.exit_code == 0, result.output
+    stored = {m["membership_uuid"]: m for m in world.table("future_learn_memberships")}
+    assert membership not in stored or stored[membership]["external_learner_id"] is None
+    assert max(len(m["external_learner_id"] or "") for m in stored.values()) <= 320
