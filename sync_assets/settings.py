@@ -113,5 +113,10 @@ def course_lock_timeout_seconds() -> float:
     return _positive("SYNC_ASSETS_COURSE_LOCK_TIMEOUT_SECONDS", float, 120.0)
 
 
+# The cache file of the releases that stored each request's Authorization header; removed.
+LEGACY_HTTP_CACHE_NAMES = ("partners_api.sqlite3",)
+
+
 def http_cache_path() -> Path:
-    return data_dir() / "http_cache" / "partners_api.sqlite3"
+    """The Partners API response cache (v2: requests kept without their credentials)."""
+    return data_dir() / "http_cache" / "partners_api-v2.sqlite3"

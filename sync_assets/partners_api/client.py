@@ -40,6 +40,7 @@ from sync_assets.partners_api import contract
 from sync_assets.partners_api.auth import PartnersJwtAuth
 from sync_assets.partners_api.lanes import LanedTransport, lane
 from sync_assets.partners_api.metrics import ApiMetrics, MeteringTransport
+from sync_assets.settings import LEGACY_HTTP_CACHE_NAMES
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 CACHE_LOGGERS = ("hishel._core._storages._async_sqlite", "hishel._core._storages._sync_sqlite")
@@ -194,6 +195,7 @@ class PartnersApiClient:
         self._metered = MeteringTransport(wire, self.metrics)
         if settings.cache_path is not None:
             settings.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_legacy_caches(settings.cache_path.parent)
             self._storage = SecretFreeSqliteStorage(
                 database_path=settings.cache_path, max_size=settings.cache_max_bytes
             )
@@ -491,6 +493,13 @@ class _Answer:
     body: Any  # None for a 404
     not_modified: bool  # a 304 answered from the kept body
     next_url: str | None
+
+
+def _remove_legacy_caches(folder: Path) -> None:
+    """Earlier releases' cache files hold (expired) bearer tokens: none stays on disk."""
+    for name in LEGACY_HTTP_CACHE_NAMES:
+        for leftover in folder.glob(name + "*"):  # the database, its -wal and -shm
+            leftover.unlink(missing_ok=True)
 
 
 def _or_failure(

@@ -68,6 +68,9 @@ class _Handler(BaseHTTPRequestHandler):
         if spoiler == "drip":
             self._drip()
             return
+        if spoiler == "truncate":
+            self._truncate()
+            return
         headers = {k: v for k, v in self.headers.items() if k.lower() in FORWARDED}
         answer = self.server.client.get(self.path, headers=headers)
         status, kept, body = (
@@ -83,6 +86,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _truncate(self) -> None:
+        """Promise a body, send a tenth of it, hang up."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b'[{"run": {"uuid"')
+        self.wfile.flush()
+        self.close_connection = True
 
     def _drip(self) -> None:
         self.send_response(200)
@@ -152,7 +165,9 @@ def _assert_one_course_failed_alone(result, course: str, title: str, world: Worl
 
 
 @pytest.mark.parametrize(
-    "spoiler", [malformed, html, server_error, "drip"], ids=["malformed", "html", "500", "drip"]
+    "spoiler",
+    [malformed, html, server_error, "truncate", "drip"],
+    ids=["malformed", "html", "500", "truncated", "drip"],
 )
 def test_a_report_spoilt_on_every_attempt_fails_its_course_alone(
     world: World, proxy: HostileProxy, spoiler: Spoiler | str

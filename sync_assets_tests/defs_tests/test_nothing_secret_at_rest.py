@@ -27,8 +27,13 @@ def _stored_values(home: Path) -> set[str]:
 
 
 def test_the_http_cache_keeps_no_credentials(world: World) -> None:
+    folder = Path(os.environ["SYNC_ASSETS_DATA_DIR"]) / "http_cache"
+    folder.mkdir(parents=True)
+    legacy = folder / "partners_api.sqlite3"  # an earlier release's cache, with its tokens
+    legacy.write_bytes(b"Authorization: Bearer eyJ...")
     assert world.sync().exit_code == 0
-    cache = Path(os.environ["SYNC_ASSETS_DATA_DIR"]) / "http_cache" / "partners_api.sqlite3"
+    assert not legacy.exists()
+    cache = folder / "partners_api-v2.sqlite3"
     engine = sa.create_engine(f"sqlite:///{cache}")
     with engine.connect() as connection:
         blobs = [bytes(row[0]) for row in connection.execute(sa.text("SELECT data FROM entries"))]
