@@ -152,6 +152,7 @@ def _assert_one_course_failed_alone(result, course: str, title: str, world: Worl
     assert result.exit_code == 1
     assert "Traceback" not in result.output and "Stack Trace" not in result.output
     assert f"{course} ({title}):" in result.output
+    assert f"Courses not applied, and why (1):\n  {course}: " in result.output
     courses = len(set(world.dataset.runs["course_uuid"]) & CATALOGUE.keys())
     assert f"1 of {courses} courses not applied (see above); the other {courses - 1} were" in (
         result.output

@@ -399,7 +399,9 @@ def format_report(report: SyncReport) -> str:
         out += [f"  {course['uuid']}  {course['title']}" for course in report.unknown_courses]
     out += _linking_problems(report)
     notes = [line for line in report.courses if line.note]
-    out += [f"  {line.course_uuid}: {line.note}" for line in notes]
+    if notes:
+        out.append(f"Courses not applied, and why ({len(notes)}):")
+        out += [f"  {line.course_uuid}: {line.note}" for line in notes]
     if report.certificates:
         out.append(format_certificates(report.certificates))
     out.append(f"Time: {report.seconds:.1f} s; Dagster run(s): {', '.join(report.run_ids)}")
