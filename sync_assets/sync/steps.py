@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import polars as pl
@@ -220,10 +220,17 @@ async def link_memberships(
     )
     relinked = unlinked_before.select("membership_uuid").join(linked_now, on="membership_uuid")
     relinked = relinked.with_columns(linked_at=pl.lit(now, UTC_TIME))
-    writes = pl.concat(
-        [_conform(frame, write=True) for frame in (fetched_rows, gone_rows, relinked)]
+    is_linked = pl.col("user_id").is_not_null()
+    # Only new links are left to write with their course: what was fetched is already stored.
+    every = pl.concat(
+        [
+            _conform(fetched_rows.filter(is_linked), write=True),
+            _conform(relinked, write=True),
+            _conform(fetched_rows.filter(~is_linked), write=False),
+            _conform(gone_rows, write=False),
+            _conform(existing, write=False),
+        ]
     )
-    every = pl.concat([writes, _conform(existing, write=False)])
     course_memberships = (
         pl.concat(
             [
@@ -378,7 +385,6 @@ class CourseOutcome:
     plan_seconds: float = 0.0  # reads and rules
     write_seconds: float = 0.0  # the course's transaction
     sql_statements: int = 0  # statements the transaction sent
-    batch: sync_store.CourseSyncBatch = field(default_factory=sync_store.CourseSyncBatch)
 
     @property
     def created(self) -> int:
@@ -473,7 +479,9 @@ def sync_course(
     """
     if dry_run:
         with engine.connect() as connection:
-            return _plan_outcome(connection, course, activity_id, enrolments, latest, linked, now)
+            return _plan_outcome(connection, course, activity_id, enrolments, latest, linked, now)[
+                1
+            ]
     timeout = (
         course_lock_timeout_seconds() if lock_timeout_seconds is None else lock_timeout_seconds
     )
@@ -481,19 +489,16 @@ def sync_course(
         engine, course, timeout_seconds=timeout
     ) as connection:
         started = time.perf_counter()
-        outcome = _plan_outcome(connection, course, activity_id, enrolments, latest, linked, now)
+        batch, outcome = _plan_outcome(
+            connection, course, activity_id, enrolments, latest, linked, now
+        )
         planned = time.perf_counter()
         outcome.plan_seconds = planned - started
         outcome.refused = breaker.refusal(course, previous_count, enrolments.height)
         if outcome.refused:
             return outcome
-        count_changed = record_course_state and previous_count != enrolments.height
-        batch = sync_store.CourseSyncBatch(
-            memberships=outcome.batch.memberships,
-            achievement_changes=outcome.changes,
-            programme_enrolments=outcome.batch.programme_enrolments,
-            course_state=(course, enrolments.height) if count_changed else None,
-        )
+        if record_course_state and previous_count != enrolments.height:
+            batch = replace(batch, course_state=(course, enrolments.height))
         with counting_statements(engine) as statements:
             outcome.applied = sync_store.write_course_sync(
                 connection, batch, dagster_run_id=dagster_run_id
@@ -501,7 +506,6 @@ def sync_course(
             failpoints.reached("activity_progress.before_course_commit")
     outcome.write_seconds = time.perf_counter() - planned
     outcome.sql_statements = statements[0]
-    outcome.batch = sync_store.CourseSyncBatch()  # written: not kept for every course
     return outcome
 
 
@@ -513,16 +517,15 @@ def _plan_outcome(
     latest: pl.DataFrame,
     linked: pl.DataFrame,
     now: datetime,
-) -> CourseOutcome:
+) -> tuple[sync_store.CourseSyncBatch, CourseOutcome]:
     batch, _ = plan_course(connection, course, activity_id, latest, linked, now)
-    return CourseOutcome(
+    return batch, CourseOutcome(
         course_uuid=course,
         activity_id=activity_id,
         enrolments=enrolments.height,
         learners=latest.height,
         links_made=linked.filter(pl.col("new_link")).height,
         changes=batch.achievement_changes,  # only what is written: it is kept for every course
-        batch=batch,
     )
 
 
