@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: install demo test lint format ui
+.PHONY: install demo test lint check-defs format ui
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -20,19 +20,23 @@ install: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/sync-assets demo
 
-test: $(INSTALLED) lint
+test: $(INSTALLED) lint check-defs
 	$(BIN)/pytest -n auto
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The code location loads as Dagster (and `dg`) will load it: every definition, resource and setting.
+check-defs: $(INSTALLED)
+	$(BIN)/dg check defs
+
 format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# The Dagster UI (and daemon) on the local instance at $(DAGSTER_HOME).
+# The Dagster UI (and daemon) on the local instance at $(DAGSTER_HOME), through `dg dev`.
 ui: $(INSTALLED)
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dg dev

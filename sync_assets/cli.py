@@ -17,7 +17,13 @@ from sync_assets.platform.demo_catalogue import (
     seed_demo_progress,
     seed_users,
 )
-from sync_assets.settings import ConfigurationError, data_dir, partners_api_settings
+from sync_assets.settings import (
+    ConfigurationError,
+    check_settings,
+    data_dir,
+    is_deployment,
+    partners_api_settings,
+)
 from sync_assets.simulator.app import (
     SIMULATOR_CONSUMER_KEY,
     SIMULATOR_CONSUMER_SECRET,
@@ -205,36 +211,34 @@ def _sync_and_report(
     dry_run: bool,
     allow_shrink: tuple[str, ...],
     allow_quarantine: tuple[str, ...] = (),
+    submit: bool = False,
 ) -> None:
     # Imported here: loading the Dagster definitions takes a moment the db commands don't need.
+    from sync_assets.runs.execution import code_location_runs
+    from sync_assets.runs.instance import open_instance
+    from sync_assets.runs.launch import launch_sync, prepare_partitions, run_certificate_work
+    from sync_assets.runs.report import format_report
 
-    from sync_assets.defs.sync.launch import (
-        format_report,
-        launch_sync,
-        open_instance,
-        prepare_partitions,
-        run_certificate_work,
-    )
-
-    partners_api_settings()  # a bad FL_PARTNERS_* setting fails here, before any request
+    check_settings()  # a bad (or, deployed, missing) setting fails here, before any request
     _migrated_engine().dispose()
-    with open_instance(say=click.echo) as instance:
+    with open_instance(say=click.echo) as instance, code_location_runs(instance) as runs:
         home = instance.root_directory
         partitions = prepare_partitions(instance, list(courses) or None)
         if not partitions:
             raise click.ClickException("no known course has runs on FutureLearn: nothing to sync")
         report = launch_sync(
-            instance,
+            runs,
             partitions,
             all_courses=not courses,
             dry_run=dry_run,
             allow_shrink=list(allow_shrink),
             allow_quarantine=list(allow_quarantine),
+            submit=submit,
             say=click.echo,
         )
         if not dry_run:
             failpoints.reached("sync.before_certificates")
-            run_certificate_work(instance, report, say=click.echo)
+            run_certificate_work(runs, report, submit=submit, say=click.echo)
     click.echo(format_report(report))
     click.echo(f"Dagster instance: {home}")
     if not report.success:
@@ -257,6 +261,14 @@ def _what_was_committed(report) -> str:
     )
 
 
+_SUBMIT = click.option(
+    "--submit",
+    is_flag=True,
+    help="Queue the runs through the instance's run coordinator for the daemon to launch "
+    "(as the schedule does) and follow them, instead of executing them in this process",
+)
+
+
 @main.command()
 @click.option("--course", "courses", multiple=True, help="Sync only this course uuid (repeatable)")
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing (S3)")
@@ -272,19 +284,28 @@ def _what_was_committed(report) -> str:
     metavar="UUID",
     help="Apply this course from its valid records even if many of its report's were quarantined",
 )
+@_SUBMIT
 def sync(
     courses: tuple[str, ...],
     dry_run: bool,
     allow_shrink: tuple[str, ...],
     allow_quarantine: tuple[str, ...],
+    submit: bool,
 ) -> None:
-    """Both steps of the sync for all known courses (or the given ones), recorded in Dagster."""
-    _sync_and_report(courses, dry_run, allow_shrink, allow_quarantine)
+    """Both steps of the sync for all known courses (or the given ones), recorded in Dagster.
+
+    All courses run in chunks of SYNC_ASSETS_COURSES_PER_RUN (default: one run for all).
+    """
+    _sync_and_report(courses, dry_run, allow_shrink, allow_quarantine, submit)
 
 
 @main.command()
 def demo() -> None:
     """The embedded default end to end: simulator, fresh SQLite platform, full sync."""
+    if is_deployment():
+        raise click.ClickException(
+            "the demo is the embedded default, not a deployment: unset SYNC_ASSETS_PROFILE"
+        )
     if partners_api_settings().url is not None:
         raise click.ClickException("the demo runs on the embedded simulator: unset FL_PARTNERS_URL")
     from sync_assets.simulator.embedded import embedded_simulator
@@ -313,7 +334,7 @@ def demo() -> None:
     _sync_and_report((), dry_run=False, allow_shrink=())
     click.echo(
         "\nSee it in the Dagster UI: `make ui` (or `DAGSTER_HOME=data/dagster_home "
-        ".venv/bin/dagster dev -w workspace.yaml`), then open http://127.0.0.1:3000 → Assets → "
+        ".venv/bin/dg dev`), then open http://127.0.0.1:3000 → Assets → "
         "futurelearn_sync for the lineage, one partition per course, checks and metadata."
     )
 
@@ -323,18 +344,16 @@ def demo() -> None:
 @click.option(
     "--user", "user_ids", required=True, multiple=True, help="Platform user id (repeatable)"
 )
-def resync(course_uuid: str, user_ids: tuple[str, ...]) -> None:
+@_SUBMIT
+def resync(course_uuid: str, user_ids: tuple[str, ...], submit: bool) -> None:
     """Resync chosen learners of one course now (S2); nobody else is touched."""
-
-    from sync_assets.defs.sync.launch import (
-        format_certificates,
-        launch_resync,
-        open_instance,
-        run_certificate_work,
-    )
+    from sync_assets.runs.execution import code_location_runs
+    from sync_assets.runs.instance import open_instance
+    from sync_assets.runs.launch import launch_resync, run_certificate_work
+    from sync_assets.runs.report import format_certificates
     from sync_assets.sync.resync import ResyncRequestError, validate_request
 
-    partners_api_settings()
+    check_settings()
     engine = _migrated_engine()
     try:
         validate_request(engine, course_uuid, list(user_ids))  # before any request
@@ -342,10 +361,12 @@ def resync(course_uuid: str, user_ids: tuple[str, ...]) -> None:
         raise click.ClickException(str(error)) from None
     finally:
         engine.dispose()
-    with open_instance(say=click.echo) as instance:
-        report, outcomes = launch_resync(instance, course_uuid, list(user_ids), say=click.echo)
+    with open_instance(say=click.echo) as instance, code_location_runs(instance) as runs:
+        report, outcomes = launch_resync(
+            runs, course_uuid, list(user_ids), submit=submit, say=click.echo
+        )
         if report.success:
-            run_certificate_work(instance, report, say=click.echo)
+            run_certificate_work(runs, report, submit=submit, say=click.echo)
     if not report.success:
         raise click.ClickException("; ".join(report.failures) or "the resync failed")
     width = max(len(user) for user in outcomes)
@@ -357,23 +378,23 @@ def resync(course_uuid: str, user_ids: tuple[str, ...]) -> None:
 
 
 @main.command()
-def certificates() -> None:
+@_SUBMIT
+def certificates(submit: bool) -> None:
     """The certificate work the daemon does: pending completion events (C1, C3), then C2.
 
     For deployments driven by cron without the Dagster daemon; safe to run at any time and as
     often as you like (each event is handled once, each certificate numbered once).
     """
-    from sync_assets.defs.sync.launch import (
-        SyncReport,
-        format_certificates,
-        open_instance,
-        run_certificate_work,
-    )
+    from sync_assets.runs.execution import code_location_runs
+    from sync_assets.runs.instance import open_instance
+    from sync_assets.runs.launch import run_certificate_work
+    from sync_assets.runs.report import SyncReport, format_certificates
 
+    check_settings()
     _migrated_engine().dispose()
     report = SyncReport(run_ids=[], success=True, dry_run=False, seconds=0.0)
-    with open_instance(say=click.echo) as instance:
-        run_certificate_work(instance, report, say=click.echo)
+    with open_instance(say=click.echo) as instance, code_location_runs(instance) as runs:
+        run_certificate_work(runs, report, submit=submit, say=click.echo)
     if not report.success:
         raise click.ClickException("; ".join(report.failures) or "the certificate work failed")
     click.echo(format_certificates(report.certificates))

@@ -22,6 +22,59 @@ class ConfigurationError(Exception):
         self.problem = problem
 
 
+PROFILE_SETTING = "SYNC_ASSETS_PROFILE"
+LOCAL, DEPLOYMENT = "local", "deployment"
+
+# The settings whose defaults (the embedded simulator, SQLite and files under ./data) suit a
+# laptop, a demo and the tests only. A deployment must give every one: falling back to the
+# simulator there would "sync" invented data, and local files are not shared between runs.
+DEPLOYMENT_REQUIRED = (
+    "FL_PARTNERS_URL",
+    "FL_PARTNERS_CONSUMER_KEY",
+    "FL_PARTNERS_CONSUMER_SECRET",
+    "PLATFORM_DATABASE_URL",
+    "SYNC_ASSETS_STORAGE_URL",
+    "SYNC_ASSETS_HTTP_CACHE_URL",
+)
+
+
+def profile() -> str:
+    """SYNC_ASSETS_PROFILE: `local` (default: demo, tests, a laptop) or `deployment`."""
+    raw = os.environ.get(PROFILE_SETTING, "").strip().lower() or LOCAL
+    if raw not in (LOCAL, DEPLOYMENT):
+        raise ConfigurationError(PROFILE_SETTING, f"expected local or deployment, got {raw!r}")
+    return raw
+
+
+def is_deployment() -> bool:
+    return profile() == DEPLOYMENT
+
+
+def missing_deployment_settings() -> list[str]:
+    return [name for name in DEPLOYMENT_REQUIRED if not os.environ.get(name, "").strip()]
+
+
+def check_settings() -> None:
+    """Validate every setting now, so a bad one fails at load in one line, not mid-run.
+
+    In a deployment, every setting with a local default is required.
+    """
+    if is_deployment():
+        missing = missing_deployment_settings()
+        if missing:
+            raise ConfigurationError(
+                ", ".join(missing),
+                f"required with {PROFILE_SETTING}=deployment (the simulator, SQLite and local "
+                "files are local defaults only); set them in the code location's environment",
+            )
+    partners_api_settings()
+    courses_per_run()
+    course_lock_timeout_seconds()
+    from sync_assets.platform.database import parse_database_url  # it imports this module
+
+    parse_database_url(platform_database_url())
+
+
 def project_dir() -> Path:
     """The source checkout when running from one (editable install), else the working directory.
 
@@ -106,6 +159,14 @@ def _positive(name: str, kind: type, default):
     if value <= 0:
         raise ConfigurationError(name, "must be positive")
     return value
+
+
+def courses_per_run() -> int | None:
+    """SYNC_ASSETS_COURSES_PER_RUN: the most course partitions one sync run takes (None: all).
+
+    Bounds a run's memory by the chunk, not the catalogue; the runs queue and share the pools.
+    """
+    return _positive("SYNC_ASSETS_COURSES_PER_RUN", int, None)
 
 
 def course_lock_timeout_seconds() -> float:

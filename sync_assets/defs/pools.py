@@ -7,5 +7,5 @@ overlapping writers safe, across instances and machines, and for runs launched i
 same Partners API quota at once.
 """
 
-PARTNERS_API = "futurelearn_partners_api"  # steps that call the Partners API
-PLATFORM_WRITES = "platform_database_writes"  # steps that write progress or certificates
+PARTNERS_API = "partners_api"  # steps that call the Partners API
+PLATFORM_WRITES = "platform_db"  # steps that write progress or certificates

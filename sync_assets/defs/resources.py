@@ -10,7 +10,12 @@ from sqlalchemy.engine import Engine
 
 from sync_assets.partners_api.client import ClientSettings, PartnersApiClient
 from sync_assets.platform.database import check_connection, create_platform_engine
-from sync_assets.settings import http_cache_path, partners_api_settings
+from sync_assets.settings import (
+    ConfigurationError,
+    http_cache_path,
+    is_deployment,
+    partners_api_settings,
+)
 from sync_assets.simulator.app import SIMULATOR_CONSUMER_KEY, SIMULATOR_CONSUMER_SECRET
 from sync_assets.simulator.embedded import embedded_simulator
 from sync_assets.simulator.transports import IN_PROCESS_BASE_URL, SimulatorTransport
@@ -19,14 +24,19 @@ from sync_assets.simulator.transports import IN_PROCESS_BASE_URL, SimulatorTrans
 class PlatformDatabase(dg.ConfigurableResource):
     """The platform database at PLATFORM_DATABASE_URL.
 
-    The URL is read from the environment when a step starts, never from run config, so a
-    password in it cannot reach the run's stored configuration or the UI.
+    In a deployment `url` is `EnvVar("PLATFORM_DATABASE_URL")`: Dagster stores the variable's
+    name, never its value, so a password in it cannot reach run config or the UI. Locally it is
+    unset and the environment (or the SQLite default) is read when a step starts.
     """
 
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL (default: PLATFORM_DATABASE_URL, else data/platform.sqlite3)",
+    )
     _engine: Engine | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._engine = create_platform_engine()
+        self._engine = create_platform_engine(self.url)
         check_connection(self._engine)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
@@ -43,9 +53,18 @@ class PlatformDatabase(dg.ConfigurableResource):
 class PartnersApi(dg.ConfigurableResource):
     """FutureLearn's Partners API, at FL_PARTNERS_URL with FL_PARTNERS_CONSUMER_KEY / _SECRET.
 
-    Credentials are read from the environment when a client is made, never stored in config.
-    With FL_PARTNERS_URL unset, the in-process simulator answers with `simulator_dataset`.
+    In a deployment the three are `EnvVar`s (names stored, values read when a step starts).
+    Locally they may be unset: the environment is read when a client is made, and without
+    FL_PARTNERS_URL the in-process simulator answers with `simulator_dataset`.
     """
+
+    url: str | None = Field(default=None, description="Base URL (default: FL_PARTNERS_URL)")
+    consumer_key: str | None = Field(
+        default=None, description="JWT issuer (default: FL_PARTNERS_CONSUMER_KEY)"
+    )
+    consumer_secret: str | None = Field(
+        default=None, description="JWT secret (default: FL_PARTNERS_CONSUMER_SECRET)"
+    )
 
     concurrency: int | None = Field(
         default=None, description="Requests in flight at once (default FL_PARTNERS_CONCURRENCY, 8)"
@@ -60,12 +79,26 @@ class PartnersApi(dg.ConfigurableResource):
     )
     simulator_dataset: str = Field(default="demo", description="Used only without FL_PARTNERS_URL")
 
+    def _endpoint(self) -> tuple[str | None, str | None, str | None]:
+        settings = partners_api_settings()
+        url = self.url or settings.url
+        if url is None and is_deployment():  # never invented data in production
+            raise ConfigurationError(
+                "FL_PARTNERS_URL", "required with SYNC_ASSETS_PROFILE=deployment"
+            )
+        return (
+            url,
+            self.consumer_key or settings.consumer_key,
+            self.consumer_secret or settings.consumer_secret,
+        )
+
     def client_settings(self) -> ClientSettings:
         settings = partners_api_settings()
+        url, key, secret = self._endpoint()
         return ClientSettings(
-            base_url=settings.url or IN_PROCESS_BASE_URL,
-            consumer_key=settings.consumer_key or SIMULATOR_CONSUMER_KEY,
-            consumer_secret=settings.consumer_secret or SIMULATOR_CONSUMER_SECRET,
+            base_url=url or IN_PROCESS_BASE_URL,
+            consumer_key=key or SIMULATOR_CONSUMER_KEY,
+            consumer_secret=secret or SIMULATOR_CONSUMER_SECRET,
             concurrency=self.concurrency or settings.concurrency,
             max_requests_per_second=self.max_requests_per_second
             or settings.max_requests_per_second,
@@ -79,7 +112,7 @@ class PartnersApi(dg.ConfigurableResource):
         return partners_api_settings().ignored_course_uuids
 
     def uses_simulator(self) -> bool:
-        return partners_api_settings().url is None
+        return self._endpoint()[0] is None
 
     def client(self) -> PartnersApiClient:
         """A new client; use it as `async with resource.client() as api: …`."""

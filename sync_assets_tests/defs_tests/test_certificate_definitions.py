@@ -8,8 +8,9 @@ import sqlalchemy as sa
 from sync_assets.definitions import defs
 from sync_assets.defs.certificates.sensors import EVENTS_PER_RUN, completion_events_sensor
 from sync_assets.defs.sync.jobs import all_partitions_tags
-from sync_assets.defs.sync.launch import QUIET_LOGGERS, prepare_partitions
 from sync_assets.platform.demo_catalogue import seed_demo_progress
+from sync_assets.runs.execution import QUIET_LOGGERS
+from sync_assets.runs.launch import prepare_partitions
 
 from .conftest import World
 

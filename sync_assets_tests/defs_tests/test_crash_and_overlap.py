@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -421,3 +422,21 @@ def test_a_course_held_too_long_by_another_writer_is_given_up_in_one_line(
         )
         applied = {row[0] for row in platform.snapshot()["course_sync_state"]}
         assert applied == set(courses) - {held}  # the others were applied
+
+
+def test_the_sync_in_runs_of_a_few_courses_equals_one_run(
+    fresh: Platform, baseline: tuple[str, dict, dict]
+) -> None:
+    """Runs of bounded size (SYNC_ASSETS_COURSES_PER_RUN) change the memory, not the result."""
+    _, after_first, after_second = baseline
+    first = fresh.run("sync", SYNC_ASSETS_COURSES_PER_RUN="2")
+    assert first.returncode == 0, first.stderr
+    courses, runs = map(
+        int, re.search(r"Syncing (\d+) courses in (\d+) run", first.stdout).groups()
+    )
+    assert courses > 2 and runs == -(-courses // 2)
+    assert fresh.snapshot() == after_first
+    fresh.backdate_pending()
+    second = fresh.run("sync", SYNC_ASSETS_COURSES_PER_RUN="2")
+    assert second.returncode == 0, second.stderr
+    assert fresh.snapshot() == after_second

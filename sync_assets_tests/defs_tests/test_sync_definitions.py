@@ -54,7 +54,7 @@ def test_nightly_schedule_is_one_run_over_every_course() -> None:
             assert isinstance(nightly_futurelearn_sync(context), dg.SkipReason)
         instance.add_dynamic_partitions(course_partitions.name, ["c-1", "c-2", "c-3"])
         with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as context:
-            request = nightly_futurelearn_sync(context)
+            [request] = nightly_futurelearn_sync(context)
     assert request.tags["dagster/asset_partition_range_start"] == "c-1"
     assert request.tags["dagster/asset_partition_range_end"] == "c-3"
 

@@ -11,9 +11,9 @@ import dagster as dg
 
 from sync_assets.defs.certificates.jobs import certificate_job, daily_certificates_job
 from sync_assets.defs.resources import PlatformDatabase
-from sync_assets.defs.run_status import IN_FLIGHT
 from sync_assets.platform import certificate_store
 from sync_assets.platform.sync_store import chunks
+from sync_assets.runs.status import IN_FLIGHT
 
 EVENTS_PER_RUN = 500
 RUNS_PER_TICK = 20

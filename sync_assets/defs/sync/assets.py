@@ -40,11 +40,18 @@ from sync_assets.defs.sync.metadata import (
 from sync_assets.defs.sync.partitions import course_partitions
 from sync_assets.partners_api.client import run
 from sync_assets.platform import sync_store, transactions
+from sync_assets.settings import courses_per_run
 from sync_assets.sync import steps
 
-# Single-run backfills are how one step serves every course; we rely on them knowingly.
+# Backfills of many courses run as few runs as memory allows: one step serves every course of
+# its run. A backfill from the UI is chunked as the nightly schedule is, by
+# SYNC_ASSETS_COURSES_PER_RUN.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
-SINGLE_RUN = dg.BackfillPolicy.single_run()
+BACKFILL_POLICY = (
+    dg.BackfillPolicy.single_run()
+    if courses_per_run() is None
+    else dg.BackfillPolicy.multi_run(max_partitions_per_run=courses_per_run())
+)
 GROUP = "futurelearn_sync"
 UNKNOWN_COURSES_CHECK = "unknown_courses_reported"
 ONE_LATEST_CHECK = "one_latest_enrolment_per_user_and_course"
@@ -131,7 +138,7 @@ class EnrolmentsConfig(dg.Config):
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
+    backfill_policy=BACKFILL_POLICY,
     description="Enrolment reports of every run of the course, as one frame.",
 )
 def enrolments(
@@ -196,7 +203,7 @@ def enrolments(
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
+    backfill_policy=BACKFILL_POLICY,
     description="Step one: memberships of the course's enrolments and the users they belong to "
     "(R2–R4). Each unknown membership is fetched once, ever.",
 )
@@ -266,7 +273,7 @@ def linked_memberships(
 @dg.asset(
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
+    backfill_policy=BACKFILL_POLICY,
     description="Step two: each linked user's latest enrolment on the course, across runs and "
     "memberships (R5–R6).",
     check_specs=[dg.AssetCheckSpec(ONE_LATEST_CHECK, asset="latest_enrolments")],
@@ -322,7 +329,7 @@ class ProgressConfig(dg.Config):
     pool=pools.PLATFORM_WRITES,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
+    backfill_policy=BACKFILL_POLICY,
     description="Step two: achievements' progress and state written from the latest enrolments "
     "(R7–R12), with links, transitions and completion events, one transaction per course.",
     check_specs=[dg.AssetCheckSpec(SHRINK_CHECK, asset="activity_progress", blocking=True)],

@@ -1,0 +1,240 @@
+"""The summary of a command's runs, read back from their event logs.
+
+What the command prints is what the UI shows: every figure comes from the runs' own
+materialisation and output metadata.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+API_ASSETS = ("course_runs", "enrolments", "linked_memberships")
+
+
+@dataclass
+class CourseLine:
+    course_uuid: str
+    status: str
+    links_made: int = 0
+    created: int = 0
+    updated: int = 0
+    completed: int = 0
+    dropped: int = 0
+    quarantined: int = 0
+    note: str = ""
+
+
+@dataclass
+class SyncReport:
+    run_ids: list[str]
+    success: bool
+    dry_run: bool
+    seconds: float
+    courses: list[CourseLine] = field(default_factory=list)
+    unknown_courses: list[dict[str, str]] = field(default_factory=list)
+    requests: int = 0
+    not_modified: int = 0
+    failures: list[str] = field(default_factory=list)
+    certificates: dict[str, Any] = field(default_factory=dict)
+    memberships_kept: int = 0  # looked up and stored, links or not
+    ambiguous_total: int = 0  # memberships, each once however many courses it is in
+    link_conflicts_total: int = 0
+    # course → pseudonymised users: ambiguous emails (not linked) and stored links R3 disputes
+    ambiguous_emails: dict[str, list[list[str]]] = field(default_factory=dict)
+    link_conflicts: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+
+def _value(metadata: dict[str, Any], name: str, default: Any = 0) -> Any:
+    entry = metadata.get(name)
+    return default if entry is None else entry.value
+
+
+def read_sync_run(events: list[dg.DagsterEvent], report: SyncReport) -> None:
+    """Add one sync run's figures to the report."""
+    api_by_asset: dict[str, tuple[int, int]] = {}
+    quarantined: dict[str, int] = {}
+    # Per step, repeated on each of its partitions: taken once per run, then added up over runs.
+    linking: dict[str, int] = {}
+    for event in events:
+        if not event.is_step_materialization:
+            continue
+        materialization = event.event_specific_data.materialization
+        name = materialization.asset_key.to_user_string()
+        metadata = dict(materialization.metadata)
+        if name in API_ASSETS:
+            # A step's request counts sit on each of its partitions: count them once per step.
+            api_by_asset[name] = (
+                _value(metadata, "api_requests"),
+                _value(metadata, "api_not_modified_304"),
+            )
+        if name == "course_runs":
+            report.unknown_courses = list(_value(metadata, "unknown_course_list", []))
+        if name == "enrolments" and materialization.partition:
+            quarantined[materialization.partition] = _value(metadata, "quarantined_records")
+        if name == "linked_memberships" and materialization.partition:
+            linking = {
+                "memberships_kept": _value(metadata, "kept_fetched_unlinked"),
+                "ambiguous_total": _value(metadata, "ambiguous_emails_total"),
+                "link_conflicts_total": _value(metadata, "link_conflicts_total"),
+            }
+            course = materialization.partition
+            if _value(metadata, "ambiguous_emails"):
+                report.ambiguous_emails[course] = _value(metadata, "ambiguous_email_users", [])
+            if _value(metadata, "link_conflicts"):
+                report.link_conflicts[course] = _value(metadata, "link_conflict_users", [])
+        if name == "activity_progress" and materialization.partition:
+            report.courses.append(
+                CourseLine(
+                    course_uuid=materialization.partition,
+                    status=_value(metadata, "status", "?"),
+                    links_made=_value(metadata, "links_made"),
+                    created=_value(metadata, "achievements_created"),
+                    updated=_value(metadata, "achievements_updated"),
+                    completed=_value(metadata, "achievements_completed"),
+                    dropped=_value(metadata, "achievements_dropped"),
+                    note=_value(metadata, "refused", "") or _value(metadata, "error", ""),
+                )
+            )
+    for line in report.courses:
+        line.quarantined = quarantined.get(line.course_uuid, line.quarantined)
+    report.requests += sum(requests for requests, _ in api_by_asset.values())
+    report.not_modified += sum(not_modified for _, not_modified in api_by_asset.values())
+    for name, count in linking.items():
+        setattr(report, name, getattr(report, name) + count)
+    report.failures += run_failures(events)
+
+
+def run_failures(events: list[dg.DagsterEvent], *, steps_only: bool = False) -> list[str]:
+    """One line per failed step (its error's own message), and the run's failure message."""
+    failures = []
+    wanted = ("STEP_FAILURE",) if steps_only else ("STEP_FAILURE", "RUN_FAILURE")
+    for event in events:
+        if event.event_type_value in wanted and event.message:
+            failure = event.step_failure_data.error if event.is_step_failure else None
+            text = failure_text(failure) if failure is not None else event.message
+            failures.append(f"{event.step_key or 'run'}: {text}")
+    return failures
+
+
+def output_metadata(events: list[dg.DagsterEvent]) -> dict[str, Any]:
+    """The values of every step output's metadata in a run, later steps last."""
+    figures: dict[str, Any] = {}
+    for event in events:
+        if event.event_type_value == "STEP_OUTPUT":
+            figures |= {
+                name: value.value for name, value in event.event_specific_data.metadata.items()
+            }
+    return figures
+
+
+def format_report(report: SyncReport) -> str:
+    """The summary table the CLI prints."""
+    header = (
+        "course",
+        "status",
+        "links",
+        "created",
+        "updated",
+        "completed",
+        "dropped",
+        "quarantined",
+    )
+    counts = ("links_made", "created", "updated", "completed", "dropped", "quarantined")
+    rows = [
+        (line.course_uuid, line.status, *(str(getattr(line, name)) for name in counts))
+        for line in report.courses
+    ]
+    totals = [sum(getattr(line, name) for line in report.courses) for name in counts]
+    rows.append(("total", f"{len(report.courses)} courses", *map(str, totals)))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i < 2 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    out = [line(header), line(tuple("-" * width for width in widths)), *map(line, rows)]
+    if report.dry_run:
+        out.append(
+            "Dry run: no link, progress or certificate was written. The "
+            f"{report.memberships_kept} memberships looked up were kept (fetched, not linked), "
+            "so no membership is asked about twice (R2)."
+        )
+    out.append(
+        f"Partners API: {report.requests} requests, {report.not_modified} answered 304 (unchanged)."
+    )
+    if report.unknown_courses:
+        out.append(f"Unknown courses (R1), not synced ({len(report.unknown_courses)}):")
+        out += [f"  {course['uuid']}  {course['title']}" for course in report.unknown_courses]
+    out += _linking_problems(report)
+    notes = [line for line in report.courses if line.note]
+    if notes:
+        out.append(f"Courses not applied, and why ({len(notes)}):")
+        out += [f"  {line.course_uuid}: {line.note}" for line in notes]
+    if report.certificates:
+        out.append(format_certificates(report.certificates))
+    out.append(f"Time: {report.seconds:.1f} s; Dagster run(s): {', '.join(report.run_ids)}")
+    return "\n".join(out)
+
+
+def _linking_problems(report: SyncReport) -> list[str]:
+    """For the platform team: emails several users share, stored links R3 disagrees with."""
+    out = []
+    if report.ambiguous_total:
+        out.append(
+            f"Ambiguous emails, not linked (one external id, several users with that email; "
+            f"users as pseudonyms): {report.ambiguous_total}"
+        )
+        out += [
+            f"  {course}: " + "; ".join(" = ".join(users) for users in groups)
+            for course, groups in sorted(report.ambiguous_emails.items())
+        ]
+    if report.link_conflicts_total:
+        out.append(
+            "Stored links kept although their external id names another user: "
+            f"{report.link_conflicts_total}"
+        )
+        out += [
+            f"  {course}: "
+            + "; ".join(
+                f"{pair['linked']} (external id names {pair['external_id_names']})"
+                for pair in pairs
+            )
+            for course, pairs in sorted(report.link_conflicts.items())
+        ]
+    return out
+
+
+def format_certificates(figures: dict[str, Any]) -> str:
+    numbers = figures.get("numbers_by_programme") or {}
+    issued = ", ".join(
+        f"{programme} {min(given)}–{max(given)}" for programme, given in sorted(numbers.items())
+    )
+    return (
+        f"Certificates: {figures.get('events_handled', 0)} completion events handled, "
+        f"{figures.get('enrolments_moved_to_pending', 0)} enrolments moved to pending, "
+        f"{figures.get('notifications_written', 0)} notifications written, "
+        f"{figures.get('certificates_issued', 0)} certificates issued"
+        + (f" ({issued})." if issued else ".")
+    )
+
+
+def failure_text(error: Any) -> str:
+    """An error's own message in one line, without the module path Dagster puts before it.
+
+    Dagster wraps some errors ("Error occurred while handling output …:"); the cause, the
+    wrapped error's message, is what the operator needs, so it is kept after the wrapper's line.
+    """
+    lines = [line.strip() for line in error.message.strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    cause = getattr(error, "cause", None)
+    if text.endswith(":") and cause is not None:
+        text += " " + failure_text(cause)
+    elif text.endswith(":") and len(lines) > 1:
+        text += " " + lines[1]
+    return re.sub(r"(^|: )[\w.]+\.(\w+): ", r"\1", text)

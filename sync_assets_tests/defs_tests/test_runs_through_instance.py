@@ -1,0 +1,187 @@
+"""Runs belong to the instance: under their job with their code origin, in runs of bounded size."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from sync_assets.defs.sync.partitions import course_chunks, course_partitions
+from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
+from sync_assets.runs.execution import LOCATION_NAME, code_location_runs
+
+from .conftest import World
+
+PROJECT = Path(__file__).resolve().parents[2]
+# The tag the UI's job page filters its Runs tab by (repository @ code location).
+REPOSITORY_TAG = ".dagster/repository"
+
+
+def test_cli_runs_show_under_their_job_with_the_code_origin(world: World) -> None:
+    result = world.sync()
+    assert result.exit_code == 0, result.output
+    with dg.DagsterInstance.get() as instance:
+        listed = instance.get_runs(
+            dg.RunsFilter(
+                job_name="futurelearn_sync",
+                tags={REPOSITORY_TAG: f"__repository__@{LOCATION_NAME}"},
+            )
+        )
+        assert len(listed) == 1
+        (run,) = listed
+        assert run.run_id in result.output
+        assert run.remote_job_origin is not None
+        assert run.remote_job_origin.location_name == LOCATION_NAME
+        assert run.job_code_origin is not None
+        assert (
+            run.job_code_origin.repository_origin.code_pointer.module == "sync_assets.definitions"
+        )
+        # The same snapshot as the code location's own job: re-executing it from the UI does not
+        # warn that the run "may be a different version".
+        with code_location_runs(instance) as runs:
+            fresh = runs.create("futurelearn_sync", {}, {})
+        assert fresh.job_snapshot_id == run.job_snapshot_id
+        certificates = instance.get_runs(dg.RunsFilter(job_name="daily_certificates_job"))
+        assert len(certificates) == 1 and certificates[0].remote_job_origin is not None
+
+
+@pytest.mark.parametrize(
+    ("per_run", "expected"), [(None, [[*"abcdefg"]]), (3, [[*"abc"], [*"def"], ["g"]])]
+)
+def test_course_chunks_are_consecutive_and_cover_every_course(
+    per_run: int | None, expected: list[list[str]]
+) -> None:
+    assert course_chunks(list("abcdefg"), per_run) == expected
+    assert course_chunks([], per_run) == []
+
+
+def test_the_nightly_schedule_launches_runs_of_at_most_n_courses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = [f"course-{number:02d}" for number in range(25)]
+    tick = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(course_partitions.name, keys)
+
+        def requests() -> list[dg.RunRequest]:
+            with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as c:
+                return list(nightly_futurelearn_sync(c))
+
+        monkeypatch.delenv("SYNC_ASSETS_COURSES_PER_RUN", raising=False)
+        (one,) = requests()
+        assert one.tags["dagster/asset_partition_range_start"] == keys[0]
+        assert one.tags["dagster/asset_partition_range_end"] == keys[-1]
+
+        monkeypatch.setenv("SYNC_ASSETS_COURSES_PER_RUN", "10")
+        chunked = requests()
+        # Each run's range is what Dagster resolves to its partitions: 10, 10 and 5 courses.
+        with dg.partition_loading_context(dynamic_partitions_store=instance):
+            covered = [
+                course_partitions.get_partition_keys_in_range(
+                    dg.PartitionKeyRange(
+                        r.tags["dagster/asset_partition_range_start"],
+                        r.tags["dagster/asset_partition_range_end"],
+                    )
+                )
+                for r in chunked
+            ]
+    assert covered == [keys[0:10], keys[10:20], keys[20:25]]
+    assert len({r.run_key for r in chunked}) == 3  # a re-evaluated tick launches nothing twice
+
+
+def test_submit_without_a_queue_says_what_to_change(world: World) -> None:
+    home = Path(os.environ["DAGSTER_HOME"])
+    (home / "dagster.yaml").write_text(
+        "run_coordinator:\n  module: dagster.core.run_coordinator\n"
+        "  class: DefaultRunCoordinator\ntelemetry:\n  enabled: false\n"
+    )
+    result = world.sync("--submit")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: --submit: the Dagster instance does not queue runs: set run_coordinator to "
+        "QueuedRunCoordinator in $DAGSTER_HOME/dagster.yaml and run dagster-daemon"
+    )
+
+
+def _load(env: dict[str, str], code: str = "") -> subprocess.CompletedProcess[str]:
+    """Load the code location in a process of its own, as a code server would."""
+    return subprocess.run(
+        [sys.executable, "-c", code or "import sync_assets.definitions"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT,
+    )
+
+
+DEPLOYMENT = {
+    "SYNC_ASSETS_PROFILE": "deployment",
+    "FL_PARTNERS_URL": "https://partners.example.org",
+    "FL_PARTNERS_CONSUMER_KEY": "key",
+    "FL_PARTNERS_CONSUMER_SECRET": "a-secret-that-never-reaches-config",
+    "PLATFORM_DATABASE_URL": "postgresql://platform@db.example.org/platform",
+    "SYNC_ASSETS_STORAGE_URL": "s3://sync-assets/storage",
+    "SYNC_ASSETS_HTTP_CACHE_URL": "redis://cache.example.org:6379/0",
+}
+# Each resource's configured fields, as `name=Type:value` (an EnvVar's value is its name).
+SHOW_RESOURCES = """
+from sync_assets.definitions import defs
+for key, resource in sorted(defs.resources.items()):
+    fields = getattr(resource, "_get_non_default_public_field_values", dict)()
+    print(key, " ".join(
+        f"{k}={type(v).__name__}:{getattr(v, 'env_var_name', v)}" for k, v in sorted(fields.items())
+    ))
+"""
+
+
+def _base_env() -> dict[str, str]:
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("FL_PARTNERS_", "SYNC_ASSETS_", "PLATFORM_DATABASE_URL"))
+    }
+
+
+def test_a_deployment_without_a_required_setting_fails_at_load_in_one_line() -> None:
+    env = _base_env() | DEPLOYMENT
+    del env["FL_PARTNERS_URL"], env["SYNC_ASSETS_HTTP_CACHE_URL"]
+    loaded = _load(env)
+    assert loaded.returncode != 0
+    assert (
+        "ConfigurationError: FL_PARTNERS_URL, SYNC_ASSETS_HTTP_CACHE_URL: required with "
+        "SYNC_ASSETS_PROFILE=deployment" in loaded.stderr.splitlines()[-1]
+    )
+    checked = subprocess.run(
+        [str(Path(sys.executable).with_name("dg")), "check", "defs"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=PROJECT,
+    )
+    assert checked.returncode != 0
+    assert (
+        "FL_PARTNERS_URL, SYNC_ASSETS_HTTP_CACHE_URL: required" in checked.stdout + checked.stderr
+    )
+
+
+def test_a_deployment_takes_its_settings_from_env_vars_by_name() -> None:
+    loaded = _load(_base_env() | DEPLOYMENT, SHOW_RESOURCES)
+    assert loaded.returncode == 0, loaded.stderr
+    resources = dict(line.split(" ", 1) for line in loaded.stdout.splitlines())
+    assert "url=EnvVar:FL_PARTNERS_URL" in resources["partners_api"]
+    assert "consumer_secret=EnvVar:FL_PARTNERS_CONSUMER_SECRET" in resources["partners_api"]
+    assert "url=EnvVar:PLATFORM_DATABASE_URL" in resources["platform_database"]
+    assert DEPLOYMENT["FL_PARTNERS_CONSUMER_SECRET"] not in loaded.stdout
+
+
+def test_the_local_profile_keeps_the_embedded_defaults() -> None:
+    loaded = _load(_base_env(), SHOW_RESOURCES)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "EnvVar" not in loaded.stdout
