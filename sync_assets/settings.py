@@ -181,3 +181,14 @@ LEGACY_HTTP_CACHE_NAMES = ("partners_api.sqlite3",)
 def http_cache_path() -> Path:
     """The Partners API response cache (v2: requests kept without their credentials)."""
     return data_dir() / "http_cache" / "partners_api-v2.sqlite3"
+
+
+def default_storage_dir() -> Path:
+    """The embedded default's asset storage: beside the Dagster instance, else under ./data."""
+    home = os.environ.get("DAGSTER_HOME")
+    return (Path(home) / "storage" if home else data_dir() / "dagster_storage") / "sync_assets"
+
+
+def storage_url() -> str:
+    """SYNC_ASSETS_STORAGE_URL: a folder or an fsspec URL (s3://bucket/prefix) for asset values."""
+    return os.environ.get("SYNC_ASSETS_STORAGE_URL", "").strip() or str(default_storage_dir())

@@ -1,4 +1,4 @@
-"""Where asset values live between steps: one parquet file per asset partition.
+"""Where asset values live between steps: one parquet object per asset partition.
 
 A single-run backfill hands one step many course partitions and one output for all of them;
 Dagster's UPathIOManager refuses that. Here a partitioned asset's value is a dict keyed by
@@ -10,54 +10,57 @@ course's frames at a time, not every course's at once (on `large` that was ~650 
 held through the whole write loop). Outputs may be built the same way: a `PartitionSpool` writes
 each course's frame to disk as soon as it is made, so a step's output for every course is never in
 memory at once either.
+
+The objects live in an `ObjectStore`: a local folder (the embedded default) or object storage
+such as S3 (`SYNC_ASSETS_STORAGE_URL`), so a rerun or a retry in another container finds them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shutil
-import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from pydantic import Field
 
-from sync_assets.settings import data_dir
+from sync_assets.object_storage import ObjectStore
+from sync_assets.settings import storage_url
 
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
-
-
-def default_storage_dir() -> Path:
-    home = os.environ.get("DAGSTER_HOME")
-    return (Path(home) / "storage" if home else data_dir() / "dagster_storage") / "sync_assets"
 
 
 class PartitionedParquetIOManager(dg.ConfigurableIOManager):
     """Polars frames as parquet; partitioned assets as `{partition key: frame}`."""
 
-    base_dir: str | None = None
+    base_dir: str | None = Field(
+        default=None,
+        description="A folder or an fsspec URL such as s3://bucket/prefix (default: "
+        "SYNC_ASSETS_STORAGE_URL, else $DAGSTER_HOME/storage/sync_assets)",
+    )
 
-    def _asset_dir(self, asset_key: dg.AssetKey) -> Path:
-        root = Path(self.base_dir) if self.base_dir else default_storage_dir()
-        return root.joinpath(*asset_key.path)
+    def _store(self) -> ObjectStore:
+        return ObjectStore(self.base_dir or storage_url())
 
-    def _partition_path(self, asset_key: dg.AssetKey, partition: str) -> Path:
-        return self._asset_dir(asset_key) / _file_name(partition)
+    @staticmethod
+    def _partition_key(asset_key: dg.AssetKey, partition: str) -> str:
+        return "/".join([*asset_key.path, _file_name(partition)])
 
-    def _whole_path(self, asset_key: dg.AssetKey) -> Path:
-        return self._asset_dir(asset_key).with_suffix(".parquet")
+    @staticmethod
+    def _whole_key(asset_key: dg.AssetKey) -> str:
+        return "/".join(asset_key.path) + ".parquet"
 
     def handle_output(
         self,
         context: dg.OutputContext,
         obj: pl.DataFrame | Mapping[str, pl.DataFrame | CourseFailure],
     ) -> None:
+        store = self._store()
         if not context.has_asset_partitions:
-            _write(self._whole_path(context.asset_key), obj)
+            _write(store, self._whole_key(context.asset_key), obj)
             return
         if not isinstance(obj, Mapping):
             raise TypeError(
@@ -72,25 +75,31 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
                 f"{len(missing)} partition(s): {', '.join(missing[:5])}"
             )
         for partition in context.asset_partition_keys:
-            target = self._partition_path(context.asset_key, partition)
-            if isinstance(obj, PartitionFrames):  # already parquet: copy, never load
-                _copy(obj.path(partition), target)
+            target = self._partition_key(context.asset_key, partition)
+            if isinstance(obj, PartitionSpool):  # already parquet on local disk: upload as is
+                store.put(obj.path(partition), target)
             else:
-                _write(target, obj[partition])
+                _write(store, target, obj[partition])
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame | PartitionFrames:
         key = context.asset_key
+        store = self._store()
         if not context.has_asset_partitions:
-            return _read(self._whole_path(key), key.to_user_string())
+            whole = self._whole_key(key)
+            if not store.exists(whole):
+                raise FileNotFoundError(
+                    f"{key.to_user_string()} has not been materialised yet ({store.url}/{whole})"
+                )
+            return _read(store, whole)
         partitions = sorted(context.asset_partition_keys)
-        paths = {partition: self._partition_path(key, partition) for partition in partitions}
-        missing = [partition for partition, path in paths.items() if not path.exists()]
+        keys = {partition: self._partition_key(key, partition) for partition in partitions}
+        missing = [partition for partition, name in keys.items() if not store.exists(name)]
         if missing:  # fail at load time, naming what is missing, not halfway through a step
             raise FileNotFoundError(
                 f"{key.to_user_string()} has not been materialised yet for "
-                f"{len(missing)} partition(s): {', '.join(missing[:5])}"
+                f"{len(missing)} partition(s): {', '.join(missing[:5])} (in {store.url})"
             )
-        return PartitionFrames(paths)
+        return PartitionFrames(store, keys)
 
 
 # A course that failed in a step is stored as a one-row frame of this one column, so that every
@@ -124,37 +133,37 @@ class PartitionFrames(Mapping[str, pl.DataFrame]):
     the files' schemas alone, and `succeeded()` is the mapping without them.
     """
 
-    def __init__(self, paths: Mapping[str, Path]) -> None:
-        self._paths = dict(paths)
+    def __init__(self, store: ObjectStore, keys: Mapping[str, str]) -> None:
+        self._store = store
+        self._keys = dict(keys)
 
     def __getitem__(self, partition: str) -> pl.DataFrame:
-        frame = pl.read_parquet(self._paths[partition])
+        frame = _read(self._store, self._keys[partition])
         if frame.columns == [FAILURE_COLUMN]:
             raise CourseFailed(partition, frame[FAILURE_COLUMN][0])
         return frame
 
     def failures(self) -> dict[str, str]:
         failed = {}
-        for partition, path in self._paths.items():
-            if list(pl.read_parquet_schema(path)) == [FAILURE_COLUMN]:
-                failed[partition] = pl.read_parquet(path)[FAILURE_COLUMN][0]
+        for partition, key in self._keys.items():
+            if _schema(self._store, key) == [FAILURE_COLUMN]:
+                failed[partition] = _read(self._store, key)[FAILURE_COLUMN][0]
         return failed
 
     def succeeded(self) -> PartitionFrames:
         failed = self.failures()
-        return PartitionFrames({p: path for p, path in self._paths.items() if p not in failed})
+        return PartitionFrames(
+            self._store, {p: key for p, key in self._keys.items() if p not in failed}
+        )
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._paths)
+        return iter(self._keys)
 
     def __len__(self) -> int:
-        return len(self._paths)
+        return len(self._keys)
 
     def __contains__(self, partition: object) -> bool:
-        return partition in self._paths  # without reading the file, unlike Mapping's default
-
-    def path(self, partition: str) -> Path:
-        return self._paths[partition]
+        return partition in self._keys  # without reading the object, unlike Mapping's default
 
 
 class PartitionSpool(PartitionFrames):
@@ -165,13 +174,15 @@ class PartitionSpool(PartitionFrames):
     """
 
     def __init__(self, directory: Path) -> None:
-        super().__init__({})
-        self._directory = Path(directory)
+        super().__init__(ObjectStore(Path(directory)), {})
 
     def add(self, partition: str, frame: pl.DataFrame | CourseFailure) -> None:
-        path = self._directory / _file_name(partition)
-        _write(path, frame)
-        self._paths[partition] = path
+        key = _file_name(partition)
+        _write(self._store, key, frame)
+        self._keys[partition] = key
+
+    def path(self, partition: str) -> Path:
+        return self._store.local_path(self._keys[partition])
 
 
 def _file_name(partition: str) -> str:
@@ -179,28 +190,20 @@ def _file_name(partition: str) -> str:
     return f"{name}.parquet"
 
 
-def _write(path: Path, value: pl.DataFrame | CourseFailure) -> None:
+def _write(store: ObjectStore, key: str, value: pl.DataFrame | CourseFailure) -> None:
     frame = value.as_frame() if isinstance(value, CourseFailure) else value
-    _replace(path, frame.write_parquet)
+    store.write(key, frame.write_parquet)
 
 
-def _copy(source: Path, path: Path) -> None:
-    _replace(path, lambda partial: shutil.copyfile(source, partial))
+def _read(store: ObjectStore, key: str) -> pl.DataFrame:
+    if store.is_local:
+        return pl.read_parquet(store.local_path(key))
+    with store.open(key) as source:
+        return pl.read_parquet(source)
 
 
-def _replace(path: Path, fill: Callable[[Path], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A name of its own per writer: two runs storing the same partition at once (two syncs on
-    # one DAGSTER_HOME) would otherwise move each other's file away mid-write.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.partial")
-    try:
-        fill(partial)
-        os.replace(partial, path)  # a reader never sees half a file; the last writer wins
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _read(path: Path, what: str) -> pl.DataFrame:
-    if not path.exists():
-        raise FileNotFoundError(f"{what} has not been materialised yet ({path})")
-    return pl.read_parquet(path)
+def _schema(store: ObjectStore, key: str) -> list[str]:
+    if store.is_local:
+        return list(pl.read_parquet_schema(store.local_path(key)))
+    with store.open(key) as source:  # the footer only: a ranged read, not the whole object
+        return list(pl.read_parquet_schema(source))

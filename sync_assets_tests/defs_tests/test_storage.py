@@ -1,4 +1,7 @@
-"""The IO manager between steps: one parquet file per course partition, read back per course."""
+"""The IO manager between steps: one parquet object per course partition, read back per course.
+
+Every test runs on a local folder (the embedded default) and on S3 (moto's server over loopback).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +14,24 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from sync_assets.defs.storage import PartitionedParquetIOManager, PartitionSpool
+from sync_assets.object_storage import ObjectStore
+from sync_assets_tests.s3_server import object_keys, s3_bucket, s3_endpoint  # noqa: F401
 
 COURSES = dg.StaticPartitionsDefinition(["course-a", "course-b", "course/with:odd chars"])
 KEY = dg.AssetKey("enrolments")
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where values live: a folder, or a prefix in a new S3 bucket."""
+    if request.param == "local":
+        return str(tmp_path / "storage")
+    bucket = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/nightly"
+
+
+def _stored(storage: str) -> list[str]:
+    return ObjectStore(storage).keys()
 
 
 def _frames() -> dict[str, pl.DataFrame]:
@@ -46,8 +64,8 @@ def _load(manager: PartitionedParquetIOManager, courses: list[str]):
         return manager.load_input(context)
 
 
-def test_many_courses_written_by_one_step_read_back_course_by_course(tmp_path: Path) -> None:
-    manager = PartitionedParquetIOManager(base_dir=str(tmp_path))
+def test_many_courses_written_by_one_step_read_back_course_by_course(storage: str) -> None:
+    manager = PartitionedParquetIOManager(base_dir=storage)
     frames = _frames()
     _store(manager, frames)
 
@@ -58,10 +76,14 @@ def test_many_courses_written_by_one_step_read_back_course_by_course(tmp_path: P
     for course, frame in frames.items():
         assert_frame_equal(loaded[course], frame)
     assert dict(loaded.items()).keys() == frames.keys()
+    # One object per course partition, named after it (a name unsafe as a key is hashed).
+    stored = _stored(storage)
+    assert len(stored) == 3
+    assert {"enrolments/course-a.parquet", "enrolments/course-b.parquet"} < set(stored)
 
 
-def test_a_step_that_forgets_a_course_stores_none_of_its_courses(tmp_path: Path) -> None:
-    manager = PartitionedParquetIOManager(base_dir=str(tmp_path))
+def test_a_step_that_forgets_a_course_stores_none_of_its_courses(storage: str) -> None:
+    manager = PartitionedParquetIOManager(base_dir=storage)
     frames = _frames()
     del frames["course-b"]
 
@@ -70,10 +92,11 @@ def test_a_step_that_forgets_a_course_stores_none_of_its_courses(tmp_path: Path)
 
     with pytest.raises(FileNotFoundError, match=r"3 partition\(s\)"):
         _load(manager, list(COURSES.get_partition_keys()))
+    assert _stored(storage) == []
 
 
-def test_a_course_never_materialised_is_named_when_the_step_loads(tmp_path: Path) -> None:
-    manager = PartitionedParquetIOManager(base_dir=str(tmp_path))
+def test_a_course_never_materialised_is_named_when_the_step_loads(storage: str) -> None:
+    manager = PartitionedParquetIOManager(base_dir=storage)
     _store(manager, {"course-a": _frames()["course-a"]}, first="course-a", last="course-a")
 
     assert_frame_equal(_load(manager, ["course-a"])["course-a"], _frames()["course-a"])
@@ -85,8 +108,10 @@ def test_a_course_never_materialised_is_named_when_the_step_loads(tmp_path: Path
         _load(manager, list(COURSES.get_partition_keys()))
 
 
-def test_a_spooled_output_is_stored_like_a_dict_and_outlives_its_spool(tmp_path: Path) -> None:
-    manager = PartitionedParquetIOManager(base_dir=str(tmp_path / "storage"))
+def test_a_spooled_output_is_stored_like_a_dict_and_outlives_its_spool(
+    storage: str, tmp_path: Path
+) -> None:
+    manager = PartitionedParquetIOManager(base_dir=storage)
     frames = _frames()
     spool = PartitionSpool(tmp_path / "spool")
     for course, frame in frames.items():
@@ -101,8 +126,8 @@ def test_a_spooled_output_is_stored_like_a_dict_and_outlives_its_spool(tmp_path:
         assert_frame_equal(loaded[course], frame)
 
 
-def test_a_spool_missing_a_course_stores_none_of_its_courses(tmp_path: Path) -> None:
-    manager = PartitionedParquetIOManager(base_dir=str(tmp_path / "storage"))
+def test_a_spool_missing_a_course_stores_none_of_its_courses(storage: str, tmp_path: Path) -> None:
+    manager = PartitionedParquetIOManager(base_dir=storage)
     spool = PartitionSpool(tmp_path / "spool")
     for course, frame in _frames().items():
         if course != "course-a":
@@ -111,37 +136,75 @@ def test_a_spool_missing_a_course_stores_none_of_its_courses(tmp_path: Path) -> 
     assert "course-a" not in spool and "course-b" in spool
     with pytest.raises(KeyError, match=r"1 partition\(s\): course-a"):
         _store(manager, spool)
-    assert not (tmp_path / "storage").exists()
+    assert _stored(storage) == []
 
 
-def test_two_writers_of_one_partition_at_once_both_succeed(tmp_path: Path) -> None:
+def test_two_writers_of_one_partition_at_once_both_succeed(storage: str) -> None:
     """Two syncs on one DAGSTER_HOME store the same course at the same moment."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from sync_assets.defs.storage import _write
+    from sync_assets.defs.storage import _read, _write
 
-    target = tmp_path / "course.parquet"
+    store = ObjectStore(storage)
     frames = [pl.DataFrame({"writer": [n] * 1000}) for n in range(2)]
 
     def write(n: int) -> None:
-        for _ in range(50):
-            _write(target, frames[n])
+        for _ in range(20):
+            _write(store, "course.parquet", frames[n])
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(write, range(2)))  # raised FileNotFoundError with one partial file name
 
-    assert pl.read_parquet(target)["writer"].n_unique() == 1
-    assert [path.name for path in tmp_path.iterdir()] == ["course.parquet"]
+    assert _read(store, "course.parquet")["writer"].n_unique() == 1
+    assert store.keys() == ["course.parquet"]
 
 
-def test_a_failed_course_reads_back_as_its_failure(tmp_path: Path) -> None:
+def test_a_writer_that_fails_midway_leaves_the_stored_value_whole(storage: str) -> None:
+    from sync_assets.defs.storage import _read, _write
+
+    store = ObjectStore(storage)
+    before = pl.DataFrame({"progress": [10, 20]})
+    _write(store, "course.parquet", before)
+
+    def half_then_fail(path: Path) -> None:
+        path.write_bytes(b"PAR1 half a parquet file")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        store.write("course.parquet", half_then_fail)
+
+    assert_frame_equal(_read(store, "course.parquet"), before)
+    assert store.keys() == ["course.parquet"]
+
+
+def test_a_failed_course_reads_back_as_its_failure(storage: str) -> None:
     from sync_assets.defs.storage import CourseFailed, CourseFailure, PartitionFrames, _write
 
-    _write(tmp_path / "good.parquet", pl.DataFrame({"a": [1]}))
-    _write(tmp_path / "bad.parquet", CourseFailure("report of run r: HTTP 500"))
-    frames = PartitionFrames({"good": tmp_path / "good.parquet", "bad": tmp_path / "bad.parquet"})
+    store = ObjectStore(storage)
+    _write(store, "good.parquet", pl.DataFrame({"a": [1]}))
+    _write(store, "bad.parquet", CourseFailure("report of run r: HTTP 500"))
+    frames = PartitionFrames(store, {"good": "good.parquet", "bad": "bad.parquet"})
 
     assert frames.failures() == {"bad": "report of run r: HTTP 500"}
     assert list(frames.succeeded()) == ["good"]
     with pytest.raises(CourseFailed, match="HTTP 500"):
         frames["bad"]
+
+
+def test_an_unpartitioned_value_round_trips(storage: str) -> None:
+    manager = PartitionedParquetIOManager(base_dir=storage)
+    frame = pl.DataFrame({"course_uuid": ["c-1", "c-2"]})
+    with dg.build_output_context(asset_key=dg.AssetKey("course_runs")) as context:
+        manager.handle_output(context, frame)
+    with dg.build_input_context(asset_key=dg.AssetKey("course_runs")) as context:
+        assert_frame_equal(manager.load_input(context), frame)
+    assert _stored(storage) == ["course_runs.parquet"]
+
+
+def test_credentials_in_the_storage_url_are_refused_in_one_line() -> None:
+    from sync_assets.settings import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as refused:
+        ObjectStore("s3://AKIAEXAMPLE:a-secret@bucket/prefix")
+    assert "a-secret" not in str(refused.value)
+    assert str(refused.value).startswith("SYNC_ASSETS_STORAGE_URL: s3://…: credentials do not")
