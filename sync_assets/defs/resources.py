@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
@@ -55,7 +53,7 @@ class PartnersApi(dg.ConfigurableResource):
     )
     max_attempts: int = Field(default=5, description="Attempts per request before failing")
     max_retry_seconds: float = Field(default=120.0, description="Time budget per request")
-    cache_path: str | None = Field(
+    cache_url: str | None = Field(
         default=None, description="SQLite file keeping ETags and bodies (default: data/http_cache)"
     )
     simulator_dataset: str = Field(default="demo", description="Used only without FL_PARTNERS_URL")
@@ -72,7 +70,7 @@ class PartnersApi(dg.ConfigurableResource):
             max_attempts=self.max_attempts,
             max_retry_seconds=self.max_retry_seconds,
             timeout_seconds=settings.timeout_seconds,
-            cache_path=Path(self.cache_path) if self.cache_path else http_cache_path(),
+            cache_url=self.cache_url or str(http_cache_path()),
         )
 
     def ignored_course_uuids(self) -> frozenset[str]:

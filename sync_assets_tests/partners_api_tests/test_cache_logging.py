@@ -7,11 +7,11 @@ import sqlite3
 
 import pytest
 
-from sync_assets.partners_api import client
+from sync_assets.partners_api import cache
 
 
 def test_a_failed_cache_write_is_logged_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
-    logger = logging.getLogger(client.CACHE_LOGGERS[0])
+    logger = logging.getLogger(cache.CACHE_LOGGERS[0])
     with caplog.at_level(logging.ERROR, logger=logger.name):
         try:
             raise sqlite3.OperationalError("database is locked")

@@ -47,7 +47,7 @@ def settings(base_url: str, tmp_path: Path | None = None, **overrides) -> Client
         "consumer_secret": SIMULATOR_CONSUMER_SECRET,
         "backoff_seconds": 0.01,
         "max_backoff_seconds": 0.05,
-        "cache_path": tmp_path / "cache.sqlite3" if tmp_path else None,
+        "cache_url": str(tmp_path / "cache.sqlite3") if tmp_path else None,
     } | overrides
     return ClientSettings(**values)
 
@@ -146,11 +146,10 @@ def test_unchanged_report_is_a_304_served_from_the_kept_body_in_another_process(
         cache = str(tmp_path / "cache.sqlite3")
         script = (
             "import json, sys\n"
-            "from pathlib import Path\n"
             "from sync_assets.partners_api.client import ClientSettings, PartnersApiClient, run\n"
             "async def main():\n"
             f"    s = ClientSettings({base_url!r}, {SIMULATOR_CONSUMER_KEY!r}, "
-            f"{SIMULATOR_CONSUMER_SECRET!r}, cache_path=Path({cache!r}))\n"
+            f"{SIMULATOR_CONSUMER_SECRET!r}, cache_url={cache!r})\n"
             "    async with PartnersApiClient(s) as c:\n"
             f"        f = await c.enrolments({RUN!r})\n"
             "        print(json.dumps({'rows': f.records.height, 'not_modified': f.not_modified,"

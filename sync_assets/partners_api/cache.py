@@ -1,0 +1,75 @@
+"""Where the Partners API client keeps ETags and bodies (hishel storages), never credentials."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import hishel
+from hishel import Headers, Request
+
+from sync_assets.settings import LEGACY_HTTP_CACHE_NAMES
+
+CACHE_LOGGERS = ("hishel._core._storages._async_sqlite", "hishel._core._storages._sync_sqlite")
+
+
+class _CacheFailureInOneLine(logging.Filter):
+    """hishel logs a failed cache write (e.g. the cache file locked by another sync on the
+    machine) with its whole traceback. The request was served all the same; only its 304 next
+    time is lost. One line says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            record.msg = (
+                f"{record.getMessage()} ({type(error).__name__}: {error}); the request was "
+                "served, its response is not kept for a 304 next time"
+            )
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+for _name in CACHE_LOGGERS:
+    logging.getLogger(_name).addFilter(_CacheFailureInOneLine())
+
+# Request headers never kept at rest: the bearer token is a live credential for 90 s.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def without_secrets(request: Request) -> Request:
+    """The request as the cache keeps it: it keys on method and URL, and our responses vary on
+    no request header, so dropping `Authorization` changes no lookup."""
+    kept = {
+        name: request.headers.get_list(name)
+        for name in request.headers
+        if name.lower() not in SECRET_HEADERS
+    }
+    return replace(request, headers=Headers(kept))
+
+
+class SecretFreeSqliteStorage(hishel.AsyncSqliteStorage):
+    """hishel's SQLite cache, storing each request without its credentials."""
+
+    async def create_entry(self, request, response, key, **limits):  # type: ignore[override]
+        return await super().create_entry(without_secrets(request), response, key, **limits)
+
+
+def open_storage(url: str | None, *, max_bytes: int) -> hishel.AsyncBaseStorage:
+    """The storage for a cache location: a SQLite file path, or None (in memory, for this client
+    only)."""
+    if url is None:
+        return hishel.AsyncSqliteStorage(database_path=":memory:", max_size=None)
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_legacy_caches(path.parent)
+    return SecretFreeSqliteStorage(database_path=path, max_size=max_bytes)
+
+
+def _remove_legacy_caches(folder: Path) -> None:
+    """Earlier releases' cache files hold (expired) bearer tokens: none stays on disk."""
+    for name in LEGACY_HTTP_CACHE_NAMES:
+        for leftover in folder.glob(name + "*"):  # the database, its -wal and -shm
+            leftover.unlink(missing_ok=True)
