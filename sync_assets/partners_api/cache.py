@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
+import anysqlite
 import hishel
 from hishel import Headers, Request
 
@@ -61,7 +63,10 @@ def open_storage(url: str | None, *, max_bytes: int) -> hishel.AsyncBaseStorage:
     """The storage for a cache location: a SQLite file path, or None (in memory, for this client
     only)."""
     if url is None:
-        return hishel.AsyncSqliteStorage(database_path=":memory:", max_size=None)
+        # Not database_path=":memory:": hishel makes that a file, .cache/hishel/:memory:, in the
+        # working directory.
+        memory = anysqlite.Connection(sqlite3.connect(":memory:", check_same_thread=False))
+        return SecretFreeSqliteStorage(connection=memory, max_size=None)
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_legacy_caches(path.parent)

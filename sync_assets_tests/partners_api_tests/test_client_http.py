@@ -351,3 +351,14 @@ def test_a_dripping_body_ends_by_the_deadline_and_the_budget(tmp_path: Path) -> 
         elapsed = time.monotonic() - started
     assert elapsed < 4.0  # the budget bounds the whole request, not each attempt
     assert "gave up after" in str(raised.value)
+
+
+def test_without_a_cache_location_nothing_is_kept_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with simulated() as (simulator, base_url):
+        run(fetch_report(settings(base_url)))
+        again, _ = run(fetch_report(settings(base_url)))
+    assert not again.not_modified and simulator.requests(REPORT, 200) == 2  # each its own cache
+    assert list(tmp_path.iterdir()) == []
