@@ -185,6 +185,27 @@ def test_changed_report_is_fetched_again(tmp_path: Path) -> None:
     assert second.records.height == dataset.enrolments.height
 
 
+def test_the_day_after_a_change_an_unchanged_report_is_one_304(tmp_path: Path) -> None:
+    dataset = generate("demo")
+    simulator = PartnersApiSimulator(dataset)
+    runs = dataset.runs["run_uuid"].to_list()
+    with serving(simulator) as server:
+
+        async def all_reports():
+            async with PartnersApiClient(settings(server.base_url, tmp_path)) as client:
+                return await client.enrolments_for_runs(runs)
+
+        run(all_reports())
+        changed = simulator.advance_day()["changed_reports"]
+        run(all_reports())
+        simulator.advance_day()
+        simulator.reset_counts()
+        third = run(all_reports())
+    # hishel alone kept yesterday's replaced entries: those reports cost a 304 and a 200.
+    assert changed and simulator.requests(REPORT) == len(runs)
+    assert simulator.requests(REPORT, 200) == len(third.changed_runs)
+
+
 def test_pagination_is_followed(tmp_path: Path) -> None:
     with simulated(page_size=4) as (simulator, base_url):
         fetched, _ = run(fetch_report(settings(base_url, tmp_path)))
