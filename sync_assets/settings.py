@@ -120,3 +120,34 @@ LEGACY_HTTP_CACHE_NAMES = ("partners_api.sqlite3",)
 def http_cache_path() -> Path:
     """The Partners API response cache (v2: requests kept without their credentials)."""
     return data_dir() / "http_cache" / "partners_api-v2.sqlite3"
+
+
+HTTP_CACHE_URL = "SYNC_ASSETS_HTTP_CACHE_URL"
+
+
+def http_cache_url() -> str:
+    """SYNC_ASSETS_HTTP_CACHE_URL: a SQLite file path (default `http_cache_path()`), or
+    `redis://[:password@]host:port/db` (`rediss://` for TLS) to share the cache between the
+    containers of a deployment. Read when a client is made: the URL may carry a password."""
+    raw = os.environ.get(HTTP_CACHE_URL, "").strip()
+    return check_http_cache_url(raw, HTTP_CACHE_URL) if raw else str(http_cache_path())
+
+
+def check_http_cache_url(url: str, setting: str, *, password_allowed: bool = True) -> str:
+    """`url` if it names a cache; the error never repeats it, as it may hold a password."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        if "://" in url:
+            raise ConfigurationError(setting, "expected a file path or a redis:// URL")
+        return url
+    try:
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        raise ConfigurationError(setting, "the port is not a number") from None
+    if not parts.hostname or not (parts.path in ("", "/") or parts.path[1:].isdigit()):
+        raise ConfigurationError(setting, "expected redis://host:port/db, db a number")
+    if parts.password and not password_allowed:
+        raise ConfigurationError(
+            setting, f"run config is stored: put the Redis password in {HTTP_CACHE_URL} instead"
+        )
+    return url

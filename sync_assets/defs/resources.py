@@ -8,7 +8,7 @@ from sqlalchemy.engine import Engine
 
 from sync_assets.partners_api.client import ClientSettings, PartnersApiClient
 from sync_assets.platform.database import check_connection, create_platform_engine
-from sync_assets.settings import http_cache_path, partners_api_settings
+from sync_assets.settings import check_http_cache_url, http_cache_url, partners_api_settings
 from sync_assets.simulator.app import SIMULATOR_CONSUMER_KEY, SIMULATOR_CONSUMER_SECRET
 from sync_assets.simulator.embedded import embedded_simulator
 from sync_assets.simulator.transports import IN_PROCESS_BASE_URL, SimulatorTransport
@@ -54,7 +54,9 @@ class PartnersApi(dg.ConfigurableResource):
     max_attempts: int = Field(default=5, description="Attempts per request before failing")
     max_retry_seconds: float = Field(default=120.0, description="Time budget per request")
     cache_url: str | None = Field(
-        default=None, description="SQLite file keeping ETags and bodies (default: data/http_cache)"
+        default=None,
+        description="Where ETags and bodies are kept: a SQLite file or a passwordless redis:// URL "
+        "(default SYNC_ASSETS_HTTP_CACHE_URL, else data/http_cache)",
     )
     simulator_dataset: str = Field(default="demo", description="Used only without FL_PARTNERS_URL")
 
@@ -70,7 +72,11 @@ class PartnersApi(dg.ConfigurableResource):
             max_attempts=self.max_attempts,
             max_retry_seconds=self.max_retry_seconds,
             timeout_seconds=settings.timeout_seconds,
-            cache_url=self.cache_url or str(http_cache_path()),
+            cache_url=check_http_cache_url(
+                self.cache_url, "PartnersApi.cache_url", password_allowed=False
+            )
+            if self.cache_url
+            else http_cache_url(),
         )
 
     def ignored_course_uuids(self) -> frozenset[str]:

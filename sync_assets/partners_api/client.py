@@ -1,13 +1,13 @@
 """A Partners API client that survives a production API.
 
 Layers, top to bottom: JWT auth (renewed before expiry, one retry on 401) → an RFC 9111 private
-cache kept in SQLite across processes (hishel; see `cache`), so an unchanged report costs a 304
-and is served from the kept body → a metering transport that counts what reaches the wire → the
-network (or the in-process simulator). Around each request: bounded retries with exponential
-backoff and jitter on 429, 5xx, connection and read errors and unreadable bodies, honouring
-`Retry-After`, within a total time budget; a concurrency bound and an optional
-requests-per-second ceiling for fan-out. Membership look-ups bypass the cache: each is fetched
-once ever and kept by the platform.
+cache kept across processes in SQLite or, shared by a deployment's containers, in Redis (hishel;
+see `cache`), so an unchanged report costs a 304 and is served from the kept body → a metering
+transport that counts what reaches the wire → the network (or the in-process simulator). Around
+each request: bounded retries with exponential backoff and jitter on 429, 5xx, connection and
+read errors and unreadable bodies, honouring `Retry-After`, within a total time budget; a
+concurrency bound and an optional requests-per-second ceiling for fan-out. Membership look-ups
+bypass the cache: each is fetched once ever and kept by the platform.
 """
 
 from __future__ import annotations
@@ -60,8 +60,12 @@ class ClientSettings:
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 30.0
     timeout_seconds: float = 60.0
-    cache_url: str | None = None  # a SQLite file path; None: an in-memory cache for this client
-    cache_max_bytes: int = 4 * 1024**3
+    # A SQLite file path or a redis(s):// URL, which may carry a password (hence no repr); None:
+    # an in-memory cache for this client only.
+    cache_url: str | None = field(default=None, repr=False)
+    cache_max_bytes: int = 4 * 1024**3  # the SQLite file's bound; Redis has its maxmemory
+    # Redis: an entry unused this long expires (hishel renews the keys' TTL once half is gone).
+    cache_idle_seconds: float = 30 * 24 * 3600.0
 
 
 class PartnersApiError(RuntimeError):
@@ -147,7 +151,11 @@ class PartnersApiClient:
             ),
         )
         self._metered = MeteringTransport(wire, self.metrics)
-        self._storage = open_storage(settings.cache_url, max_bytes=settings.cache_max_bytes)
+        self._storage = open_storage(
+            settings.cache_url,
+            max_bytes=settings.cache_max_bytes,
+            idle_seconds=settings.cache_idle_seconds,
+        )
         cached = AsyncCacheTransport(
             next_transport=self._metered,
             storage=self._storage,
