@@ -18,7 +18,7 @@ from sync_assets.defs.sync.assets import sync_assets_list
 from sync_assets.defs.sync.jobs import futurelearn_sync_job
 from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
 from sync_assets.defs.sync.sensors import course_partitions_sensor
-from sync_assets.settings import check_settings, is_deployment
+from sync_assets.settings import check_settings, is_deployment, storage_url
 
 check_settings()
 
@@ -43,8 +43,10 @@ def _resources() -> dict[str, object]:
             consumer_key=dg.EnvVar("FL_PARTNERS_CONSUMER_KEY"),
             consumer_secret=dg.EnvVar("FL_PARTNERS_CONSUMER_SECRET"),
         ),
-        "io_manager": PartitionedParquetIOManager(),
-        "op_io_manager": dg.FilesystemIOManager(),
+        "io_manager": PartitionedParquetIOManager(base_dir=dg.EnvVar("SYNC_ASSETS_STORAGE_URL")),
+        # Op outputs (certificate and resync jobs) beside the assets, so a retry from failure in
+        # another container finds them too.
+        "op_io_manager": dg.FilesystemIOManager(base_dir=f"{storage_url()}/op_outputs"),
     }
 
 

@@ -70,8 +70,12 @@ def check_settings() -> None:
     partners_api_settings()
     courses_per_run()
     course_lock_timeout_seconds()
-    from sync_assets.platform.database import parse_database_url  # it imports this module
+    http_cache_url()
+    # They import this module.
+    from sync_assets.object_storage import check_storage_url
+    from sync_assets.platform.database import parse_database_url
 
+    check_storage_url(storage_url())
     parse_database_url(platform_database_url())
 
 
@@ -192,3 +196,34 @@ def default_storage_dir() -> Path:
 def storage_url() -> str:
     """SYNC_ASSETS_STORAGE_URL: a folder or an fsspec URL (s3://bucket/prefix) for asset values."""
     return os.environ.get("SYNC_ASSETS_STORAGE_URL", "").strip() or str(default_storage_dir())
+
+
+HTTP_CACHE_URL = "SYNC_ASSETS_HTTP_CACHE_URL"
+
+
+def http_cache_url() -> str:
+    """SYNC_ASSETS_HTTP_CACHE_URL: a SQLite file path (default `http_cache_path()`), or
+    `redis://[:password@]host:port/db` (`rediss://` for TLS) to share the cache between the
+    containers of a deployment. Read when a client is made: the URL may carry a password."""
+    raw = os.environ.get(HTTP_CACHE_URL, "").strip()
+    return check_http_cache_url(raw, HTTP_CACHE_URL) if raw else str(http_cache_path())
+
+
+def check_http_cache_url(url: str, setting: str, *, password_allowed: bool = True) -> str:
+    """`url` if it names a cache; the error never repeats it, as it may hold a password."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        if "://" in url:
+            raise ConfigurationError(setting, "expected a file path or a redis:// URL")
+        return url
+    try:
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        raise ConfigurationError(setting, "the port is not a number") from None
+    if not parts.hostname or not (parts.path in ("", "/") or parts.path[1:].isdigit()):
+        raise ConfigurationError(setting, "expected redis://host:port/db, db a number")
+    if parts.password and not password_allowed:
+        raise ConfigurationError(
+            setting, f"run config is stored: put the Redis password in {HTTP_CACHE_URL} instead"
+        )
+    return url

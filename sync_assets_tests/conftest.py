@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh platform database per test, on SQLite and on PostgreSQL.
+"""Shared fixtures: a fresh platform database per test, on SQLite and on PostgreSQL; a key space
+of its own in Redis for the shared HTTP cache (see the Redis section).
 
 PostgreSQL comes from SYNC_ASSETS_TEST_POSTGRES_URL (default: the local server at
 127.0.0.1:5432, database `test`). When it cannot be reached the PostgreSQL tests are skipped with
@@ -10,22 +11,41 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
+from sync_assets.partners_api import cache as cache_module
+from sync_assets.partners_api.cache import redacted
 from sync_assets.platform.database import create_platform_engine, parse_database_url
 from sync_assets.platform.migrate import upgrade
 
 DEFAULT_TEST_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
-def _postgres_required() -> bool:
-    flags = (os.environ.get("CI", ""), os.environ.get("SYNC_ASSETS_REQUIRE_POSTGRES", ""))
+def _required(flag: str) -> bool:
+    """Whether a missing server fails the tests that need it (CI, or the service's own flag)."""
+    flags = (os.environ.get("CI", ""), os.environ.get(flag, ""))
     return any(flag.lower() in ("1", "true", "yes") for flag in flags)
+
+
+def _skip_or_fail(reason: str, service: str, variable: str, flag: str) -> NoReturn:
+    if _required(flag):
+        pytest.fail(f"{reason}; CI requires it (set {variable})")
+    pytest.skip(f"{reason}; set {variable} to run the {service} tests")
+
+
+def _report_line(service: str, where: str | None, reason: str, flag: str) -> str:
+    if where is not None:
+        return f"{service} tests: on {where}"
+    verdict = "required, will fail" if _required(flag) else "skipped"
+    return f"{service} tests: {verdict}: {reason}"
 
 
 @cache
@@ -49,9 +69,9 @@ def postgres_admin_url() -> URL:
     """The PostgreSQL server URL, or skip (fail in CI) when there is none."""
     url, reason = _postgres_admin_url()
     if url is None:
-        if _postgres_required():
-            pytest.fail(f"{reason}; CI requires it (set SYNC_ASSETS_TEST_POSTGRES_URL)")
-        pytest.skip(f"{reason}; set SYNC_ASSETS_TEST_POSTGRES_URL to run the PostgreSQL tests")
+        _skip_or_fail(
+            reason, "PostgreSQL", "SYNC_ASSETS_TEST_POSTGRES_URL", "SYNC_ASSETS_REQUIRE_POSTGRES"
+        )
     return url
 
 
@@ -120,9 +140,87 @@ def platform_engine(empty_engine: Engine) -> Engine:
     return empty_engine
 
 
-def pytest_report_header() -> str:
+def pytest_report_header() -> list[str]:
     url, reason = _postgres_admin_url()
-    if url is not None:
-        return f"PostgreSQL tests: on {url.render_as_string()}"
-    verdict = "required, will fail" if _postgres_required() else "skipped"
-    return f"PostgreSQL tests: {verdict}: {reason}"
+    redis_url, redis_reason = _redis_server_url()
+    return [
+        _report_line(
+            "PostgreSQL",
+            url.render_as_string() if url is not None else None,
+            reason,
+            "SYNC_ASSETS_REQUIRE_POSTGRES",
+        ),
+        _report_line(
+            "Redis",
+            redacted(redis_url) if redis_url is not None else None,
+            redis_reason,
+            "SYNC_ASSETS_REQUIRE_REDIS",
+        ),
+    ]
+
+
+# --- Redis (the shared HTTP cache) ------------------------------------------------------------
+# SYNC_ASSETS_TEST_REDIS_URL (default: the local server, db 0). Each test works under a key
+# prefix of its own and deletes its keys afterwards: the server may be shared, so nothing here
+# flushes a database. Unreachable: skipped with the reason, except in CI (CI=true) or with
+# SYNC_ASSETS_REQUIRE_REDIS=1, where the tests fail.
+
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@cache
+def _redis_server_url() -> tuple[str | None, str]:
+    url = os.environ.get("SYNC_ASSETS_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        first_line = str(error).strip().splitlines()[0]
+        return None, f"Redis at {redacted(url)} unreachable ({first_line})"
+    finally:
+        client.close()
+    return url, ""
+
+
+@dataclass(frozen=True)
+class RedisCache:
+    url: str  # what SYNC_ASSETS_HTTP_CACHE_URL would say
+    prefix: str  # every key the cache writes starts with it
+    client: redis.Redis
+
+    def stored_keys(self) -> list[bytes]:
+        return sorted(self.client.scan_iter(match=f"{self.prefix}:*", count=1000))
+
+    def stored(self) -> list[bytes]:
+        """Each key with everything in it, whatever its type, as one blob."""
+        blobs = []
+        for key in self.stored_keys():
+            kind = self.client.type(key)
+            if kind == b"string":
+                values = [self.client.get(key) or b""]
+            elif kind == b"list":
+                values = self.client.lrange(key, 0, -1)
+            elif kind == b"zset":
+                values = self.client.zrange(key, 0, -1)
+            else:
+                raise AssertionError(f"unexpected {kind!r} at {key!r}")
+            blobs.append(b"\n".join([key, *values]))
+        return blobs
+
+
+@pytest.fixture
+def redis_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisCache]:
+    """The Redis server, with the HTTP cache's keys under a prefix unique to this test."""
+    url, reason = _redis_server_url()
+    if url is None:
+        _skip_or_fail(reason, "Redis", "SYNC_ASSETS_TEST_REDIS_URL", "SYNC_ASSETS_REQUIRE_REDIS")
+    prefix = f"sync_assets_test:{uuid.uuid4().hex[:12]}:{cache_module.REDIS_KEY_PREFIX}"
+    monkeypatch.setattr(cache_module, "REDIS_KEY_PREFIX", prefix)
+    monkeypatch.setattr(cache_module, "OUTAGES", cache_module.Outages())
+    client = redis.Redis.from_url(url)
+    try:
+        yield RedisCache(url, prefix, client)
+    finally:
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            client.delete(key)
+        client.close()

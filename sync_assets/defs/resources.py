@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
@@ -12,7 +10,8 @@ from sync_assets.partners_api.client import ClientSettings, PartnersApiClient
 from sync_assets.platform.database import check_connection, create_platform_engine
 from sync_assets.settings import (
     ConfigurationError,
-    http_cache_path,
+    check_http_cache_url,
+    http_cache_url,
     is_deployment,
     partners_api_settings,
 )
@@ -74,8 +73,10 @@ class PartnersApi(dg.ConfigurableResource):
     )
     max_attempts: int = Field(default=5, description="Attempts per request before failing")
     max_retry_seconds: float = Field(default=120.0, description="Time budget per request")
-    cache_path: str | None = Field(
-        default=None, description="SQLite file keeping ETags and bodies (default: data/http_cache)"
+    cache_url: str | None = Field(
+        default=None,
+        description="Where ETags and bodies are kept: a SQLite file or a passwordless redis:// URL "
+        "(default SYNC_ASSETS_HTTP_CACHE_URL, else data/http_cache)",
     )
     simulator_dataset: str = Field(default="demo", description="Used only without FL_PARTNERS_URL")
 
@@ -105,7 +106,11 @@ class PartnersApi(dg.ConfigurableResource):
             max_attempts=self.max_attempts,
             max_retry_seconds=self.max_retry_seconds,
             timeout_seconds=settings.timeout_seconds,
-            cache_path=Path(self.cache_path) if self.cache_path else http_cache_path(),
+            cache_url=check_http_cache_url(
+                self.cache_url, "PartnersApi.cache_url", password_allowed=False
+            )
+            if self.cache_url
+            else http_cache_url(),
         )
 
     def ignored_course_uuids(self) -> frozenset[str]:

@@ -1,12 +1,13 @@
 """A Partners API client that survives a production API.
 
 Layers, top to bottom: JWT auth (renewed before expiry, one retry on 401) → an RFC 9111 private
-cache kept in SQLite across processes (hishel), so an unchanged report costs a 304 and is served
-from the kept body → a metering transport that counts what reaches the wire → the network (or
-the in-process simulator). Around each request: bounded retries with exponential backoff and
-jitter on 429, 5xx, connection and read errors and unreadable bodies, honouring `Retry-After`,
-within a total time budget; a concurrency bound and an optional requests-per-second ceiling for
-fan-out. Membership look-ups bypass the cache: each is fetched once ever and kept by the platform.
+cache kept across processes in SQLite or, shared by a deployment's containers, in Redis (hishel;
+see `cache`), so an unchanged report costs a 304 and is served from the kept body → a metering
+transport that counts what reaches the wire → the network (or the in-process simulator). Around
+each request: bounded retries with exponential backoff and jitter on 429, 5xx, connection and
+read errors and unreadable bodies, honouring `Retry-After`, within a total time budget; a
+concurrency bound and an optional requests-per-second ceiling for fan-out. Membership look-ups
+bypass the cache: each is fetched once ever and kept by the platform.
 """
 
 from __future__ import annotations
@@ -14,18 +15,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import hishel
 import httpx
 import polars as pl
 from aiolimiter import AsyncLimiter
-from hishel import Headers
 from hishel.httpx import AsyncCacheTransport
 from tenacity import (
     AsyncRetrying,
@@ -38,55 +36,11 @@ from tenacity import (
 
 from sync_assets.partners_api import contract
 from sync_assets.partners_api.auth import PartnersJwtAuth
+from sync_assets.partners_api.cache import open_storage
 from sync_assets.partners_api.lanes import LanedTransport, lane
 from sync_assets.partners_api.metrics import ApiMetrics, MeteringTransport
-from sync_assets.settings import LEGACY_HTTP_CACHE_NAMES
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-CACHE_LOGGERS = ("hishel._core._storages._async_sqlite", "hishel._core._storages._sync_sqlite")
-
-
-class _CacheFailureInOneLine(logging.Filter):
-    """hishel logs a failed cache write (e.g. the cache file locked by another sync on the
-    machine) with its whole traceback. The request was served all the same; only its 304 next
-    time is lost. One line says so."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
-            error = record.exc_info[1]
-            record.msg = (
-                f"{record.getMessage()} ({type(error).__name__}: {error}); the request was "
-                "served, its response is not kept for a 304 next time"
-            )
-            record.args = ()
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-for _name in CACHE_LOGGERS:
-    logging.getLogger(_name).addFilter(_CacheFailureInOneLine())
-
-# Request headers never kept on disk: the bearer token is a live credential for 90 s.
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-
-
-class SecretFreeSqliteStorage(hishel.AsyncSqliteStorage):
-    """hishel's SQLite cache, storing each request without its credentials.
-
-    The cache needs the response and the request's URL and method; it keys on those, and our
-    responses vary on nothing, so dropping `Authorization` changes no lookup.
-    """
-
-    async def create_entry(self, request, response, key, **limits):  # type: ignore[override]
-        kept = {
-            name: request.headers.get_list(name)
-            for name in request.headers
-            if name.lower() not in SECRET_HEADERS
-        }
-        return await super().create_entry(
-            replace(request, headers=Headers(kept)), response, key, **limits
-        )
 
 
 HEADERS = {"Accept": "application/json", "User-Agent": "sync-assets"}
@@ -106,8 +60,12 @@ class ClientSettings:
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 30.0
     timeout_seconds: float = 60.0
-    cache_path: Path | None = None  # None: an in-memory cache for this client only
-    cache_max_bytes: int = 4 * 1024**3
+    # A SQLite file path or a redis(s):// URL, which may carry a password (hence no repr); None:
+    # an in-memory cache for this client only.
+    cache_url: str | None = field(default=None, repr=False)
+    cache_max_bytes: int = 4 * 1024**3  # the SQLite file's bound; Redis has its maxmemory
+    # Redis: an entry unused this long expires (hishel renews the keys' TTL once half is gone).
+    cache_idle_seconds: float = 30 * 24 * 3600.0
 
 
 class PartnersApiError(RuntimeError):
@@ -193,14 +151,11 @@ class PartnersApiClient:
             ),
         )
         self._metered = MeteringTransport(wire, self.metrics)
-        if settings.cache_path is not None:
-            settings.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            _remove_legacy_caches(settings.cache_path.parent)
-            self._storage = SecretFreeSqliteStorage(
-                database_path=settings.cache_path, max_size=settings.cache_max_bytes
-            )
-        else:
-            self._storage = hishel.AsyncSqliteStorage(database_path=":memory:", max_size=None)
+        self._storage = open_storage(
+            settings.cache_url,
+            max_bytes=settings.cache_max_bytes,
+            idle_seconds=settings.cache_idle_seconds,
+        )
         cached = AsyncCacheTransport(
             next_transport=self._metered,
             storage=self._storage,
@@ -493,13 +448,6 @@ class _Answer:
     body: Any  # None for a 404
     not_modified: bool  # a 304 answered from the kept body
     next_url: str | None
-
-
-def _remove_legacy_caches(folder: Path) -> None:
-    """Earlier releases' cache files hold (expired) bearer tokens: none stays on disk."""
-    for name in LEGACY_HTTP_CACHE_NAMES:
-        for leftover in folder.glob(name + "*"):  # the database, its -wal and -shm
-            leftover.unlink(missing_ok=True)
 
 
 def _or_failure(

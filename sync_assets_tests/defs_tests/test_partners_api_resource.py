@@ -42,7 +42,7 @@ def course_run_count(partners_api: PartnersApi) -> dg.MaterializeResult:
 
 
 def _materialise(tmp_path: Path) -> dict:
-    resource = PartnersApi(cache_path=str(tmp_path / "cache.sqlite3"))
+    resource = PartnersApi(cache_url=str(tmp_path / "cache.sqlite3"))
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [course_run_count], instance=instance, resources={"partners_api": resource}

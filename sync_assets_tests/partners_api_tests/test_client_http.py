@@ -47,7 +47,7 @@ def settings(base_url: str, tmp_path: Path | None = None, **overrides) -> Client
         "consumer_secret": SIMULATOR_CONSUMER_SECRET,
         "backoff_seconds": 0.01,
         "max_backoff_seconds": 0.05,
-        "cache_path": tmp_path / "cache.sqlite3" if tmp_path else None,
+        "cache_url": str(tmp_path / "cache.sqlite3") if tmp_path else None,
     } | overrides
     return ClientSettings(**values)
 
@@ -146,11 +146,10 @@ def test_unchanged_report_is_a_304_served_from_the_kept_body_in_another_process(
         cache = str(tmp_path / "cache.sqlite3")
         script = (
             "import json, sys\n"
-            "from pathlib import Path\n"
             "from sync_assets.partners_api.client import ClientSettings, PartnersApiClient, run\n"
             "async def main():\n"
             f"    s = ClientSettings({base_url!r}, {SIMULATOR_CONSUMER_KEY!r}, "
-            f"{SIMULATOR_CONSUMER_SECRET!r}, cache_path=Path({cache!r}))\n"
+            f"{SIMULATOR_CONSUMER_SECRET!r}, cache_url={cache!r})\n"
             "    async with PartnersApiClient(s) as c:\n"
             f"        f = await c.enrolments({RUN!r})\n"
             "        print(json.dumps({'rows': f.records.height, 'not_modified': f.not_modified,"
@@ -184,6 +183,27 @@ def test_changed_report_is_fetched_again(tmp_path: Path) -> None:
     assert len(second.changed_runs) == moved["changed_reports"]
     assert second.unchanged_runs | second.changed_runs == set(runs)
     assert second.records.height == dataset.enrolments.height
+
+
+def test_the_day_after_a_change_an_unchanged_report_is_one_304(tmp_path: Path) -> None:
+    dataset = generate("demo")
+    simulator = PartnersApiSimulator(dataset)
+    runs = dataset.runs["run_uuid"].to_list()
+    with serving(simulator) as server:
+
+        async def all_reports():
+            async with PartnersApiClient(settings(server.base_url, tmp_path)) as client:
+                return await client.enrolments_for_runs(runs)
+
+        run(all_reports())
+        changed = simulator.advance_day()["changed_reports"]
+        run(all_reports())
+        simulator.advance_day()
+        simulator.reset_counts()
+        third = run(all_reports())
+    # hishel alone kept yesterday's replaced entries: those reports cost a 304 and a 200.
+    assert changed and simulator.requests(REPORT) == len(runs)
+    assert simulator.requests(REPORT, 200) == len(third.changed_runs)
 
 
 def test_pagination_is_followed(tmp_path: Path) -> None:
@@ -352,3 +372,14 @@ def test_a_dripping_body_ends_by_the_deadline_and_the_budget(tmp_path: Path) -> 
         elapsed = time.monotonic() - started
     assert elapsed < 4.0  # the budget bounds the whole request, not each attempt
     assert "gave up after" in str(raised.value)
+
+
+def test_without_a_cache_location_nothing_is_kept_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with simulated() as (simulator, base_url):
+        run(fetch_report(settings(base_url)))
+        again, _ = run(fetch_report(settings(base_url)))
+    assert not again.not_modified and simulator.requests(REPORT, 200) == 2  # each its own cache
+    assert list(tmp_path.iterdir()) == []

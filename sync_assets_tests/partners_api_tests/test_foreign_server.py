@@ -86,7 +86,7 @@ def foreign_server():
 
 def test_client_reads_a_foreign_server(foreign_server: str, tmp_path) -> None:
     client_settings = ClientSettings(
-        foreign_server, KEY, SECRET, cache_path=tmp_path / "cache.sqlite3"
+        foreign_server, KEY, SECRET, cache_url=str(tmp_path / "cache.sqlite3")
     )
 
     async def fetch():

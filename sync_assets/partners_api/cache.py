@@ -1,0 +1,221 @@
+"""Where the Partners API client keeps ETags and bodies (hishel storages), never credentials.
+
+A SQLite file on one machine, or Redis shared by every container of a deployment: each run of a
+deployment starts on an empty disk, and without a shared cache it would fetch every unchanged
+enrolment report in full instead of getting a 304.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anysqlite
+import hishel
+from hishel import Entry, Headers, Request, Response
+from redis import RedisError
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from sync_assets.settings import LEGACY_HTTP_CACHE_NAMES
+
+log = logging.getLogger(__name__)
+
+CACHE_LOGGERS = (
+    "hishel._core._storages._async_sqlite",
+    "hishel._core._storages._sync_sqlite",
+    "hishel._core._storages._async_redis",
+    "hishel._core._storages._sync_redis",
+)
+
+
+class _CacheFailureInOneLine(logging.Filter):
+    """hishel logs a failed cache write (e.g. the cache file locked by another sync on the
+    machine, or Redis out of memory) with its whole traceback. The request was served all the
+    same; only its 304 next time is lost. One line says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            record.msg = (
+                f"{record.getMessage()} ({type(error).__name__}: {error}); the request was "
+                "served, its response is not kept for a 304 next time"
+            )
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+for _name in CACHE_LOGGERS:
+    logging.getLogger(_name).addFilter(_CacheFailureInOneLine())
+
+# Request headers never kept at rest: the bearer token is a live credential for 90 s.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+# Every key this project writes in a shared Redis starts with this; v2: requests are kept without
+# their credentials (v1 was the SQLite file that kept them).
+REDIS_KEY_PREFIX = "sync_assets:partners_api:v2"
+# A cache answers in milliseconds or not at all: a Redis that does not must cost a sync seconds,
+# once (see Outages), not redis-py's default ten retries on every request.
+REDIS_CONNECT_TIMEOUT_SECONDS = 2.0
+REDIS_TIMEOUT_SECONDS = 5.0
+# How long a process leaves a Redis it found unreachable alone before trying it again.
+REDIS_OUTAGE_PAUSE_SECONDS = 600.0
+
+
+def without_secrets(request: Request) -> Request:
+    """The request as the cache keeps it: it keys on method and URL, and our responses vary on
+    no request header, so dropping `Authorization` changes no lookup."""
+    kept = {
+        name: request.headers.get_list(name)
+        for name in request.headers
+        if name.lower() not in SECRET_HEADERS
+    }
+    return replace(request, headers=Headers(kept))
+
+
+class _OneEntryPerUrlWithoutSecrets(hishel.AsyncBaseStorage):
+    """Put before a hishel storage in the bases: it stores each request without credentials, and
+    a new response in place of what was kept for its URL."""
+
+    async def create_entry(self, request, response, key, **limits):  # type: ignore[override]
+        # hishel 2.0.0 keeps the entry a changed response replaces (it means to reuse its id, and
+        # no storage does). With two entries kept, a 304 with a weak ETag, as the API sends,
+        # matches neither, so the day after each change a report cost a 304 and a 200.
+        for replaced in await self.get_entries(key):
+            await self.remove_entry(replaced.id)
+        return await super().create_entry(without_secrets(request), response, key, **limits)
+
+
+class SecretFreeSqliteStorage(_OneEntryPerUrlWithoutSecrets, hishel.AsyncSqliteStorage):
+    """hishel's SQLite cache, storing each request without its credentials."""
+
+
+class Outages:
+    """Redis caches this process found unreachable, and until when it leaves each alone.
+
+    Shared by the clients of a process (a run's steps each make one), so that a Redis that is
+    down costs a run one warning line and one failed connection, not one per request or step.
+    """
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def active(self, where: str) -> bool:
+        return time.monotonic() < self._until.get(where, 0.0)
+
+    def noticed(self, where: str, error: Exception, password: str | None) -> None:
+        if self.active(where):
+            return  # the requests in flight all fail at once: the first one said it
+        self._until[where] = time.monotonic() + REDIS_OUTAGE_PAUSE_SECONDS
+        problem = f"{type(error).__name__}: {error}".splitlines()[0]
+        if password:
+            problem = problem.replace(password, "***")
+        log.warning(
+            "Partners API cache at %s unreachable (%s); requests go uncached, without 304s, "
+            "for the next %d min",
+            where,
+            problem,
+            REDIS_OUTAGE_PAUSE_SECONDS // 60,
+        )
+
+
+OUTAGES = Outages()
+
+
+class SecretFreeRedisStorage(_OneEntryPerUrlWithoutSecrets, hishel.AsyncRedisStorage):
+    """hishel's Redis cache, storing each request without its credentials, under
+    REDIS_KEY_PREFIX, and stepping aside while Redis is unreachable: the request then goes to the
+    API uncached (a 200 instead of a 304), which costs bandwidth, not the sync."""
+
+    def __init__(self, url: str, *, idle_seconds: float) -> None:
+        client = Redis.from_url(
+            url,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 1),
+        )
+        super().__init__(
+            client,
+            # Idle expiry rather than a fixed lifetime: a report asked for every night keeps its
+            # ETag for good (a fixed TTL would cost a full download of every report each period),
+            # and what nobody asks for any more (runs long over) leaves Redis by itself. hishel
+            # sets it on every key as a Redis TTL and extends it on use.
+            default_ttl=None,
+            default_tti=idle_seconds,
+            # hishel's default (10 MiB) would silently stop caching a large course's report.
+            max_stream_size=None,
+            key_prefix=REDIS_KEY_PREFIX,
+        )
+        self.where = redacted(url)
+        self._password = urlsplit(url).password
+
+    async def get_entries(self, key: str) -> list[Entry]:
+        if OUTAGES.active(self.where):
+            return []
+        try:
+            # hishel's get_entries logs a traceback per failed lookup; its inner lookup (hishel
+            # is pinned) lets one warning stand for the outage instead.
+            return await self._get_entries(key)
+        except (RedisError, OSError) as error:
+            OUTAGES.noticed(self.where, error, self._password)
+            return []
+
+    async def create_entry(  # type: ignore[override]
+        self, request: Request, response: Response, key: str, **limits: float | None
+    ) -> Entry:
+        if OUTAGES.active(self.where):
+            return Entry(id=uuid.uuid4(), request=request, response=response)
+        return await super().create_entry(request, response, key, **limits)
+
+    async def update_headers(self, id: uuid.UUID, headers: Headers) -> None:
+        if not OUTAGES.active(self.where):
+            await super().update_headers(id, headers)
+
+    async def remove_entry(self, id: uuid.UUID) -> None:
+        if not OUTAGES.active(self.where):
+            await super().remove_entry(id)
+
+
+def redacted(url: str) -> str:
+    """A Redis URL fit for a log line: no password, no query (redis-py takes options there)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username or ''}:***@" if parts.password is not None else ""
+    return f"{parts.scheme}://{user}{host}{parts.path}"
+
+
+def is_redis_url(url: str) -> bool:
+    return urlsplit(url).scheme in ("redis", "rediss")
+
+
+def open_storage(
+    url: str | None, *, max_bytes: int, idle_seconds: float
+) -> hishel.AsyncBaseStorage:
+    """The storage for a cache URL: a redis(s):// URL, a SQLite file path, or None (in memory,
+    for this client only)."""
+    if url is None:
+        # Not database_path=":memory:": hishel makes that a file, .cache/hishel/:memory:, in the
+        # working directory.
+        memory = anysqlite.Connection(sqlite3.connect(":memory:", check_same_thread=False))
+        return SecretFreeSqliteStorage(connection=memory, max_size=None)
+    if is_redis_url(url):
+        return SecretFreeRedisStorage(url, idle_seconds=idle_seconds)
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_legacy_caches(path.parent)
+    return SecretFreeSqliteStorage(database_path=path, max_size=max_bytes)
+
+
+def _remove_legacy_caches(folder: Path) -> None:
+    """Earlier releases' cache files hold (expired) bearer tokens: none stays on disk."""
+    for name in LEGACY_HTTP_CACHE_NAMES:
+        for leftover in folder.glob(name + "*"):  # the database, its -wal and -shm
+            leftover.unlink(missing_ok=True)

@@ -1,0 +1,179 @@
+"""The Partners API cache in Redis, shared by a deployment's containers (the real server; see
+the `redis_cache` fixture), and the SYNC_ASSETS_HTTP_CACHE_URL setting."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import pytest
+
+from sync_assets.defs.resources import PartnersApi
+from sync_assets.partners_api import cache
+from sync_assets.partners_api.client import ClientSettings, PartnersApiClient, run
+from sync_assets.settings import ConfigurationError, http_cache_path, http_cache_url
+from sync_assets.simulator.app import (
+    SIMULATOR_CONSUMER_KEY,
+    SIMULATOR_CONSUMER_SECRET,
+    PartnersApiSimulator,
+)
+from sync_assets.simulator.datasets import generate, load
+from sync_assets.simulator.transports import serving
+
+if TYPE_CHECKING:
+    from sync_assets_tests.conftest import RedisCache
+
+RUN = "545ba924-9e73-4a30-bd54-4fb7dee8b913"
+REPORT = "course_enrolments_report"
+PASSWORD = "a-redis-password-never-to-be-seen"
+THIRTY_DAYS = 30 * 24 * 3600
+
+
+@contextmanager
+def simulated(dataset: str = "sandbox") -> Iterator[tuple[PartnersApiSimulator, str]]:
+    simulator = PartnersApiSimulator(load(dataset) if dataset == "sandbox" else generate(dataset))
+    with serving(simulator) as server:
+        yield simulator, server.base_url
+
+
+def settings(base_url: str, cache_url: str) -> ClientSettings:
+    return ClientSettings(
+        base_url, SIMULATOR_CONSUMER_KEY, SIMULATOR_CONSUMER_SECRET, cache_url=cache_url
+    )
+
+
+async def fetch_report(client_settings: ClientSettings):
+    async with PartnersApiClient(client_settings) as client:
+        return await client.enrolments(RUN)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (a Redis that is down)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_new_client_with_an_empty_disk_gets_its_304_from_redis(redis_cache: RedisCache) -> None:
+    with simulated() as (simulator, base_url):
+        first = run(fetch_report(settings(base_url, redis_cache.url)))
+        second = run(fetch_report(settings(base_url, redis_cache.url)))
+    assert not first.not_modified and second.not_modified
+    assert second.records.equals(first.records)
+    assert simulator.requests(REPORT, 200) == 1 and simulator.requests(REPORT, 304) == 1
+
+
+def test_keys_are_namespaced_and_expire_after_thirty_idle_days(redis_cache: RedisCache) -> None:
+    with simulated() as (_simulator, base_url):
+        run(fetch_report(settings(base_url, redis_cache.url)))
+    keys = redis_cache.stored_keys()
+    kinds = {key.decode().removeprefix(redis_cache.prefix + ":").split(":")[0] for key in keys}
+    assert kinds == {"entry", "stream", "stream_done", "idx"}
+    assert redis_cache.prefix.endswith(":sync_assets:partners_api:v2")
+    for key in keys:
+        assert THIRTY_DAYS - 60 < redis_cache.client.ttl(key) <= THIRTY_DAYS + 180
+
+
+def test_redis_keeps_no_credentials(redis_cache: RedisCache) -> None:
+    with simulated() as (_simulator, base_url):
+
+        async def fetch():
+            async with PartnersApiClient(settings(base_url, redis_cache.url)) as client:
+                await client.course_runs()
+                await client.enrolments(RUN)
+                return client.auth.token()
+
+        token = run(fetch())
+    stored = redis_cache.stored()
+    assert any(b"course_enrolments_report" in blob for blob in stored)  # the request is kept
+    for blob in stored:
+        assert b"Bearer" not in blob and b"uthorization" not in blob
+        assert token.encode() not in blob and b"eyJ" not in blob  # any JWT
+        assert SIMULATOR_CONSUMER_SECRET.encode() not in blob
+
+
+def test_a_changed_report_replaces_its_entry(redis_cache: RedisCache) -> None:
+    with simulated("demo") as (simulator, base_url):
+        runs = simulator.dataset.runs["run_uuid"].to_list()
+
+        async def all_reports():
+            async with PartnersApiClient(settings(base_url, redis_cache.url)) as client:
+                return await client.enrolments_for_runs(runs)
+
+        run(all_reports())
+        for _day in range(3):
+            moved = simulator.advance_day()
+            simulator.reset_counts()
+            fetched = run(all_reports())
+            # One request a report: one that changed yesterday is a plain 304 today.
+            assert simulator.requests(REPORT) == len(runs)
+            assert len(fetched.changed_runs) == simulator.requests(REPORT, 200)
+            assert len(fetched.changed_runs) == moved["changed_reports"]
+    # Memory is bounded by the reports, not by the days: one entry a report URL.
+    indexes = [key for key in redis_cache.stored_keys() if b":idx:" in key]
+    assert len(indexes) == len(runs)
+    assert all(redis_cache.client.zcard(key) == 1 for key in indexes)
+
+
+def test_with_redis_down_requests_go_uncached_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(cache, "OUTAGES", cache.Outages())
+    down = f"redis://:{PASSWORD}@127.0.0.1:{closed_port()}/0"
+    with simulated("demo") as (simulator, base_url), caplog.at_level(logging.WARNING):
+        runs = simulator.dataset.runs["run_uuid"].to_list()
+
+        async def all_reports():
+            async with PartnersApiClient(settings(base_url, down)) as client:
+                return await client.enrolments_for_runs(runs)
+
+        first = run(all_reports())
+        second = run(all_reports())  # the next step of the run, with a client of its own
+    assert first.changed_runs == second.changed_runs == set(runs) and not first.failed_runs
+    assert simulator.requests(REPORT, 200) == 2 * len(runs)
+    [warning] = caplog.records  # nothing else: no traceback per failed lookup or write
+    assert warning.name == cache.__name__ and warning.levelno == logging.WARNING
+    assert warning.exc_info is None
+    message = warning.getMessage()
+    assert "\n" not in message
+    assert f"Partners API cache at redis://:***@127.0.0.1:{down.rsplit(':', 1)[1]}" in message
+    assert "unreachable (ConnectionError" in message and "requests go uncached" in message
+    assert PASSWORD not in caplog.text
+
+
+def test_the_cache_url_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SYNC_ASSETS_HTTP_CACHE_URL", raising=False)
+    assert http_cache_url() == str(http_cache_path())
+    for url in ("/var/cache/partners.sqlite3", "redis://cache:6379/2", "rediss://:pw@cache:6380"):
+        monkeypatch.setenv("SYNC_ASSETS_HTTP_CACHE_URL", url)
+        assert http_cache_url() == url
+    for url in (
+        f"https://:{PASSWORD}@cache/0",
+        f"redis://:{PASSWORD}@cache:6379/zero",
+        f"redis://:{PASSWORD}@cache:port/0",
+        f"redis://:{PASSWORD}@/0",
+    ):
+        monkeypatch.setenv("SYNC_ASSETS_HTTP_CACHE_URL", url)
+        with pytest.raises(ConfigurationError) as error:
+            http_cache_url()
+        assert error.value.setting == "SYNC_ASSETS_HTTP_CACHE_URL"
+        assert PASSWORD not in str(error.value)
+
+
+def test_a_redis_password_stays_out_of_run_config_and_repr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        PartnersApi(cache_url=f"redis://:{PASSWORD}@cache:6379/0").client_settings()
+    assert error.value.setting == "PartnersApi.cache_url" and PASSWORD not in str(error.value)
+    assert "SYNC_ASSETS_HTTP_CACHE_URL" in str(error.value)
+
+    monkeypatch.setenv("SYNC_ASSETS_HTTP_CACHE_URL", f"redis://:{PASSWORD}@cache:6379/0")
+    resource = PartnersApi()
+    client_settings = resource.client_settings()
+    assert client_settings.cache_url == f"redis://:{PASSWORD}@cache:6379/0"
+    assert PASSWORD not in repr(client_settings) and PASSWORD not in str(resource.model_dump())
+    assert cache.redacted(client_settings.cache_url) == "redis://:***@cache:6379/0"
