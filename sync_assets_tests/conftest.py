@@ -26,6 +26,9 @@ from sync_assets.partners_api.cache import redacted
 from sync_assets.platform.database import create_platform_engine, parse_database_url
 from sync_assets.platform.migrate import upgrade
 
+# The S3 API server (moto) for the storage and deployment tests.
+pytest_plugins = ["sync_assets_tests.s3_server"]
+
 DEFAULT_TEST_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 

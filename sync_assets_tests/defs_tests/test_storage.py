@@ -15,7 +15,6 @@ from polars.testing import assert_frame_equal
 
 from sync_assets.defs.storage import PartitionedParquetIOManager, PartitionSpool
 from sync_assets.object_storage import ObjectStore
-from sync_assets_tests.s3_server import object_keys, s3_bucket, s3_endpoint  # noqa: F401
 
 COURSES = dg.StaticPartitionsDefinition(["course-a", "course-b", "course/with:odd chars"])
 KEY = dg.AssetKey("enrolments")

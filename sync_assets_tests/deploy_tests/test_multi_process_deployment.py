@@ -1,0 +1,355 @@
+"""The deployment on one machine: every piece a process of its own, sharing no local file.
+
+A PostgreSQL-backed Dagster instance (deploy/dagster.yaml: queued coordinator, default run
+launcher, compute logs on S3), a code server and `dagster-daemon` started from working
+directory A, asset storage on an S3 API (moto's server over loopback), the HTTP cache in Redis,
+the Partners API simulator over loopback. `sync-assets sync --submit` from A queues the nightly
+sync in chunks of SYNC_ASSETS_COURSES_PER_RUN courses; the daemon launches each chunk as a run
+process of the code server. The platform tables must equal the single-process result. Then, from
+working directory B (its own Dagster home and data folder, nothing on its disk), a rerun of one
+course's `activity_progress` loads its inputs from the shared storage.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from sync_assets.platform.database import create_platform_engine
+from sync_assets.platform.demo_catalogue import seed_demo_catalogue, seed_demo_progress, seed_users
+from sync_assets.platform.migrate import upgrade
+from sync_assets.simulator.app import PartnersApiSimulator
+from sync_assets.simulator.datasets import generate
+from sync_assets.simulator.transports import serving
+from sync_assets_tests.conftest import postgres_admin_url, with_search_path
+from sync_assets_tests.defs_tests.test_crash_and_overlap import contract_snapshot
+from sync_assets_tests.s3_server import create_bucket, object_keys, s3_environment
+
+PROJECT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+KEY, SECRET = "deployment-partner", "a-deployment-secret-of-32-bytes-or-more!"
+COURSES_PER_RUN = 3
+REDIS_URL = "redis://127.0.0.1:6379/9"  # a database of its own: its keys are deleted after
+REDIS_PREFIX = b"sync_assets:partners_api:v2"
+STARTUP_SECONDS = 90
+SYNC_SECONDS = 600
+
+pytestmark = pytest.mark.postgres
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _platform_schema(admin_url: URL, name: str) -> str:
+    admin = sa.create_engine(admin_url)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+    admin.dispose()
+    return with_search_path(admin_url, name).render_as_string(hide_password=False)
+
+
+def _seeded(url: str, dataset) -> None:
+    engine = create_platform_engine(url)
+    upgrade(engine)
+    with engine.begin() as connection:
+        seed_demo_catalogue(connection)
+        seed_users(connection, dataset.users)
+        seed_demo_progress(connection, dataset.users, share=0.6)
+    engine.dispose()
+
+
+@dataclass
+class Deployment:
+    env_a: dict[str, str]
+    env_b: dict[str, str]
+    dir_a: Path
+    dir_b: Path
+    platform_url: str
+    single_process_url: str
+    single_process_env: dict[str, str]
+    bucket: str
+    endpoint: str
+
+    def command(self, env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / args[0]), *args[1:]],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=SYNC_SECONDS,
+        )
+
+
+def _start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def _wait_for_code_server(port: int, env: dict[str, str], server: subprocess.Popen, log: Path):
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the code server exited: {log.read_text()[-3000:]}")
+        check = subprocess.run(
+            [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(port)],
+            env=env,
+            capture_output=True,
+            timeout=30,
+        )
+        if check.returncode == 0:
+            return
+        time.sleep(1)
+    pytest.fail(f"the code server did not answer in {STARTUP_SECONDS} s: {log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def deployment(
+    tmp_path: Path, s3_endpoint: str, postgres_database_url: URL
+) -> Iterator[Deployment]:
+    cache = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        cache.ping()
+    except redis.RedisError as error:
+        pytest.fail(f"the deployment test needs Redis at {REDIS_URL}: {error}")
+    for key in cache.scan_iter(REDIS_PREFIX + b"*"):
+        cache.delete(key)
+
+    dataset = generate("tiny", seed=11)
+    simulator = PartnersApiSimulator(dataset, consumer_key=KEY, consumer_secret=SECRET)
+    admin_url = postgres_admin_url()
+    suffix = os.urandom(4).hex()
+    platform_url = _platform_schema(admin_url, f"deploy_{suffix}")
+    single_process_url = _platform_schema(admin_url, f"single_{suffix}")
+    for url in (platform_url, single_process_url):
+        _seeded(url, dataset)
+    bucket = create_bucket(s3_endpoint)
+
+    dir_a, dir_b = tmp_path / "machine-a", tmp_path / "machine-b"
+    base = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("FL_PARTNERS_", "SYNC_ASSETS_", "DAGSTER_", "AWS_"))
+        and name != "PLATFORM_DATABASE_URL"
+    }
+    instance_db = postgres_database_url
+    with serving(simulator) as server:
+        settings = {
+            "FL_PARTNERS_URL": server.base_url,
+            "FL_PARTNERS_CONSUMER_KEY": KEY,
+            "FL_PARTNERS_CONSUMER_SECRET": SECRET,
+        }
+        deployed = (
+            base
+            | settings
+            | s3_environment(s3_endpoint)
+            | {
+                "SYNC_ASSETS_PROFILE": "deployment",
+                "PLATFORM_DATABASE_URL": platform_url,
+                "SYNC_ASSETS_STORAGE_URL": f"s3://{bucket}/assets",
+                "SYNC_ASSETS_HTTP_CACHE_URL": REDIS_URL,
+                "SYNC_ASSETS_COURSES_PER_RUN": str(COURSES_PER_RUN),
+                "DAGSTER_PG_HOST": instance_db.host or "127.0.0.1",
+                "DAGSTER_PG_PORT": str(instance_db.port or 5432),
+                "DAGSTER_PG_DB": instance_db.database or "",
+                "DAGSTER_PG_USERNAME": instance_db.username or "postgres",
+                "DAGSTER_PG_PASSWORD": instance_db.password or "",
+                "DAGSTER_COMPUTE_LOGS_BUCKET": bucket,
+                "DAGSTER_COMPUTE_LOGS_PREFIX": "compute-logs",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        envs = {}
+        for directory in (dir_a, dir_b):
+            (directory / "home").mkdir(parents=True)
+            shutil.copy(PROJECT / "deploy" / "dagster.yaml", directory / "home" / "dagster.yaml")
+            envs[directory] = deployed | {
+                "DAGSTER_HOME": str(directory / "home"),
+                "SYNC_ASSETS_DATA_DIR": str(directory / "data"),
+            }
+        port = _free_port()
+        (dir_a / "workspace.yaml").write_text(
+            "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
+            f"      port: {port}\n      location_name: sync_assets\n"
+        )
+        code_log, daemon_log = dir_a / "code-server.log", dir_a / "daemon.log"
+        code_server = _start(
+            [
+                str(BIN / "dagster"),
+                "code-server",
+                "start",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-m",
+                "sync_assets.definitions",
+                "--location-name",
+                "sync_assets",
+            ],
+            envs[dir_a],
+            dir_a,
+            code_log,
+        )
+        daemon = None
+        try:
+            _wait_for_code_server(port, envs[dir_a], code_server, code_log)
+            daemon = _start(
+                [str(BIN / "dagster-daemon"), "run", "-w", str(dir_a / "workspace.yaml")],
+                envs[dir_a],
+                dir_a,
+                daemon_log,
+            )
+            single_home = tmp_path / "single-process"
+            single_env = (
+                base
+                | settings
+                | {
+                    "PLATFORM_DATABASE_URL": single_process_url,
+                    "DAGSTER_HOME": str(single_home / "home"),
+                    "SYNC_ASSETS_DATA_DIR": str(single_home / "data"),
+                }
+            )
+            yield Deployment(
+                env_a=envs[dir_a],
+                env_b=envs[dir_b],
+                dir_a=dir_a,
+                dir_b=dir_b,
+                platform_url=platform_url,
+                single_process_url=single_process_url,
+                single_process_env=single_env,
+                bucket=bucket,
+                endpoint=s3_endpoint,
+            )
+        finally:
+            if daemon is not None:
+                _stop(daemon)
+            _stop(code_server)
+            for key in cache.scan_iter(REDIS_PREFIX + b"*"):
+                cache.delete(key)
+            admin = sa.create_engine(admin_url)
+            with admin.begin() as connection:
+                for url in (platform_url, single_process_url):
+                    schema = sa.engine.make_url(url).query["options"].split("=")[1]
+                    connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
+
+
+def _snapshot(url: str) -> dict[str, list]:
+    engine = create_platform_engine(url)
+    try:
+        return contract_snapshot(engine)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _instance(env: dict[str, str]) -> Iterator[dg.DagsterInstance]:
+    """The shared instance, as seen from one machine (its home, the same PostgreSQL)."""
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("DAGSTER_", "AWS_"))})
+    try:
+        with dg.DagsterInstance.get() as instance:
+            yield instance
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_the_deployment_syncs_in_chunks_and_reruns_a_course_from_another_machine(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    # The nightly sync, queued from A for the daemon: runs of at most COURSES_PER_RUN courses.
+    synced = d.command(d.env_a, d.dir_a, "sync-assets", "sync", "--submit")
+    assert synced.returncode == 0, synced.stdout[-3000:] + synced.stderr[-3000:]
+    assert "Queued" in synced.stdout
+
+    single = d.command(d.single_process_env, d.dir_a, "sync-assets", "sync")
+    assert single.returncode == 0, single.stderr[-3000:]
+    # The same platform tables as the sync in one process: chunks change memory, not results.
+    assert _snapshot(d.platform_url) == _snapshot(d.single_process_url)
+
+    with _instance(d.env_a) as instance:
+        sync_runs = instance.get_runs(dg.RunsFilter(job_name="futurelearn_sync"))
+        courses = instance.get_dynamic_partitions("course")
+        assert len(sync_runs) == -(-len(courses) // COURSES_PER_RUN) > 1
+        for run in sync_runs:
+            assert run.status == dg.DagsterRunStatus.SUCCESS
+            assert run.tags["sync_assets/launched_by"] == "cli --submit"
+            # Launched by the daemon through the code server: a process of its own, not A's.
+            assert ".dagster/grpc_info" in run.tags
+        certificate_runs = instance.get_runs(dg.RunsFilter(job_name="daily_certificates_job"))
+        assert [run.status for run in certificate_runs] == [dg.DagsterRunStatus.SUCCESS]
+
+    # Values on S3, one object per course and asset; compute logs there too.
+    keys = object_keys(d.endpoint, d.bucket)
+    stored = [key for key in keys if key.startswith("assets/activity_progress/")]
+    assert len(stored) == len(courses)
+    assert any(key.startswith("compute-logs/") for key in keys)
+    # Nothing on either machine's disk but the Dagster home: no storage, no HTTP cache.
+    for directory in (d.dir_a, d.dir_b):
+        assert not (directory / "data").exists()
+    cached = redis.Redis.from_url(REDIS_URL).scan_iter(REDIS_PREFIX + b"*")
+    assert next(cached, None) is not None
+
+    # From B: rerun one course's activity_progress alone; its inputs come from the shared storage.
+    course = courses[len(courses) // 2]
+    rerun = d.command(
+        d.env_b,
+        d.dir_b,
+        "dagster",
+        "asset",
+        "materialize",
+        "--select",
+        "activity_progress",
+        "--partition",
+        course,
+        "-m",
+        "sync_assets.definitions",
+    )
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    with _instance(d.env_b) as instance:
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey("activity_progress"), asset_partitions=[course]
+            ),
+            limit=1,
+        ).records[0]
+        assert record.run_id not in {run.run_id for run in sync_runs}
+        metadata = record.asset_materialization.metadata
+        assert metadata["status"].value == "applied"
+    assert not (d.dir_b / "data").exists()
+    # Nothing had changed: the rerun wrote nothing, and the tables still match.
+    assert _snapshot(d.platform_url) == _snapshot(d.single_process_url)
