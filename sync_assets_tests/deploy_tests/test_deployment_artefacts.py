@@ -894,6 +894,22 @@ def test_the_stack_commands_serve_the_location_and_run_a_job(
         keys = s3_keys(s3_endpoint, "sync-assets", f"dagster/compute-logs/storage/{run_id}/")
         assert keys, "the run's compute logs are on S3"
 
+        # Compose's health checks pass against these processes.
+        ports = {"4000": str(code_port), "3000": str(web_port)}
+        for service in DAGSTER_SERVICES:
+            probe = compose()["services"][service]["healthcheck"]["test"]
+            assert probe[0] == "CMD"
+            words = [re.sub(r"\b(4000|3000)\b", lambda m: ports[m[0]], w) for w in probe[1:]]
+            result = subprocess.run(
+                words,
+                env=service_env(service),
+                cwd=app,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert result.returncode == 0, f"{service}: {result.stdout}{result.stderr}"
+
 
 def _answers(url: str) -> bool:
     try:
