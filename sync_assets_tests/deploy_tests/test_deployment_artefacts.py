@@ -737,7 +737,9 @@ def test_the_stack_commands_serve_the_location_and_run_a_job(
     s3_endpoint = f"http://127.0.0.1:{s3_port}"
 
     platform_url = postgres_schema_url.render_as_string(hide_password=False)
-    upgrade(create_platform_engine(platform_url))
+    engine = create_platform_engine(platform_url)
+    upgrade(engine)
+    engine.dispose()
     simulator = PartnersApiSimulator(
         generate("tiny", seed=5),
         consumer_key="deploy-key",
