@@ -679,10 +679,19 @@ def wait_for(what: str, check, timeout: float, logs: list[Path]) -> None:
 
 
 def regular_install(target: Path, work: Path) -> Path:
-    """The package as `pip install .` puts it in the image: a wheel, not the source tree."""
-    wheels = work / "wheels"
+    """The package as the image's `pip install .` puts it there: built from the files the build
+    stage copies (not the checkout, and no stale build/ folder), installed as a wheel."""
+    source, wheels = work / "src", work / "wheels"
+    source.mkdir()
+    for keyword, arguments in dockerfile_stages()[0]:
+        for name in shlex.split(arguments)[:-1] if keyword == "COPY" else []:
+            if (PROJECT / name).is_dir():
+                ignore = shutil.ignore_patterns("__pycache__")
+                shutil.copytree(PROJECT / name, source / name, ignore=ignore)
+            else:
+                shutil.copy(PROJECT / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(PROJECT)], check=True)
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(source)], check=True)
     [wheel] = wheels.glob("sync_assets-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
     return target
