@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import polars as pl
 import sqlalchemy as sa
+import yaml
 
 from sync_assets.platform.database import create_platform_engine, parse_database_url
 from sync_assets.platform.demo_catalogue import (
@@ -167,14 +168,18 @@ def dagster_instance(home: Path, database: str) -> dict[str, str]:
     """The Dagster instance the sync records itself in, as deployed next to that database.
 
     SQLite: the embedded default (no dagster.yaml). PostgreSQL: the production instance
-    (deploy/dagster.postgres.yaml) in a fresh database of the same server. Returns the
-    environment it needs; the harness process reads the instance too, so it sets them here.
+    (deploy/dagster.yaml) in a fresh database of the same server, less its compute logs on
+    object storage (they stay in files under the home: the benchmark measures the sync, not log
+    shipping, and needs no S3). Returns the environment it needs; the harness process reads the
+    instance too, so it sets them here.
     """
     home.mkdir(parents=True, exist_ok=True)
     if database == "sqlite":
         return {}
     url = sa.make_url(fresh_database(database, home))
-    (home / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.postgres.yaml").read_text())
+    instance = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    del instance["compute_logs"]
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance, sort_keys=False))
     env = {
         "DAGSTER_PG_HOST": url.host or "127.0.0.1",
         "DAGSTER_PG_PORT": str(url.port or 5432),
