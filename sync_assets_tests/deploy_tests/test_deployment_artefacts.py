@@ -37,6 +37,7 @@ from sqlalchemy.engine import URL
 
 from sync_assets.platform.database import create_platform_engine
 from sync_assets.platform.migrate import upgrade
+from sync_assets.settings import DEPLOYMENT_REQUIRED
 from sync_assets.simulator.app import PartnersApiSimulator
 from sync_assets.simulator.datasets import generate
 from sync_assets.simulator.transports import serving
@@ -47,30 +48,16 @@ VENV_BIN = Path(sys.executable).parent
 
 DAGSTER_SERVICES = ("code-server", "webserver", "daemon")
 # Settings a deployment must give (SYNC_ASSETS_PROFILE=deployment refuses to load without them).
-REQUIRED_SETTINGS = {
-    "FL_PARTNERS_URL",
-    "FL_PARTNERS_CONSUMER_KEY",
-    "FL_PARTNERS_CONSUMER_SECRET",
-    "PLATFORM_DATABASE_URL",
-    "SYNC_ASSETS_STORAGE_URL",
-    "SYNC_ASSETS_HTTP_CACHE_URL",
-}
+REQUIRED_SETTINGS = set(DEPLOYMENT_REQUIRED)
 SECRET_SETTINGS = {
     "FL_PARTNERS_CONSUMER_KEY",
     "FL_PARTNERS_CONSUMER_SECRET",
     "PLATFORM_DATABASE_URL",
 }
-# Being added to the code in parallel with these artefacts (the deployment issue's other parts);
-# once they are read by sync_assets this set can go.
-SETTINGS_IN_FLIGHT = {
-    "SYNC_ASSETS_PROFILE",
-    "SYNC_ASSETS_STORAGE_URL",
-    "SYNC_ASSETS_HTTP_CACHE_URL",
-    "SYNC_ASSETS_COURSES_PER_RUN",
-}
 # Read by the code, but not deployment settings: the embedded default's folder (the image sets
-# it), the crash tests' failpoints, and DAGSTER_HOME (the image sets it).
+# it), the crash tests' failpoints, DAGSTER_HOME and SYNC_ASSETS_PROFILE (the image sets both).
 NOT_DEPLOYMENT_SETTINGS = {
+    "SYNC_ASSETS_PROFILE",
     "SYNC_ASSETS_DATA_DIR",
     "SYNC_ASSETS_FAILPOINT",
     "SYNC_ASSETS_FAILPOINT_MARKER",
@@ -341,7 +328,7 @@ def test_compose_has_the_stack_built_from_the_dockerfile() -> None:
 
 
 def test_compose_gives_each_process_the_settings_it_reads_and_no_more() -> None:
-    known = settings_read_by_the_code() | instance_settings() | AWS_SETTINGS | SETTINGS_IN_FLIGHT
+    known = settings_read_by_the_code() | instance_settings() | AWS_SETTINGS
     code_server = compose_env("code-server")
     for name in DAGSTER_SERVICES:
         env = compose_env(name)
@@ -442,7 +429,7 @@ def test_helm_values_run_the_image_with_the_k8s_run_launcher_and_the_settings() 
         "name": option(dockerfile_cmd(), "--location-name"),
     }
     env = set(deployment["env"])
-    known = settings_read_by_the_code() | AWS_SETTINGS | SETTINGS_IN_FLIGHT
+    known = settings_read_by_the_code() | AWS_SETTINGS
     assert env <= known, env - known
     # Secrets come from a Secret, everything else is in plain sight.
     assert not env & SECRET_SETTINGS
