@@ -27,6 +27,8 @@ import dagster as dg
 import pytest
 import redis
 import sqlalchemy as sa
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.utils import make_new_backfill_id
 from sqlalchemy.engine import URL
 
 from sync_assets.platform.database import create_platform_engine
@@ -287,6 +289,28 @@ def _instance(env: dict[str, str]) -> Iterator[dg.DagsterInstance]:
         os.environ.update(saved)
 
 
+def _backfill_every_course(instance: dg.DagsterInstance, courses: list[str]) -> str:
+    """What the UI's "Materialize all" over every course partition submits."""
+    from sync_assets.definitions import defs
+
+    asset_graph = defs.resolve_asset_graph()
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=make_new_backfill_id(),
+        asset_graph=asset_graph,
+        backfill_timestamp=time.time(),
+        tags={},
+        asset_selection=list(asset_graph.materializable_asset_keys),
+        partition_names=courses,
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill.backfill_id
+
+
 def test_the_deployment_syncs_in_chunks_and_reruns_a_course_from_another_machine(
     deployment: Deployment,
 ) -> None:
@@ -312,6 +336,30 @@ def test_the_deployment_syncs_in_chunks_and_reruns_a_course_from_another_machine
             assert ".dagster/grpc_info" in run.tags
         certificate_runs = instance.get_runs(dg.RunsFilter(job_name="daily_certificates_job"))
         assert [run.status for run in certificate_runs] == [dg.DagsterRunStatus.SUCCESS]
+
+    # A backfill of every course partition (what "Materialize all" in the UI launches): the
+    # daemon splits it into runs of COURSES_PER_RUN, by the assets' backfill policy.
+    with _instance(d.env_a) as instance:
+        backfill_id = _backfill_every_course(instance, courses)
+    deadline = time.monotonic() + SYNC_SECONDS
+    with _instance(d.env_a) as instance:
+        while instance.get_backfill(backfill_id).status == BulkActionStatus.REQUESTED:
+            assert time.monotonic() < deadline, "the backfill did not finish"
+            time.sleep(2)
+        assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS
+        backfill_runs = instance.get_runs(
+            dg.RunsFilter(tags={"dagster/backfill": backfill_id}, job_name=None)
+        )
+        assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in backfill_runs)
+        # course_runs (one value for all courses) runs on its own; the course assets in chunks.
+        chunks = [
+            run
+            for run in backfill_runs
+            if {"dagster/asset_partition_range_start", "dagster/partition"} & set(run.tags)
+        ]
+        assert len(chunks) == len(sync_runs)
+    # Nothing had changed upstream: the backfill wrote nothing.
+    assert _snapshot(d.platform_url) == _snapshot(d.single_process_url)
 
     # Values on S3, one object per course and asset; compute logs there too.
     keys = object_keys(d.endpoint, d.bucket)
