@@ -234,6 +234,7 @@ def run_metadata(dagster_home: Path) -> dict[str, float]:
             "write_seconds": 0.0,
             "sql_statements": 0,
             "rules_step": 0.0,
+            "peak_rss_mib": 0.0,
         }
         api_steps: dict[str, float] = {}
         for record in instance.all_logs(run.run_id):
@@ -253,6 +254,10 @@ def run_metadata(dagster_home: Path) -> dict[str, float]:
                 name = materialization.asset_key.to_user_string()
                 if "api_seconds" in metadata:
                     api_steps[name] = metadata["api_seconds"]  # once per step
+                if "process_peak_rss_mib" in metadata:
+                    figures["peak_rss_mib"] = max(
+                        figures["peak_rss_mib"], metadata["process_peak_rss_mib"]
+                    )
                 if name == "activity_progress":
                     figures["plan_seconds"] += metadata.get("plan_seconds", 0.0)
                     figures["write_seconds"] += metadata.get("write_seconds", 0.0)
@@ -311,7 +316,9 @@ def measure(
     return Scenario(
         name=name,
         wall_seconds=round(wall, 2),
-        peak_rss_mb=round(rss, 1),
+        # `sync-assets` starts each run's peak count afresh, so the command's own peak (from
+        # time(1)) is its last run's; the sync run's steps report theirs.
+        peak_rss_mb=round(max(rss, meta["peak_rss_mib"]), 1),
         requests=requests,
         requests_in_run=in_run,
         minimum_requests=minimum,

@@ -185,3 +185,19 @@ def test_the_local_profile_keeps_the_embedded_defaults() -> None:
     loaded = _load(_base_env(), SHOW_RESOURCES)
     assert loaded.returncode == 0, loaded.stderr
     assert "EnvVar" not in loaded.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only")
+def test_each_run_executed_here_counts_its_own_peak_memory() -> None:
+    """A second run in one command does not report the first run's peak as its own."""
+    import resource
+
+    from sync_assets.runs.execution import _reset_peak_memory
+
+    big = bytearray(300 * 1024 * 1024)  # an earlier run's peak, touched so it is resident
+    big[::4096] = b"x" * len(big[::4096])
+    del big
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _reset_peak_memory()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert before - after > 250 * 1024  # KiB
