@@ -270,19 +270,26 @@ _SUBMIT = click.option(
 
 
 @main.command()
-@click.option("--course", "courses", multiple=True, help="Sync only this course uuid (repeatable)")
+@click.option(
+    "--course",
+    "courses",
+    multiple=True,
+    help="Sync only this course: its uuid or its partition key (repeatable)",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing (S3)")
 @click.option(
     "--allow-shrink",
     multiple=True,
-    metavar="UUID",
-    help="Apply progress for this course even if its enrolment report shrank sharply",
+    metavar="COURSE",
+    help="Apply progress for this course (uuid or partition key) even if its enrolment report "
+    "shrank sharply",
 )
 @click.option(
     "--allow-quarantine",
     multiple=True,
-    metavar="UUID",
-    help="Apply this course from its valid records even if many of its report's were quarantined",
+    metavar="COURSE",
+    help="Apply this course (uuid or partition key) from its valid records even if many of its "
+    "report's were quarantined",
 )
 @_SUBMIT
 def sync(
@@ -340,27 +347,29 @@ def demo() -> None:
 
 
 @main.command()
-@click.option("--course", "course_uuid", required=True, help="The FutureLearn course uuid")
+@click.option("--course", "course", required=True, help="The course: its uuid or its partition key")
 @click.option(
     "--user", "user_ids", required=True, multiple=True, help="Platform user id (repeatable)"
 )
 @_SUBMIT
-def resync(course_uuid: str, user_ids: tuple[str, ...], submit: bool) -> None:
+def resync(course: str, user_ids: tuple[str, ...], submit: bool) -> None:
     """Resync chosen learners of one course now (S2); nobody else is touched."""
     from sync_assets.runs.execution import code_location_runs
     from sync_assets.runs.instance import open_instance
-    from sync_assets.runs.launch import launch_resync, run_certificate_work
+    from sync_assets.runs.launch import course_uuid_argument, launch_resync, run_certificate_work
     from sync_assets.runs.report import format_certificates
     from sync_assets.sync.resync import ResyncRequestError, validate_request
 
     check_settings()
     engine = _migrated_engine()
-    try:
-        validate_request(engine, course_uuid, list(user_ids))  # before any request
-    except ResyncRequestError as error:
-        raise click.ClickException(str(error)) from None
-    finally:
-        engine.dispose()
+    with open_instance(say=click.echo) as instance:
+        try:
+            course_uuid = course_uuid_argument(instance, engine, course)
+            validate_request(engine, course_uuid, list(user_ids))  # before any request
+        except ResyncRequestError as error:
+            raise click.ClickException(str(error)) from None
+        finally:
+            engine.dispose()
     with open_instance(say=click.echo) as instance, code_location_runs(instance) as runs:
         report, outcomes = launch_resync(
             runs, course_uuid, list(user_ids), submit=submit, say=click.echo

@@ -86,6 +86,13 @@ class ObjectStore:
         else:
             self._fs.put_file(str(source), self._full(key))
 
+    def copy(self, source_key: str, key: str) -> None:
+        """Store a copy of the object `source_key` as `key`, atomically; the source stays."""
+        if self.is_local:
+            self.put(self.local_path(source_key), key)
+        else:
+            self._fs.copy(self._full(source_key), self._full(key))
+
     def keys(self, prefix: str = "") -> list[str]:
         """Every key under `prefix`, for tests and operators (not used by the sync)."""
         root = self._full(prefix).rstrip("/")

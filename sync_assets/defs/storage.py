@@ -53,6 +53,15 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
     def _whole_key(asset_key: dg.AssetKey) -> str:
         return "/".join(asset_key.path) + ".parquet"
 
+    def copy_partition(self, asset_key: dg.AssetKey, partition: str, new_partition: str) -> bool:
+        """Store a partition's value under another partition key too; False if none is stored."""
+        store = self._store()
+        source = self._partition_key(asset_key, partition)
+        if not store.exists(source):
+            return False
+        store.copy(source, self._partition_key(asset_key, new_partition))
+        return True
+
     def handle_output(
         self,
         context: dg.OutputContext,

@@ -12,13 +12,20 @@ from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
+from sqlalchemy.engine import Engine
 
 from sync_assets.definitions import defs
 from sync_assets.defs.certificates.jobs import daily_certificates_job
 from sync_assets.defs.resync.jobs import resync_learners_job
 from sync_assets.defs.sync.jobs import all_partitions_tags, futurelearn_sync_job
-from sync_assets.defs.sync.partitions import course_chunks, course_partitions
-from sync_assets.defs.sync.sensors import missing_course_partitions
+from sync_assets.defs.sync.partitions import (
+    CourseKeys,
+    course_chunks,
+    course_partitions,
+    is_bare_uuid,
+)
+from sync_assets.defs.sync.sensors import apply_partition_update, plan_partition_update
+from sync_assets.platform import sync_store
 from sync_assets.runs.execution import CodeLocationRuns, FinishedRun
 from sync_assets.runs.report import (
     SyncReport,
@@ -30,30 +37,49 @@ from sync_assets.settings import ConfigurationError, courses_per_run
 
 
 def prepare_partitions(instance: dg.DagsterInstance, courses: list[str] | None) -> list[str]:
-    """Add a partition for every known course with runs; return the partitions to sync."""
+    """Bring the course partitions up to date; return the keys of those to sync.
+
+    `courses` may name a course by its uuid or by its partition key.
+    """
     existing = list(instance.get_dynamic_partitions(course_partitions.name))
     resources = dict(defs.resources or {})
     with dg.build_resources(
-        {
-            "partners_api": resources["partners_api"],
-            "platform_database": resources["platform_database"],
-        }
+        {name: resources[name] for name in ("partners_api", "platform_database", "io_manager")}
     ) as built:
-        missing = missing_course_partitions(
-            built.partners_api, built.platform_database, set(existing)
-        )
-    if missing:
-        instance.add_dynamic_partitions(course_partitions.name, missing)
+        update = plan_partition_update(existing, built.partners_api, built.platform_database)
+        apply_partition_update(instance, update, built.io_manager)
     partitions = list(instance.get_dynamic_partitions(course_partitions.name))
     if not courses:
         return partitions
-    unknown = [course for course in courses if course not in partitions]
+    keys = update.course_keys(partitions)
+    chosen = {course: course if course in partitions else keys.key(course) for course in courses}
+    unknown = [course for course, key in chosen.items() if key is None]
     if unknown:
         raise ConfigurationError(
             "--course",
-            f"not a known course with runs on FutureLearn (R1): {', '.join(unknown)}",
+            "neither a course partition key nor the uuid of a known course with runs on "
+            f"FutureLearn (R1): {', '.join(unknown)}",
         )
-    return [course for course in partitions if course in set(courses)]
+    wanted = set(chosen.values())
+    return [key for key in partitions if key in wanted]
+
+
+def course_uuid_argument(instance: dg.DagsterInstance, engine: Engine, argument: str) -> str:
+    """The course uuid a `--course` argument names: a uuid, or a course partition's key.
+
+    From what is stored (the instance's partitions, the platform's known courses): no request.
+    """
+    if is_bare_uuid(argument):
+        return argument.lower()
+    with engine.connect() as connection:
+        known = list(sync_store.known_courses(connection)["course_uuid"])
+    partitions = list(instance.get_dynamic_partitions(course_partitions.name))
+    course = CourseKeys.resolve(partitions, known, known).uuid(argument)
+    if course is None:
+        raise ConfigurationError(
+            "--course", f"{argument}: neither a course uuid nor a course partition's key"
+        )
+    return course
 
 
 def sync_run_tags(partitions: list[str], *, all_courses: bool) -> list[dict[str, str]]:
@@ -112,7 +138,7 @@ def launch_sync(
     )
     for run in finished:
         read_sync_run(run.events, report)
-    report.courses.sort(key=lambda line: line.course_uuid)
+    report.courses.sort(key=lambda line: line.course)
     return report
 
 

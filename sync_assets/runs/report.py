@@ -17,8 +17,10 @@ API_ASSETS = ("course_runs", "enrolments", "linked_memberships")
 
 @dataclass
 class CourseLine:
-    course_uuid: str
+    course: str  # the partition key
     status: str
+    title: str = ""
+    course_uuid: str = ""
     links_made: int = 0
     created: int = 0
     updated: int = 0
@@ -89,8 +91,10 @@ def read_sync_run(events: list[dg.DagsterEvent], report: SyncReport) -> None:
         if name == "activity_progress" and materialization.partition:
             report.courses.append(
                 CourseLine(
-                    course_uuid=materialization.partition,
+                    course=materialization.partition,
                     status=_value(metadata, "status", "?"),
+                    title=_value(metadata, "course_title", ""),
+                    course_uuid=_value(metadata, "course_uuid", ""),
                     links_made=_value(metadata, "links_made"),
                     created=_value(metadata, "achievements_created"),
                     updated=_value(metadata, "achievements_updated"),
@@ -100,7 +104,7 @@ def read_sync_run(events: list[dg.DagsterEvent], report: SyncReport) -> None:
                 )
             )
     for line in report.courses:
-        line.quarantined = quarantined.get(line.course_uuid, line.quarantined)
+        line.quarantined = quarantined.get(line.course, line.quarantined)
     report.requests += sum(requests for requests, _ in api_by_asset.values())
     report.not_modified += sum(not_modified for _, not_modified in api_by_asset.values())
     for name, count in linking.items():
@@ -135,6 +139,7 @@ def format_report(report: SyncReport) -> str:
     """The summary table the CLI prints."""
     header = (
         "course",
+        "title",
         "status",
         "links",
         "created",
@@ -145,16 +150,16 @@ def format_report(report: SyncReport) -> str:
     )
     counts = ("links_made", "created", "updated", "completed", "dropped", "quarantined")
     rows = [
-        (line.course_uuid, line.status, *(str(getattr(line, name)) for name in counts))
+        (line.course, _short(line.title), line.status, *(str(getattr(line, n)) for n in counts))
         for line in report.courses
     ]
     totals = [sum(getattr(line, name) for line in report.courses) for name in counts]
-    rows.append(("total", f"{len(report.courses)} courses", *map(str, totals)))
+    rows.append(("total", "", f"{len(report.courses)} courses", *map(str, totals)))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(
-            cell.ljust(width) if i < 2 else cell.rjust(width)
+            cell.ljust(width) if i < 3 else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
         )
 
@@ -175,11 +180,15 @@ def format_report(report: SyncReport) -> str:
     notes = [line for line in report.courses if line.note]
     if notes:
         out.append(f"Courses not applied, and why ({len(notes)}):")
-        out += [f"  {line.course_uuid}: {line.note}" for line in notes]
+        out += [f"  {line.course} ({line.course_uuid}): {line.note}" for line in notes]
     if report.certificates:
         out.append(format_certificates(report.certificates))
     out.append(f"Time: {report.seconds:.1f} s; Dagster run(s): {', '.join(report.run_ids)}")
     return "\n".join(out)
+
+
+def _short(title: str, width: int = 40) -> str:
+    return title if len(title) <= width else title[: width - 1] + "…"
 
 
 def _linking_problems(report: SyncReport) -> list[str]:

@@ -78,6 +78,16 @@ class CourseRuns:
         )
 
 
+def course_titles(runs: pl.DataFrame) -> dict[str, str]:
+    """Each course's title as its latest run calls it: what the course is called now."""
+    return dict(
+        runs.sort("start_time", "run_uuid", descending=True, nulls_last=True)
+        .group_by("course_uuid", maintain_order=True)
+        .agg(pl.col("title").first())
+        .iter_rows()
+    )
+
+
 async def fetch_course_runs(client: PartnersApiClient, engine: Engine) -> CourseRuns:
     fetched = await client.course_runs()
     with engine.connect() as connection:

@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from sqlalchemy.engine import Engine
 
 from sync_assets.cli import main
+from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.platform.database import create_platform_engine
 from sync_assets.platform.demo_catalogue import seed_demo_catalogue, seed_users
 from sync_assets.platform.migrate import upgrade
@@ -42,6 +44,16 @@ class World:
 
     def sync(self, *args: str) -> Result:
         return CliRunner().invoke(main, ["sync", *args], catch_exceptions=False)
+
+    def partitions(self) -> dict[str, str]:
+        """The instance's course partitions: key → course uuid."""
+        with dg.DagsterInstance.get() as instance:
+            keys = instance.get_dynamic_partitions(course_partitions.name)
+        return dict(CourseKeys.resolve(keys, self.dataset.runs["course_uuid"]).uuid_of_key)
+
+    def key(self, course_uuid: str) -> str:
+        """The partition key of a course (as the sensor or `sync-assets sync` made it)."""
+        return next(key for key, uuid in self.partitions().items() if uuid == course_uuid)
 
     def table(self, name: str) -> list[dict]:
         with self.engine.connect() as connection:

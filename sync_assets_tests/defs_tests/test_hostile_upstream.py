@@ -151,8 +151,9 @@ def _others(achievements: dict, course: str) -> dict:
 def _assert_one_course_failed_alone(result, course: str, title: str, world: World, before: dict):
     assert result.exit_code == 1
     assert "Traceback" not in result.output and "Stack Trace" not in result.output
-    assert f"{course} ({title}):" in result.output
-    assert f"Courses not applied, and why (1):\n  {course}: " in result.output
+    key = world.key(course)
+    assert f"{key}: " in result.output  # the run's failure, by the course's readable key
+    assert f"Courses not applied, and why (1):\n  {key} ({course}): " in result.output
     courses = len(set(world.dataset.runs["course_uuid"]) & CATALOGUE.keys())
     assert f"1 of {courses} courses not applied (see above); the other {courses - 1} were" in (
         result.output
@@ -254,7 +255,7 @@ def test_a_report_mostly_of_bad_records_is_refused_then_applied_from_the_rest_wh
     refused = world.sync()
     _assert_one_course_failed_alone(refused, course, title, world, {})
     assert "records of its report quarantined" in refused.output
-    row = next(line for line in refused.output.splitlines() if line.startswith(course))
+    row = next(line for line in refused.output.splitlines() if line.startswith(world.key(course)))
     assert row.split()[-1] == str(len(HOSTILE_VALUES))  # the summary's quarantined column
 
     allowed = world.sync("--allow-quarantine", course)

@@ -81,7 +81,8 @@ def test_each_outcome_and_nobody_else_changes(world: World) -> None:
     )
     before = {(r["user_id"], r["activity_id"]): r for r in world.table("achievements")}
 
-    result = resync(course, wrong, right, "lonely", linked_elsewhere)
+    # The course named by its partition key, as the UI shows it (a uuid works too: below).
+    result = resync(world.key(course), wrong, right, "lonely", linked_elsewhere)
 
     assert result.exit_code == 0, result.output
     got = outcomes(result.output)
@@ -118,7 +119,7 @@ def test_bad_requests_fail_before_any_request(world: World) -> None:
     course = next(uuid for uuid in world.dataset.runs["course_uuid"] if uuid in SLUG)
     user = world.dataset.users["id"][0]
     for args, message in [
-        (("not-a-uuid", user), "is not a UUID"),
+        (("not-a-uuid", user), "not-a-uuid: neither a course uuid nor a course partition's key"),
         (("00000000-0000-4000-8000-000000000000", user), "is not a known course"),
         ((course, "two words"), "malformed user ids"),
         ((course, "no-such-user"), "no platform users with ids ['no-such-user']"),

@@ -10,10 +10,11 @@ import dagster as dg
 import pytest
 
 from sync_assets.definitions import defs
-from sync_assets.defs.sync.partitions import course_partitions
+from sync_assets.defs.sync.partitions import CourseKeys, course_partitions, slugify
 from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
 from sync_assets.defs.sync.sensors import course_partitions_sensor
 from sync_assets.platform.demo_catalogue import load_catalogue
+from sync_assets.sync.steps import course_titles
 
 from .conftest import World
 
@@ -32,17 +33,24 @@ def test_lineage_puts_linking_before_progress() -> None:
     assert "latest_enrolments" in upstream["activity_progress"]
 
 
-def test_sensor_adds_a_partition_per_known_course(world: World) -> None:
+def test_sensor_adds_a_readable_partition_per_known_course(world: World) -> None:
     with (
         dg.instance_for_test() as instance,
         dg.build_sensor_context(instance=instance, resources=defs.resources) as context,
     ):
         result = course_partitions_sensor(context)
-        [request] = result.dynamic_partitions_requests
-        assert set(request.partition_keys) == set(world.dataset.runs["course_uuid"]) & CATALOGUE
-        instance.add_dynamic_partitions(course_partitions.name, list(request.partition_keys))
+        known = set(world.dataset.runs["course_uuid"]) & CATALOGUE
+        assert isinstance(result, dg.SkipReason)
+        assert result.skip_message == f"{len(known)} course partition(s) added"
+        keys = instance.get_dynamic_partitions(course_partitions.name)
+        titles = course_titles(world.dataset.runs)
+        mapping = CourseKeys.resolve(keys, world.dataset.runs["course_uuid"]).uuid_of_key
+        assert set(mapping.values()) == known and len(keys) == len(known)
+        for key, course in mapping.items():
+            assert key == f"{slugify(titles[course])}-{course.replace('-', '')[:8]}"
         again = course_partitions_sensor(context)
     assert isinstance(again, dg.SkipReason)
+    assert again.skip_message == f"all {len(known)} known courses have partitions"
 
 
 def test_nightly_schedule_is_one_run_over_every_course() -> None:
@@ -100,7 +108,19 @@ def test_metadata_is_informative_and_holds_no_personal_data(world: World) -> Non
         if entry.dagster_event and entry.dagster_event.event_type_value == "ASSET_MATERIALIZATION"
     ]
     progress = [m for m in materialisations if m.asset_key.to_user_string() == "activity_progress"]
-    assert {m.partition for m in progress} == set(world.dataset.runs["course_uuid"]) & CATALOGUE
+    known = set(world.dataset.runs["course_uuid"]) & CATALOGUE
+    assert {m.metadata["course_uuid"].value for m in progress} == known
+    assert {m.partition for m in progress} == {world.key(course) for course in known}
+    titles = course_titles(world.dataset.runs)
+    assert all(
+        m.metadata["course_title"].value == titles[world.partitions()[m.partition]]
+        for m in progress
+    )
+    [course_runs] = [m for m in materialisations if m.asset_key.to_user_string() == "course_runs"]
+    table = course_runs.metadata["course_partitions"].value
+    assert all(
+        f"| {titles[course]} | `{world.key(course)}` | `{course}` |" in table for course in known
+    )
     first = dict(progress[0].metadata)
     for name in (
         "dagster/row_count",

@@ -276,7 +276,7 @@ def test_circuit_breaker_refuses_a_shrunk_report(world: World) -> None:
     refused = world.sync()
 
     assert refused.exit_code != 0
-    assert f"{course}: enrolment report shrank" in refused.output
+    assert f"{world.key(course)}: enrolment report shrank" in refused.output
     assert world.snapshot() == before
     allowed = world.sync("--allow-shrink", course)
     assert allowed.exit_code == 0, allowed.output

@@ -37,7 +37,7 @@ from sync_assets.defs.sync.metadata import (
     peak_memory_metadata,
     reasons,
 )
-from sync_assets.defs.sync.partitions import course_partitions
+from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.partners_api.client import run
 from sync_assets.platform import sync_store, transactions
 from sync_assets.settings import courses_per_run
@@ -68,6 +68,45 @@ def _api_metadata(metrics: Any) -> dict[str, Any]:
         "api_bytes": figures["bytes_received"],
         "api_requests_by_status": dg.MetadataValue.json(figures["by_endpoint_and_status"]),
     }
+
+
+def course_keys(partition_keys: list[str], course_runs: pl.DataFrame) -> CourseKeys:
+    """The course each partition of the run stands for (see `partitions`)."""
+    return CourseKeys.resolve(
+        partition_keys,
+        course_runs["course_uuid"].unique(),
+        known=set(course_runs.filter("known")["course_uuid"]),
+    )
+
+
+def unresolved_keys(partition_keys: list[str], keys: CourseKeys) -> dict[str, str]:
+    """Partitions whose course FutureLearn no longer lists: failed, with why."""
+    return {
+        key: "no course FutureLearn lists now has a uuid starting with this key's suffix "
+        "(the course was withdrawn, or its digits are ambiguous)"
+        for key in partition_keys
+        if keys.uuid(key) is None
+    }
+
+
+def partition_table(partition_keys: list[str], course_runs: pl.DataFrame) -> str:
+    """Markdown: each course partition's key, course uuid and title now, by title."""
+    keys = course_keys(partition_keys, course_runs)
+    titles = steps.course_titles(course_runs)
+    rows = sorted(
+        (titles.get(keys.uuid(key) or "", ""), key, keys.uuid(key) or "(no such course now)")
+        for key in partition_keys
+    )
+    lines = ["| title | partition key | course uuid |", "| --- | --- | --- |"]
+    lines += [f"| {title} | `{key}` | `{uuid}` |" for title, key, uuid in rows]
+    return "\n".join(lines)
+
+
+def course_metadata(course_uuid: str | None, titles: dict[str, str]) -> dict[str, str]:
+    """Which course a partition is: the uuid ↔ key ↔ title mapping, on every materialisation."""
+    if course_uuid is None:
+        return {}
+    return {"course_uuid": course_uuid, "course_title": titles.get(course_uuid, "")}
 
 
 @dg.asset(
@@ -103,6 +142,11 @@ def course_runs(
                 [{"uuid": uuid, "title": title} for uuid, title in unknown.iter_rows()]
             ),
             "not_modified": fetched.not_modified,
+            "course_partitions": dg.MetadataValue.md(
+                partition_table(
+                    list(context.instance.get_dynamic_partitions(course_partitions.name)), runs
+                )
+            ),
             "quarantined": dg.MetadataValue.json(reasons(fetched.quarantine)),
             **_api_metadata(metrics),
         },
@@ -130,7 +174,8 @@ class EnrolmentsConfig(dg.Config):
     )
     allow_quarantine_courses: list[str] = Field(
         default_factory=list,
-        description="Course uuids to apply from their valid records however many are quarantined",
+        description="Courses (uuids or partition keys) to apply from their valid records however "
+        "many are quarantined",
     )
 
 
@@ -147,7 +192,10 @@ def enrolments(
     course_runs: pl.DataFrame,
     partners_api: PartnersApi,
 ) -> dict:  # {course: frame or CourseFailure}
-    courses = context.partition_keys
+    keys = course_keys(context.partition_keys, course_runs)
+    titles = steps.course_titles(course_runs)
+    unresolved = unresolved_keys(context.partition_keys, keys)
+    courses = [keys.uuid_of_key[key] for key in context.partition_keys if key not in unresolved]
 
     async def fetch():
         async with partners_api.client() as client:
@@ -157,6 +205,7 @@ def enrolments(
     fetched, metrics = run(fetch())
     api_seconds = time.perf_counter() - started
     refused: dict[str, str] = {}
+    key_of = keys.key_of_uuid
     for course, frame in fetched.by_course.items():
         course_run_uuids = set(course_runs.filter(pl.col("course_uuid") == course)["run_uuid"])
         quarantined = fetched.quarantine.filter(pl.col("source").is_in(list(course_run_uuids)))
@@ -164,13 +213,14 @@ def enrolments(
             quarantined,
             frame.height,
             config.max_quarantine_share,
-            allowed=course in config.allow_quarantine_courses,
+            allowed=bool({course, key_of[course]} & set(config.allow_quarantine_courses)),
         )
         if refusal:
-            refused[course] = refusal
-            context.log.error(f"course {course}: {refusal}")
+            refused[key_of[course]] = refusal
+            context.log.error(f"course {key_of[course]}: {refusal}")
         context.add_asset_metadata(
             {
+                **course_metadata(course, titles),
                 **frame_metadata(frame),
                 **({"status": "refused", "error": refusal} if refusal else {}),
                 "runs": len(course_run_uuids),
@@ -179,15 +229,18 @@ def enrolments(
                 "quarantined_records": quarantined.height,
                 "quarantined": dg.MetadataValue.json(reasons(quarantined)),
             },
-            partition_key=course,
+            partition_key=key_of[course],
         )
-    for course, why in fetched.failed.items():
-        context.log.error(f"course {course}: {why}")
-        context.add_asset_metadata(failed_metadata(why), partition_key=course)
+    failed = {key_of[course]: why for course, why in fetched.failed.items()} | unresolved
+    for key, why in failed.items():
+        context.log.error(f"course {key}: {why}")
+        context.add_asset_metadata(
+            {**course_metadata(keys.uuid(key), titles), **failed_metadata(why)}, partition_key=key
+        )
     context.log.info(
-        f"{len(courses)} courses: {len(fetched.changed_runs)} reports changed, "
+        f"{len(context.partition_keys)} courses: {len(fetched.changed_runs)} reports changed, "
         f"{len(fetched.unchanged_runs)} unchanged (304), "
-        f"{fetched.quarantine.height} records quarantined, {len(fetched.failed)} courses failed"
+        f"{fetched.quarantine.height} records quarantined, {len(failed)} courses failed"
     )
     context.add_output_metadata(
         {
@@ -196,7 +249,8 @@ def enrolments(
             **peak_memory_metadata(),
         }
     )
-    return {**fetched.by_course, **failures({**fetched.failed, **refused})}
+    by_key = {key_of[course]: frame for course, frame in fetched.by_course.items()}
+    return {**by_key, **failures({**failed, **refused})}
 
 
 @dg.asset(
@@ -284,27 +338,37 @@ def latest_enrolments(
     linked_memberships: PartitionFrames,
     course_runs: pl.DataFrame,
 ):
-    failed = {**enrolments.failures(), **linked_memberships.failures()}
+    keys = course_keys(list(enrolments), course_runs)
+    titles = steps.course_titles(course_runs)
+    failed = {
+        **unresolved_keys(list(enrolments), keys),
+        **enrolments.failures(),
+        **linked_memberships.failures(),
+    }
     by_course: dict[str, pl.DataFrame | CourseFailure] = {}
     duplicates = 0
-    for course in enrolments:
-        if course in failed:
-            by_course[course] = CourseFailure(failed[course])
+    for key in enrolments:
+        if key in failed:
+            by_course[key] = CourseFailure(failed[key])
             continue
+        course = keys.uuid_of_key[key]
         try:
             frame = steps.choose_latest(
-                {course: enrolments[course]}, {course: linked_memberships[course]}, course_runs
+                {course: enrolments[key]}, {course: linked_memberships[key]}, course_runs
             )[course]
         except Exception as error:  # one course's rules failing must not stop the others
             why = f"latest enrolments: {type(error).__name__}: {error}"
-            context.log.error(f"course {course}: {why}")
-            context.add_asset_metadata(failed_metadata(why), partition_key=course)
-            by_course[course] = CourseFailure(why)
+            context.log.error(f"course {key}: {why}")
+            context.add_asset_metadata(
+                {**course_metadata(course, titles), **failed_metadata(why)}, partition_key=key
+            )
+            by_course[key] = CourseFailure(why)
             continue
-        by_course[course] = frame
+        by_course[key] = frame
         duplicates += frame.height - frame["user_id"].n_unique()
         context.add_asset_metadata(
-            {**frame_metadata(frame), "learners": frame.height}, partition_key=course
+            {**course_metadata(course, titles), **frame_metadata(frame), "learners": frame.height},
+            partition_key=key,
         )
     yield dg.Output(by_course, metadata=peak_memory_metadata())
     yield dg.AssetCheckResult(
@@ -321,7 +385,8 @@ class ProgressConfig(dg.Config):
     )
     allow_shrink_courses: list[str] = Field(
         default_factory=list,
-        description="Course uuids whose shrunk report is known to be real: apply them anyway",
+        description="Courses (uuids or partition keys) whose shrunk report is known to be real: "
+        "apply them anyway",
     )
 
 
@@ -348,14 +413,21 @@ def activity_progress(
     activity_of = dict(
         course_runs.filter("known").select("course_uuid", "activity_id").unique().iter_rows()
     )
-    breaker = steps.CircuitBreaker(config.max_shrink_share, frozenset(config.allow_shrink_courses))
+    keys = course_keys(list(latest_enrolments), course_runs)
+    titles = steps.course_titles(course_runs)
+    allowed = {keys.uuid(course) or course for course in config.allow_shrink_courses}
+    breaker = steps.CircuitBreaker(config.max_shrink_share, frozenset(allowed))
     with engine.connect() as connection:
-        previous_counts = sync_store.last_enrolment_counts(connection, latest_enrolments)
+        previous_counts = sync_store.last_enrolment_counts(connection, keys.uuid_of_key.values())
     tally: Counter[str] = Counter()
     failures: dict[str, str] = {}
     refused: dict[str, str] = {}
+    unresolved = unresolved_keys(list(latest_enrolments), keys)
 
-    def sync_one(course: str) -> tuple[steps.CourseOutcome | None, str | None]:
+    def sync_one(key: str) -> tuple[steps.CourseOutcome | None, str | None]:
+        if key in unresolved:
+            return None, unresolved[key]
+        course = keys.uuid_of_key[key]
         if course not in activity_of:
             return None, "no activity knows this course any more (R1)"
         try:
@@ -363,9 +435,9 @@ def activity_progress(
                 engine,
                 course,
                 activity_of[course],
-                enrolments[course],
-                latest_enrolments[course],
-                linked_memberships[course],
+                enrolments[key],
+                latest_enrolments[key],
+                linked_memberships[key],
                 now=now,
                 previous_count=previous_counts.get(course),
                 breaker=breaker,
@@ -375,14 +447,14 @@ def activity_progress(
         except CourseFailed as error:  # an earlier step failed it; already logged there
             return None, error.reason
         except transactions.CourseBusyError as error:
-            context.log.warning(f"course {course}: {error}")
+            context.log.warning(f"course {key}: {error}")
             return None, str(error)
         except Exception as error:  # one course failing must not stop the others
-            context.log.error(f"course {course}: {type(error).__name__}: {error}")
+            context.log.error(f"course {key}: {type(error).__name__}: {error}")
             return None, f"{type(error).__name__}: {error}"
         if outcome.applied is not None and outcome.applied.stale:
             context.log.warning(
-                f"course {course}: {outcome.applied.stale} achievement changes not written: "
+                f"course {key}: {outcome.applied.stale} achievement changes not written: "
                 "another writer changed them after they were planned"
             )
         if outcome.applied is not None and outcome.applied.rows_written:
@@ -401,6 +473,7 @@ def activity_progress(
             changes.add(course, frame)
             context.add_asset_metadata(
                 {
+                    **course_metadata(keys.uuid(course), titles),
                     **frame_metadata(frame),
                     **_outcome_metadata(outcome, failure, config),
                 },
@@ -429,13 +502,9 @@ def activity_progress(
     )
     if failures or refused:
         problems = {**failures, **refused}
-        title_of = course_titles(course_runs)
         raise dg.Failure(
             description=f"{len(problems)} course(s) not synced: "
-            + "; ".join(
-                f"{course} ({title_of.get(course, '?')}): {why}"
-                for course, why in sorted(problems.items())
-            ),
+            + "; ".join(f"{course}: {why}" for course, why in sorted(problems.items())),
             metadata={"failed_courses": dg.MetadataValue.json(problems)},
         )
 
@@ -446,16 +515,6 @@ def failures(failed: dict[str, str]) -> dict[str, CourseFailure]:
 
 def failed_metadata(why: str) -> dict[str, Any]:
     return {"status": "failed", "error": why}
-
-
-def course_titles(course_runs: pl.DataFrame) -> dict[str, str]:
-    """Each course's name, as its earliest run calls it."""
-    return dict(
-        course_runs.sort("start_time", "run_uuid")
-        .group_by("course_uuid", maintain_order=True)
-        .agg(pl.col("title").first())
-        .iter_rows()
-    )
 
 
 def _outcome_metadata(

@@ -1,10 +1,31 @@
-"""One partition per known FutureLearn course (R1), added as courses appear in the API."""
+"""One partition per known FutureLearn course (R1), keyed `<title slug>-<short uuid>`.
+
+An operator looks for "the course a teacher complained about" by its title, so the key starts
+with the title's slug; it ends with the first hex digits of the course uuid, which is what ties
+the key to the course. The slug is fixed when the partition is added: a course renamed later
+keeps its key (its history, its stored outputs and every link to it stay put), and the current
+title is shown beside the key in the metadata.
+
+Nothing else stores the mapping: a key's course is the one course whose uuid starts with the
+key's hex suffix. The suffix is 8 digits, longer when another course's uuid shares them, so a
+key names one course among all courses FutureLearn lists. A bare uuid (the keys of earlier
+versions, until `migrate` replaces them) names itself.
+"""
 
 from __future__ import annotations
+
+import re
+import unicodedata
+import uuid as uuid_module
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 
 import dagster as dg
 
 course_partitions = dg.DynamicPartitionsDefinition(name="course")
+
+SLUG_MAX_LENGTH = 48
+SUFFIX_LENGTHS = (8, 12, 16, 32)
 
 
 def course_chunks(partition_keys: list[str], per_run: int | None) -> list[list[str]]:
@@ -20,3 +41,128 @@ def course_chunks(partition_keys: list[str], per_run: int | None) -> list[list[s
         list(partition_keys[start : start + per_run])
         for start in range(0, len(partition_keys), per_run)
     ]
+
+
+def slugify(title: str) -> str:
+    """Lower-case ASCII words joined by '-', cut at a word boundary: what a person types."""
+    ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_title.lower()).strip("-")
+    if len(slug) > SLUG_MAX_LENGTH:
+        cut = slug[: SLUG_MAX_LENGTH + 1]
+        slug = cut[: cut.rfind("-")] if "-" in cut else slug[:SLUG_MAX_LENGTH]
+    return slug or "course"
+
+
+def is_bare_uuid(key: str) -> bool:
+    try:
+        return str(uuid_module.UUID(key)) == key.lower()
+    except ValueError:
+        return False
+
+
+def _hex(course_uuid: str) -> str:
+    return course_uuid.replace("-", "").lower()
+
+
+def new_partition_key(course_uuid: str, title: str, every_course_uuid: Collection[str]) -> str:
+    """The key of a course's new partition: its title's slug and the shortest unique suffix."""
+    own = _hex(course_uuid)
+    others = [_hex(other) for other in every_course_uuid if _hex(other) != own]
+    for length in SUFFIX_LENGTHS:
+        if not any(other.startswith(own[:length]) for other in others):
+            return f"{slugify(title)}-{own[:length]}"
+    return f"{slugify(title)}-{own}"
+
+
+def key_suffix(key: str) -> str:
+    return key.rsplit("-", 1)[-1].lower()
+
+
+@dataclass(frozen=True)
+class CourseKeys:
+    """Partition key ↔ course uuid, for a set of partition keys and the courses they may name."""
+
+    uuid_of_key: Mapping[str, str]
+
+    @classmethod
+    def resolve(
+        cls, keys: Iterable[str], course_uuids: Iterable[str], known: Collection[str] = ()
+    ) -> CourseKeys:
+        """Each key's course. A key whose suffix several courses share takes the one that no key
+        with a longer suffix names (the longer one was made because they collide), else the one
+        known course among them (a course listed later may share an old key's digits); a key
+        that names no course, or several, is left out. A bare uuid names itself."""
+        candidates = sorted({uuid.lower() for uuid in course_uuids})
+        mapping: dict[str, str] = {}
+        claimed: set[str] = set()
+        readable = [key for key in keys if not is_bare_uuid(key)]
+        for key in sorted(readable, key=lambda key: (-len(key_suffix(key)), key)):
+            suffix = key_suffix(key)
+            if not re.fullmatch(r"[0-9a-f]{8,32}", suffix):
+                continue
+            matches = [u for u in candidates if _hex(u).startswith(suffix) and u not in claimed]
+            if len(matches) > 1:
+                matches = [u for u in matches if u in known]
+            if len(matches) == 1:
+                mapping[key] = matches[0]
+                claimed.add(matches[0])
+        mapping |= {key: key.lower() for key in keys if is_bare_uuid(key)}
+        return cls(mapping)
+
+    @property
+    def key_of_uuid(self) -> dict[str, str]:
+        """Each course's key; a readable key over a bare uuid while both exist (mid-migration)."""
+        by_uuid = {uuid: key for key, uuid in self.uuid_of_key.items() if is_bare_uuid(key)}
+        return by_uuid | {
+            uuid: key for key, uuid in self.uuid_of_key.items() if not is_bare_uuid(key)
+        }
+
+    def uuid(self, key: str) -> str | None:
+        return self.uuid_of_key.get(key)
+
+    def key(self, course_uuid: str) -> str | None:
+        return self.key_of_uuid.get(course_uuid.lower())
+
+
+@dataclass(frozen=True)
+class PartitionChanges:
+    """What bringing the course partitions up to date does: add keys, replace bare-uuid keys."""
+
+    add: dict[str, str]  # new key → course uuid
+    replace: dict[str, str]  # bare-uuid key → its new key
+
+
+def partition_changes(
+    existing_keys: Collection[str],
+    known_course_uuids: Iterable[str],
+    titles: Mapping[str, str],
+    every_course_uuid: Collection[str],
+) -> PartitionChanges:
+    """Keys to add for known courses without one, and readable keys for bare-uuid partitions.
+
+    `titles` gives each course's title now (the slug is taken from it once, here);
+    `every_course_uuid` is every course FutureLearn lists, known or not, so that a suffix is
+    unique among all of them.
+    """
+    known = set(known_course_uuids)
+    readable = CourseKeys.resolve(
+        [key for key in existing_keys if not is_bare_uuid(key)], every_course_uuid, known
+    )
+    keyed = set(readable.uuid_of_key.values())
+    add: dict[str, str] = {}
+    replace: dict[str, str] = {}
+    for key in sorted(existing_keys):
+        if not is_bare_uuid(key):
+            continue
+        course = key.lower()
+        # A migration cut short may have added the readable key already: keep that one.
+        new_key = readable.key(course) or new_partition_key(
+            course, titles.get(course, ""), every_course_uuid
+        )
+        replace[key] = new_key
+        if course not in keyed:
+            add[new_key] = course
+            keyed.add(course)
+    for course in sorted(known - keyed):
+        add[new_partition_key(course, titles.get(course, ""), every_course_uuid)] = course
+    return PartitionChanges(add=add, replace=replace)

@@ -1,38 +1,107 @@
 """Adds a course partition for each known course (R1) that appears in the Partners API."""
 
+from dataclasses import dataclass
+
 import dagster as dg
 
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
-from sync_assets.defs.sync.partitions import course_partitions
+from sync_assets.defs.storage import PartitionedParquetIOManager
+from sync_assets.defs.sync.partitions import (
+    CourseKeys,
+    PartitionChanges,
+    course_partitions,
+    partition_changes,
+)
 from sync_assets.partners_api.client import run
 from sync_assets.sync import steps
 
+# The partitioned assets whose stored values follow a partition to its new key.
+PARTITIONED_ASSETS = ("enrolments", "linked_memberships", "latest_enrolments", "activity_progress")
 
-def missing_course_partitions(
-    partners_api: PartnersApi, platform_database: PlatformDatabase, existing: set[str]
-) -> list[str]:
+
+@dataclass(frozen=True)
+class PartitionUpdate:
+    changes: PartitionChanges
+    titles: dict[str, str]  # every course FutureLearn lists (uuid) → its title now
+    known: frozenset[str]  # the courses the platform knows (R1)
+
+    def course_keys(self, keys: list[str]) -> CourseKeys:
+        return CourseKeys.resolve(keys, self.titles, self.known)
+
+    def describe(self) -> str:
+        added = len(self.changes.add) - len(self.changes.replace)
+        parts = [f"{added} course partition(s) added"] if added else []
+        if self.changes.replace:
+            parts.append(f"{len(self.changes.replace)} bare-uuid partition(s) given readable keys")
+        return "; ".join(parts) or "nothing to change"
+
+
+def plan_partition_update(
+    existing: list[str], partners_api: PartnersApi, platform_database: PlatformDatabase
+) -> PartitionUpdate:
+    """What the course partitions lack: one per known course with runs, each with a readable key."""
+
     async def fetch():
         async with partners_api.client() as client:
             return await steps.fetch_course_runs(client, platform_database.engine)
 
-    return [course for course in run(fetch()).known_course_uuids() if course not in existing]
+    fetched = run(fetch())
+    titles = steps.course_titles(fetched.runs)
+    changes = partition_changes(
+        existing, fetched.known_course_uuids(), titles, set(fetched.runs["course_uuid"])
+    )
+    return PartitionUpdate(changes, titles, frozenset(fetched.known_course_uuids()))
+
+
+def apply_partition_update(
+    instance: dg.DagsterInstance, update: PartitionUpdate, io_manager: PartitionedParquetIOManager
+) -> None:
+    """Add the new keys; move bare-uuid partitions to theirs, stored values and all.
+
+    Each stored value is copied (never moved: nothing stored is lost if this stops half-way; it
+    is idempotent, so the next evaluation finishes it) and recorded as materialised under the new
+    key, so the partitions view shows what is stored, with where it came from.
+    """
+    changes = update.changes
+    if changes.add:
+        instance.add_dynamic_partitions(course_partitions.name, sorted(changes.add))
+    for old_key, new_key in sorted(changes.replace.items()):
+        for asset in PARTITIONED_ASSETS:
+            asset_key = dg.AssetKey(asset)
+            if not io_manager.copy_partition(asset_key, old_key, new_key):
+                continue
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    asset_key=asset_key,
+                    partition=new_key,
+                    description=f"Migrated from the partition keyed by the bare uuid {old_key}",
+                    metadata={
+                        "migrated_from_partition": old_key,
+                        "course_uuid": old_key.lower(),
+                        "course_title": update.titles.get(old_key.lower(), ""),
+                    },
+                )
+            )
+        instance.delete_dynamic_partition(course_partitions.name, old_key)
 
 
 @dg.sensor(
     minimum_interval_seconds=3600,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Add a partition for every known course with runs on FutureLearn (a 304 when "
-    "nothing changed).",
+    "nothing changed), keyed by its title's slug and the start of its uuid; partitions keyed "
+    "by a bare uuid (earlier versions) get readable keys, their stored values copied over.",
 )
 def course_partitions_sensor(
     context: dg.SensorEvaluationContext,
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
+    io_manager: dg.ResourceParam[PartitionedParquetIOManager],
 ):
-    existing = set(context.instance.get_dynamic_partitions(course_partitions.name))
-    missing = missing_course_partitions(partners_api, platform_database, existing)
-    if not missing:
+    existing = list(context.instance.get_dynamic_partitions(course_partitions.name))
+    update = plan_partition_update(existing, partners_api, platform_database)
+    if not update.changes.add and not update.changes.replace:
         return dg.SkipReason(f"all {len(existing)} known courses have partitions")
-    return dg.SensorResult(
-        dynamic_partitions_requests=[course_partitions.build_add_request(missing)]
-    )
+    apply_partition_update(context.instance, update, io_manager)
+    context.log.info(update.describe())
+    return dg.SkipReason(update.describe())

@@ -1,0 +1,130 @@
+"""Course partitions found by title: readable keys, stable, the old ones migrated."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from sync_assets.definitions import defs
+from sync_assets.defs.storage import PartitionedParquetIOManager
+from sync_assets.defs.sync.jobs import all_partitions_tags
+from sync_assets.defs.sync.partitions import (
+    CourseKeys,
+    course_partitions,
+    is_bare_uuid,
+    new_partition_key,
+    partition_changes,
+    slugify,
+)
+from sync_assets.defs.sync.sensors import PARTITIONED_ASSETS, course_partitions_sensor
+from sync_assets.platform.demo_catalogue import load_catalogue
+from sync_assets.sync.steps import course_titles
+
+from .conftest import World
+
+CATALOGUE = {c["future_learn_course_uuid"] for c in load_catalogue()}
+A = "3f2a9c1d-0000-4000-8000-00000000000a"
+B = "3f2a9c1d-7777-4000-8000-00000000000b"  # shares A's first 8 digits
+C = "c0ffee00-1111-4000-8000-00000000000c"
+
+
+def test_a_key_is_the_titles_slug_and_the_start_of_the_uuid() -> None:
+    assert slugify("Teaching Programming in Primary Schools") == (
+        "teaching-programming-in-primary-schools"
+    )
+    assert slugify("Programación: ¿por qué?  Über-Kurs!") == "programacion-por-que-uber-kurs"
+    long = slugify("Representing Data with Images and Sound: Bringing Data to Life")
+    assert long == "representing-data-with-images-and-sound-bringing"  # cut between words
+    assert slugify("???") == "course"
+    assert new_partition_key(C, "Object-oriented Programming", [A, C]) == (
+        "object-oriented-programming-c0ffee00"
+    )
+
+
+def test_a_suffix_is_long_enough_to_name_one_course() -> None:
+    key_a = new_partition_key(A, "Course A", [A, B, C])
+    key_b = new_partition_key(B, "Course B", [A, B, C])
+    assert key_a == "course-a-3f2a9c1d0000" and key_b == "course-b-3f2a9c1d7777"
+    keys = CourseKeys.resolve([key_a, key_b, "course-c-c0ffee00"], [A, B, C])
+    assert keys.uuid_of_key == {key_a: A, key_b: B, "course-c-c0ffee00": C}
+    assert keys.key(C) == "course-c-c0ffee00"
+
+
+def test_an_old_key_keeps_its_course_when_a_later_course_shares_its_digits() -> None:
+    old = new_partition_key(A, "Course A", [A, C])  # before B was listed
+    assert old == "course-a-3f2a9c1d"
+    later = new_partition_key(B, "Course B", [A, B, C])
+    assert CourseKeys.resolve([old, later], [A, B, C]).uuid_of_key == {old: A, later: B}
+    # B listed but without a partition yet (unknown to the platform): the known course wins.
+    assert CourseKeys.resolve([old], [A, B, C], known={A}).uuid_of_key == {old: A}
+    assert CourseKeys.resolve([old], [A, B, C]).uuid_of_key == {}  # ambiguous: left out
+
+
+def test_a_renamed_course_keeps_its_key() -> None:
+    existing = ["course-a-3f2a9c1d"]
+    changes = partition_changes(existing, [A], {A: "A New Name"}, [A, C])
+    assert changes.add == {} and changes.replace == {}
+
+
+def test_bare_uuid_partitions_get_readable_keys_once() -> None:
+    changes = partition_changes([A, "course-c-c0ffee00"], [A, C], {A: "Course A"}, [A, C])
+    assert changes.replace == {A: "course-a-3f2a9c1d"}
+    assert changes.add == {"course-a-3f2a9c1d": A}
+    # Cut short after adding the new key: finished without a second key.
+    again = partition_changes([A, "course-a-3f2a9c1d"], [A], {A: "Renamed"}, [A, C])
+    assert again.replace == {A: "course-a-3f2a9c1d"} and again.add == {}
+    assert is_bare_uuid(A) and not is_bare_uuid("course-a-3f2a9c1d")
+
+
+def test_bare_uuid_partitions_are_migrated_with_what_they_store(world: World) -> None:
+    """An instance of an earlier version: partitions keyed by uuid, outputs stored under them."""
+    courses = sorted(set(world.dataset.runs["course_uuid"]) & CATALOGUE)
+    io_manager = PartitionedParquetIOManager()
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(course_partitions.name, courses)
+        result = defs.resolve_job_def("futurelearn_sync").execute_in_process(
+            instance=instance, tags=all_partitions_tags(courses)
+        )
+        assert result.success
+        before = world.snapshot()
+        with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
+            skipped = course_partitions_sensor(context)
+        keys = instance.get_dynamic_partitions(course_partitions.name)
+        history = {
+            (asset, key): instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]),
+                limit=1,
+            ).records
+            for asset in PARTITIONED_ASSETS
+            for key in keys
+        }
+
+    assert skipped.skip_message == f"{len(courses)} bare-uuid partition(s) given readable keys"
+    titles = course_titles(world.dataset.runs)
+    mapping = CourseKeys.resolve(keys, world.dataset.runs["course_uuid"]).uuid_of_key
+    assert not [key for key in keys if is_bare_uuid(key)]
+    assert sorted(mapping.values()) == courses
+    store = io_manager._store()
+    for key, course in mapping.items():
+        assert key.startswith(slugify(titles[course]))
+        for asset in PARTITIONED_ASSETS:
+            old = pl.read_parquet(store.local_path(f"{asset}/{course}.parquet"))
+            assert pl.read_parquet(store.local_path(f"{asset}/{key}.parquet")).equals(old)
+            [record] = history[(asset, key)]
+            assert not record.run_id  # recorded without a run
+            metadata = record.asset_materialization.metadata
+            assert metadata["migrated_from_partition"].value == course
+            assert metadata["course_title"].value == titles[course]
+
+    # The CLI takes a course by uuid or by key; the rerun finds nothing to change.
+    course = courses[0]
+    by_uuid = world.sync("--course", course)
+    by_key = world.sync("--course", world.key(course))
+    assert by_uuid.exit_code == 0 and by_key.exit_code == 0, by_uuid.output + by_key.output
+    assert f"{world.key(course)}  {titles[course][:39]}" in by_key.output
+    # (The command's certificate work then handles the first sync's completion events.)
+    for table in ("future_learn_memberships", "achievements", "achievement_transitions"):
+        assert world.table(table) == before[table], table
+    unknown = world.sync("--course", "no-such-course-12345678")
+    assert unknown.exit_code != 0
+    assert "neither a course partition key nor the uuid of a known course" in unknown.output
