@@ -55,6 +55,17 @@ class World:
         """The partition key of a course (as the sensor or `sync-assets sync` made it)."""
         return next(key for key, uuid in self.partitions().items() if uuid == course_uuid)
 
+    def partition_status(self, asset: str) -> dict[str, str | None]:
+        """Each course partition's status as the UI's partitions view shows it, by course uuid."""
+        partitions = self.partitions()
+        with dg.DagsterInstance.get() as instance:
+            status = instance.get_status_by_partition(
+                dg.AssetKey(asset), list(partitions), course_partitions
+            )
+        return {
+            partitions[key]: value.value if value else None for key, value in (status or {}).items()
+        }
+
     def table(self, name: str) -> list[dict]:
         with self.engine.connect() as connection:
             rows = connection.execute(sa.text(f"SELECT * FROM {name}")).mappings().all()

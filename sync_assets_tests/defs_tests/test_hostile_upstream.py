@@ -13,10 +13,13 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import dagster as dg
 import httpx
 import polars as pl
 import pytest
 
+from sync_assets.definitions import defs
+from sync_assets.defs.sync.jobs import all_partitions_tags
 from sync_assets.platform.demo_catalogue import load_catalogue
 
 from .conftest import World
@@ -158,6 +161,11 @@ def _assert_one_course_failed_alone(result, course: str, title: str, world: Worl
     assert f"1 of {courses} courses not applied (see above); the other {courses - 1} were" in (
         result.output
     )
+    # The UI's partitions view: that course failed, at every step from the one that failed it.
+    for asset in ("latest_enrolments", "activity_progress"):
+        status = world.partition_status(asset)
+        assert status.pop(course) == "FAILED", asset
+        assert set(status.values()) == {"MATERIALIZED"}, asset
     after = world.achievements()
     # The course keeps exactly what it had; every other course is applied.
     assert {k: v for k, v in after.items() if k[1] == CATALOGUE[course]} == {
@@ -261,6 +269,8 @@ def test_a_report_mostly_of_bad_records_is_refused_then_applied_from_the_rest_wh
     allowed = world.sync("--allow-quarantine", course)
 
     assert allowed.exit_code == 0, allowed.output
+    # Synced at last: materialised again, no longer failed.
+    assert set(world.partition_status("activity_progress").values()) == {"MATERIALIZED"}
     # Applied from the records left: the spoilt ones count for nothing.
     dataset = world.dataset
     kept = dataset.enrolments.join(spoilt, on=["run_uuid", "membership_uuid"], how="anti")
@@ -293,3 +303,28 @@ def test_a_membership_with_a_huge_external_id_is_quarantined_not_stored(
     stored = {m["membership_uuid"]: m for m in world.table("future_learn_memberships")}
     assert membership not in stored or stored[membership]["external_learner_id"] is None
     assert max(len(m["external_learner_id"] or "") for m in stored.values()) <= 320
+
+
+def test_a_run_of_the_first_steps_only_fails_with_the_course(
+    world: World, proxy: HostileProxy
+) -> None:
+    """A rerun from the UI may select `enrolments` alone: its failed course still fails the run."""
+    course, _, run = _course_and_run(world)
+    assert world.sync().exit_code == 0
+    proxy.spoilers[_report(run)] = server_error
+    keys = sorted(world.partitions())
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def("futurelearn_sync").execute_in_process(
+            instance=instance,
+            tags=all_partitions_tags(keys),
+            asset_selection=[dg.AssetKey("course_runs"), dg.AssetKey("enrolments")],
+            raise_on_error=False,
+        )
+    assert not result.success
+    [failure] = [event for event in result.all_events if event.is_step_failure]
+    assert failure.step_key == "enrolments"
+    assert world.key(course) in failure.step_failure_data.user_failure_data.description
+    status = world.partition_status("enrolments")
+    assert status.pop(course) == "FAILED"
+    assert set(status.values()) == {"MATERIALIZED"}
+    assert set(world.partition_status("activity_progress").values()) == {"MATERIALIZED"}

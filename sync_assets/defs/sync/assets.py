@@ -31,6 +31,11 @@ from sync_assets.defs.storage import (
     PartitionFrames,
     PartitionSpool,
 )
+from sync_assets.defs.sync.failures import (
+    fail_run_if_last,
+    failed_metadata,
+    record_failed_partitions,
+)
 from sync_assets.defs.sync.metadata import (
     frame_metadata,
     linking_problems_metadata,
@@ -191,7 +196,7 @@ def enrolments(
     config: EnrolmentsConfig,
     course_runs: pl.DataFrame,
     partners_api: PartnersApi,
-) -> dict:  # {course: frame or CourseFailure}
+):  # yields {course partition: frame or CourseFailure}
     keys = course_keys(context.partition_keys, course_runs)
     titles = steps.course_titles(course_runs)
     unresolved = unresolved_keys(context.partition_keys, keys)
@@ -242,15 +247,17 @@ def enrolments(
         f"{len(fetched.unchanged_runs)} unchanged (304), "
         f"{fetched.quarantine.height} records quarantined, {len(failed)} courses failed"
     )
-    context.add_output_metadata(
-        {
+    by_key = {key_of[course]: frame for course, frame in fetched.by_course.items()}
+    yield dg.Output(
+        {**by_key, **failures({**failed, **refused})},
+        metadata={
             **_api_metadata(metrics),
             "api_seconds": round(api_seconds, 3),
             **peak_memory_metadata(),
-        }
+        },
     )
-    by_key = {key_of[course]: frame for course, frame in fetched.by_course.items()}
-    return {**by_key, **failures({**failed, **refused})}
+    record_failed_partitions(context, {**failed, **refused}, {})
+    fail_run_if_last(context, {**failed, **refused})
 
 
 @dg.asset(
@@ -266,7 +273,7 @@ def linked_memberships(
     enrolments: PartitionFrames,
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
-) -> dict:  # {course: frame or CourseFailure}
+):  # yields {course partition: frame or CourseFailure}
     upstream_failed = enrolments.failures()
 
     async def link():
@@ -303,8 +310,9 @@ def linked_memberships(
         f"{stats.linked_by_id} linked by id, {stats.linked_by_email} by email, "
         f"{stats.relinked_locally} relinked without a request"
     )
-    context.add_output_metadata(
-        {
+    yield dg.Output(
+        {**by_course, **failures(failed)},
+        metadata={
             "memberships": stats.memberships,
             "already_linked": stats.already_linked,
             "looked_up": stats.looked_up,
@@ -319,9 +327,10 @@ def linked_memberships(
             **_api_metadata(metrics),
             "api_seconds": round(api_seconds, 3),
             **peak_memory_metadata(),
-        }
+        },
     )
-    return {**by_course, **failures(failed)}
+    record_failed_partitions(context, stats.failed_courses, upstream_failed)
+    fail_run_if_last(context, failed)
 
 
 @dg.asset(
@@ -340,16 +349,17 @@ def latest_enrolments(
 ):
     keys = course_keys(list(enrolments), course_runs)
     titles = steps.course_titles(course_runs)
-    failed = {
+    upstream_failed = {
         **unresolved_keys(list(enrolments), keys),
         **enrolments.failures(),
         **linked_memberships.failures(),
     }
+    failed: dict[str, str] = {}
     by_course: dict[str, pl.DataFrame | CourseFailure] = {}
     duplicates = 0
     for key in enrolments:
-        if key in failed:
-            by_course[key] = CourseFailure(failed[key])
+        if key in upstream_failed:
+            by_course[key] = CourseFailure(upstream_failed[key])
             continue
         course = keys.uuid_of_key[key]
         try:
@@ -362,6 +372,7 @@ def latest_enrolments(
             context.add_asset_metadata(
                 {**course_metadata(course, titles), **failed_metadata(why)}, partition_key=key
             )
+            failed[key] = why
             by_course[key] = CourseFailure(why)
             continue
         by_course[key] = frame
@@ -376,6 +387,8 @@ def latest_enrolments(
         passed=duplicates == 0,
         metadata={"courses": len(by_course), "duplicate_rows": duplicates},
     )
+    record_failed_partitions(context, failed, upstream_failed)
+    fail_run_if_last(context, {**upstream_failed, **failed})
 
 
 class ProgressConfig(dg.Config):
@@ -500,21 +513,18 @@ def activity_progress(
         "with the allow_shrink_courses config (or `sync-assets sync --allow-shrink UUID`).",
         metadata={"refused": dg.MetadataValue.json(refused)},
     )
-    if failures or refused:
-        problems = {**failures, **refused}
-        raise dg.Failure(
-            description=f"{len(problems)} course(s) not synced: "
-            + "; ".join(f"{course}: {why}" for course, why in sorted(problems.items())),
-            metadata={"failed_courses": dg.MetadataValue.json(problems)},
-        )
+    upstream_failed = latest_enrolments.failures()
+    own = {course: why for course, why in failures.items() if course not in upstream_failed}
+    record_failed_partitions(
+        context,
+        {**own, **refused},
+        {course: why for course, why in failures.items() if course in upstream_failed},
+    )
+    fail_run_if_last(context, {**failures, **refused})
 
 
 def failures(failed: dict[str, str]) -> dict[str, CourseFailure]:
     return {course: CourseFailure(why) for course, why in failed.items()}
-
-
-def failed_metadata(why: str) -> dict[str, Any]:
-    return {"status": "failed", "error": why}
 
 
 def _outcome_metadata(
