@@ -43,6 +43,7 @@ from sync_assets.defs.sync.metadata import (
     reasons,
 )
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
+from sync_assets.defs.sync.provenance import report_stale_inputs
 from sync_assets.partners_api.client import run
 from sync_assets.platform import sync_store, transactions
 from sync_assets.settings import courses_per_run
@@ -197,6 +198,7 @@ def enrolments(
     course_runs: pl.DataFrame,
     partners_api: PartnersApi,
 ):  # yields {course partition: frame or CourseFailure}
+    report_stale_inputs(context, ("course_runs",), context.partition_keys)
     keys = course_keys(context.partition_keys, course_runs)
     titles = steps.course_titles(course_runs)
     unresolved = unresolved_keys(context.partition_keys, keys)
@@ -274,6 +276,7 @@ def linked_memberships(
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
 ):  # yields {course partition: frame or CourseFailure}
+    report_stale_inputs(context, ("enrolments",), list(enrolments))
     upstream_failed = enrolments.failures()
 
     async def link():
@@ -347,6 +350,7 @@ def latest_enrolments(
     linked_memberships: PartitionFrames,
     course_runs: pl.DataFrame,
 ):
+    report_stale_inputs(context, ("course_runs", "enrolments"), list(enrolments))
     keys = course_keys(list(enrolments), course_runs)
     titles = steps.course_titles(course_runs)
     upstream_failed = {
@@ -409,7 +413,9 @@ class ProgressConfig(dg.Config):
     partitions_def=course_partitions,
     backfill_policy=BACKFILL_POLICY,
     description="Step two: achievements' progress and state written from the latest enrolments "
-    "(R7–R12), with links, transitions and completion events, one transaction per course.",
+    "(R7–R12), with links, transitions and completion events, one transaction per course. "
+    "To rerun a course with fresh data, launch the job futurelearn_sync for its partition: "
+    "materialising this asset alone re-applies the reports stored by an earlier run, and says so.",
     check_specs=[dg.AssetCheckSpec(SHRINK_CHECK, asset="activity_progress", blocking=True)],
 )
 def activity_progress(
@@ -426,6 +432,7 @@ def activity_progress(
     activity_of = dict(
         course_runs.filter("known").select("course_uuid", "activity_id").unique().iter_rows()
     )
+    report_stale_inputs(context, ("course_runs", "enrolments"), list(latest_enrolments))
     keys = course_keys(list(latest_enrolments), course_runs)
     titles = steps.course_titles(course_runs)
     allowed = {keys.uuid(course) or course for course in config.allow_shrink_courses}

@@ -76,7 +76,7 @@ def record_failed_partitions(
 def is_last_sync_step(context: dg.AssetExecutionContext) -> bool:
     """Whether no later step of the sync runs in this run (a run may select some assets only)."""
     selected = context.run.asset_selection
-    if selected is None:
+    if not selected:  # the whole job (None, or empty from execute_in_process)
         return context.asset_key.to_user_string() == SYNC_STEP_ORDER[-1]
     names = {key.to_user_string() for key in selected}
     position = SYNC_STEP_ORDER.index(context.asset_key.to_user_string())

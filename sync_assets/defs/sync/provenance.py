@@ -1,0 +1,92 @@
+"""Which stored upstream values a step used, when the run did not make them itself.
+
+Materialising `activity_progress` (or `latest_enrolments`, `linked_memberships`) alone for a
+course reuses the stored enrolments: no request is made, so the "rerun" applies what FutureLearn
+said at that earlier time. That is sometimes what an operator wants (re-apply after a platform
+fix) but must never pass for a fresh sync. So such a step says, in its log, in each course's
+metadata and as a run tag, which run fetched what it used and when; a run that fetched the
+reports itself says it is fresh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dagster as dg
+
+# The steps that ask FutureLearn; what comes after them is computed from what they stored.
+FETCHING_ASSETS = ("course_runs", "enrolments")
+FRESH_RERUN = (
+    "launch the job futurelearn_sync for the course's partition (or materialise this asset "
+    "with its upstream assets) to fetch fresh data"
+)
+
+
+@dataclass(frozen=True)
+class StoredInput:
+    asset: str
+    run_id: str | None
+    at: datetime | None
+
+    def describe(self) -> str:
+        if self.run_id is None and self.at is None:
+            return f"{self.asset}: never materialised"
+        when = self.at.strftime("%Y-%m-%d %H:%M:%S UTC") if self.at else "an unknown time"
+        by = f"run {self.run_id[:8]}" if self.run_id else "an event without a run"
+        return f"{self.asset} as fetched by {by} at {when}"
+
+
+def inputs_not_fetched_in_run(
+    context: dg.AssetExecutionContext, inputs: tuple[str, ...]
+) -> list[str]:
+    """The fetching assets among `inputs` that this run does not materialise."""
+    selected = context.run.asset_selection
+    if not selected:  # the whole job (None, or empty from execute_in_process): every step runs
+        return []
+    names = {key.to_user_string() for key in selected}
+    return [name for name in inputs if name in FETCHING_ASSETS and name not in names]
+
+
+def stored_input(instance: dg.DagsterInstance, asset: str, partition: str | None) -> StoredInput:
+    """The latest materialisation of an input (of one partition, if partitioned)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None
+        ),
+        limit=1,
+    ).records
+    if not records:
+        return StoredInput(asset, None, None)
+    record = records[0]
+    return StoredInput(asset, record.run_id or None, datetime.fromtimestamp(record.timestamp, UTC))
+
+
+def report_stale_inputs(
+    context: dg.AssetExecutionContext, inputs: tuple[str, ...], partitions: list[str]
+) -> None:
+    """Say, for each course, which stored inputs this step used instead of fetching them.
+
+    Adds it to each course's metadata; nothing when the run fetched everything itself.
+    """
+    stale = inputs_not_fetched_in_run(context, inputs)
+    if not stale:
+        return
+    for partition in partitions:
+        used = [
+            stored_input(context.instance, asset, partition if asset != "course_runs" else None)
+            for asset in stale
+        ]
+        described = "; ".join(item.describe() for item in used)
+        context.log.warning(
+            f"course {partition}: nothing was requested from FutureLearn for it in this run; "
+            f"it uses {described}. To sync it with fresh data, {FRESH_RERUN}."
+        )
+        context.add_asset_metadata(
+            {"fresh_from_futurelearn": False, "inputs_from_earlier_runs": described},
+            partition_key=partition,
+        )
+    context.instance.add_run_tags(
+        context.run.run_id,
+        {"sync_assets/inputs": f"stored {', '.join(stale)} reused, not fetched in this run"},
+    )

@@ -1,0 +1,101 @@
+"""S1 from the UI: the job's rerun of one course fetches fresh data; a rerun of a later asset
+alone reuses stored reports and says so, in its log, its metadata and the run's tags."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from sync_assets.definitions import defs
+from sync_assets.platform.demo_catalogue import load_catalogue
+
+from .conftest import World
+from .test_sync_end_to_end import expected_achievements
+
+SLUG = {c["future_learn_course_uuid"]: c["slug"] for c in load_catalogue()}
+
+
+def _progress(world: World, course: str) -> dict[str, tuple[int, str]]:
+    return {
+        user: value
+        for (user, activity), value in world.achievements().items()
+        if activity == SLUG[course]
+    }
+
+
+def _a_course_that_moves_on(world: World) -> tuple[str, dict[str, tuple[int, str]]]:
+    """After the simulator's next day: a course whose learners' progress moved, and to what."""
+    before = world.achievements()
+    world.simulator.advance_day()
+    expected = expected_achievements(world.dataset, before)
+    for course in sorted(set(world.dataset.runs["course_uuid"]) & SLUG.keys()):
+        moved = {
+            user: value
+            for (user, activity), value in expected.items()
+            if activity == SLUG[course] and before.get((user, activity)) != value
+        }
+        if moved:
+            return course, moved
+    raise AssertionError("no course moved on the next day")
+
+
+def _materialize(world: World, course: str, assets: list[str] | None) -> dg.ExecuteInProcessResult:
+    with dg.DagsterInstance.get() as instance:
+        return defs.resolve_job_def("futurelearn_sync").execute_in_process(
+            instance=instance,
+            partition_key=world.key(course),
+            asset_selection=[dg.AssetKey(asset) for asset in assets] if assets else None,
+        )
+
+
+def test_a_rerun_of_the_last_asset_alone_says_it_used_stored_reports(world: World) -> None:
+    assert world.sync().exit_code == 0
+    with dg.DagsterInstance.get() as instance:
+        [first] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
+    course, moved = _a_course_that_moves_on(world)
+    requests = world.simulator.requests()
+    before = _progress(world, course)
+
+    stale = _materialize(world, course, ["activity_progress"])
+
+    assert stale.success
+    assert world.simulator.requests() == requests  # nothing was asked of FutureLearn
+    assert _progress(world, course) == before  # yesterday's reports, re-applied: no change
+    assert any(before.get(user) != value for user, value in moved.items())
+    [materialization] = stale.asset_materializations_for_node("activity_progress")
+    metadata = materialization.metadata
+    assert metadata["fresh_from_futurelearn"].value is False
+    used = metadata["inputs_from_earlier_runs"].value
+    assert f"enrolments as fetched by run {first.run_id[:8]} at " in used
+    assert f"course_runs as fetched by run {first.run_id[:8]} at " in used
+    assert _logged(stale.run_id, "nothing was requested from FutureLearn for it in this run")
+    assert _logged(stale.run_id, "launch the job futurelearn_sync for the course's partition")
+    with dg.DagsterInstance.get() as instance:
+        tags = instance.get_run_by_id(stale.run_id).tags
+    assert tags["sync_assets/inputs"] == (
+        "stored course_runs, enrolments reused, not fetched in this run"
+    )
+
+
+def test_the_jobs_rerun_of_one_course_fetches_fresh_data_for_that_course_only(
+    world: World,
+) -> None:
+    assert world.sync().exit_code == 0
+    course, moved = _a_course_that_moves_on(world)
+    others_before = {k: v for k, v in world.achievements().items() if k[1] != SLUG[course]}
+    requests = world.simulator.requests()
+
+    fresh = _materialize(world, course, None)
+
+    assert fresh.success
+    assert world.simulator.requests() > requests
+    [materialization] = fresh.asset_materializations_for_node("activity_progress")
+    assert "inputs_from_earlier_runs" not in materialization.metadata
+    progress = _progress(world, course)
+    assert all(progress[user] == value for user, value in moved.items())  # today's reports
+    others_after = {k: v for k, v in world.achievements().items() if k[1] != SLUG[course]}
+    assert others_after == others_before
+
+
+def _logged(run_id: str, text: str) -> bool:
+    with dg.DagsterInstance.get() as instance:
+        return any(text in (entry.user_message or "") for entry in instance.all_logs(run_id))
