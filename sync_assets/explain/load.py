@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from sync_assets.defs.storage import FAILURE_COLUMN, PartitionedParquetIOManager
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.defs.sync.provenance import stored_input
+from sync_assets.explain.explanation import Explanation, explain
 from sync_assets.explain.inputs import (
     EVENT_SCHEMA,
     MEMBERSHIP_SCHEMA,
@@ -35,7 +36,7 @@ from sync_assets.explain.inputs import (
     LastApplied,
 )
 from sync_assets.partners_api import contract
-from sync_assets.partners_api.client import PartnersApiClient
+from sync_assets.partners_api.client import PartnersApiClient, run
 from sync_assets.platform import sync_store
 from sync_assets.platform.tables import (
     achievement_transitions,
@@ -44,7 +45,7 @@ from sync_assets.platform.tables import (
     users,
 )
 from sync_assets.rules.linking import email_key
-from sync_assets.runs.launch import course_uuid_argument
+from sync_assets.runs.courses import course_uuid_argument
 from sync_assets.sync import steps
 
 # How far back to look for the last materialisation that applied the course (not a dry run, not
@@ -258,3 +259,27 @@ async def load(
         last_applied=last_applied(instance, course.key),
         now=now,
     )
+
+
+def explain_learner(
+    instance: dg.DagsterInstance,
+    engine: Engine,
+    io_manager: PartitionedParquetIOManager,
+    course_argument: str,
+    user_id: str,
+    *,
+    client: Callable[[], PartnersApiClient] | None = None,
+) -> Explanation:
+    """Load, then explain: what the command and the Dagster job both run."""
+    inputs = run(
+        load(
+            instance,
+            engine,
+            io_manager,
+            course_argument,
+            user_id,
+            now=datetime.now(UTC),
+            client=client,
+        )
+    )
+    return explain(inputs)
