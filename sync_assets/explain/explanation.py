@@ -346,7 +346,12 @@ def _not_applied_because(
     if stored and stored.updated_at and stored.updated_at > applied.at:
         why.append(
             f"the achievement was changed at {when(stored.updated_at)}, after the last applied "
-            "sync: by the platform or by hand"
+            "sync: by the platform or by hand, or by a resync"
+            + (
+                ", which read FutureLearn afresh: add --fresh to compare with FutureLearn now"
+                if not inputs.reports_fresh
+                else ""
+            )
         )
     return why or [
         f"the last applied sync ({when(applied.at)}, run {applied.run_id[:8]}) did not write it"
