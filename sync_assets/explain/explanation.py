@@ -9,6 +9,7 @@ external learner id: only how a membership matched (by id, by email), never what
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -157,7 +158,7 @@ def resync_command(inputs: ExplainInputs) -> str:
 
 
 def _memberships(
-    inputs: ExplainInputs, forgotten: bool
+    inputs: ExplainInputs, forgotten: bool, other_user: Callable[[str], str]
 ) -> tuple[list[Membership], list[Membership], pl.DataFrame]:
     """The user's memberships, the others that concern them, and the links the sync would use."""
     rows = inputs.memberships
@@ -184,7 +185,7 @@ def _memberships(
                 entry.how = f"linked by {how} (R3)"
             elif matches is not None:
                 entry.how = (
-                    f"linked by the platform; R3 would match user {matches}: "
+                    f"linked by the platform; R3 would match user {other_user(matches)}: "
                     "the stored link is kept (R2)"
                 )
             else:
@@ -201,8 +202,8 @@ def _memberships(
             others.append(entry)
         elif matches == user and row["user_id"] is not None:
             entry.how = (
-                f"R3 matches this user by {how}, but it is linked to user {row['user_id']}: "
-                "a link is never re-pointed (R2)"
+                f"R3 matches this user by {how}, but it is linked to user "
+                f"{other_user(row['user_id'])}: a link is never re-pointed (R2)"
             )
             others.append(entry)
         elif matches == user:
@@ -430,7 +431,12 @@ def _events(inputs: ExplainInputs) -> list[CompletionEvent]:
 # --- the whole explanation --------------------------------------------------------------------
 
 
-def explain(inputs: ExplainInputs) -> Explanation:
+def explain(inputs: ExplainInputs, *, other_user: Callable[[str], str] = str) -> Explanation:
+    """The explanation of `inputs.user_id` on `inputs.course`.
+
+    `other_user` names any other user the explanation mentions (a link held by someone else):
+    their id by default, a pseudonym where the explanation is kept (Dagster metadata).
+    """
     user_rows = inputs.users.filter(pl.col("id") == inputs.user_id)
     forgotten = bool(user_rows["forgotten"][0]) if user_rows.height else False
     source = "fetched now" if inputs.reports_fresh else "last stored"
@@ -444,7 +450,7 @@ def explain(inputs: ExplainInputs) -> Explanation:
         reports_as_of=inputs.reports_as_of,
         unknown_memberships=inputs.unknown_memberships,
     )
-    own, others, links = _memberships(inputs, forgotten)
+    own, others, links = _memberships(inputs, forgotten, other_user)
     result.memberships, result.other_memberships = own, others
     if inputs.achievement.height:
         row = inputs.achievement.row(0, named=True)

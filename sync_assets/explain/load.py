@@ -269,6 +269,7 @@ def explain_learner(
     user_id: str,
     *,
     client: Callable[[], PartnersApiClient] | None = None,
+    other_user: Callable[[str], str] = str,
 ) -> Explanation:
     """Load, then explain: what the command and the Dagster job both run."""
     inputs = run(
@@ -282,4 +283,4 @@ def explain_learner(
             client=client,
         )
     )
-    return explain(inputs)
+    return explain(inputs, other_user=other_user)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
+from sync_assets.defs.sync.metadata import pseudonym
 from sync_assets.explain.explanation import explain
 from sync_assets.explain.inputs import SCHEMAS, Course, ExplainInputs, LastApplied
 from sync_assets.explain.render import as_markdown, as_text
@@ -353,3 +354,16 @@ def test_nothing_personal_in_any_rendering() -> None:
     for rendered in (as_text(result), as_markdown(result), json.dumps(result.to_dict())):
         assert EMAIL.lower() not in rendered.lower()
         assert USER in rendered  # the operator asked about this user: the id is shown
+
+
+def test_other_users_are_named_as_the_caller_asks() -> None:
+    """The Dagster job keeps its explanation in the instance: other users by digest there."""
+    scenario = inputs(
+        [membership("m-1"), membership("m-2", user="100043", external=USER)],
+        [enrolment("m-1", "run-a", 10, 0.2)],
+        [achievement("in_progress", 20, PRIMARY)],
+    )
+    plain = as_markdown(explain(scenario))
+    hidden = as_markdown(explain(scenario, other_user=pseudonym))
+    assert "linked to user 100043" in plain
+    assert "100043" not in hidden and f"linked to user {pseudonym('100043')}" in hidden

@@ -5,6 +5,7 @@ from pydantic import Field
 
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.storage import PartitionedParquetIOManager
+from sync_assets.defs.sync.metadata import pseudonym
 from sync_assets.explain.load import ExplainError, explain_learner
 from sync_assets.explain.render import as_markdown
 from sync_assets.settings import ConfigurationError
@@ -42,6 +43,7 @@ def explain_learner_op(
             config.course,
             config.user,
             client=partners_api.client if config.fresh else None,
+            other_user=pseudonym,  # kept in the instance: others by digest, as all metadata
         )
     except (ExplainError, ConfigurationError) as error:
         raise dg.Failure(description=str(error)) from None
