@@ -446,7 +446,8 @@ def explain(inputs: ExplainInputs, *, other_user: Callable[[str], str] = str) ->
         course_title=inputs.course.title,
         user_id=inputs.user_id,
         forgotten=forgotten,
-        reports=f"enrolment reports {source}, as of {when(inputs.reports_as_of)}",
+        reports=f"enrolment reports {source}, as of {when(inputs.reports_as_of)}"
+        + (f" (run {inputs.reports_run_id[:8]})" if inputs.reports_run_id else ""),
         reports_as_of=inputs.reports_as_of,
         unknown_memberships=inputs.unknown_memberships,
     )

@@ -28,7 +28,7 @@ def sections(explanation: Explanation) -> list[tuple[str, list[str]]]:
             "(R2): whose they are is not known yet"
         )
     enrolments = [
-        f"{'▶ latest' if x.latest else '  '} run {x.run_uuid} "
+        f"{'▶ latest' if x.latest else ' ' * 8} run {x.run_uuid} "
         f"({x.run_title or 'unknown run'}, starts {when(x.run_start)}), "
         f"membership {x.membership_uuid}: {x.status}, activated {when(x.activated_at)}"
         + (f", deactivated {when(x.deactivated_at)}" if x.deactivated_at else "")
@@ -44,7 +44,8 @@ def sections(explanation: Explanation) -> list[tuple[str, list[str]]]:
             f"progress floor(ratio × 100) = {r.enrolment_progress} (R7); target state "
             f"{r.target_state} (R9)",
             f"transition: {r.transition}",
-            f"leads to: {r.state}, {r.progress}%, programme {r.programme or 'none'} (R11)"
+            f"leads to: {r.state}, {r.progress}%, programme {r.programme or 'none'}"
+            + (" (R11: a new achievement's)" if e.stored is None else " (kept)")
             + ("; R12 would enrol the user on CS Accelerator" if r.csa_auto_enrolment else ""),
         ]
     stored = e.stored
