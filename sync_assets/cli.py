@@ -411,3 +411,57 @@ def certificates(submit: bool) -> None:
     if figures.get("refused"):
         click.echo(f"Not completed (C4): {len(figures['refused'])} enrolments, e.g. flagged")
     click.echo(f"Dagster run: {', '.join(report.run_ids)}")
+
+
+@main.command()
+@click.option("--course", "course", required=True, help="The course: its uuid or its partition key")
+@click.option("--user", "user_id", required=True, help="The learner's platform user id")
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Fetch the course's reports (conditional requests) and its memberships never looked up "
+    "first; nothing is written",
+)
+@click.option("--json", "as_json", is_flag=True, help="The same explanation as a JSON document")
+def explain(course: str, user_id: str, fresh: bool, as_json: bool) -> None:
+    """Why the platform shows what it shows for one learner on one course, and what would fix it.
+
+    From what is stored (the last stored enrolment reports, the platform database); no request
+    unless --fresh. Writes nothing.
+    """
+    import json
+
+    import dagster as dg
+
+    from sync_assets.definitions import defs
+    from sync_assets.explain.load import ExplainError, explain_learner
+    from sync_assets.explain.render import as_text
+    from sync_assets.runs.instance import open_instance
+
+    check_settings()
+    engine = _migrated_engine()
+    resources = dict(defs.resources or {})
+    try:
+        # Notices (a dead run reaped …) go to stderr: stdout is the explanation, or JSON.
+        with (
+            open_instance(say=lambda line: click.echo(line, err=True)) as instance,
+            dg.build_resources(
+                {name: resources[name] for name in ("partners_api", "io_manager")}
+            ) as built,
+        ):
+            explanation = explain_learner(
+                instance,
+                engine,
+                built.io_manager,
+                course,
+                user_id,
+                client=built.partners_api.client if fresh else None,
+            )
+    except ExplainError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(explanation.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(as_text(explanation))

@@ -11,6 +11,7 @@ import dagster as dg
 from sync_assets.defs.certificates.jobs import certificate_job, daily_certificates_job
 from sync_assets.defs.certificates.schedules import daily_certificates
 from sync_assets.defs.certificates.sensors import completion_events_sensor
+from sync_assets.defs.explain.jobs import explain_learner_job
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.resync.jobs import resync_learners_job
 from sync_assets.defs.storage import PartitionedParquetIOManager
@@ -54,7 +55,13 @@ RESOURCES = _resources()
 
 defs = dg.Definitions(
     assets=sync_assets_list,
-    jobs=[futurelearn_sync_job, certificate_job, daily_certificates_job, resync_learners_job],
+    jobs=[
+        futurelearn_sync_job,
+        certificate_job,
+        daily_certificates_job,
+        resync_learners_job,
+        explain_learner_job,
+    ],
     schedules=[nightly_futurelearn_sync, daily_certificates],
     sensors=[course_partitions_sensor, completion_events_sensor],
     resources=RESOURCES,

@@ -62,6 +62,17 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         store.copy(source, self._partition_key(asset_key, new_partition))
         return True
 
+    def stored(self, asset: str, partition: str | None = None) -> pl.DataFrame | None:
+        """The value last stored for an asset (one partition of it), or None if there is none.
+
+        For readers outside a run (`sync-assets explain`): what the next step would load. A
+        course an earlier step failed reads as its one-column failure frame (FAILURE_COLUMN).
+        """
+        store = self._store()
+        key = dg.AssetKey(asset)
+        name = self._partition_key(key, partition) if partition else self._whole_key(key)
+        return _read(store, name) if store.exists(name) else None
+
     def handle_output(
         self,
         context: dg.OutputContext,

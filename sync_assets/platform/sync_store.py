@@ -298,6 +298,38 @@ def users_matching(connection: Connection, external_learner_ids: Iterable[str]) 
     )
 
 
+def stored_memberships(
+    connection: Connection,
+    membership_uuids: Iterable[str] = (),
+    *,
+    user_id: str | None = None,
+) -> pl.DataFrame:
+    """Whole stored rows (MEMBERSHIP_COLUMNS) of the given memberships, or of one user's."""
+    table = future_learn_memberships
+    columns = [table.c[name] for name in MEMBERSHIP_COLUMNS]
+    if user_id is not None:
+        statement = sa.select(*columns).where(table.c.user_id == user_id)
+        return _read(connection, statement, MEMBERSHIP_COLUMNS)
+    return _read_by_keys(
+        connection,
+        lambda chunk: sa.select(*columns).where(table.c.membership_uuid.in_(chunk)),
+        membership_uuids,
+        MEMBERSHIP_COLUMNS,
+    )
+
+
+def users_by_id(connection: Connection, user_ids: Iterable[str]) -> pl.DataFrame:
+    """The given users (USERS_SCHEMA), those that exist."""
+    return _read_by_keys(
+        connection,
+        lambda chunk: sa.select(users.c.id, users.c.email, users.c.forgotten).where(
+            users.c.id.in_(chunk)
+        ),
+        user_ids,
+        USERS_SCHEMA,
+    )
+
+
 def upsert_memberships(connection: Connection, memberships: pl.DataFrame) -> int:
     """Insert or update fetched memberships and their links, in bulk. Returns rows written.
 

@@ -12,20 +12,17 @@ from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
-from sqlalchemy.engine import Engine
 
 from sync_assets.definitions import defs
 from sync_assets.defs.certificates.jobs import daily_certificates_job
 from sync_assets.defs.resync.jobs import resync_learners_job
 from sync_assets.defs.sync.jobs import all_partitions_tags, futurelearn_sync_job
 from sync_assets.defs.sync.partitions import (
-    CourseKeys,
     course_chunks,
     course_partitions,
-    is_bare_uuid,
 )
 from sync_assets.defs.sync.sensors import apply_partition_update, plan_partition_update
-from sync_assets.platform import sync_store
+from sync_assets.runs.courses import course_uuid_argument
 from sync_assets.runs.execution import CodeLocationRuns, FinishedRun
 from sync_assets.runs.report import (
     SyncReport,
@@ -34,6 +31,8 @@ from sync_assets.runs.report import (
     run_failures,
 )
 from sync_assets.settings import ConfigurationError, courses_per_run
+
+__all__ = ["course_uuid_argument"]  # re-exported: where the commands have always found it
 
 
 def prepare_partitions(instance: dg.DagsterInstance, courses: list[str] | None) -> list[str]:
@@ -62,24 +61,6 @@ def prepare_partitions(instance: dg.DagsterInstance, courses: list[str] | None) 
         )
     wanted = set(chosen.values())
     return [key for key in partitions if key in wanted]
-
-
-def course_uuid_argument(instance: dg.DagsterInstance, engine: Engine, argument: str) -> str:
-    """The course uuid a `--course` argument names: a uuid, or a course partition's key.
-
-    From what is stored (the instance's partitions, the platform's known courses): no request.
-    """
-    if is_bare_uuid(argument):
-        return argument.lower()
-    with engine.connect() as connection:
-        known = list(sync_store.known_courses(connection)["course_uuid"])
-    partitions = list(instance.get_dynamic_partitions(course_partitions.name))
-    course = CourseKeys.resolve(partitions, known, known).uuid(argument)
-    if course is None:
-        raise ConfigurationError(
-            "--course", f"{argument}: neither a course uuid nor a course partition's key"
-        )
-    return course
 
 
 def sync_run_tags(partitions: list[str], *, all_courses: bool) -> list[dict[str, str]]:

@@ -70,7 +70,13 @@ AWS_SETTINGS = {
     "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL",
 }
-JOBS = {"futurelearn_sync", "certificate_job", "daily_certificates_job", "resync_learners_job"}
+JOBS = {
+    "futurelearn_sync",
+    "certificate_job",
+    "daily_certificates_job",
+    "resync_learners_job",
+    "explain_learner_job",
+}
 
 
 # --- reading the artefacts ---------------------------------------------------------------------

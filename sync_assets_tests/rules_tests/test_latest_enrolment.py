@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync_assets.partners_api.contract import ENROLMENT_SCHEMA
-from sync_assets.rules.latest_enrolment import latest_enrolments
+from sync_assets.rules.latest_enrolment import deciding_step, latest_enrolments
 
 T = datetime(2024, 1, 1, tzinfo=UTC)
 RUNS = pl.DataFrame(
@@ -120,3 +120,39 @@ def test_choice_never_depends_on_input_order(rows: list[dict], data: st.DataObje
             best["steps_completed_ratio"],
         )
         assert chosen["run_uuid"] == best["run_uuid"]
+
+
+def _candidates(rows: list[dict]) -> pl.DataFrame:
+    return frame(rows).join(RUNS, on="run_uuid", how="left")
+
+
+def test_deciding_step_names_the_first_key_that_told_the_two_best_apart() -> None:
+    cases = {
+        # later activation wins whatever the ratio
+        "activated_at": [enrolment("m1", "run-a", 2, 0.1), enrolment("m1", "run-b", 1, 0.9)],
+        "steps_completed_ratio": [
+            enrolment("m1", "run-a", 1, 0.5),
+            enrolment("m2", "run-b", 1, 0.4),
+        ],
+        # run-b starts later than run-a
+        "start_time": [enrolment("m1", "run-a", 1, 0.5), enrolment("m2", "run-b", 1, 0.5)],
+        # run-b and run-c start together: the smaller run uuid
+        "run_uuid": [enrolment("m1", "run-c", 1, 0.5), enrolment("m2", "run-b", 1, 0.5)],
+        "membership_uuid": [enrolment("m2", "run-b", 1, 0.5), enrolment("m1", "run-b", 1, 0.5)],
+    }
+    for step, rows in cases.items():
+        assert deciding_step(_candidates(rows)) == step
+        assert deciding_step(_candidates(rows[::-1])) == step  # order of the input does not matter
+    assert deciding_step(_candidates([enrolment("m1", "run-a", 1, 0.5)])) is None
+
+
+def test_deciding_step_agrees_with_the_enrolment_latest_enrolments_keeps() -> None:
+    rows = [
+        enrolment("m1", "run-a", 1, 0.5),
+        enrolment("m2", "run-b", 1, 0.5),
+        enrolment("m1", "run-c", 0, 0.9),
+    ]
+    links = pl.DataFrame({"membership_uuid": ["m1", "m2"], "user_id": ["u", "u"]})
+    kept = latest_enrolments(frame(rows), links, RUNS)
+    assert kept.select("run_uuid", "membership_uuid").row(0) == ("run-b", "m2")
+    assert deciding_step(_candidates(rows)) == "start_time"
