@@ -41,7 +41,7 @@ def test_sensor_adds_a_readable_partition_per_known_course(world: World) -> None
         result = course_partitions_sensor(context)
         known = set(world.dataset.runs["course_uuid"]) & CATALOGUE
         assert isinstance(result, dg.SkipReason)
-        assert result.skip_message == f"{len(known)} course partition(s) added"
+        assert result.skip_message == f"{len(known)} course partitions added"
         keys = instance.get_dynamic_partitions(course_partitions.name)
         titles = course_titles(world.dataset.runs)
         mapping = CourseKeys.resolve(keys, world.dataset.runs["course_uuid"]).uuid_of_key

@@ -48,6 +48,7 @@ from sync_assets.partners_api.client import run
 from sync_assets.platform import sync_store, transactions
 from sync_assets.settings import courses_per_run
 from sync_assets.sync import steps
+from sync_assets.wording import counted
 
 # Backfills of many courses run as few runs as memory allows: one step serves every course of
 # its run. A backfill from the UI is chunked as the nightly schedule is, by
@@ -134,7 +135,7 @@ def course_runs(
     runs = fetched.runs
     unknown = fetched.unknown_courses(partners_api.ignored_course_uuids())
     context.log.info(
-        f"{runs.height} runs of {runs['course_uuid'].n_unique()} courses; "
+        f"{counted(runs.height, 'run')} of {counted(runs['course_uuid'].n_unique(), 'course')}; "
         f"{len(fetched.known_course_uuids())} known, {unknown.height} unknown and not ignored"
     )
     yield dg.Output(
@@ -245,9 +246,11 @@ def enrolments(
             {**course_metadata(keys.uuid(key), titles), **failed_metadata(why)}, partition_key=key
         )
     context.log.info(
-        f"{len(context.partition_keys)} courses: {len(fetched.changed_runs)} reports changed, "
+        f"{counted(len(context.partition_keys), 'course')}: "
+        f"{counted(len(fetched.changed_runs), 'report')} changed, "
         f"{len(fetched.unchanged_runs)} unchanged (304), "
-        f"{fetched.quarantine.height} records quarantined, {len(failed)} courses failed"
+        f"{counted(fetched.quarantine.height, 'record')} quarantined, "
+        f"{counted(len(failed), 'course')} failed"
     )
     by_key = {key_of[course]: frame for course, frame in fetched.by_course.items()}
     yield dg.Output(
@@ -308,7 +311,7 @@ def linked_memberships(
         context.log.error(f"course {course}: {why}")
         context.add_asset_metadata(failed_metadata(why), partition_key=course)
     context.log.info(
-        f"{stats.memberships} memberships: {stats.already_linked} linked before, "
+        f"{counted(stats.memberships, 'membership')}: {stats.already_linked} linked before, "
         f"{stats.looked_up} looked up ({stats.gone} gone), "
         f"{stats.linked_by_id} linked by id, {stats.linked_by_email} by email, "
         f"{stats.relinked_locally} relinked without a request"
@@ -503,7 +506,7 @@ def activity_progress(
                 tally.update(_outcome_counts(outcome))
                 if outcome.refused:
                     refused[course] = outcome.refused
-        context.log.info(_summary_line(tally, len(failures), config.dry_run))
+        context.log.info(progress_summary(tally, len(failures), config.dry_run))
         yield dg.Output(
             changes,
             metadata={
@@ -566,18 +569,29 @@ def _outcome_metadata(
 def _outcome_counts(outcome: steps.CourseOutcome) -> Counter[str]:
     return Counter(
         courses=1,
+        changed=int(not outcome.changes.is_empty()),
         created=outcome.created,
         updated=outcome.updated,
         completed=outcome.became("complete"),
     )
 
 
-def _summary_line(tally: Counter[str], failed: int, dry_run: bool) -> str:
-    verb = "would change" if dry_run else "changed"
-    return (
-        f"{tally['courses']} courses {verb}: {tally['created']} achievements created, "
-        f"{tally['updated']} updated, {tally['completed']} completed; {failed} failed"
-    )
+def progress_summary(tally: Counter[str], failed: int, dry_run: bool) -> str:
+    """The step's one log line: how many courses were synced, and what changed in them.
+
+    A night on which nothing changed says so, instead of a row of zeros.
+    """
+    synced = counted(tally["courses"], "course") + (" checked" if dry_run else " synced")
+    if not tally["changed"]:
+        line = f"{synced}, nothing {'would change' if dry_run else 'changed'}"
+    else:
+        verb = "would change in" if dry_run else "changed in"
+        line = (
+            f"{synced}: {'achievements ' + verb} {counted(tally['changed'], 'course')} "
+            f"({tally['created']} created, {tally['updated']} updated, "
+            f"{tally['completed']} completed)"
+        )
+    return line + (f"; {counted(failed, 'course')} failed" if failed else "")
 
 
 sync_assets_list = [
