@@ -14,7 +14,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from sync_assets.defs.storage import (
     PartitionFrames,
     PartitionSpool,
 )
+from sync_assets.defs.sync.columns import asset_column_schema
 from sync_assets.defs.sync.failures import (
     fail_run_if_last,
     failed_metadata,
@@ -46,7 +47,8 @@ from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.defs.sync.provenance import report_stale_inputs
 from sync_assets.partners_api.client import run
 from sync_assets.platform import sync_store, transactions
-from sync_assets.settings import courses_per_run
+from sync_assets.platform.database import database_kind
+from sync_assets.settings import courses_per_run, platform_database_url
 from sync_assets.sync import steps
 from sync_assets.wording import counted
 
@@ -60,6 +62,26 @@ BACKFILL_POLICY = (
     else dg.BackfillPolicy.multi_run(max_partitions_per_run=courses_per_run())
 )
 GROUP = "futurelearn_sync"
+OWNERS = ["team:learning-platform"]
+# The nightly sync runs at 02:00 London; a day and two hours without a materialisation means a
+# night was missed (or failed for every course), not that a run was slow.
+NIGHTLY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
+
+
+def kinds(*, database: bool) -> set[str]:
+    """Kind tags: frames in polars, stored as parquet, and the platform database if it is used."""
+    return {"polars", "parquet", *([database_kind(platform_database_url())] if database else [])}
+
+
+def shown_in_ui(asset: str, *, database: bool) -> dict[str, Any]:
+    """Every sync asset's kinds, owners and column descriptions (before any materialisation)."""
+    return {
+        "kinds": kinds(database=database),
+        "owners": OWNERS,
+        "metadata": asset_column_schema(asset),
+    }
+
+
 UNKNOWN_COURSES_CHECK = "unknown_courses_reported"
 ONE_LATEST_CHECK = "one_latest_enrolment_per_user_and_course"
 SHRINK_CHECK = "enrolment_report_not_shrunk"
@@ -120,7 +142,16 @@ def course_metadata(course_uuid: str | None, titles: dict[str, str]) -> dict[str
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     description="Every FutureLearn course run (one request), marked known or not (R1).",
-    check_specs=[dg.AssetCheckSpec(UNKNOWN_COURSES_CHECK, asset="course_runs")],
+    **shown_in_ui("course_runs", database=True),  # which courses the platform knows
+    check_specs=[
+        dg.AssetCheckSpec(
+            UNKNOWN_COURSES_CHECK,
+            asset="course_runs",
+            description="Warns when FutureLearn lists courses that no platform activity knows "
+            "(R1): their runs are not synced. The result lists each with the title of its first "
+            "run; silence one with FL_PARTNERS_IGNORED_COURSE_UUIDS.",
+        )
+    ],
 )
 def course_runs(
     context: dg.AssetExecutionContext,
@@ -191,7 +222,9 @@ class EnrolmentsConfig(dg.Config):
     group_name=GROUP,
     partitions_def=course_partitions,
     backfill_policy=BACKFILL_POLICY,
-    description="Enrolment reports of every run of the course, as one frame.",
+    description="Enrolment reports of every run of the course, as one frame. Records that "
+    "break the contract are quarantined with their reason; a course with too many is refused.",
+    **shown_in_ui("enrolments", database=False),
 )
 def enrolments(
     context: dg.AssetExecutionContext,
@@ -272,6 +305,7 @@ def enrolments(
     backfill_policy=BACKFILL_POLICY,
     description="Step one: memberships of the course's enrolments and the users they belong to "
     "(R2–R4). Each unknown membership is fetched once, ever.",
+    **shown_in_ui("linked_memberships", database=True),  # stores look-ups, matches users
 )
 def linked_memberships(
     context: dg.AssetExecutionContext,
@@ -345,7 +379,15 @@ def linked_memberships(
     backfill_policy=BACKFILL_POLICY,
     description="Step two: each linked user's latest enrolment on the course, across runs and "
     "memberships (R5–R6).",
-    check_specs=[dg.AssetCheckSpec(ONE_LATEST_CHECK, asset="latest_enrolments")],
+    **shown_in_ui("latest_enrolments", database=False),
+    check_specs=[
+        dg.AssetCheckSpec(
+            ONE_LATEST_CHECK,
+            asset="latest_enrolments",
+            description="Exactly one latest enrolment per user and course (R6): fails if any "
+            "user has two rows in a course, which would make their progress depend on order.",
+        )
+    ],
 )
 def latest_enrolments(
     context: dg.AssetExecutionContext,
@@ -419,7 +461,19 @@ class ProgressConfig(dg.Config):
     "(R7–R12), with links, transitions and completion events, one transaction per course. "
     "To rerun a course with fresh data, launch the job futurelearn_sync for its partition: "
     "materialising this asset alone re-applies the reports stored by an earlier run, and says so.",
-    check_specs=[dg.AssetCheckSpec(SHRINK_CHECK, asset="activity_progress", blocking=True)],
+    **shown_in_ui("activity_progress", database=True),
+    freshness_policy=NIGHTLY_FRESHNESS,
+    check_specs=[
+        dg.AssetCheckSpec(
+            SHRINK_CHECK,
+            asset="activity_progress",
+            blocking=True,
+            description="Blocking: progress is not applied for a course whose enrolment report "
+            "shrank by more than max_shrink_share (20%) since its last successful sync; the run "
+            "fails naming it and the other courses are applied. Allow a real shrink with "
+            "allow_shrink_courses (or `sync-assets sync --allow-shrink COURSE`).",
+        )
+    ],
 )
 def activity_progress(
     context: dg.AssetExecutionContext,

@@ -14,16 +14,10 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-PERSONAL = ("external_learner_id", "email")
+from sync_assets.defs.sync.columns import PERSONAL, table_schema
+
 PSEUDONYMISED = ("user_id",)
 PREVIEW_ROWS = 10
-
-_TYPES = {
-    pl.String: "string",
-    pl.Boolean: "boolean",
-    pl.Int64: "integer",
-    pl.Float64: "float",
-}
 
 
 def pseudonym(value: str | None) -> str | None:
@@ -45,12 +39,7 @@ def safe(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def column_schema(frame: pl.DataFrame) -> dg.TableSchema:
-    return dg.TableSchema(
-        columns=[
-            dg.TableColumn(name, _TYPES.get(dtype.base_type(), str(dtype)))
-            for name, dtype in safe(frame.head(0)).schema.items()
-        ]
-    )
+    return table_schema(safe(frame.head(0)).schema)
 
 
 def _cell(value: Any) -> str | int | float | bool | None:
