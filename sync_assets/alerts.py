@@ -8,6 +8,7 @@ path): no message here ever contains it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -67,6 +68,25 @@ def failure_alert(run: FailedRun, ui_url: str | None) -> dict[str, object]:
     }
 
 
+class _HideWebhookUrls(logging.Filter):
+    """httpx logs each request URL at INFO: a webhook URL is replaced before any handler sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secret_urls: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secret_urls and isinstance(record.args, tuple):
+            record.args = tuple(
+                "[alert webhook]" if str(arg) in self.secret_urls else arg for arg in record.args
+            )
+        return True
+
+
+_HIDE_WEBHOOK_URLS = _HideWebhookUrls()
+logging.getLogger("httpx").addFilter(_HIDE_WEBHOOK_URLS)
+
+
 class AlertNotDelivered(Exception):
     """The webhook did not take the alert; the message never includes the webhook's URL."""
 
@@ -74,6 +94,7 @@ class AlertNotDelivered(Exception):
 def post_alert(
     webhook_url: str, payload: Mapping[str, object], timeout: float = TIMEOUT_SECONDS
 ) -> None:
+    _HIDE_WEBHOOK_URLS.secret_urls.add(str(httpx.URL(webhook_url)))
     try:
         response = httpx.post(webhook_url, json=dict(payload), timeout=timeout)
     except httpx.HTTPError as error:
