@@ -40,8 +40,9 @@ from sync_assets.defs.sync.failures import (
 from sync_assets.defs.sync.metadata import (
     frame_metadata,
     linking_problems_metadata,
-    peak_memory_metadata,
     reasons,
+    rss_after_course,
+    run_peak_memory_metadata,
 )
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.defs.sync.provenance import report_stale_inputs
@@ -291,7 +292,7 @@ def enrolments(
         metadata={
             **_api_metadata(metrics),
             "api_seconds": round(api_seconds, 3),
-            **peak_memory_metadata(),
+            **run_peak_memory_metadata(),
         },
     )
     record_failed_partitions(context, {**failed, **refused}, {})
@@ -366,7 +367,7 @@ def linked_memberships(
             "quarantined": dg.MetadataValue.json(reasons(stats.quarantine)),
             **_api_metadata(metrics),
             "api_seconds": round(api_seconds, 3),
-            **peak_memory_metadata(),
+            **run_peak_memory_metadata(),
         },
     )
     record_failed_partitions(context, stats.failed_courses, upstream_failed)
@@ -427,10 +428,15 @@ def latest_enrolments(
         by_course[key] = frame
         duplicates += frame.height - frame["user_id"].n_unique()
         context.add_asset_metadata(
-            {**course_metadata(course, titles), **frame_metadata(frame), "learners": frame.height},
+            {
+                **course_metadata(course, titles),
+                **frame_metadata(frame),
+                "learners": frame.height,
+                **rss_after_course(),
+            },
             partition_key=key,
         )
-    yield dg.Output(by_course, metadata=peak_memory_metadata())
+    yield dg.Output(by_course, metadata=run_peak_memory_metadata())
     yield dg.AssetCheckResult(
         check_name=ONE_LATEST_CHECK,
         passed=duplicates == 0,
@@ -553,6 +559,7 @@ def activity_progress(
                     **course_metadata(keys.uuid(course), titles),
                     **frame_metadata(frame),
                     **_outcome_metadata(outcome, failure, config),
+                    **rss_after_course(),
                 },
                 partition_key=course,
             )
@@ -566,7 +573,7 @@ def activity_progress(
             metadata={
                 "dry_run": config.dry_run,
                 "failed": len(failures),
-                **peak_memory_metadata(),
+                **run_peak_memory_metadata(),
             },
         )
     yield dg.AssetCheckResult(
