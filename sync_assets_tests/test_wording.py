@@ -41,3 +41,14 @@ def test_a_sync_with_changes_counts_the_courses_that_changed() -> None:
 def test_the_certificate_sensor_says_what_was_handled_not_a_cursor() -> None:
     assert idle_message(203) == "no completion event is waiting: every event up to #203 is handled"
     assert idle_message(None).startswith("no completion event yet")
+
+
+def test_the_certificate_summary_counts_in_words() -> None:
+    from sync_assets.runs.report import format_certificates
+
+    assert format_certificates(
+        {"events_handled": 1, "notifications_written": 2, "certificates_issued": 1}
+    ) == (
+        "Certificates: 1 completion event handled, 0 enrolments moved to pending, "
+        "2 notifications written, 1 certificate issued."
+    )
