@@ -11,12 +11,16 @@ from dagster._core.definitions.freshness import TimeWindowFreshnessPolicy
 
 from sync_assets.definitions import build_definitions
 from sync_assets.defs.sync.assets import kinds
+from sync_assets.platform.database import database_kind
+from sync_assets.settings import platform_database_url
 
 
 @pytest.fixture
 def every_definition(monkeypatch: pytest.MonkeyPatch) -> dg.Definitions:
     """The real code location, with the optional alert sensor defined too."""
     monkeypatch.setenv("SYNC_ASSETS_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hooks/T0-secret")
+    monkeypatch.delenv("SYNC_ASSETS_GIT_URL", raising=False)
+    monkeypatch.delenv("SYNC_ASSETS_GIT_BRANCH", raising=False)
     return build_definitions()
 
 
@@ -76,11 +80,12 @@ def test_assets_have_kinds_owners_code_references_and_a_freshness_policy(
         [reference] = node.metadata["dagster/code_references"].code_references
         assert isinstance(reference, dg.LocalFileCodeReference)
         assert reference.file_path.endswith("sync_assets/defs/sync/assets.py")
-    # Only the steps that read or write the platform database carry its kind (SQLite here).
+    # Only the steps that read or write the platform database carry its kind.
+    database = database_kind(platform_database_url())  # as the code location loaded
     with_database = {
         key.to_user_string()
         for key in graph.get_all_asset_keys()
-        if "sqlite" in graph.get(key).kinds
+        if database in graph.get(key).kinds
     }
     assert with_database == {"course_runs", "linked_memberships", "activity_progress"}
     policy = graph.get(dg.AssetKey("activity_progress")).freshness_policy

@@ -171,3 +171,36 @@ def test_an_alert_names_the_failed_courses_and_why() -> None:
         "sync_assets: futurelearn_sync run 01234567 failed: 2 courses not synced\n"
         "2 course(s) not synced: …"
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"SYNC_ASSETS_ALERT_WEBHOOK_URL": f"hooks.example.org/{TOKEN}"},
+            "SYNC_ASSETS_ALERT_WEBHOOK_URL: expected an http(s) URL",
+        ),
+        (
+            {"SYNC_ASSETS_UI_URL": "dagster.example.org"},
+            "SYNC_ASSETS_UI_URL: expected the Dagster UI's http(s) URL, e.g. https://dagster",
+        ),
+        (
+            {"SYNC_ASSETS_GIT_URL": "https://github.com/example/sync_assets"},
+            "SYNC_ASSETS_GIT_BRANCH: required when the other SYNC_ASSETS_GIT_* is set",
+        ),
+        (
+            {"SYNC_ASSETS_GIT_URL": "https://git.example.org/sync", "SYNC_ASSETS_GIT_BRANCH": "m"},
+            "SYNC_ASSETS_GIT_URL: Dagster links code on GitHub or GitLab hosts only",
+        ),
+    ],
+)
+def test_a_bad_alert_or_code_reference_setting_fails_at_load_in_one_line(
+    env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sync_assets.settings import ConfigurationError, check_settings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as raised:
+        check_settings()
+    assert str(raised.value) == message  # the webhook's token is not repeated
