@@ -71,14 +71,19 @@ def alerting(
     yield build_definitions(), url
 
 
-def _tick(
-    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
-) -> dg.SensorResult:
+def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None) -> Tick:
+    """One tick as the daemon evaluates it: the sensor's reason and its next cursor."""
     sensor = defs.resolve_sensor_def("run_failure_alert_sensor")
     with dg.build_sensor_context(instance=instance, cursor=cursor) as context:
-        result = sensor(context)
-    assert isinstance(result, dg.SensorResult) and not result.run_requests
-    return result
+        data = sensor.evaluate_tick(context)
+    assert not data.run_requests
+    return Tick(data.skip_message or "", data.cursor)
+
+
+@dataclass(frozen=True)
+class Tick:
+    reason: str
+    cursor: str | None
 
 
 def _certificates(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
@@ -108,7 +113,7 @@ def test_each_failed_run_is_alerted_once_with_a_link_and_successes_are_not(
         assert succeeded.success
 
         second = _tick(defs, instance, first.cursor)
-        assert second.skip_reason.skip_message == "1 failure alert sent"
+        assert second.reason == "1 failure alert sent"
         [alert] = receiver.bodies
         assert alert["job"] == "certificate_job" and alert["run_id"] == failed.run_id
         assert alert["status"] == "FAILURE" and alert["failed_at"]
@@ -119,7 +124,7 @@ def test_each_failed_run_is_alerted_once_with_a_link_and_successes_are_not(
 
         # Nothing new: nothing sent again.
         third = _tick(defs, instance, second.cursor)
-        assert third.skip_reason.skip_message == "0 failure alerts sent"
+        assert third.reason == "0 failure alerts sent"
         assert len(receiver.bodies) == 1
 
         # A webhook that refuses an alert gets it again on the next tick, once.
@@ -131,21 +136,19 @@ def test_each_failed_run_is_alerted_once_with_a_link_and_successes_are_not(
         assert not again.success
         receiver.statuses = [503]
         refused = _tick(defs, instance, third.cursor)
-        assert refused.skip_reason.skip_message == (
+        assert refused.reason == (
             f"alert for run {again.run_id} not delivered: the webhook answered HTTP 503"
         )
         assert len(receiver.bodies) == 1
         retried = _tick(defs, instance, refused.cursor)
-        assert retried.skip_reason.skip_message == "1 failure alert sent"
+        assert retried.reason == "1 failure alert sent"
         assert [body["run_id"] for body in receiver.bodies] == [failed.run_id, again.run_id]
-        assert _tick(defs, instance, retried.cursor).skip_reason.skip_message == (
-            "0 failure alerts sent"
-        )
+        assert _tick(defs, instance, retried.cursor).reason == ("0 failure alerts sent")
 
     # The webhook URL is a secret: in no skip reason, log line or alert.
     said = [first, second, third, refused, retried]
     text = json.dumps(receiver.bodies) + caplog.text
-    text += " ".join(str(result.skip_reason) for result in said)
+    text += " ".join(tick.reason for tick in said)
     assert TOKEN not in text
 
 
