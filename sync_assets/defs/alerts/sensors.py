@@ -101,7 +101,7 @@ def run_failure_alert_sensor() -> dg.SensorDefinition | None:
         "and a link to the run (SYNC_ASSETS_UI_URL). Failures from before the sensor first ran "
         "are not sent; an alert the webhook refuses is tried again on the next tick.",
     )
-    def run_failure_alert_sensor(context: dg.SensorEvaluationContext):
+    def alert_on_run_failures(context: dg.SensorEvaluationContext):
         settings = alert_settings()
         if settings is None:  # unset since the code location loaded
             return dg.SkipReason("SYNC_ASSETS_ALERT_WEBHOOK_URL is not set")
@@ -134,4 +134,4 @@ def run_failure_alert_sensor() -> dg.SensorDefinition | None:
         reason = problem or f"{counted(sent, 'failure alert')} sent"
         return dg.SensorResult(skip_reason=reason, cursor=json.dumps({"after": after}))
 
-    return run_failure_alert_sensor
+    return alert_on_run_failures

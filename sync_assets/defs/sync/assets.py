@@ -63,6 +63,9 @@ BACKFILL_POLICY = (
     else dg.BackfillPolicy.multi_run(max_partitions_per_run=courses_per_run())
 )
 GROUP = "futurelearn_sync"
+UNKNOWN_COURSES_CHECK = "unknown_courses_reported"
+ONE_LATEST_CHECK = "one_latest_enrolment_per_user_and_course"
+SHRINK_CHECK = "enrolment_report_not_shrunk"
 OWNERS = ["team:learning-platform"]
 # The nightly sync runs at 02:00 London; a day and two hours without a materialisation means a
 # night was missed (or failed for every course), not that a run was slow.
@@ -83,9 +86,6 @@ def shown_in_ui(asset: str, *, database: bool) -> dict[str, Any]:
     }
 
 
-UNKNOWN_COURSES_CHECK = "unknown_courses_reported"
-ONE_LATEST_CHECK = "one_latest_enrolment_per_user_and_course"
-SHRINK_CHECK = "enrolment_report_not_shrunk"
 _NO_CHANGES = pl.DataFrame(schema=sync_store.ACHIEVEMENT_CHANGE_SCHEMA)
 
 
@@ -646,9 +646,9 @@ def progress_summary(tally: Counter[str], failed: int, dry_run: bool) -> str:
     if not tally["changed"]:
         line = f"{synced}, nothing {'would change' if dry_run else 'changed'}"
     else:
-        verb = "would change in" if dry_run else "changed in"
+        verb = "would change" if dry_run else "changed"
         line = (
-            f"{synced}: {'achievements ' + verb} {counted(tally['changed'], 'course')} "
+            f"{synced}: achievements {verb} in {counted(tally['changed'], 'course')} "
             f"({tally['created']} created, {tally['updated']} updated, "
             f"{tally['completed']} completed)"
         )
