@@ -4,7 +4,7 @@
 
 Each configuration gets a fresh platform database, Dagster home and HTTP cache, against the same
 simulator process, and runs `sync-assets sync` (SYNC_ASSETS_COURSES_PER_RUN=N for the chunks).
-Reported: wall time and each run's own peak memory (`process_peak_rss_mib` of its steps; the
+Reported: wall time and each run's own peak memory (`run_peak_rss_mib` of its steps; the
 command starts each run's count afresh, as a run in a process of its own would, so time(1)'s peak
 of the command is only its last run's). Ratios are chunked / one run, from the same script on the
 same machine. Nothing here asserts timings.
@@ -48,8 +48,8 @@ def run_peaks(dagster_home: Path) -> list[dict[str, Any]]:
                     continue
                 materialization = event.event_specific_data.materialization
                 metadata = materialization.metadata
-                if "process_peak_rss_mib" in metadata:
-                    peak = max(peak, metadata["process_peak_rss_mib"].value)
+                if "run_peak_rss_mib" in metadata:
+                    peak = max(peak, metadata["run_peak_rss_mib"].value)
                 if materialization.partition:
                     courses.add(materialization.partition)
             stats = instance.get_run_stats(run.run_id)

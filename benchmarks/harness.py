@@ -254,9 +254,9 @@ def run_metadata(dagster_home: Path) -> dict[str, float]:
                 name = materialization.asset_key.to_user_string()
                 if "api_seconds" in metadata:
                     api_steps[name] = metadata["api_seconds"]  # once per step
-                if "process_peak_rss_mib" in metadata:
+                if "run_peak_rss_mib" in metadata:
                     figures["peak_rss_mib"] = max(
-                        figures["peak_rss_mib"], metadata["process_peak_rss_mib"]
+                        figures["peak_rss_mib"], metadata["run_peak_rss_mib"]
                     )
                 if name == "activity_progress":
                     figures["plan_seconds"] += metadata.get("plan_seconds", 0.0)

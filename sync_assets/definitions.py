@@ -6,8 +6,13 @@ one stops the load with one line naming it, instead of failing a run at 02:00.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
 import dagster as dg
 
+from sync_assets.defs.alerts.sensors import run_failure_alert_sensor
 from sync_assets.defs.certificates.jobs import certificate_job, daily_certificates_job
 from sync_assets.defs.certificates.schedules import daily_certificates
 from sync_assets.defs.certificates.sensors import completion_events_sensor
@@ -19,7 +24,12 @@ from sync_assets.defs.sync.assets import sync_assets_list
 from sync_assets.defs.sync.jobs import futurelearn_sync_job
 from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
 from sync_assets.defs.sync.sensors import course_partitions_sensor
-from sync_assets.settings import check_settings, is_deployment, storage_url
+from sync_assets.settings import (
+    check_settings,
+    git_code_references,
+    is_deployment,
+    storage_url,
+)
 
 check_settings()
 
@@ -51,18 +61,46 @@ def _resources() -> dict[str, object]:
     }
 
 
-RESOURCES = _resources()
+def with_code_references(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
+    """Each asset with a link to its code: on GitHub or GitLab when SYNC_ASSETS_GIT_URL and
+    SYNC_ASSETS_GIT_BRANCH say where this code is, else to the file on this machine.
 
-defs = dg.Definitions(
-    assets=sync_assets_list,
-    jobs=[
-        futurelearn_sync_job,
-        certificate_job,
-        daily_certificates_job,
-        resync_learners_job,
-        explain_learner_job,
-    ],
-    schedules=[nightly_futurelearn_sync, daily_certificates],
-    sensors=[course_partitions_sensor, completion_events_sensor],
-    resources=RESOURCES,
-)
+    Paths are mapped from this file, so they are right in a checkout and in an installed wheel
+    alike (the repository is assumed to have `sync_assets/` at its root, as this project does).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # both helpers are beta in 1.13
+        referenced = dg.with_source_code_references(assets)
+        git = git_code_references()
+        if git is not None:
+            referenced = dg.link_code_references_to_git(
+                referenced,
+                git_url=git.url,
+                git_branch=git.branch,
+                file_path_mapping=dg.AnchorBasedFilePathMapping(
+                    local_file_anchor=Path(__file__),
+                    file_anchor_path_in_repository="sync_assets/definitions.py",
+                ),
+            )
+    return list(referenced)  # type: ignore[arg-type]
+
+
+def build_definitions() -> dg.Definitions:
+    """The code location as the environment configures it (read again by tests that change it)."""
+    alerts = run_failure_alert_sensor()
+    return dg.Definitions(
+        assets=with_code_references(sync_assets_list),
+        jobs=[
+            futurelearn_sync_job,
+            certificate_job,
+            daily_certificates_job,
+            resync_learners_job,
+            explain_learner_job,
+        ],
+        schedules=[nightly_futurelearn_sync, daily_certificates],
+        sensors=[course_partitions_sensor, completion_events_sensor, *([alerts] if alerts else [])],
+        resources=_resources(),
+    )
+
+
+defs = build_definitions()

@@ -68,6 +68,8 @@ def check_settings() -> None:
                 "files are local defaults only); set them in the code location's environment",
             )
     partners_api_settings()
+    git_code_references()
+    alert_settings()
     courses_per_run()
     course_lock_timeout_seconds()
     http_cache_url()
@@ -227,3 +229,68 @@ def check_http_cache_url(url: str, setting: str, *, password_allowed: bool = Tru
             setting, f"run config is stored: put the Redis password in {HTTP_CACHE_URL} instead"
         )
     return url
+
+
+@dataclass(frozen=True)
+class GitCodeReferences:
+    """Where the UI's code references point: the repository's web URL and branch."""
+
+    url: str
+    branch: str
+
+
+def git_code_references() -> GitCodeReferences | None:
+    """SYNC_ASSETS_GIT_URL and SYNC_ASSETS_GIT_BRANCH, both or neither (None: local files).
+
+    Dagster builds links for GitHub and GitLab only (`<url>/tree/<branch>/<path>` and
+    `<url>/-/tree/…`), so another host is refused here rather than at load inside Dagster.
+    """
+    url = os.environ.get("SYNC_ASSETS_GIT_URL", "").strip().rstrip("/")
+    branch = os.environ.get("SYNC_ASSETS_GIT_BRANCH", "").strip()
+    if not url and not branch:
+        return None
+    if not url or not branch:
+        missing = "SYNC_ASSETS_GIT_URL" if not url else "SYNC_ASSETS_GIT_BRANCH"
+        raise ConfigurationError(missing, "required when the other SYNC_ASSETS_GIT_* is set")
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
+        raise ConfigurationError(
+            "SYNC_ASSETS_GIT_URL", "expected https://github.com/org/repo (no credentials)"
+        )
+    if "github" not in parts.hostname and "gitlab" not in parts.hostname:
+        raise ConfigurationError(
+            "SYNC_ASSETS_GIT_URL", "Dagster links code on GitHub or GitLab hosts only"
+        )
+    return GitCodeReferences(url, branch)
+
+
+ALERT_WEBHOOK_SETTING = "SYNC_ASSETS_ALERT_WEBHOOK_URL"
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Run failure alerts: the webhook (a secret: it often carries a token) and the UI's URL."""
+
+    webhook_url: str = field(repr=False)
+    ui_url: str | None = None
+
+
+def alert_settings() -> AlertSettings | None:
+    """SYNC_ASSETS_ALERT_WEBHOOK_URL (None: no alerts) and SYNC_ASSETS_UI_URL for run links.
+
+    Errors never repeat the webhook URL: Slack-style webhooks carry their token in the path.
+    """
+    webhook = os.environ.get(ALERT_WEBHOOK_SETTING, "").strip()
+    ui_url = os.environ.get("SYNC_ASSETS_UI_URL", "").strip().rstrip("/") or None
+    if ui_url is not None:
+        parts = urlsplit(ui_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigurationError(
+                "SYNC_ASSETS_UI_URL", "expected the Dagster UI's http(s) URL, e.g. https://dagster"
+            )
+    if not webhook:
+        return None
+    parts = urlsplit(webhook)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(ALERT_WEBHOOK_SETTING, "expected an http(s) URL")
+    return AlertSettings(webhook, ui_url)

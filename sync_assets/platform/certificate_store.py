@@ -47,6 +47,11 @@ def pending_event_ids(connection: Connection, *, limit: int | None = None) -> li
     return list(connection.execute(statement).scalars())
 
 
+def latest_event_id(connection: Connection) -> int | None:
+    """The newest completion event's id (the primary key's maximum: cheap), None if none yet."""
+    return connection.execute(sa.select(sa.func.max(completion_events.c.id))).scalar()
+
+
 def _lock_pending(connection: Connection, event_ids: Sequence[int]) -> pl.DataFrame:
     table = completion_events
     statement = sa.select(table.c.id, table.c.user_id, table.c.programme_id).where(

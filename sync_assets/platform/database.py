@@ -44,6 +44,11 @@ def parse_database_url(raw: str) -> URL:
     )
 
 
+def database_kind(raw: str) -> str:
+    """The UI's kind tag for the platform database at `raw`: `postgres` or `sqlite`."""
+    return "postgres" if parse_database_url(raw).get_backend_name() == "postgresql" else "sqlite"
+
+
 def describe(url: URL) -> str:
     """The URL as safe to print: never the password."""
     return url.render_as_string(hide_password=True)

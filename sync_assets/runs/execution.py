@@ -197,7 +197,7 @@ class CodeLocationRuns:
 
 def _reset_peak_memory() -> None:
     """Start this process's peak-memory count afresh (Linux), so each run executed here reports
-    its own peak (`process_peak_rss_mib`), as a run in a process of its own would."""
+    its own peak (`run_peak_rss_mib`), as a run in a process of its own would."""
     # Not Linux, or not allowed: the peak stays the process's since it started.
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")

@@ -12,6 +12,8 @@ from typing import Any
 
 import dagster as dg
 
+from sync_assets.wording import counted
+
 API_ASSETS = ("course_runs", "enrolments", "linked_memberships")
 
 
@@ -154,7 +156,7 @@ def format_report(report: SyncReport) -> str:
         for line in report.courses
     ]
     totals = [sum(getattr(line, name) for line in report.courses) for name in counts]
-    rows.append(("total", "", f"{len(report.courses)} courses", *map(str, totals)))
+    rows.append(("total", "", counted(len(report.courses), "course"), *map(str, totals)))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
@@ -225,10 +227,10 @@ def format_certificates(figures: dict[str, Any]) -> str:
         f"{programme} {min(given)}–{max(given)}" for programme, given in sorted(numbers.items())
     )
     return (
-        f"Certificates: {figures.get('events_handled', 0)} completion events handled, "
-        f"{figures.get('enrolments_moved_to_pending', 0)} enrolments moved to pending, "
-        f"{figures.get('notifications_written', 0)} notifications written, "
-        f"{figures.get('certificates_issued', 0)} certificates issued"
+        f"Certificates: {counted(figures.get('events_handled', 0), 'completion event')} handled, "
+        f"{counted(figures.get('enrolments_moved_to_pending', 0), 'enrolment')} moved to pending, "
+        f"{counted(figures.get('notifications_written', 0), 'notification')} written, "
+        f"{counted(figures.get('certificates_issued', 0), 'certificate')} issued"
         + (f" ({issued})." if issued else ".")
     )
 

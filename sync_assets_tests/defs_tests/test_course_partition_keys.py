@@ -19,6 +19,7 @@ from sync_assets.defs.sync.partitions import (
 from sync_assets.defs.sync.sensors import PARTITIONED_ASSETS, course_partitions_sensor
 from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets.sync.steps import course_titles
+from sync_assets.wording import counted
 
 from .conftest import World
 
@@ -99,7 +100,8 @@ def test_bare_uuid_partitions_are_migrated_with_what_they_store(world: World) ->
             for key in keys
         }
 
-    assert skipped.skip_message == f"{len(courses)} bare-uuid partition(s) given readable keys"
+    replaced = counted(len(courses), "bare-uuid partition")
+    assert skipped.skip_message == f"{replaced} given readable keys"
     titles = course_titles(world.dataset.runs)
     mapping = CourseKeys.resolve(keys, world.dataset.runs["course_uuid"]).uuid_of_key
     assert not [key for key in keys if is_bare_uuid(key)]

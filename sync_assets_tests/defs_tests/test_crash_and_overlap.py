@@ -36,6 +36,7 @@ from sync_assets.platform.transactions import course_write_transaction
 from sync_assets.simulator.app import PartnersApiSimulator
 from sync_assets.simulator.datasets import GeneratedDataset, generate
 from sync_assets.simulator.transports import serving
+from sync_assets.wording import counted
 from sync_assets_tests.conftest import BACKENDS, postgres_admin_url, with_search_path
 
 SCRIPT = Path(sys.executable).with_name("sync-assets")
@@ -385,7 +386,7 @@ def test_certificates_command_is_idempotent(fresh: Platform, baseline: tuple[str
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     issued = baseline[2]["programme_enrolments"]
     count = sum(1 for row in issued if row[5] is not None)
-    assert f"{count} certificates issued" in first.stdout
+    assert f"{counted(count, 'certificate')} issued" in first.stdout
     assert "0 completion events handled" in second.stdout
     assert "0 certificates issued" in second.stdout
     assert fresh.snapshot() == baseline[2]

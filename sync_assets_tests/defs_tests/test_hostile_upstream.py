@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 
 from sync_assets.definitions import defs
+from sync_assets.defs.alerts.sensors import failed_run
 from sync_assets.defs.sync.jobs import all_partitions_tags
 from sync_assets.platform.demo_catalogue import load_catalogue
 
@@ -161,6 +162,12 @@ def _assert_one_course_failed_alone(result, course: str, title: str, world: Worl
     assert f"1 of {courses} courses not applied (see above); the other {courses - 1} were" in (
         result.output
     )
+    # The run failure alert names it too, by key, with why, and the step that ended the run.
+    with dg.DagsterInstance.get() as instance:
+        [run] = instance.get_runs(dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
+        alert = failed_run(instance, run.run_id)
+    assert alert is not None and list(alert.failed_courses) == [key]
+    assert alert.failed_steps == ["activity_progress"] and key in alert.error
     # The UI's partitions view: that course failed, at every step from the one that failed it.
     for asset in ("latest_enrolments", "activity_progress"):
         status = world.partition_status(asset)

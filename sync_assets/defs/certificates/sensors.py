@@ -14,6 +14,7 @@ from sync_assets.defs.resources import PlatformDatabase
 from sync_assets.platform import certificate_store
 from sync_assets.platform.sync_store import chunks
 from sync_assets.runs.status import IN_FLIGHT
+from sync_assets.wording import counted
 
 EVENTS_PER_RUN = 500
 RUNS_PER_TICK = 20
@@ -25,6 +26,17 @@ def event_batch_request(event_ids: list[int]) -> dg.RunRequest:
         run_config={"ops": {"handle_completion_events": {"config": {"event_ids": event_ids}}}},
         tags={"sync_assets/events": str(len(event_ids))},
     )
+
+
+def idle_message(latest_event_id: int | None) -> str:
+    """Why a tick launched nothing when no event waits: from the events table, not a cursor.
+
+    The sensor selects by state, so "nothing waiting" right after a sync handled its own events
+    must say that those were handled, not that none were ever seen.
+    """
+    if latest_event_id is None:
+        return "no completion event yet: no achievement has become complete"
+    return f"no completion event is waiting: every event up to #{latest_event_id} is handled"
 
 
 def events_in_flight(instance: dg.DagsterInstance) -> set[int] | None:
@@ -60,9 +72,11 @@ def completion_events_sensor(
     if not unclaimed:
         if pending:
             return dg.SkipReason(
-                f"{len(pending)} pending events, all in certificate runs in flight"
+                f"{counted(len(pending), 'pending event')}, all in certificate runs in flight"
             )
-        return dg.SkipReason("no completion event is waiting")
+        with platform_database.engine.connect() as connection:
+            latest = certificate_store.latest_event_id(connection)
+        return dg.SkipReason(idle_message(latest))
     return dg.SensorResult(
         run_requests=[
             event_batch_request(list(batch)) for batch in chunks(unclaimed, EVENTS_PER_RUN)

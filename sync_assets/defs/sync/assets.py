@@ -14,7 +14,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from sync_assets.defs.storage import (
     PartitionFrames,
     PartitionSpool,
 )
+from sync_assets.defs.sync.columns import asset_column_schema
 from sync_assets.defs.sync.failures import (
     fail_run_if_last,
     failed_metadata,
@@ -39,15 +40,18 @@ from sync_assets.defs.sync.failures import (
 from sync_assets.defs.sync.metadata import (
     frame_metadata,
     linking_problems_metadata,
-    peak_memory_metadata,
     reasons,
+    rss_after_course,
+    run_peak_memory_metadata,
 )
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.defs.sync.provenance import report_stale_inputs
 from sync_assets.partners_api.client import run
 from sync_assets.platform import sync_store, transactions
-from sync_assets.settings import courses_per_run
+from sync_assets.platform.database import database_kind
+from sync_assets.settings import courses_per_run, platform_database_url
 from sync_assets.sync import steps
+from sync_assets.wording import counted
 
 # Backfills of many courses run as few runs as memory allows: one step serves every course of
 # its run. A backfill from the UI is chunked as the nightly schedule is, by
@@ -62,6 +66,26 @@ GROUP = "futurelearn_sync"
 UNKNOWN_COURSES_CHECK = "unknown_courses_reported"
 ONE_LATEST_CHECK = "one_latest_enrolment_per_user_and_course"
 SHRINK_CHECK = "enrolment_report_not_shrunk"
+OWNERS = ["team:learning-platform"]
+# The nightly sync runs at 02:00 London; a day and two hours without a materialisation means a
+# night was missed (or failed for every course), not that a run was slow.
+NIGHTLY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
+
+
+def kinds(*, database: bool) -> set[str]:
+    """Kind tags: frames in polars, stored as parquet, and the platform database if it is used."""
+    return {"polars", "parquet", *([database_kind(platform_database_url())] if database else [])}
+
+
+def shown_in_ui(asset: str, *, database: bool) -> dict[str, Any]:
+    """Every sync asset's kinds, owners and column descriptions (before any materialisation)."""
+    return {
+        "kinds": kinds(database=database),
+        "owners": OWNERS,
+        "metadata": asset_column_schema(asset),
+    }
+
+
 _NO_CHANGES = pl.DataFrame(schema=sync_store.ACHIEVEMENT_CHANGE_SCHEMA)
 
 
@@ -119,7 +143,16 @@ def course_metadata(course_uuid: str | None, titles: dict[str, str]) -> dict[str
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     description="Every FutureLearn course run (one request), marked known or not (R1).",
-    check_specs=[dg.AssetCheckSpec(UNKNOWN_COURSES_CHECK, asset="course_runs")],
+    **shown_in_ui("course_runs", database=True),  # which courses the platform knows
+    check_specs=[
+        dg.AssetCheckSpec(
+            UNKNOWN_COURSES_CHECK,
+            asset="course_runs",
+            description="Warns when FutureLearn lists courses that no platform activity knows "
+            "(R1): their runs are not synced. The result lists each with the title of its first "
+            "run; silence one with FL_PARTNERS_IGNORED_COURSE_UUIDS.",
+        )
+    ],
 )
 def course_runs(
     context: dg.AssetExecutionContext,
@@ -134,7 +167,7 @@ def course_runs(
     runs = fetched.runs
     unknown = fetched.unknown_courses(partners_api.ignored_course_uuids())
     context.log.info(
-        f"{runs.height} runs of {runs['course_uuid'].n_unique()} courses; "
+        f"{counted(runs.height, 'run')} of {counted(runs['course_uuid'].n_unique(), 'course')}; "
         f"{len(fetched.known_course_uuids())} known, {unknown.height} unknown and not ignored"
     )
     yield dg.Output(
@@ -190,7 +223,9 @@ class EnrolmentsConfig(dg.Config):
     group_name=GROUP,
     partitions_def=course_partitions,
     backfill_policy=BACKFILL_POLICY,
-    description="Enrolment reports of every run of the course, as one frame.",
+    description="Enrolment reports of every run of the course, as one frame. Records that "
+    "break the contract are quarantined with their reason; a course with too many is refused.",
+    **shown_in_ui("enrolments", database=False),
 )
 def enrolments(
     context: dg.AssetExecutionContext,
@@ -245,9 +280,11 @@ def enrolments(
             {**course_metadata(keys.uuid(key), titles), **failed_metadata(why)}, partition_key=key
         )
     context.log.info(
-        f"{len(context.partition_keys)} courses: {len(fetched.changed_runs)} reports changed, "
+        f"{counted(len(context.partition_keys), 'course')}: "
+        f"{counted(len(fetched.changed_runs), 'report')} changed, "
         f"{len(fetched.unchanged_runs)} unchanged (304), "
-        f"{fetched.quarantine.height} records quarantined, {len(failed)} courses failed"
+        f"{counted(fetched.quarantine.height, 'record')} quarantined, "
+        f"{counted(len(failed), 'course')} failed"
     )
     by_key = {key_of[course]: frame for course, frame in fetched.by_course.items()}
     yield dg.Output(
@@ -255,7 +292,7 @@ def enrolments(
         metadata={
             **_api_metadata(metrics),
             "api_seconds": round(api_seconds, 3),
-            **peak_memory_metadata(),
+            **run_peak_memory_metadata(),
         },
     )
     record_failed_partitions(context, {**failed, **refused}, {})
@@ -269,6 +306,7 @@ def enrolments(
     backfill_policy=BACKFILL_POLICY,
     description="Step one: memberships of the course's enrolments and the users they belong to "
     "(R2–R4). Each unknown membership is fetched once, ever.",
+    **shown_in_ui("linked_memberships", database=True),  # stores look-ups, matches users
 )
 def linked_memberships(
     context: dg.AssetExecutionContext,
@@ -308,7 +346,7 @@ def linked_memberships(
         context.log.error(f"course {course}: {why}")
         context.add_asset_metadata(failed_metadata(why), partition_key=course)
     context.log.info(
-        f"{stats.memberships} memberships: {stats.already_linked} linked before, "
+        f"{counted(stats.memberships, 'membership')}: {stats.already_linked} linked before, "
         f"{stats.looked_up} looked up ({stats.gone} gone), "
         f"{stats.linked_by_id} linked by id, {stats.linked_by_email} by email, "
         f"{stats.relinked_locally} relinked without a request"
@@ -329,7 +367,7 @@ def linked_memberships(
             "quarantined": dg.MetadataValue.json(reasons(stats.quarantine)),
             **_api_metadata(metrics),
             "api_seconds": round(api_seconds, 3),
-            **peak_memory_metadata(),
+            **run_peak_memory_metadata(),
         },
     )
     record_failed_partitions(context, stats.failed_courses, upstream_failed)
@@ -342,7 +380,15 @@ def linked_memberships(
     backfill_policy=BACKFILL_POLICY,
     description="Step two: each linked user's latest enrolment on the course, across runs and "
     "memberships (R5–R6).",
-    check_specs=[dg.AssetCheckSpec(ONE_LATEST_CHECK, asset="latest_enrolments")],
+    **shown_in_ui("latest_enrolments", database=False),
+    check_specs=[
+        dg.AssetCheckSpec(
+            ONE_LATEST_CHECK,
+            asset="latest_enrolments",
+            description="Exactly one latest enrolment per user and course (R6): fails if any "
+            "user has two rows in a course, which would make their progress depend on order.",
+        )
+    ],
 )
 def latest_enrolments(
     context: dg.AssetExecutionContext,
@@ -382,10 +428,15 @@ def latest_enrolments(
         by_course[key] = frame
         duplicates += frame.height - frame["user_id"].n_unique()
         context.add_asset_metadata(
-            {**course_metadata(course, titles), **frame_metadata(frame), "learners": frame.height},
+            {
+                **course_metadata(course, titles),
+                **frame_metadata(frame),
+                "learners": frame.height,
+                **rss_after_course(),
+            },
             partition_key=key,
         )
-    yield dg.Output(by_course, metadata=peak_memory_metadata())
+    yield dg.Output(by_course, metadata=run_peak_memory_metadata())
     yield dg.AssetCheckResult(
         check_name=ONE_LATEST_CHECK,
         passed=duplicates == 0,
@@ -416,7 +467,19 @@ class ProgressConfig(dg.Config):
     "(R7–R12), with links, transitions and completion events, one transaction per course. "
     "To rerun a course with fresh data, launch the job futurelearn_sync for its partition: "
     "materialising this asset alone re-applies the reports stored by an earlier run, and says so.",
-    check_specs=[dg.AssetCheckSpec(SHRINK_CHECK, asset="activity_progress", blocking=True)],
+    **shown_in_ui("activity_progress", database=True),
+    freshness_policy=NIGHTLY_FRESHNESS,
+    check_specs=[
+        dg.AssetCheckSpec(
+            SHRINK_CHECK,
+            asset="activity_progress",
+            blocking=True,
+            description="Blocking: progress is not applied for a course whose enrolment report "
+            "shrank by more than max_shrink_share (20%) since its last successful sync; the run "
+            "fails naming it and the other courses are applied. Allow a real shrink with "
+            "allow_shrink_courses (or `sync-assets sync --allow-shrink COURSE`).",
+        )
+    ],
 )
 def activity_progress(
     context: dg.AssetExecutionContext,
@@ -496,6 +559,7 @@ def activity_progress(
                     **course_metadata(keys.uuid(course), titles),
                     **frame_metadata(frame),
                     **_outcome_metadata(outcome, failure, config),
+                    **rss_after_course(),
                 },
                 partition_key=course,
             )
@@ -503,13 +567,13 @@ def activity_progress(
                 tally.update(_outcome_counts(outcome))
                 if outcome.refused:
                     refused[course] = outcome.refused
-        context.log.info(_summary_line(tally, len(failures), config.dry_run))
+        context.log.info(progress_summary(tally, len(failures), config.dry_run))
         yield dg.Output(
             changes,
             metadata={
                 "dry_run": config.dry_run,
                 "failed": len(failures),
-                **peak_memory_metadata(),
+                **run_peak_memory_metadata(),
             },
         )
     yield dg.AssetCheckResult(
@@ -566,18 +630,29 @@ def _outcome_metadata(
 def _outcome_counts(outcome: steps.CourseOutcome) -> Counter[str]:
     return Counter(
         courses=1,
+        changed=int(not outcome.changes.is_empty()),
         created=outcome.created,
         updated=outcome.updated,
         completed=outcome.became("complete"),
     )
 
 
-def _summary_line(tally: Counter[str], failed: int, dry_run: bool) -> str:
-    verb = "would change" if dry_run else "changed"
-    return (
-        f"{tally['courses']} courses {verb}: {tally['created']} achievements created, "
-        f"{tally['updated']} updated, {tally['completed']} completed; {failed} failed"
-    )
+def progress_summary(tally: Counter[str], failed: int, dry_run: bool) -> str:
+    """The step's one log line: how many courses were synced, and what changed in them.
+
+    A night on which nothing changed says so, instead of a row of zeros.
+    """
+    synced = counted(tally["courses"], "course") + (" checked" if dry_run else " synced")
+    if not tally["changed"]:
+        line = f"{synced}, nothing {'would change' if dry_run else 'changed'}"
+    else:
+        verb = "would change" if dry_run else "changed"
+        line = (
+            f"{synced}: achievements {verb} in {counted(tally['changed'], 'course')} "
+            f"({tally['created']} created, {tally['updated']} updated, "
+            f"{tally['completed']} completed)"
+        )
+    return line + (f"; {counted(failed, 'course')} failed" if failed else "")
 
 
 sync_assets_list = [

@@ -7,23 +7,19 @@ of them instead.
 from __future__ import annotations
 
 import hashlib
+import os
 import resource
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import polars as pl
 
-PERSONAL = ("external_learner_id", "email")
+from sync_assets.defs.sync.columns import PERSONAL, table_schema
+
 PSEUDONYMISED = ("user_id",)
 PREVIEW_ROWS = 10
-
-_TYPES = {
-    pl.String: "string",
-    pl.Boolean: "boolean",
-    pl.Int64: "integer",
-    pl.Float64: "float",
-}
 
 
 def pseudonym(value: str | None) -> str | None:
@@ -45,12 +41,7 @@ def safe(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def column_schema(frame: pl.DataFrame) -> dg.TableSchema:
-    return dg.TableSchema(
-        columns=[
-            dg.TableColumn(name, _TYPES.get(dtype.base_type(), str(dtype)))
-            for name, dtype in safe(frame.head(0)).schema.items()
-        ]
-    )
+    return table_schema(safe(frame.head(0)).schema)
 
 
 def _cell(value: Any) -> str | int | float | bool | None:
@@ -87,14 +78,25 @@ def reasons(quarantine: pl.DataFrame) -> dict[str, int]:
     return dict(quarantine.group_by("reason").len().sort("reason").iter_rows())
 
 
-def peak_memory_metadata() -> dict[str, float]:
-    """The step process's peak resident memory so far: watch it grow with the catalogue.
+def run_peak_memory_metadata() -> dict[str, float]:
+    """The run's peak resident memory so far, on the step's output (so on each of its courses).
 
-    In-process, steps share one process, so the first step to show the run's maximum is where
-    the peak happened.
+    The sync's steps serve every course of the run at once, so this is a figure of the run, the
+    same on all its partitions: compare it across runs (a command executing several runs starts
+    the count afresh for each, see runs/execution.py). Per course, see `rss_after_course`.
     """
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"process_peak_rss_mib": round(peak_kib / 1024, 1)}
+    return {"run_peak_rss_mib": round(peak_kib / 1024, 1)}
+
+
+def rss_after_course() -> dict[str, float]:
+    """Resident memory now, just after a course was processed: plotted by partition in the UI,
+    it shows memory growing (or not) as a run works through its courses. Linux only."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return {"rss_mib_after_course": round(resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)}
 
 
 def linking_problems_metadata(ambiguous: pl.DataFrame, conflicts: pl.DataFrame) -> dict[str, Any]:

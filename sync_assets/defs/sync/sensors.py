@@ -14,6 +14,7 @@ from sync_assets.defs.sync.partitions import (
 )
 from sync_assets.partners_api.client import run
 from sync_assets.sync import steps
+from sync_assets.wording import counted
 
 # The partitioned assets whose stored values follow a partition to its new key.
 PARTITIONED_ASSETS = ("enrolments", "linked_memberships", "latest_enrolments", "activity_progress")
@@ -30,9 +31,10 @@ class PartitionUpdate:
 
     def describe(self) -> str:
         added = len(self.changes.add) - len(self.changes.replace)
-        parts = [f"{added} course partition(s) added"] if added else []
+        parts = [f"{counted(added, 'course partition')} added"] if added else []
         if self.changes.replace:
-            parts.append(f"{len(self.changes.replace)} bare-uuid partition(s) given readable keys")
+            replaced = counted(len(self.changes.replace), "bare-uuid partition")
+            parts.append(f"{replaced} given readable keys")
         return "; ".join(parts) or "nothing to change"
 
 

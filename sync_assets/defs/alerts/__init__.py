@@ -1,0 +1,1 @@
+"""Alerts to the people who run the sync: a webhook call for each failed run."""
