@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -202,7 +203,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
 
 
 @pytest.fixture
-def page(demo: Demo, chromium_executable: str):
+def page(chromium_executable: str, demo: Demo):  # no Chromium: skipped before the demo runs
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -216,12 +217,14 @@ def page(demo: Demo, chromium_executable: str):
 
 
 class Checks:
-    """Each check's screenshot, and on failure the page it failed on and which check it was."""
+    """Each check's screenshot; on failure, the page it failed on, which check it was, and the
+    webserver's and daemon's logs beside the screenshots (CI keeps that folder)."""
 
-    def __init__(self, page) -> None:
+    def __init__(self, page, demo: Demo) -> None:
         self.page = page
+        self.demo = demo
         self.folder = screenshot_dir()
-        for old in self.folder.glob("*.png"):
+        for old in [*self.folder.glob("*.png"), *self.folder.glob("*.log")]:
             old.unlink()
 
     @contextmanager
@@ -231,10 +234,18 @@ class Checks:
         except BaseException as error:
             shot = self.folder / f"FAILED-{name}.png"
             self.page.screenshot(path=shot, full_page=True)
+            for log in self.demo.folder.glob("*.log"):
+                shutil.copy(log, self.folder / log.name)
             raise AssertionError(
                 f"UI check {name!r} failed on {self.page.url} (screenshot {shot}): {error}"
             ) from error
         self.page.screenshot(path=self.folder / f"{name}.png", full_page=True)
+
+
+def _open(page, path: str) -> None:
+    """Go to a page of the UI. Only until the server answers: the UI then routes on its own (and
+    may replace the address while loading), and each check waits for what it looks for."""
+    page.goto(path, wait_until="commit")
 
 
 def _distinctive_word(key: str, keys: list[str]) -> str:
@@ -259,16 +270,16 @@ def _activity(row: dict) -> str:
     return row["activity_id"]
 
 
-def test_an_operator_finds_reruns_and_sees_failed_courses_in_the_ui(demo: Demo, page) -> None:
+def test_an_operator_finds_reruns_and_sees_failed_courses_in_the_ui(page, demo: Demo) -> None:
     from playwright.sync_api import expect
 
-    checks = Checks(page)
+    checks = Checks(page, demo)
     partitions = demo.partitions()
     key_of = {uuid: key for key, uuid in partitions.items()}
     keys = sorted(partitions)
 
     with checks.check("a-lineage"):
-        page.goto("/locations/sync_assets/asset-groups/futurelearn_sync/lineage")
+        _open(page, "/locations/sync_assets/asset-groups/futurelearn_sync/lineage")
         for asset in (
             "course_runs",
             "enrolments",
@@ -281,7 +292,7 @@ def test_an_operator_finds_reruns_and_sees_failed_courses_in_the_ui(demo: Demo, 
     with checks.check("b-job-runs"):
         with demo.instance() as instance:
             [demo_run] = instance.get_runs(dg.RunsFilter(job_name="futurelearn_sync"))
-        page.goto("/locations/sync_assets/jobs/futurelearn_sync/runs")
+        _open(page, "/locations/sync_assets/jobs/futurelearn_sync/runs")
         link = page.get_by_role("link", name=f"run {demo_run.run_id[:8]}")
         expect(link).to_be_visible()
         # The innermost block holding the run's link and a status: its row.
@@ -303,7 +314,7 @@ def test_an_operator_finds_reruns_and_sees_failed_courses_in_the_ui(demo: Demo, 
     word = _distinctive_word(key, keys)
 
     with checks.check("c-partition-filter"):
-        page.goto("/assets/activity_progress?view=partitions")
+        _open(page, "/assets/activity_progress?view=partitions")
         page.get_by_placeholder("Filter by name").fill(word)
         expect(page.get_by_title(key, exact=True)).to_be_visible()
         for other in keys:
@@ -313,7 +324,7 @@ def test_an_operator_finds_reruns_and_sees_failed_courses_in_the_ui(demo: Demo, 
     with checks.check("d-rerun-launched"):
         # README, S1: Jobs → futurelearn_sync → Materialize all…, find the course by a word of
         # its title, select its partition, Launch run.
-        page.goto("/locations/sync_assets/jobs/futurelearn_sync")
+        _open(page, "/locations/sync_assets/jobs/futurelearn_sync")
         page.get_by_role("button", name="Materialize all…").click()
         dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize 5 assets")
         dialog.get_by_text("Select a partition or create one").click()
@@ -330,7 +341,7 @@ def test_an_operator_finds_reruns_and_sees_failed_courses_in_the_ui(demo: Demo, 
             [rerun] = instance.get_runs(
                 dg.RunsFilter(job_name="futurelearn_sync", tags={"dagster/partition": key})
             )
-        page.goto(f"/runs/{rerun.run_id}")
+        _open(page, f"/runs/{rerun.run_id}")
         expect(page.get_by_text("Success", exact=True).first).to_be_visible(
             timeout=RUN_SECONDS * 1000
         )
@@ -356,7 +367,7 @@ def test_an_operator_finds_reruns_and_sees_failed_courses_in_the_ui(demo: Demo, 
     assert key_of[failing] in failed.stdout + failed.stderr
 
     with checks.check("e-failed-partition"):
-        page.goto("/assets/activity_progress?view=partitions")
+        _open(page, "/assets/activity_progress?view=partitions")
         failed_box = page.get_by_text(re.compile(r"^Failed \(1\)$"))
         expect(failed_box).to_be_visible()
         page.get_by_text(re.compile(r"^Materialized \(\d+\)$")).click()  # show the failed only
