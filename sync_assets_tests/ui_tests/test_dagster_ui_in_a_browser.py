@@ -204,8 +204,11 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
 
 @pytest.fixture
 def page(chromium_executable: str, demo: Demo):  # no Chromium: skipped before the demo runs
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Actions and expectations alike wait as long as a loaded machine's UI may take (expect's
+    # own default is 5 s: the first page shows "Loading sync_assets…" for longer than that).
+    expect.set_options(timeout=UI_SECONDS * 1000)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_executable)
         try:
