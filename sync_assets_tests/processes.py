@@ -24,10 +24,13 @@ def start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subproc
         )
 
 
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM to its whole session, SIGKILL if it is still there after 30 s."""
-    if process.poll() is None:
+def stop(*processes: subprocess.Popen) -> None:
+    """SIGTERM to each one's whole session (all at once: each takes seconds to wind down), then
+    SIGKILL to any still there after 30 s."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
         os.killpg(process.pid, signal.SIGTERM)
+    for process in running:
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -195,8 +195,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
             httpx.post(f"{url}/graphql", json={"query": "mutation { setNuxSeen }"}, timeout=10)
             yield Demo(tmp_path, env, url, dataset, proxy)
         finally:
-            for process, _ in processes.values():
-                stop(process)
+            stop(*(process for process, _ in processes.values()))
             proxy.shutdown()
             proxy.server_close()
             proxy.client.close()
@@ -348,6 +347,9 @@ def test_an_operator_finds_reruns_and_sees_failed_courses_in_the_ui(page, demo: 
         expect(page.get_by_text("Success", exact=True).first).to_be_visible(
             timeout=RUN_SECONDS * 1000
         )
+    with demo.instance() as instance:
+        finished = instance.get_run_by_id(rerun.run_id)
+        assert finished is not None and finished.status == dg.DagsterRunStatus.SUCCESS
     after = demo.achievements()
     activity = changed[0]
     # That course now has the day's progress; every other course's rows are as they were.
