@@ -233,7 +233,7 @@ class Checks:
     def check(self, name: str) -> Iterator[None]:
         try:
             yield
-        except BaseException as error:
+        except Exception as error:  # a failed expect or assert; an interrupt stays one
             shot = self.folder / f"FAILED-{name}.png"
             self.page.screenshot(path=shot, full_page=True)
             for log in self.demo.folder.glob("*.log"):
