@@ -1,5 +1,6 @@
 """Shared fixtures: a fresh platform database per test, on SQLite and on PostgreSQL; a key space
-of its own in Redis for the shared HTTP cache (see the Redis section).
+of its own in Redis for the shared HTTP cache (see the Redis section); the system Chromium for
+the browser test of the Dagster UI (see the Chromium section).
 
 PostgreSQL comes from SYNC_ASSETS_TEST_POSTGRES_URL (default: the local server at
 127.0.0.1:5432, database `test`). When it cannot be reached the PostgreSQL tests are skipped with
@@ -9,6 +10,7 @@ the reason, except in CI (CI=true) or with SYNC_ASSETS_REQUIRE_POSTGRES=1, where
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,6 +148,7 @@ def platform_engine(empty_engine: Engine) -> Engine:
 def pytest_report_header() -> list[str]:
     url, reason = _postgres_admin_url()
     redis_url, redis_reason = _redis_server_url()
+    chromium, chromium_reason = _chromium()
     return [
         _report_line(
             "PostgreSQL",
@@ -158,6 +161,12 @@ def pytest_report_header() -> list[str]:
             redacted(redis_url) if redis_url is not None else None,
             redis_reason,
             "SYNC_ASSETS_REQUIRE_REDIS",
+        ),
+        _report_line(
+            "Browser (Chromium)",
+            chromium or None,
+            chromium_reason,
+            "SYNC_ASSETS_REQUIRE_CHROMIUM",
         ),
     ]
 
@@ -227,3 +236,33 @@ def redis_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisCache]:
         for key in client.scan_iter(match=f"{prefix}:*", count=1000):
             client.delete(key)
         client.close()
+
+
+# --- Chromium (the browser test of the Dagster UI) ---------------------------------------------
+# SYNC_ASSETS_CHROMIUM (default: `chromium` on the PATH, the Debian package) driven by Playwright;
+# Playwright's own browser download needs the internet, the system package does not. Missing:
+# skipped with the reason, except in CI (CI=true) or with SYNC_ASSETS_REQUIRE_CHROMIUM=1, where
+# the test fails (`.ci/run` installs the package first).
+
+
+@cache
+def _chromium() -> tuple[str, str]:
+    """The Chromium executable, or "" and why there is none."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "", "Playwright is not installed (pip install -e '.[dev]')"
+    wanted = os.environ.get("SYNC_ASSETS_CHROMIUM") or "chromium"
+    found = shutil.which(wanted)
+    if found is None:
+        return "", f"no Chromium at {wanted!r} (apt-get install chromium)"
+    return found, ""
+
+
+@pytest.fixture(scope="session")
+def chromium_executable() -> str:
+    """The system Chromium's path, or skip (fail in CI) when there is none."""
+    path, reason = _chromium()
+    if not path:
+        _skip_or_fail(reason, "browser", "SYNC_ASSETS_CHROMIUM", "SYNC_ASSETS_REQUIRE_CHROMIUM")
+    return path

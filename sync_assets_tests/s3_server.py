@@ -6,7 +6,6 @@ server, as a deployment points them at S3 or MinIO. Import the fixtures into a t
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from sync_assets_tests.processes import free_port
+
 ACCESS_KEY, SECRET_KEY, REGION = "test-access-key", "test-secret-key", "eu-west-2"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from sync_assets.simulator.app import (
 )
 from sync_assets.simulator.datasets import load
 from sync_assets.simulator.transports import serving
+from sync_assets_tests.processes import free_port
 
 SCRIPT = Path(sys.executable).with_name("sync-assets")
 
@@ -74,14 +74,8 @@ def test_bad_configuration_is_one_clear_line(url: str, expected: str) -> None:
     assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_simulator_serve_answers_over_http() -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FL_PARTNERS_")}
     server = subprocess.Popen(
         [

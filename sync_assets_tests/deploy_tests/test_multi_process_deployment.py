@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from sync_assets.simulator.datasets import generate
 from sync_assets.simulator.transports import serving
 from sync_assets_tests.conftest import postgres_admin_url, with_search_path
 from sync_assets_tests.defs_tests.test_crash_and_overlap import contract_snapshot
+from sync_assets_tests.processes import free_port, start, stop
 from sync_assets_tests.s3_server import create_bucket, object_keys, s3_environment
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -51,14 +51,6 @@ STARTUP_SECONDS = 90
 SYNC_SECONDS = 600
 
 pytestmark = pytest.mark.postgres
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _platform_schema(admin_url: URL, name: str) -> str:
@@ -100,23 +92,6 @@ class Deployment:
             text=True,
             timeout=SYNC_SECONDS,
         )
-
-
-def _start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 def _wait_for_code_server(port: int, env: dict[str, str], server: subprocess.Popen, log: Path):
@@ -200,13 +175,13 @@ def deployment(
                 "DAGSTER_HOME": str(directory / "home"),
                 "SYNC_ASSETS_DATA_DIR": str(directory / "data"),
             }
-        port = _free_port()
+        port = free_port()
         (dir_a / "workspace.yaml").write_text(
             "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
             f"      port: {port}\n      location_name: sync_assets\n"
         )
         code_log, daemon_log = dir_a / "code-server.log", dir_a / "daemon.log"
-        code_server = _start(
+        code_server = start(
             [
                 str(BIN / "dagster"),
                 "code-server",
@@ -227,7 +202,7 @@ def deployment(
         daemon = None
         try:
             _wait_for_code_server(port, envs[dir_a], code_server, code_log)
-            daemon = _start(
+            daemon = start(
                 [str(BIN / "dagster-daemon"), "run", "-w", str(dir_a / "workspace.yaml")],
                 envs[dir_a],
                 dir_a,
@@ -256,8 +231,8 @@ def deployment(
             )
         finally:
             if daemon is not None:
-                _stop(daemon)
-            _stop(code_server)
+                stop(daemon)
+            stop(code_server)
             for key in cache.scan_iter(REDIS_PREFIX + b"*"):
                 cache.delete(key)
             admin = sa.create_engine(admin_url)
