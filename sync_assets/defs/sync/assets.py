@@ -39,6 +39,7 @@ from sync_assets.defs.sync.failures import (
     record_failed_partitions,
 )
 from sync_assets.defs.sync.metadata import (
+    add_partition_metadata,
     frame_metadata,
     linking_problems_metadata,
     peak_memory_metadata,
@@ -270,14 +271,15 @@ def enrolments(
     key_of = keys.key_of_uuid
     for course in sorted(fetched.skipped):
         course_run_uuids = set(course_runs.filter(pl.col("course_uuid") == course)["run_uuid"])
-        context.add_asset_metadata(
+        add_partition_metadata(
+            context,
             {
                 **course_metadata(course, titles),
                 **unchanged_metadata(),
                 "runs": len(course_run_uuids),
                 "reports_unchanged_304": len(course_run_uuids & fetched.unchanged_runs),
             },
-            partition_key=key_of[course],
+            key_of[course],
         )
     for course, frame in fetched.by_course.items():
         course_run_uuids = set(course_runs.filter(pl.col("course_uuid") == course)["run_uuid"])
@@ -291,7 +293,8 @@ def enrolments(
         if refusal:
             refused[key_of[course]] = refusal
             context.log.error(f"course {key_of[course]}: {refusal}")
-        context.add_asset_metadata(
+        add_partition_metadata(
+            context,
             {
                 **course_metadata(course, titles),
                 **frame_metadata(frame),
@@ -302,13 +305,13 @@ def enrolments(
                 "quarantined_records": quarantined.height,
                 "quarantined": dg.MetadataValue.json(reasons(quarantined)),
             },
-            partition_key=key_of[course],
+            key_of[course],
         )
     failed = {key_of[course]: why for course, why in fetched.failed.items()} | unresolved
     for key, why in failed.items():
         context.log.error(f"course {key}: {why}")
-        context.add_asset_metadata(
-            {**course_metadata(keys.uuid(key), titles), **failed_metadata(why)}, partition_key=key
+        add_partition_metadata(
+            context, {**course_metadata(keys.uuid(key), titles), **failed_metadata(why)}, key
         )
     context.log.info(
         f"{len(context.partition_keys)} courses: {len(fetched.changed_runs)} reports changed, "
@@ -368,7 +371,8 @@ def linked_memberships(
         course_memberships = frame.select("membership_uuid")
         ambiguous = stats.ambiguous.join(course_memberships, on="membership_uuid")
         conflicts = stats.conflicts.join(course_memberships, on="membership_uuid")
-        context.add_asset_metadata(
+        add_partition_metadata(
+            context,
             {
                 **frame_metadata(frame),
                 "linked": frame.filter(pl.col("user_id").is_not_null()).height,
@@ -376,14 +380,14 @@ def linked_memberships(
                 "unlinked": frame.filter(pl.col("user_id").is_null()).height,
                 **linking_problems_metadata(ambiguous, conflicts),
             },
-            partition_key=course,
+            course,
         )
     failed = {**upstream_failed, **stats.failed_courses}
     for course, why in stats.failed_courses.items():
         context.log.error(f"course {course}: {why}")
-        context.add_asset_metadata(failed_metadata(why), partition_key=course)
+        add_partition_metadata(context, failed_metadata(why), course)
     for course in sorted(unchanged):
-        context.add_asset_metadata(unchanged_metadata(), partition_key=course)
+        add_partition_metadata(context, unchanged_metadata(), course)
     context.log.info(
         f"{stats.memberships} memberships: {stats.already_linked} linked before, "
         f"{stats.looked_up} looked up ({stats.gone} gone), "
@@ -451,8 +455,8 @@ def latest_enrolments(
         course = keys.uuid_of_key[key]
         if key in unchanged:
             by_course[key] = CourseUnchanged()
-            context.add_asset_metadata(
-                {**course_metadata(course, titles), **unchanged_metadata()}, partition_key=key
+            add_partition_metadata(
+                context, {**course_metadata(course, titles), **unchanged_metadata()}, key
             )
             continue
         try:
@@ -462,8 +466,8 @@ def latest_enrolments(
         except Exception as error:  # one course's rules failing must not stop the others
             why = f"latest enrolments: {type(error).__name__}: {error}"
             context.log.error(f"course {key}: {why}")
-            context.add_asset_metadata(
-                {**course_metadata(course, titles), **failed_metadata(why)}, partition_key=key
+            add_partition_metadata(
+                context, {**course_metadata(course, titles), **failed_metadata(why)}, key
             )
             failed[key] = why
             by_course[key] = CourseFailure(why)
@@ -473,9 +477,10 @@ def latest_enrolments(
             frame, {**enrolments.stamps(key), **linked_memberships.stamps(key)}
         )
         duplicates += frame.height - frame["user_id"].n_unique()
-        context.add_asset_metadata(
+        add_partition_metadata(
+            context,
             {**course_metadata(course, titles), **frame_metadata(frame), "learners": frame.height},
-            partition_key=key,
+            key,
         )
     yield dg.Output(by_course, metadata=peak_memory_metadata())
     yield dg.AssetCheckResult(
@@ -583,9 +588,10 @@ def activity_progress(
         for course in sorted(latest_enrolments):
             if course in unchanged:
                 changes.add(course, CourseUnchanged())
-                context.add_asset_metadata(
+                add_partition_metadata(
+                    context,
                     {**course_metadata(keys.uuid(course), titles), **unchanged_metadata()},
-                    partition_key=course,
+                    course,
                 )
                 tally["skipped"] += 1
                 continue
@@ -594,13 +600,14 @@ def activity_progress(
                 failures[course] = failure
             frame = outcome.changes if outcome else _NO_CHANGES
             changes.add(course, frame)
-            context.add_asset_metadata(
+            add_partition_metadata(
+                context,
                 {
                     **course_metadata(keys.uuid(course), titles),
                     **frame_metadata(frame),
                     **_outcome_metadata(outcome, failure, config),
                 },
-                partition_key=course,
+                course,
             )
             if outcome:
                 tally.update(_outcome_counts(outcome))
