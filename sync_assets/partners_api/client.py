@@ -318,6 +318,11 @@ class PartnersApiClient:
         )
         return answer.body
 
+    async def fan_out(self, fetch: Callable[[str], Awaitable[Any]], keys: list[str]) -> list[Any]:
+        """`fetch(key)` for every key, `concurrency` at a time, each worker on its own connection
+        lane: for work of the caller's that makes several requests per key."""
+        return await self._map(fetch, keys)
+
     async def _map(self, fetch: Callable[[str], Awaitable[Any]], keys: list[str]) -> list[Any]:
         """`fetch` every key with `concurrency` workers: memory stays flat for a million keys
         (one task per key would hold a million coroutines at once)."""

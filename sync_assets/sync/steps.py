@@ -8,7 +8,6 @@ is anything else that needs the same path (the on-demand resync).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -153,10 +152,10 @@ async def fetch_enrolments(
     changed: set[str] = set()
 
     async def one_course(course: str) -> None:
-        # Course by course: a skipped course's unparsed pages are dropped as soon as its last
-        # report is in. The client's concurrency bound spans every course.
+        # Course by course, `concurrency` courses at a time: a skipped course's unparsed pages
+        # are dropped as soon as its last report is in.
         runs = runs_of.get(course, [])
-        reports = await asyncio.gather(*(fetch(run) for run, _ in runs))
+        reports = [await fetch(run) for run, _ in runs]
         errors = [
             (run, answer)
             for (run, _), answer in zip(runs, reports, strict=True)
@@ -178,7 +177,7 @@ async def fetch_enrolments(
             records.append(parsed.records.with_columns(course_uuid=pl.lit(course)))
             quarantine.append(parsed.quarantine)
 
-    await asyncio.gather(*(one_course(course) for course in wanted))
+    await client.fan_out(one_course, wanted)
     with_course = (
         pl.concat(records)
         if records
