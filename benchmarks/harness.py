@@ -15,6 +15,7 @@ concurrency). Nothing here asserts timings.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -99,6 +100,10 @@ class Benchmark:
     date: str
     scenarios: list[Scenario] = field(default_factory=list)
     seed: dict[str, Any] | None = None
+    # After the last scenario: `sync --recompute-unchanged` on the same data. It must find
+    # nothing left to do (courses skipped as unchanged equal a full recomputation), and its wall
+    # time is what the same night costs without skipping.
+    full_recompute: dict[str, Any] | None = None
 
 
 def free_port() -> int:
@@ -201,6 +206,20 @@ def seed_platform(url: str, dataset: GeneratedDataset) -> None:
     engine.dispose()
 
 
+def table_digest(url: str) -> str:
+    """Every row of the platform tables the sync writes, as one digest (rows in key order)."""
+    engine = create_platform_engine(url)
+    digest = hashlib.sha256()
+    with engine.connect() as connection:
+        for table in TABLES:
+            rows = connection.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1")).all()
+            digest.update(f"{table}:{len(rows)}:".encode())
+            for row in rows:
+                digest.update(repr(tuple(row)).encode())
+    engine.dispose()
+    return digest.hexdigest()
+
+
 def table_rows(url: str) -> int:
     engine = create_platform_engine(url)
     with engine.connect() as connection:
@@ -276,11 +295,20 @@ def runs_by_job(dagster_home: Path) -> dict[str, int]:
     return {name: names.count(name) for name in sorted(set(names))}
 
 
-def run_sync(env: dict[str, str], workdir: Path) -> tuple[float, float, int]:
+def run_sync(env: dict[str, str], workdir: Path, *options: str) -> tuple[float, float, int]:
     rss_file = workdir / "rss.txt"
     started = time.perf_counter()
     done = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), str(BIN / "sync-assets"), "sync"],
+        [
+            "/usr/bin/time",
+            "-f",
+            "%M",
+            "-o",
+            str(rss_file),
+            str(BIN / "sync-assets"),
+            "sync",
+            *options,
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -365,6 +393,7 @@ def run_benchmark(
     database: str = "sqlite",
     with_seed: bool = False,
     scenarios: tuple[str, ...] = ("first", "second", "next_day"),
+    check_full_recompute: bool = True,
 ) -> Benchmark:
     dataset = generate(workload)
     simulator = SimulatorProcess(workload, latency_ms)
@@ -410,6 +439,8 @@ def run_benchmark(
                 measure(scenario, simulator, env, workdir, url, minimum, latency_ms, concurrency)
             )
             fetched |= wanted
+        if check_full_recompute:
+            result.full_recompute = full_recompute(simulator, env, workdir, url)
         if with_seed:
             result.seed = run_seed(
                 workload, dataset, simulator, database, workdir, concurrency, latency_ms
@@ -417,6 +448,28 @@ def run_benchmark(
         return result
     finally:
         simulator.stop()
+
+
+def full_recompute(
+    simulator: SimulatorProcess, env: dict[str, str], workdir: Path, url: str
+) -> dict[str, Any]:
+    """The same night again, every course recomputed: the check that skipping changed nothing."""
+    before = table_digest(url)
+    rows_before = table_rows(url)
+    simulator.reset()
+    wall, rss, code = run_sync(env, workdir, "--recompute-unchanged")
+    counts = simulator.counts()
+    identical = table_digest(url) == before
+    if not identical:
+        print("full recomputation changed the platform tables: skipping is wrong", file=sys.stderr)
+    return {
+        "wall_seconds": round(wall, 2),
+        "peak_rss_mb": round(rss, 1),
+        "requests": sum(counts.values()),
+        "rows_written": table_rows(url) - rows_before,
+        "tables_identical": identical,
+        "exit_code": code,
+    }
 
 
 def run_seed(
@@ -508,6 +561,11 @@ def main() -> None:
         default="first,second,next_day",
         help="comma-separated, in order: first, second, next_day (a quick look: first)",
     )
+    parser.add_argument(
+        "--no-full-recompute",
+        action="store_true",
+        help="skip the closing check that a full recomputation finds nothing left to do",
+    )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
     bench = run_benchmark(
@@ -517,8 +575,11 @@ def main() -> None:
         database=args.database,
         with_seed=args.seed_algorithm,
         scenarios=tuple(name.strip() for name in args.scenarios.split(",") if name.strip()),
+        check_full_recompute=not args.no_full_recompute,
     )
     print(to_markdown([bench]))
+    if bench.full_recompute:
+        print("full recomputation after the last scenario:", json.dumps(bench.full_recompute))
     if bench.seed:
         print("seed algorithm:", json.dumps(bench.seed))
     if args.json:

@@ -212,6 +212,7 @@ def _sync_and_report(
     allow_shrink: tuple[str, ...],
     allow_quarantine: tuple[str, ...] = (),
     submit: bool = False,
+    recompute_unchanged: bool = False,
 ) -> None:
     # Imported here: loading the Dagster definitions takes a moment the db commands don't need.
     from sync_assets.runs.execution import code_location_runs
@@ -234,6 +235,7 @@ def _sync_and_report(
             allow_shrink=list(allow_shrink),
             allow_quarantine=list(allow_quarantine),
             submit=submit,
+            recompute_unchanged=recompute_unchanged,
             say=click.echo,
         )
         if not dry_run:
@@ -249,8 +251,8 @@ def _sync_and_report(
 
 def _what_was_committed(report) -> str:
     """The honest last line of a sync that failed somewhere."""
-    applied = [line for line in report.courses if line.status == "applied"]
-    others = [line for line in report.courses if line.status != "applied"]
+    applied = [line for line in report.courses if line.status in ("applied", "unchanged")]
+    others = [line for line in report.courses if line.status not in ("applied", "unchanged")]
     if not report.courses:
         return "the sync failed before any course was applied: nothing was committed"
     if report.dry_run:
@@ -291,19 +293,26 @@ _SUBMIT = click.option(
     help="Apply this course (uuid or partition key) from its valid records even if many of its "
     "report's were quarantined",
 )
+@click.option(
+    "--recompute-unchanged",
+    is_flag=True,
+    help="Recompute every course, also those whose reports and platform side are unchanged "
+    "since their last successful sync (skipped by default)",
+)
 @_SUBMIT
 def sync(
     courses: tuple[str, ...],
     dry_run: bool,
     allow_shrink: tuple[str, ...],
     allow_quarantine: tuple[str, ...],
+    recompute_unchanged: bool,
     submit: bool,
 ) -> None:
     """Both steps of the sync for all known courses (or the given ones), recorded in Dagster.
 
     All courses run in chunks of SYNC_ASSETS_COURSES_PER_RUN (default: one run for all).
     """
-    _sync_and_report(courses, dry_run, allow_shrink, allow_quarantine, submit)
+    _sync_and_report(courses, dry_run, allow_shrink, allow_quarantine, submit, recompute_unchanged)
 
 
 @main.command()

@@ -52,3 +52,12 @@ def test_the_certificate_summary_counts_in_words() -> None:
         "Certificates: 1 completion event handled, 0 enrolments moved to pending, "
         "2 notifications written, 1 certificate issued."
     )
+
+
+def test_a_night_of_unchanged_courses_says_they_were_skipped() -> None:
+    assert progress_summary(Counter(skipped=25), 0, dry_run=False) == (
+        "0 courses synced, nothing changed; 25 courses skipped as unchanged"
+    )
+    assert progress_summary(Counter(courses=1, skipped=1), 0, dry_run=False) == (
+        "1 course synced, nothing changed; 1 course skipped as unchanged"
+    )

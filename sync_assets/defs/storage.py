@@ -76,7 +76,7 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
     def handle_output(
         self,
         context: dg.OutputContext,
-        obj: pl.DataFrame | Mapping[str, pl.DataFrame | CourseFailure],
+        obj: pl.DataFrame | Mapping[str, pl.DataFrame | CourseFailure | CourseUnchanged],
     ) -> None:
         store = self._store()
         if not context.has_asset_partitions:
@@ -125,6 +125,9 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
 # A course that failed in a step is stored as a one-row frame of this one column, so that every
 # later step of the run sees the failure (and its reason) instead of a course with no data.
 FAILURE_COLUMN = "__course_failed__"
+# A course skipped as unchanged, likewise: a one-row marker in place of its frame, so that no
+# step writes, reads or parses the course's data on a night nothing changed for it.
+UNCHANGED_COLUMN = "__course_unchanged__"
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,25 @@ class CourseFailure:
 
     def as_frame(self) -> pl.DataFrame:
         return pl.DataFrame({FAILURE_COLUMN: [self.reason]})
+
+
+@dataclass(frozen=True)
+class CourseUnchanged:
+    """A step's value for a course skipped as unchanged since its last successful sync."""
+
+    reason: str = "skipped as unchanged"
+
+    def as_frame(self) -> pl.DataFrame:
+        return pl.DataFrame({UNCHANGED_COLUMN: [self.reason]})
+
+
+@dataclass(frozen=True)
+class StampedFrame:
+    """A frame stored with string notes in its parquet footer (`PartitionFrames.stamps`): what a
+    later step needs to know of how the frame was made without reading it."""
+
+    frame: pl.DataFrame
+    stamps: dict[str, str]
 
 
 class CourseFailed(Exception):
@@ -156,25 +178,50 @@ class PartitionFrames(Mapping[str, pl.DataFrame]):
     def __init__(self, store: ObjectStore, keys: Mapping[str, str]) -> None:
         self._store = store
         self._keys = dict(keys)
+        self._schemas: dict[str, list[str]] = {}  # read once: a footer per object
 
     def __getitem__(self, partition: str) -> pl.DataFrame:
         frame = _read(self._store, self._keys[partition])
         if frame.columns == [FAILURE_COLUMN]:
             raise CourseFailed(partition, frame[FAILURE_COLUMN][0])
+        if frame.columns == [UNCHANGED_COLUMN]:
+            raise CourseFailed(partition, f"no data: {frame[UNCHANGED_COLUMN][0]}")
         return frame
+
+    def _columns(self, partition: str) -> list[str]:
+        if partition not in self._schemas:
+            self._schemas[partition] = _schema(self._store, self._keys[partition])
+        return self._schemas[partition]
 
     def failures(self) -> dict[str, str]:
         failed = {}
         for partition, key in self._keys.items():
-            if _schema(self._store, key) == [FAILURE_COLUMN]:
+            if self._columns(partition) == [FAILURE_COLUMN]:
                 failed[partition] = _read(self._store, key)[FAILURE_COLUMN][0]
         return failed
 
+    def unchanged(self) -> set[str]:
+        """Partitions skipped as unchanged by the step that made them (a marker, no data)."""
+        return {p for p in self._keys if self._columns(p) == [UNCHANGED_COLUMN]}
+
     def succeeded(self) -> PartitionFrames:
+        """The partitions with data: neither failed nor skipped as unchanged."""
         failed = self.failures()
-        return PartitionFrames(
-            self._store, {p: key for p, key in self._keys.items() if p not in failed}
+        unchanged = self.unchanged()
+        kept = PartitionFrames(
+            self._store,
+            {p: key for p, key in self._keys.items() if p not in failed and p not in unchanged},
         )
+        kept._schemas = {p: c for p, c in self._schemas.items() if p in kept._keys}
+        return kept
+
+    def stamps(self, partition: str) -> dict[str, str]:
+        """The notes a `StampedFrame` was stored with (none for a plain frame)."""
+        key = self._keys[partition]
+        if self._store.is_local:
+            return _stamps(pl.read_parquet_metadata(self._store.local_path(key)))
+        with self._store.open(key) as source:
+            return _stamps(pl.read_parquet_metadata(source))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -196,7 +243,7 @@ class PartitionSpool(PartitionFrames):
     def __init__(self, directory: Path) -> None:
         super().__init__(ObjectStore(Path(directory)), {})
 
-    def add(self, partition: str, frame: pl.DataFrame | CourseFailure) -> None:
+    def add(self, partition: str, frame: pl.DataFrame | CourseFailure | CourseUnchanged) -> None:
         key = _file_name(partition)
         _write(self._store, key, frame)
         self._keys[partition] = key
@@ -210,9 +257,28 @@ def _file_name(partition: str) -> str:
     return f"{name}.parquet"
 
 
-def _write(store: ObjectStore, key: str, value: pl.DataFrame | CourseFailure) -> None:
-    frame = value.as_frame() if isinstance(value, CourseFailure) else value
+_STAMP_PREFIX = "sync_assets:"
+
+
+def _write(
+    store: ObjectStore,
+    key: str,
+    value: pl.DataFrame | CourseFailure | CourseUnchanged | StampedFrame,
+) -> None:
+    if isinstance(value, StampedFrame):
+        notes = {_STAMP_PREFIX + name: note for name, note in value.stamps.items()}
+        store.write(key, lambda path: value.frame.write_parquet(path, metadata=notes))
+        return
+    frame = value.as_frame() if isinstance(value, CourseFailure | CourseUnchanged) else value
     store.write(key, frame.write_parquet)
+
+
+def _stamps(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name.removeprefix(_STAMP_PREFIX): note
+        for name, note in metadata.items()
+        if name.startswith(_STAMP_PREFIX)
+    }
 
 
 def _read(store: ObjectStore, key: str) -> pl.DataFrame:

@@ -109,6 +109,39 @@ class Reports:
 
 
 @dataclass(frozen=True)
+class RawReport:
+    """One run's report as it came: each page's digest, and what is needed to parse it later.
+
+    A page that answered 304 is kept as the cached bytes, not decoded: when the whole report is
+    the one a course was last synced from, the sync skips the course and never parses it. A page
+    that answered 200 was decoded on arrival (to retry a broken body) and is kept decoded.
+    """
+
+    run_uuid: str
+    pages: tuple[Any, ...]  # a decoded body, or the undecoded bytes of a 304
+    page_digests: tuple[str, ...]
+    not_modified: bool  # every page answered 304
+
+    @property
+    def digest(self) -> str:
+        """The report's content as served: equal digests, equal reports (pages in order)."""
+        return hashlib.sha256("\n".join(self.page_digests).encode()).hexdigest()
+
+    def parse(self) -> Fetched:
+        parsed = [
+            contract.parse_enrolments(
+                json.loads(page) if isinstance(page, bytes) else page, self.run_uuid
+            )
+            for page in self.pages
+        ]
+        return Fetched(
+            records=pl.concat([p.records for p in parsed]),
+            quarantine=pl.concat([p.quarantine for p in parsed]),
+            not_modified=self.not_modified,
+        )
+
+
+@dataclass(frozen=True)
 class Memberships:
     found: pl.DataFrame  # contract.MEMBERSHIP_SCHEMA
     gone: list[str]  # 404: kept as gone, not asked again
@@ -209,11 +242,23 @@ class PartnersApiClient:
             pages, not_modified, lambda body: contract.parse_enrolments(body, run_uuid)
         )
 
+    async def enrolment_report(self, run_uuid: str) -> RawReport:
+        """A run's report, every page, unparsed (see `RawReport`); parse it with `.parse()`."""
+        endpoint = "course_enrolments_report"
+        path = f"/partners/course_runs/{run_uuid}/course_enrolments_report"
+        answers = await self._get_answers(path, endpoint, run_uuid, lazy=True)
+        return RawReport(
+            run_uuid,
+            tuple(a.content if a.body is _UNDECODED else a.body for a in answers),
+            tuple(a.digest for a in answers),
+            all(a.not_modified for a in answers),
+        )
+
     async def enrolments_for_runs(self, run_uuids: Iterable[str]) -> Reports:
         """Every run's report; a run that fails for good is named in `failed_runs`, not raised,
         so that it costs its own course only."""
         requested = list(dict.fromkeys(run_uuids))
-        answers = await self._map(_or_failure(self.enrolments), requested)
+        answers = await self._map(or_failure(self.enrolments), requested)
         failed = {
             run: str(answer)
             for run, answer in zip(requested, answers, strict=True)
@@ -246,7 +291,7 @@ class PartnersApiClient:
         # Parsed a batch at a time: a million JSON bodies held at once cost ~1 GB of dicts.
         for start in range(0, len(uuids), MEMBERSHIP_BATCH):
             batch = uuids[start : start + MEMBERSHIP_BATCH]
-            bodies = await self._map(_or_failure(self._membership), batch)
+            bodies = await self._map(or_failure(self._membership), batch)
             answered = []
             for uuid, body in zip(batch, bodies, strict=True):
                 if isinstance(body, PartnersApiError):
@@ -273,6 +318,11 @@ class PartnersApiClient:
         )
         return answer.body
 
+    async def fan_out(self, fetch: Callable[[str], Awaitable[Any]], keys: list[str]) -> list[Any]:
+        """`fetch(key)` for every key, `concurrency` at a time, each worker on its own connection
+        lane: for work of the caller's that makes several requests per key."""
+        return await self._map(fetch, keys)
+
     async def _map(self, fetch: Callable[[str], Awaitable[Any]], keys: list[str]) -> list[Any]:
         """`fetch` every key with `concurrency` workers: memory stays flat for a million keys
         (one task per key would hold a million coroutines at once)."""
@@ -294,21 +344,26 @@ class PartnersApiClient:
         self, path: str, endpoint: str, subject: str | None
     ) -> tuple[list[Any], bool]:
         """Every page of a resource, following `Link: rel="next"`; unchanged if all were 304."""
-        bodies: list[Any] = []
-        not_modified = True
+        answers = await self._get_answers(path, endpoint, subject)
+        return [a.body for a in answers], all(a.not_modified for a in answers)
+
+    async def _get_answers(
+        self, path: str, endpoint: str, subject: str | None, *, lazy: bool = False
+    ) -> list[_Answer]:
+        """Every page's answer, following `Link: rel="next"` (`lazy`: see `_attempt`)."""
+        answers: list[_Answer] = []
         url: str | None = path
         seen: set[str] = set()
         while url is not None:
             if url in seen or len(seen) >= MAX_PAGES:
                 raise PartnersApiError(endpoint, subject, f"pagination loops at {url}")
             seen.add(url)
-            answer = await self._get(self._cached.get, url, endpoint, subject)
+            answer = await self._get(self._cached.get, url, endpoint, subject, lazy=lazy)
             if answer.body is None:
                 raise PartnersApiError(endpoint, subject, "not found (404)")
-            bodies.append(answer.body)
-            not_modified = not_modified and answer.not_modified
+            answers.append(answer)
             url = answer.next_url
-        return bodies, not_modified
+        return answers
 
     def _parse_pages(
         self, bodies: list[Any], not_modified: bool, parse: Callable[[Any], contract.Parsed]
@@ -352,6 +407,8 @@ class PartnersApiClient:
         url: str,
         endpoint: str,
         subject: str | None,
+        *,
+        lazy: bool = False,
     ) -> _Answer:
         """GET with bounded retries: a 200 with its decoded body, or a 404 (no body)."""
         settings = self.settings
@@ -375,7 +432,7 @@ class PartnersApiClient:
                         raise last
                     try:
                         deadline = max(0.001, min(settings.timeout_seconds, left))
-                        return await self._attempt(send, url, endpoint, deadline)
+                        return await self._attempt(send, url, endpoint, deadline, lazy=lazy)
                     except _Retryable as error:
                         last = error
                         raise
@@ -393,11 +450,17 @@ class PartnersApiClient:
         url: str,
         endpoint: str,
         deadline_seconds: float,
+        *,
+        lazy: bool = False,
     ) -> _Answer:
         """One request, connect to the last byte of its body within `deadline_seconds`.
 
         httpx's read timeout is per chunk: a server dripping a byte every few seconds would keep
         a request alive for ever. This deadline is for the whole answer.
+
+        `lazy`: a 304's body (the cached one) is not decoded, only digested. It decoded when it
+        was first stored (a body that did not is forgotten), and decoding is most of what an
+        unchanged report costs.
         """
         if self._limiter is not None:
             await self._limiter.acquire()
@@ -422,13 +485,19 @@ class PartnersApiClient:
             return _Answer(None, False, None)
         if response.status_code != 200:
             raise PartnersApiError(endpoint, None, f"unexpected HTTP {response.status_code}")
+        not_modified = _not_modified(response)
+        next_url = response.links.get("next", {}).get("url")
+        # Only reports are digested (to know one is the same as last time), not look-ups.
+        digest = hashlib.sha256(response.content).hexdigest() if lazy else ""
+        if lazy and not_modified:
+            return _Answer(_UNDECODED, True, next_url, digest, response.content)
         try:
             body = json.loads(response.content)
         except (json.JSONDecodeError, UnicodeDecodeError):
             # The cache may have kept a broken body under a good ETag: forget it, then retry.
             await self._forget(str(response.request.url))
             raise _Retryable("unreadable JSON body") from None
-        return _Answer(body, _not_modified(response), response.links.get("next", {}).get("url"))
+        return _Answer(body, not_modified, next_url, digest)
 
     def _wait(self, state: RetryCallState) -> float:
         backoff = wait_random_exponential(
@@ -443,14 +512,19 @@ class PartnersApiClient:
             await self._storage.remove_entry(entry.id)
 
 
+_UNDECODED = object()  # an _Answer's body left as bytes (`lazy`)
+
+
 @dataclass(frozen=True)
 class _Answer:
-    body: Any  # None for a 404
+    body: Any  # None for a 404; _UNDECODED: see `content`
     not_modified: bool  # a 304 answered from the kept body
     next_url: str | None
+    digest: str = ""  # sha256 of the body's bytes
+    content: bytes = b""  # only when the body was left undecoded
 
 
-def _or_failure(
+def or_failure(
     fetch: Callable[[str], Awaitable[Any]],
 ) -> Callable[[str], Awaitable[Any]]:
     """`fetch`, returning a request's final PartnersApiError instead of raising it (a refused

@@ -446,8 +446,41 @@ def last_enrolment_counts(connection: Connection, course_uuids: Iterable[str]) -
     return counts
 
 
+@dataclass(frozen=True)
+class CourseState:
+    """A course's last successful sync: its report's size and what it was applied from."""
+
+    enrolment_count: int
+    report_fingerprint: str | None = None
+    platform_fingerprint: str | None = None
+
+
+def last_course_states(
+    connection: Connection, course_uuids: Iterable[str]
+) -> dict[str, CourseState]:
+    table = course_sync_state
+    states: dict[str, CourseState] = {}
+    for chunk in chunks(_distinct(course_uuids)):
+        statement = sa.select(
+            table.c.course_uuid,
+            table.c.enrolment_count,
+            table.c.report_fingerprint,
+            table.c.platform_fingerprint,
+        ).where(table.c.course_uuid.in_(chunk))
+        states.update(
+            (course, CourseState(*rest)) for course, *rest in connection.execute(statement)
+        )
+    return states
+
+
 def record_course_state(
-    connection: Connection, course_uuid: str, enrolment_count: int, dagster_run_id: str | None
+    connection: Connection,
+    course_uuid: str,
+    enrolment_count: int,
+    dagster_run_id: str | None,
+    *,
+    report_fingerprint: str | None = None,
+    platform_fingerprint: str | None = None,
 ) -> None:
     statement = dialect_insert(connection, course_sync_state)
     values = {
@@ -455,6 +488,8 @@ def record_course_state(
         "enrolment_count": enrolment_count,
         "synced_at": now_utc(),
         "dagster_run_id": dagster_run_id,
+        "report_fingerprint": report_fingerprint,
+        "platform_fingerprint": platform_fingerprint,
     }
     connection.execute(
         statement.values(values).on_conflict_do_update(

@@ -215,4 +215,22 @@ course_sync_state = sa.Table(
     sa.Column("enrolment_count", sa.Integer, nullable=False),
     _timestamp("synced_at", nullable=False),
     sa.Column("dagster_run_id", sa.Text),
+    # What the course was last applied from, so that a night on which neither changed skips it:
+    # its reports (and runs) as served, and the platform side (activity, its achievements, the
+    # linking generation). Null: recompute next time (never synced, or synced with stale changes).
+    sa.Column("report_fingerprint", sa.Text),
+    sa.Column("platform_fingerprint", sa.Text),
+)
+
+# One row: a counter the sync moves on whenever the platform changed something linking depends
+# on outside the sync (a user who could link now, a user forgotten, a link made or moved by the
+# platform), with what it was compared against. A course synced under an older generation is not
+# skipped. `links_digest` is a sum of row hashes, kept up to date by the sync's own links.
+linking_state = sa.Table(
+    "linking_state",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("forgotten_digest", sa.Text, nullable=False),
+    sa.Column("links_digest", sa.Text, nullable=False),
 )

@@ -95,6 +95,7 @@ def launch_sync(
     allow_shrink: list[str] | None = None,
     allow_quarantine: list[str] | None = None,
     submit: bool = False,
+    recompute_unchanged: bool = False,
     say: Callable[[str], None] = print,
 ) -> SyncReport:
     """The sync job over the partitions, in runs of bounded size; then the summary."""
@@ -104,7 +105,12 @@ def launch_sync(
             "activity_progress": {
                 "config": {"dry_run": dry_run, "allow_shrink_courses": list(allow_shrink or [])}
             },
-            "enrolments": {"config": {"allow_quarantine_courses": list(allow_quarantine or [])}},
+            "enrolments": {
+                "config": {
+                    "allow_quarantine_courses": list(allow_quarantine or []),
+                    "skip_unchanged": not recompute_unchanged,
+                }
+            },
         }
     }
     tags = sync_run_tags(partitions, all_courses=all_courses)

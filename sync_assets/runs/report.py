@@ -166,6 +166,12 @@ def format_report(report: SyncReport) -> str:
         )
 
     out = [line(header), line(tuple("-" * width for width in widths)), *map(line, rows)]
+    skipped = sum(1 for course in report.courses if course.status == "unchanged")
+    if skipped:
+        out.append(
+            f"{skipped} skipped as unchanged: reports and platform side as at their last "
+            "successful sync, so nothing was parsed, planned or written for them."
+        )
     if report.dry_run:
         out.append(
             "Dry run: no link, progress or certificate was written. The "

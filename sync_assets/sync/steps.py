@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import polars as pl
@@ -20,8 +20,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from sync_assets import failpoints
 from sync_assets.partners_api import contract
-from sync_assets.partners_api.client import Memberships, PartnersApiClient
-from sync_assets.platform import sync_store, transactions
+from sync_assets.partners_api.client import (
+    Memberships,
+    PartnersApiClient,
+    PartnersApiError,
+    or_failure,
+)
+from sync_assets.platform import change_tracking, sync_store, transactions
 from sync_assets.rules.achievements import achievement_changes
 from sync_assets.rules.latest_enrolment import latest_enrolments
 from sync_assets.rules.linking import (
@@ -107,28 +112,89 @@ async def fetch_course_runs(client: PartnersApiClient, engine: Engine) -> Course
 
 @dataclass(frozen=True)
 class CourseEnrolments:
-    by_course: dict[str, pl.DataFrame]  # every course that did not fail
+    by_course: dict[str, pl.DataFrame]  # every course that did not fail and was not skipped
     quarantine: pl.DataFrame
     unchanged_runs: frozenset[str]
     changed_runs: frozenset[str]
     failed: dict[str, str] = field(default_factory=dict)  # course → why
+    # Each course's reports as served (change_tracking.report_fingerprint), failed ones aside.
+    report_fingerprints: dict[str, str] = field(default_factory=dict)
+    # Courses whose reports are the ones they were last synced from (see `fetch_enrolments`).
+    skipped: frozenset[str] = frozenset()
 
 
 async def fetch_enrolments(
-    client: PartnersApiClient, runs: pl.DataFrame, courses: Iterable[str]
+    client: PartnersApiClient,
+    runs: pl.DataFrame,
+    courses: Iterable[str],
+    skip_if_reports: Mapping[str, str] | None = None,
 ) -> CourseEnrolments:
-    """Every report of the courses' runs, each requested once, split by course."""
+    """Every report of the courses' runs, each requested once, split by course.
+
+    `skip_if_reports`: course → the report fingerprint it was last synced from, for courses whose
+    platform side has not changed since. A course whose reports still have that fingerprint is
+    skipped: not parsed (its 304s are not even decoded), and named in `skipped`.
+    """
     wanted = sorted(set(courses))
-    course_runs = runs.filter(pl.col("course_uuid").is_in(wanted)).select("run_uuid", "course_uuid")
-    reports = await client.enrolments_for_runs(course_runs["run_uuid"])
+    skip_if_reports = skip_if_reports or {}
+    course_runs = runs.filter(pl.col("course_uuid").is_in(wanted))
+    runs_of = {
+        course: list(rows.select("run_uuid", "start_time").iter_rows())
+        for (course,), rows in course_runs.partition_by("course_uuid", as_dict=True).items()
+    }
+    fetch = or_failure(client.enrolment_report)
     failed: dict[str, str] = {}
-    for run, course in course_runs.iter_rows():
-        if run in reports.failed_runs and course not in failed:
-            failed[course] = f"report of run {run}: {reports.failed_runs[run]}"
-    with_course = reports.records.join(course_runs, on="run_uuid", how="inner")
-    by_course = split_by_course(with_course, [c for c in wanted if c not in failed])
+    fingerprints: dict[str, str] = {}
+    skipped: set[str] = set()
+    records: list[pl.DataFrame] = []
+    quarantine: list[pl.DataFrame] = []
+    unchanged: set[str] = set()
+    changed: set[str] = set()
+
+    async def one_course(course: str) -> None:
+        # Course by course, `concurrency` courses at a time: a skipped course's unparsed pages
+        # are dropped as soon as its last report is in.
+        runs = runs_of.get(course, [])
+        reports = [await fetch(run) for run, _ in runs]
+        errors = [
+            (run, answer)
+            for (run, _), answer in zip(runs, reports, strict=True)
+            if isinstance(answer, PartnersApiError)
+        ]
+        if errors:
+            failed[course] = f"report of run {errors[0][0]}: {errors[0][1]}"
+            return
+        unchanged.update(report.run_uuid for report in reports if report.not_modified)
+        changed.update(report.run_uuid for report in reports if not report.not_modified)
+        fingerprints[course] = change_tracking.report_fingerprint(
+            runs, {report.run_uuid: report.digest for report in reports}
+        )
+        if skip_if_reports.get(course) == fingerprints[course]:
+            skipped.add(course)
+            return
+        for report in reports:
+            parsed = report.parse()
+            records.append(parsed.records.with_columns(course_uuid=pl.lit(course)))
+            quarantine.append(parsed.quarantine)
+
+    await client.fan_out(one_course, wanted)
+    with_course = (
+        pl.concat(records)
+        if records
+        else pl.DataFrame(schema={**contract.ENROLMENT_SCHEMA, "course_uuid": pl.String})
+    )
+    records.clear()
+    by_course = split_by_course(
+        with_course, [c for c in wanted if c not in failed and c not in skipped]
+    )
     return CourseEnrolments(
-        by_course, reports.quarantine, reports.unchanged_runs, reports.changed_runs, failed
+        by_course,
+        pl.concat(quarantine) if quarantine else contract.empty_quarantine(),
+        frozenset(unchanged),
+        frozenset(changed),
+        failed,
+        fingerprints,
+        frozenset(skipped),
     )
 
 
@@ -176,6 +242,8 @@ class LinkingStats:
     ambiguous: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=AMBIGUOUS_SCHEMA))
     # Stored links R3 disagrees with, kept as they are (rules.linking.CONFLICT_SCHEMA).
     conflicts: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=CONFLICT_SCHEMA))
+    # The generation of what linking read (change_tracking): the links are as of it.
+    linking_generation: int = 0
 
 
 async def link_memberships(
@@ -208,11 +276,9 @@ async def link_memberships(
             unlinked_before.select("membership_uuid", "external_learner_id"),
         ]
     )
-    with engine.connect() as connection:
-        stale_keys = sync_store.stale_email_keys(connection)
-    if not stale_keys.is_empty():  # on SQLite, a write transaction holds the whole database
-        with transactions.write_transaction(engine) as connection:
-            sync_store.write_email_keys(connection, stale_keys)
+    # Users new since the keys were refreshed are matched too; a change linking depends on moves
+    # the linking generation on (see change_tracking), so no course is skipped past it.
+    generation = change_tracking.refresh_linking_state(engine)
     with engine.connect() as connection:
         external_ids = pl.concat(
             [candidates["external_learner_id"], stored_links["external_learner_id"]]
@@ -280,6 +346,7 @@ async def link_memberships(
         quarantine=fetched.quarantine,
         ambiguous=ambiguous_emails(candidates, users),
         conflicts=link_conflicts(stored_links, users),
+        linking_generation=generation,
     )
     return by_course, stats
 
@@ -480,12 +547,19 @@ def sync_course(
     dagster_run_id: str | None,
     record_course_state: bool = True,
     lock_timeout_seconds: float | None = None,
+    applied_from: AppliedFrom | None = None,
+    previous: sync_store.CourseState | None = None,
 ) -> CourseOutcome:
     """Plan one course and, unless refused or dry, commit it in one transaction.
 
     The plan and its writes happen under the course's writer lock (`transactions`): a writer that
     overlaps with another plans from what the other committed, so nothing is applied twice. A
     writer that cannot get the lock in time raises `CourseBusyError`.
+
+    With `record_course_state`, the transaction also records the report's size (the circuit
+    breaker's reference) and, given `applied_from`, the fingerprints a later night compares to
+    skip the course: its reports' and the platform side's as this write leaves it. Only what
+    differs from `previous` is written (R13).
     """
     if dry_run:
         with engine.connect() as connection:
@@ -507,16 +581,64 @@ def sync_course(
         outcome.refused = breaker.refusal(course, previous_count, enrolments.height)
         if outcome.refused:
             return outcome
-        if record_course_state and previous_count != enrolments.height:
-            batch = replace(batch, course_state=(course, enrolments.height))
+        if previous is None and previous_count is not None:
+            previous = sync_store.CourseState(previous_count)
         with counting_statements(engine) as statements:
+            new_links = change_tracking.links_to_write(connection, batch.memberships)
             outcome.applied = sync_store.write_course_sync(
                 connection, batch, dagster_run_id=dagster_run_id
             )
+            change_tracking.account_links(connection, new_links)
+            if record_course_state:
+                state = _state_after(
+                    connection, activity_id, enrolments.height, applied_from, outcome.applied
+                )
+                if state != previous:
+                    sync_store.record_course_state(
+                        connection,
+                        course,
+                        state.enrolment_count,
+                        dagster_run_id,
+                        report_fingerprint=state.report_fingerprint,
+                        platform_fingerprint=state.platform_fingerprint,
+                    )
+                    outcome.applied.course_state = 1
             failpoints.reached("activity_progress.before_course_commit")
     outcome.write_seconds = time.perf_counter() - planned
     outcome.sql_statements = statements[0]
     return outcome
+
+
+@dataclass(frozen=True)
+class AppliedFrom:
+    """What a course's write was computed from: its reports' fingerprint, and the linking
+    generation its links were made under (both known before linking ran, in `enrolments`)."""
+
+    report_fingerprint: str
+    linking_generation: int
+
+
+def _state_after(
+    connection: Connection,
+    activity_id: str,
+    enrolment_count: int,
+    applied_from: AppliedFrom | None,
+    applied: sync_store.AppliedChanges,
+) -> sync_store.CourseState:
+    """The course's state as this write leaves it, read in its transaction (its own writes in).
+
+    No fingerprint when it is not known what the course was applied from, or when a planned
+    change was not written because another writer had changed the row: the platform then holds
+    something this sync did not compute, and the next night must recompute the course.
+    """
+    if applied_from is None or applied.stale:
+        return sync_store.CourseState(enrolment_count)
+    summary = change_tracking.achievement_summaries(connection, [activity_id]).get(activity_id)
+    return sync_store.CourseState(
+        enrolment_count,
+        applied_from.report_fingerprint,
+        change_tracking.platform_fingerprint(activity_id, summary, applied_from.linking_generation),
+    )
 
 
 def _plan_outcome(

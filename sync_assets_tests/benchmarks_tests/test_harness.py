@@ -27,6 +27,10 @@ def test_harness_measures_every_scenario_and_the_seed_baseline(tmp_path: Path) -
     # On unchanged data it asks again for every membership that matched no one, and rewrites.
     assert bench.seed["second"]["membership_requests"] > 0
     assert bench.seed["second"]["sql_statements"] > 0
+    # The closing check: a full recomputation after the skipping syncs finds nothing to do.
+    assert bench.full_recompute["exit_code"] == 0
+    assert bench.full_recompute["tables_identical"] is True
+    assert bench.full_recompute["rows_written"] == 0
     table = to_markdown([bench])
     assert table.count("| tiny |") == 3
     # The report reads back what the harness writes, and puts ratios first.

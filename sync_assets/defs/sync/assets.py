@@ -28,8 +28,10 @@ from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.storage import (
     CourseFailed,
     CourseFailure,
+    CourseUnchanged,
     PartitionFrames,
     PartitionSpool,
+    StampedFrame,
 )
 from sync_assets.defs.sync.columns import asset_column_schema
 from sync_assets.defs.sync.failures import (
@@ -38,6 +40,7 @@ from sync_assets.defs.sync.failures import (
     record_failed_partitions,
 )
 from sync_assets.defs.sync.metadata import (
+    add_partition_metadata,
     frame_metadata,
     linking_problems_metadata,
     reasons,
@@ -47,7 +50,7 @@ from sync_assets.defs.sync.metadata import (
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.defs.sync.provenance import report_stale_inputs
 from sync_assets.partners_api.client import run
-from sync_assets.platform import sync_store, transactions
+from sync_assets.platform import change_tracking, sync_store, transactions
 from sync_assets.platform.database import database_kind
 from sync_assets.settings import courses_per_run, platform_database_url
 from sync_assets.sync import steps
@@ -87,6 +90,19 @@ def shown_in_ui(asset: str, *, database: bool) -> dict[str, Any]:
 
 
 _NO_CHANGES = pl.DataFrame(schema=sync_store.ACHIEVEMENT_CHANGE_SCHEMA)
+# Stamped on a course's frames (`StampedFrame`): what it is computed from, for activity_progress
+# to record with the course's write (change_tracking).
+REPORT_FINGERPRINT = "report_fingerprint"
+LINKING_GENERATION = "linking_generation"
+UNCHANGED = "unchanged"  # a course's status when skipped as unchanged
+
+
+def unchanged_metadata() -> dict[str, str]:
+    return {
+        "status": UNCHANGED,
+        "note": "skipped as unchanged: its reports and the platform side are those of its last "
+        "successful sync (nothing read, parsed or written for it)",
+    }
 
 
 def _api_metadata(metrics: Any) -> dict[str, Any]:
@@ -205,6 +221,33 @@ def course_runs(
     )
 
 
+def unchanged_platform_courses(
+    engine: Any, course_runs: pl.DataFrame, courses: list[str]
+) -> dict[str, str]:
+    """Course → the report fingerprint it was last synced from, for each course whose platform
+    side is what it was then (change_tracking); a course whose reports still have that
+    fingerprint is skipped as unchanged."""
+    generation = change_tracking.refresh_linking_state(engine)
+    activity_of = dict(
+        course_runs.filter("known").select("course_uuid", "activity_id").unique().iter_rows()
+    )
+    with engine.connect() as connection:
+        states = sync_store.last_course_states(connection, courses)
+        summaries = change_tracking.achievement_summaries(
+            connection, {activity_of[c] for c in states if c in activity_of}
+        )
+    return {
+        course: state.report_fingerprint
+        for course, state in states.items()
+        if course in activity_of
+        and state.report_fingerprint
+        and state.platform_fingerprint
+        == change_tracking.platform_fingerprint(
+            activity_of[course], summaries.get(activity_of[course]), generation
+        )
+    }
+
+
 class EnrolmentsConfig(dg.Config):
     max_quarantine_share: float = Field(
         default=0.1,
@@ -215,6 +258,12 @@ class EnrolmentsConfig(dg.Config):
         default_factory=list,
         description="Courses (uuids or partition keys) to apply from their valid records however "
         "many are quarantined",
+    )
+    skip_unchanged: bool = Field(
+        default=True,
+        description="Skip a course whose reports are the ones it was last synced from and whose "
+        "platform side (activity, achievements, users and links linking reads) has not changed "
+        "since: nothing of it is parsed, planned or written. False recomputes every course.",
     )
 
 
@@ -232,22 +281,41 @@ def enrolments(
     config: EnrolmentsConfig,
     course_runs: pl.DataFrame,
     partners_api: PartnersApi,
-):  # yields {course partition: frame or CourseFailure}
+    platform_database: PlatformDatabase,
+):  # yields {course partition: frame, CourseFailure or CourseUnchanged}
     report_stale_inputs(context, ("course_runs",), context.partition_keys)
     keys = course_keys(context.partition_keys, course_runs)
     titles = steps.course_titles(course_runs)
     unresolved = unresolved_keys(context.partition_keys, keys)
     courses = [keys.uuid_of_key[key] for key in context.partition_keys if key not in unresolved]
+    skip_if_reports = (
+        unchanged_platform_courses(platform_database.engine, course_runs, courses)
+        if config.skip_unchanged
+        else {}
+    )
 
     async def fetch():
         async with partners_api.client() as client:
-            return await steps.fetch_enrolments(client, course_runs, courses), client.metrics
+            fetched = await steps.fetch_enrolments(client, course_runs, courses, skip_if_reports)
+            return fetched, client.metrics
 
     started = time.perf_counter()
     fetched, metrics = run(fetch())
     api_seconds = time.perf_counter() - started
     refused: dict[str, str] = {}
     key_of = keys.key_of_uuid
+    for course in sorted(fetched.skipped):
+        course_run_uuids = set(course_runs.filter(pl.col("course_uuid") == course)["run_uuid"])
+        add_partition_metadata(
+            context,
+            {
+                **course_metadata(course, titles),
+                **unchanged_metadata(),
+                "runs": len(course_run_uuids),
+                "reports_unchanged_304": len(course_run_uuids & fetched.unchanged_runs),
+            },
+            key_of[course],
+        )
     for course, frame in fetched.by_course.items():
         course_run_uuids = set(course_runs.filter(pl.col("course_uuid") == course)["run_uuid"])
         quarantined = fetched.quarantine.filter(pl.col("source").is_in(list(course_run_uuids)))
@@ -260,7 +328,8 @@ def enrolments(
         if refusal:
             refused[key_of[course]] = refusal
             context.log.error(f"course {key_of[course]}: {refusal}")
-        context.add_asset_metadata(
+        add_partition_metadata(
+            context,
             {
                 **course_metadata(course, titles),
                 **frame_metadata(frame),
@@ -271,27 +340,35 @@ def enrolments(
                 "quarantined_records": quarantined.height,
                 "quarantined": dg.MetadataValue.json(reasons(quarantined)),
             },
-            partition_key=key_of[course],
+            key_of[course],
         )
     failed = {key_of[course]: why for course, why in fetched.failed.items()} | unresolved
     for key, why in failed.items():
         context.log.error(f"course {key}: {why}")
-        context.add_asset_metadata(
-            {**course_metadata(keys.uuid(key), titles), **failed_metadata(why)}, partition_key=key
+        add_partition_metadata(
+            context, {**course_metadata(keys.uuid(key), titles), **failed_metadata(why)}, key
         )
     context.log.info(
         f"{counted(len(context.partition_keys), 'course')}: "
         f"{counted(len(fetched.changed_runs), 'report')} changed, "
         f"{len(fetched.unchanged_runs)} unchanged (304), "
         f"{counted(fetched.quarantine.height, 'record')} quarantined, "
-        f"{counted(len(failed), 'course')} failed"
+        f"{counted(len(failed), 'course')} failed, "
+        f"{len(fetched.skipped)} skipped as unchanged"
     )
-    by_key = {key_of[course]: frame for course, frame in fetched.by_course.items()}
+    by_key: dict[str, StampedFrame | CourseUnchanged] = {
+        key_of[course]: StampedFrame(
+            frame, {REPORT_FINGERPRINT: fetched.report_fingerprints[course]}
+        )
+        for course, frame in fetched.by_course.items()
+    }
+    by_key |= {key_of[course]: CourseUnchanged() for course in fetched.skipped}
     yield dg.Output(
         {**by_key, **failures({**failed, **refused})},
         metadata={
             **_api_metadata(metrics),
             "api_seconds": round(api_seconds, 3),
+            "skipped_unchanged": len(fetched.skipped),
             **run_peak_memory_metadata(),
         },
     )
@@ -316,6 +393,7 @@ def linked_memberships(
 ):  # yields {course partition: frame or CourseFailure}
     report_stale_inputs(context, ("enrolments",), list(enrolments))
     upstream_failed = enrolments.failures()
+    unchanged = enrolments.unchanged()
 
     async def link():
         async with partners_api.client() as client:
@@ -331,7 +409,8 @@ def linked_memberships(
         course_memberships = frame.select("membership_uuid")
         ambiguous = stats.ambiguous.join(course_memberships, on="membership_uuid")
         conflicts = stats.conflicts.join(course_memberships, on="membership_uuid")
-        context.add_asset_metadata(
+        add_partition_metadata(
+            context,
             {
                 **frame_metadata(frame),
                 "linked": frame.filter(pl.col("user_id").is_not_null()).height,
@@ -339,20 +418,27 @@ def linked_memberships(
                 "unlinked": frame.filter(pl.col("user_id").is_null()).height,
                 **linking_problems_metadata(ambiguous, conflicts),
             },
-            partition_key=course,
+            course,
         )
     failed = {**upstream_failed, **stats.failed_courses}
     for course, why in stats.failed_courses.items():
         context.log.error(f"course {course}: {why}")
-        context.add_asset_metadata(failed_metadata(why), partition_key=course)
+        add_partition_metadata(context, failed_metadata(why), course)
+    for course in sorted(unchanged):
+        add_partition_metadata(context, unchanged_metadata(), course)
     context.log.info(
         f"{counted(stats.memberships, 'membership')}: {stats.already_linked} linked before, "
         f"{stats.looked_up} looked up ({stats.gone} gone), "
         f"{stats.linked_by_id} linked by id, {stats.linked_by_email} by email, "
         f"{stats.relinked_locally} relinked without a request"
     )
+    stamp = {LINKING_GENERATION: str(stats.linking_generation)}
     yield dg.Output(
-        {**by_course, **failures(failed)},
+        {
+            **{course: StampedFrame(frame, stamp) for course, frame in by_course.items()},
+            **failures(failed),
+            **{course: CourseUnchanged() for course in unchanged},
+        },
         metadata={
             "memberships": stats.memberships,
             "already_linked": stats.already_linked,
@@ -404,14 +490,21 @@ def latest_enrolments(
         **enrolments.failures(),
         **linked_memberships.failures(),
     }
+    unchanged = enrolments.unchanged()
     failed: dict[str, str] = {}
-    by_course: dict[str, pl.DataFrame | CourseFailure] = {}
+    by_course: dict[str, StampedFrame | CourseFailure | CourseUnchanged] = {}
     duplicates = 0
     for key in enrolments:
         if key in upstream_failed:
             by_course[key] = CourseFailure(upstream_failed[key])
             continue
         course = keys.uuid_of_key[key]
+        if key in unchanged:
+            by_course[key] = CourseUnchanged()
+            add_partition_metadata(
+                context, {**course_metadata(course, titles), **unchanged_metadata()}, key
+            )
+            continue
         try:
             frame = steps.choose_latest(
                 {course: enrolments[key]}, {course: linked_memberships[key]}, course_runs
@@ -419,22 +512,26 @@ def latest_enrolments(
         except Exception as error:  # one course's rules failing must not stop the others
             why = f"latest enrolments: {type(error).__name__}: {error}"
             context.log.error(f"course {key}: {why}")
-            context.add_asset_metadata(
-                {**course_metadata(course, titles), **failed_metadata(why)}, partition_key=key
+            add_partition_metadata(
+                context, {**course_metadata(course, titles), **failed_metadata(why)}, key
             )
             failed[key] = why
             by_course[key] = CourseFailure(why)
             continue
-        by_course[key] = frame
+        # What the frame is computed from travels with it, for activity_progress to record.
+        by_course[key] = StampedFrame(
+            frame, {**enrolments.stamps(key), **linked_memberships.stamps(key)}
+        )
         duplicates += frame.height - frame["user_id"].n_unique()
-        context.add_asset_metadata(
+        add_partition_metadata(
+            context,
             {
                 **course_metadata(course, titles),
                 **frame_metadata(frame),
                 "learners": frame.height,
                 **rss_after_course(),
             },
-            partition_key=key,
+            key,
         )
     yield dg.Output(by_course, metadata=run_peak_memory_metadata())
     yield dg.AssetCheckResult(
@@ -501,7 +598,8 @@ def activity_progress(
     allowed = {keys.uuid(course) or course for course in config.allow_shrink_courses}
     breaker = steps.CircuitBreaker(config.max_shrink_share, frozenset(allowed))
     with engine.connect() as connection:
-        previous_counts = sync_store.last_enrolment_counts(connection, keys.uuid_of_key.values())
+        previous = sync_store.last_course_states(connection, keys.uuid_of_key.values())
+    unchanged = latest_enrolments.unchanged()
     tally: Counter[str] = Counter()
     failures: dict[str, str] = {}
     refused: dict[str, str] = {}
@@ -522,10 +620,12 @@ def activity_progress(
                 latest_enrolments[key],
                 linked_memberships[key],
                 now=now,
-                previous_count=previous_counts.get(course),
+                previous_count=previous[course].enrolment_count if course in previous else None,
                 breaker=breaker,
                 dry_run=config.dry_run,
                 dagster_run_id=context.run.run_id,
+                applied_from=applied_from(latest_enrolments.stamps(key)),
+                previous=previous.get(course),
             )
         except CourseFailed as error:  # an earlier step failed it; already logged there
             return None, error.reason
@@ -549,19 +649,29 @@ def activity_progress(
     with tempfile.TemporaryDirectory(prefix="activity_progress-") as spool_dir:
         changes = PartitionSpool(Path(spool_dir))
         for course in sorted(latest_enrolments):
+            if course in unchanged:
+                changes.add(course, CourseUnchanged())
+                add_partition_metadata(
+                    context,
+                    {**course_metadata(keys.uuid(course), titles), **unchanged_metadata()},
+                    course,
+                )
+                tally["skipped"] += 1
+                continue
             outcome, failure = sync_one(course)
             if failure:
                 failures[course] = failure
             frame = outcome.changes if outcome else _NO_CHANGES
             changes.add(course, frame)
-            context.add_asset_metadata(
+            add_partition_metadata(
+                context,
                 {
                     **course_metadata(keys.uuid(course), titles),
                     **frame_metadata(frame),
                     **_outcome_metadata(outcome, failure, config),
                     **rss_after_course(),
                 },
-                partition_key=course,
+                course,
             )
             if outcome:
                 tally.update(_outcome_counts(outcome))
@@ -573,6 +683,7 @@ def activity_progress(
             metadata={
                 "dry_run": config.dry_run,
                 "failed": len(failures),
+                "skipped_unchanged": tally["skipped"],
                 **run_peak_memory_metadata(),
             },
         )
@@ -652,7 +763,16 @@ def progress_summary(tally: Counter[str], failed: int, dry_run: bool) -> str:
             f"({tally['created']} created, {tally['updated']} updated, "
             f"{tally['completed']} completed)"
         )
+    if tally["skipped"]:
+        line += f"; {counted(tally['skipped'], 'course')} skipped as unchanged"
     return line + (f"; {counted(failed, 'course')} failed" if failed else "")
+
+
+def applied_from(stamps: dict[str, str]) -> steps.AppliedFrom | None:
+    """What a course's latest enrolments were computed from, if they say (`StampedFrame`)."""
+    if REPORT_FINGERPRINT not in stamps or LINKING_GENERATION not in stamps:
+        return None
+    return steps.AppliedFrom(stamps[REPORT_FINGERPRINT], int(stamps[LINKING_GENERATION]))
 
 
 sync_assets_list = [

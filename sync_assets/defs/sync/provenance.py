@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from sync_assets.defs.sync.metadata import add_partition_metadata
+
 # The steps that ask FutureLearn; what comes after them is computed from what they stored.
 FETCHING_ASSETS = ("course_runs", "enrolments")
 FRESH_RERUN = (
@@ -82,9 +84,10 @@ def report_stale_inputs(
             f"course {partition}: nothing was requested from FutureLearn for it in this run; "
             f"it uses {described}. To sync it with fresh data, {FRESH_RERUN}."
         )
-        context.add_asset_metadata(
+        add_partition_metadata(
+            context,
             {"fresh_from_futurelearn": False, "inputs_from_earlier_runs": described},
-            partition_key=partition,
+            partition,
         )
     context.instance.add_run_tags(
         context.run.run_id,

@@ -1,0 +1,280 @@
+"""What a course was last synced from, so that a night on which nothing it depends on changed
+skips it (issue 21: the nightly sync costs what changed, not what exists).
+
+A course's result is a function of its reports (and its runs' start times, R6), and of the
+platform side: its activity, that activity's achievements, and what linking reads (users, their
+emails and `forgotten`, the links in `future_learn_memberships`). At the end of a successful
+course sync both halves are stored as fingerprints in `course_sync_state`; the next night a
+course whose reports digest the same and whose platform fingerprint is the same is not parsed,
+planned or written. Both fingerprints are pure functions of their inputs (`report_fingerprint`,
+`platform_fingerprint`); the database parts are here.
+
+Linking's inputs are global (a new user can link to a membership of any course, and which course
+a membership is in is only known from the reports), so they are summed up in one counter, the
+linking *generation* in `linking_state`: it moves on whenever the platform changed what linking
+reads outside the sync. A course's platform fingerprint includes the generation its linking ran
+under, so a moved generation recomputes every course once. What moves it, checked before any
+linking and each time the caseless email keys are refreshed (`refresh_linking_state`, the only
+place they are):
+
+- a new user, or a changed email, that could link to a membership fetched and still unlinked
+  (by id or caseless email, the new email or the old one); other new users change nothing;
+- the set of forgotten users (a link to a forgotten user is no longer used);
+- the links: a sum of one hash per (membership, user) link, which the sync keeps up to date
+  with the links it writes itself (`account_links`, in the course's transaction), so that any
+  difference is a link made, moved or removed by the platform.
+
+Achievements are summed up per activity (count, largest id and updated_at, total progress,
+count per state): a platform change to an achievement changes its `updated_at` (SPEC §3) or, if
+it does not, almost surely one of the sums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from sync_assets.platform import sync_store, transactions
+from sync_assets.platform.tables import (
+    ACHIEVEMENT_STATES,
+    achievements,
+    future_learn_memberships,
+    linking_state,
+    user_email_keys,
+    users,
+)
+from sync_assets.rules.linking import email_keys
+
+# Part of every fingerprint: a release that changes what a course's sync computes bumps it, and
+# every course is recomputed once.
+FINGERPRINT_VERSION = 1
+_STATE_ROW = 1
+_MASK = (1 << 64) - 1
+
+
+# --- pure: the two fingerprints ------------------------------------------------------------------
+
+
+def report_fingerprint(
+    runs: Iterable[tuple[str, datetime | None]], digests: Mapping[str, str]
+) -> str:
+    """A course's reports as served: each run (uuid, start time) with its report's digest."""
+    parts = sorted((run, start.isoformat() if start else None, digests[run]) for run, start in runs)
+    return _digest({"version": FINGERPRINT_VERSION, "runs": parts})
+
+
+def platform_fingerprint(
+    activity_id: str, achievements_summary: tuple | None, generation: int
+) -> str:
+    """The platform side of a course: its activity, its achievements' summary, the generation."""
+    return _digest(
+        {
+            "version": FINGERPRINT_VERSION,
+            "activity": activity_id,
+            "achievements": list(achievements_summary or ()),
+            "linking_generation": generation,
+        }
+    )
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()
+
+
+# --- achievements ------------------------------------------------------------------------------
+
+
+def achievement_summaries(connection: Connection, activity_ids: Iterable[str]) -> dict[str, tuple]:
+    """Each activity's achievements summed up (see the module's doc); absent: none."""
+    per_state = [
+        sa.func.sum(sa.case((achievements.c.state == state, 1), else_=0))
+        for state in ACHIEVEMENT_STATES
+    ]
+    summaries: dict[str, tuple] = {}
+    for chunk in sync_store.chunks(sorted(set(activity_ids))):
+        statement = (
+            sa.select(
+                achievements.c.activity_id,
+                sa.func.count(),
+                sa.func.max(achievements.c.id),
+                sa.func.max(achievements.c.updated_at),
+                sa.func.sum(achievements.c.progress),
+                *per_state,
+            )
+            .where(achievements.c.activity_id.in_(chunk))
+            .group_by(achievements.c.activity_id)
+        )
+        for activity, *figures in connection.execute(statement):
+            summaries[activity] = tuple(_plain(value) for value in figures)
+    return summaries
+
+
+def _plain(value: object) -> object:
+    """A figure as the same JSON on every driver (SQLite returns sums and times as it stores)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None).isoformat(sep=" ")
+    if value is None or isinstance(value, int | str):
+        return value
+    return int(value) if float(value).is_integer() else str(value)
+
+
+# --- linking: the generation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LinkingInputs:
+    forgotten_digest: str
+    links_digest: str
+    stale_keys: pl.DataFrame  # sync_store.stale_email_keys
+    could_link: bool
+
+
+def links_hash(links: pl.DataFrame) -> int:
+    """The sum (mod 2^64) of one hash per (membership_uuid, user_id) row: order-free, and a link
+    written by the sync is added to the stored sum without reading the table again."""
+    if links.is_empty():
+        return 0
+    hashes = links.select(
+        pl.concat_str("membership_uuid", "user_id", separator="\x1f").hash(seed=21)
+    ).to_series()
+    return int(hashes.to_numpy().sum(dtype=np.uint64)) & _MASK
+
+
+def _read_inputs(connection: Connection) -> _LinkingInputs:
+    forgotten = connection.execute(
+        sa.select(users.c.id).where(users.c.forgotten.is_(True)).order_by(users.c.id)
+    ).scalars()
+    links = pl.DataFrame(
+        connection.execute(
+            sa.select(
+                future_learn_memberships.c.membership_uuid, future_learn_memberships.c.user_id
+            ).where(future_learn_memberships.c.user_id.is_not(None))
+        ).all(),
+        schema={"membership_uuid": pl.String, "user_id": pl.String},
+        orient="row",
+    )
+    stale = sync_store.stale_email_keys(connection)
+    return _LinkingInputs(
+        forgotten_digest=hashlib.sha256("\n".join(forgotten).encode()).hexdigest(),
+        links_digest=str(links_hash(links)),
+        stale_keys=stale,
+        could_link=_could_link(connection, stale),
+    )
+
+
+def _could_link(connection: Connection, stale: pl.DataFrame) -> bool:
+    """Whether a new or changed user matches a membership fetched and still unlinked (R3), by
+    id or by caseless email, new or old: only then can linking's result change because of it."""
+    if stale.is_empty():
+        return False
+    previous = pl.DataFrame(
+        connection.execute(
+            sa.select(user_email_keys.c.email_key).where(
+                user_email_keys.c.user_id.in_(stale["user_id"].to_list())
+            )
+        ).all(),
+        schema={"email_key": pl.String},
+        orient="row",
+    )
+    ids = set(stale["user_id"].to_list())
+    keys = set(stale["email_key"].drop_nulls().to_list()) | set(previous["email_key"].to_list())
+    unlinked = pl.Series(
+        "external_learner_id",
+        connection.execute(
+            sa.select(future_learn_memberships.c.external_learner_id).where(
+                future_learn_memberships.c.user_id.is_(None),
+                future_learn_memberships.c.external_learner_id.is_not(None),
+            )
+        )
+        .scalars()
+        .all(),
+        pl.String,
+    )
+    if unlinked.is_empty():
+        return False
+    return bool(unlinked.is_in(list(ids)).any() or email_keys(unlinked).is_in(list(keys)).any())
+
+
+def refresh_linking_state(engine: Engine) -> int:
+    """The linking generation, moved on first if the platform changed what linking reads; the
+    caseless email keys brought up to date with `users` in the same transaction.
+
+    Every refresh of the keys goes through here, so no change can be absorbed by a refresh
+    without moving the generation. Writes nothing when nothing changed (R13).
+    """
+    with engine.connect() as connection:
+        stored = connection.execute(sa.select(linking_state)).mappings().first()
+        seen = _read_inputs(connection)
+    if stored is not None and not _changed(stored, seen) and seen.stale_keys.is_empty():
+        return int(stored["generation"])
+    with transactions.write_transaction(engine) as connection:
+        stored = connection.execute(sa.select(linking_state)).mappings().first()
+        seen = _read_inputs(connection)  # again, under the write lock
+        generation = 1 if stored is None else int(stored["generation"])
+        if stored is None or _changed(stored, seen):
+            generation += stored is not None
+            statement = sync_store.dialect_insert(connection, linking_state)
+            values = {
+                "id": _STATE_ROW,
+                "generation": generation,
+                "forgotten_digest": seen.forgotten_digest,
+                "links_digest": seen.links_digest,
+            }
+            connection.execute(
+                statement.values(values).on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={name: statement.excluded[name] for name in values if name != "id"},
+                )
+            )
+        sync_store.write_email_keys(connection, seen.stale_keys)
+    return generation
+
+
+def _changed(stored: Mapping, seen: _LinkingInputs) -> bool:
+    return (
+        stored["forgotten_digest"] != seen.forgotten_digest
+        or stored["links_digest"] != seen.links_digest
+        or seen.could_link
+    )
+
+
+def links_to_write(connection: Connection, memberships: pl.DataFrame) -> pl.DataFrame:
+    """The links a batch's memberships will make: those of memberships linked to no one yet (a
+    stored link is never re-pointed, and a membership in two courses is linked by the first)."""
+    if memberships.is_empty() or "user_id" not in memberships.columns:
+        return pl.DataFrame(schema={"membership_uuid": pl.String, "user_id": pl.String})
+    links = memberships.filter(pl.col("user_id").is_not_null()).select("membership_uuid", "user_id")
+    table = future_learn_memberships
+    linked: set[str] = set()
+    for chunk in sync_store.chunks(links["membership_uuid"].to_list()):
+        linked.update(
+            connection.execute(
+                sa.select(table.c.membership_uuid).where(
+                    table.c.membership_uuid.in_(chunk), table.c.user_id.is_not(None)
+                )
+            ).scalars()
+        )
+    return links.filter(~pl.col("membership_uuid").is_in(list(linked)))
+
+
+def account_links(connection: Connection, links: pl.DataFrame) -> None:
+    """Add the links the sync just made (`links_to_write`) to the stored links digest, in the
+    same transaction, so that they do not read as a platform change."""
+    if links.is_empty():
+        return
+    stored = connection.execute(
+        sa.select(linking_state.c.links_digest).with_for_update()
+    ).scalar_one_or_none()
+    if stored is None:  # never checked yet: the first check records the table as it is
+        return
+    connection.execute(
+        sa.update(linking_state).values(links_digest=str((int(stored) + links_hash(links)) & _MASK))
+    )
