@@ -303,6 +303,24 @@ def test_an_operator_finds_reruns_and_sees_failed_courses_in_the_ui(page, demo: 
         expect(row).to_contain_text("sync_assets/launched_by: cli")
         expect(page.get_by_text("No runs found")).to_have_count(0)
 
+    with checks.check("b-reexecute-menu"):
+        # The CLI's run re-executes as one the UI launched would. Were its code location or job
+        # snapshot not the ones served now, the button would carry a warning icon, its tooltip
+        # "may be a different version" or the like (Dagster's useJobAvailabilityErrorForRun).
+        _open(page, f"/runs/{demo_run.run_id}")
+        button = page.get_by_role("button", name="Re-execute all (*)")
+        expect(button).to_be_enabled()  # disabled, with an error icon, until the workspace loads
+        button.hover()  # a failure's screenshot then shows the warning's tooltip
+        expect(button.get_by_role("img")).to_have_count(0)
+        arrow = page.get_by_role("img", name="arrow_drop_down")
+        page.get_by_role("button").filter(has=arrow).click()  # the menu of re-execution options
+        menu = page.get_by_role("menu")
+        expect(menu.get_by_role("menuitem", name="From failure")).to_be_disabled()  # it succeeded
+        all_steps = menu.get_by_role("menuitem", name="All steps in root run")
+        expect(all_steps).to_be_enabled()
+        all_steps.hover()
+        expect(page.get_by_role("tooltip")).to_contain_text("Re-execute the pipeline run")
+
     # A day passes at FutureLearn: learners of several courses progress. The course to rerun is
     # one of them, so a rerun that touched it alone shows in the platform tables.
     before = demo.achievements()
