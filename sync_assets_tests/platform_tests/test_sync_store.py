@@ -414,7 +414,10 @@ def test_statements_do_not_grow_with_learners(engine: Engine) -> None:
         assert applied.created == size and applied.completion_events == size
         assert applied.enrolments == size and applied.memberships == size
         counts.append(len(statements))
-    assert counts[0] == counts[1] <= 12, counts
+    # PostgreSQL stages each bulk write: CREATE, INSERT … SELECT, DROP (the COPY itself goes
+    # under SQLAlchemy's cursor events). Either way the count does not depend on the learners.
+    limit = 16 if engine.dialect.name == "postgresql" else 12
+    assert counts[0] == counts[1] <= limit, counts
 
 
 def test_course_batch_is_one_transaction(engine: Engine) -> None:
