@@ -93,6 +93,13 @@ class ObjectStore:
         else:
             self._fs.copy(self._full(source_key), self._full(key))
 
+    def delete(self, key: str) -> None:
+        """Remove the object `key`; nothing happens if there is none."""
+        if self.is_local:
+            self.local_path(key).unlink(missing_ok=True)
+        elif self._fs.exists(self._full(key)):
+            self._fs.rm_file(self._full(key))
+
     def keys(self, prefix: str = "") -> list[str]:
         """Every key under `prefix`, for tests and operators (not used by the sync)."""
         root = self._full(prefix).rstrip("/")

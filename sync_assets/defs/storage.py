@@ -50,17 +50,25 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         return "/".join([*asset_key.path, _file_name(partition)])
 
     @staticmethod
+    def _unchanged_key(asset_key: dg.AssetKey, partition: str) -> str:
+        """Where a step notes it skipped a course as unchanged, beside the course's last data:
+        that stays where it was, for readers outside a run (`sync-assets explain`)."""
+        return "/".join([*asset_key.path, UNCHANGED_FOLDER, _file_name(partition)])
+
+    @staticmethod
     def _whole_key(asset_key: dg.AssetKey) -> str:
         return "/".join(asset_key.path) + ".parquet"
 
     def copy_partition(self, asset_key: dg.AssetKey, partition: str, new_partition: str) -> bool:
         """Store a partition's value under another partition key too; False if none is stored."""
         store = self._store()
-        source = self._partition_key(asset_key, partition)
-        if not store.exists(source):
-            return False
-        store.copy(source, self._partition_key(asset_key, new_partition))
-        return True
+        copied = False
+        for name in (self._partition_key, self._unchanged_key):
+            source = name(asset_key, partition)
+            if store.exists(source):
+                store.copy(source, name(asset_key, new_partition))
+                copied = True
+        return copied
 
     def stored(self, asset: str, partition: str | None = None) -> pl.DataFrame | None:
         """The value last stored for an asset (one partition of it), or None if there is none.
@@ -94,12 +102,21 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} has no value for "
                 f"{len(missing)} partition(s): {', '.join(missing[:5])}"
             )
+        spooled_unchanged = obj.unchanged() if isinstance(obj, PartitionSpool) else set()
         for partition in context.asset_partition_keys:
             target = self._partition_key(context.asset_key, partition)
+            marker = self._unchanged_key(context.asset_key, partition)
+            value = None if isinstance(obj, PartitionSpool) else obj[partition]
+            if partition in spooled_unchanged or isinstance(value, CourseUnchanged):
+                _write(store, marker, CourseUnchanged())
+                continue
+            # The marker goes first: a crash before the new value is stored leaves the old data
+            # and no marker, so the course is recomputed, never wrongly skipped.
+            store.delete(marker)
             if isinstance(obj, PartitionSpool):  # already parquet on local disk: upload as is
                 store.put(obj.path(partition), target)
             else:
-                _write(store, target, obj[partition])
+                _write(store, target, value)
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame | PartitionFrames:
         key = context.asset_key
@@ -111,9 +128,17 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
                     f"{key.to_user_string()} has not been materialised yet ({store.url}/{whole})"
                 )
             return _read(store, whole)
-        partitions = sorted(context.asset_partition_keys)
-        keys = {partition: self._partition_key(key, partition) for partition in partitions}
-        missing = [partition for partition, name in keys.items() if not store.exists(name)]
+        keys: dict[str, str] = {}
+        missing = []
+        for partition in sorted(context.asset_partition_keys):
+            marker = self._unchanged_key(key, partition)
+            data = self._partition_key(key, partition)
+            if store.exists(marker):  # skipped as unchanged by the step that made it
+                keys[partition] = marker
+            elif store.exists(data):
+                keys[partition] = data
+            else:
+                missing.append(partition)
         if missing:  # fail at load time, naming what is missing, not halfway through a step
             raise FileNotFoundError(
                 f"{key.to_user_string()} has not been materialised yet for "
@@ -125,9 +150,11 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
 # A course that failed in a step is stored as a one-row frame of this one column, so that every
 # later step of the run sees the failure (and its reason) instead of a course with no data.
 FAILURE_COLUMN = "__course_failed__"
-# A course skipped as unchanged, likewise: a one-row marker in place of its frame, so that no
-# step writes, reads or parses the course's data on a night nothing changed for it.
+# A course skipped as unchanged, likewise: a one-row marker that later steps load in place of its
+# frame, so that no step writes, reads or parses the course's data on a night nothing changed for
+# it. The marker is stored in a folder of its own (`_unchanged_key`), beside the last frame.
 UNCHANGED_COLUMN = "__course_unchanged__"
+UNCHANGED_FOLDER = "_unchanged"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets.simulator.datasets import GeneratedDataset, generate
 
 from .conftest import REPORT, World
+from .test_explain import a_learner_with_progress, explain
 from .test_sync_end_to_end import expected_achievements
 
 
@@ -63,6 +64,11 @@ def test_second_sync_skips_every_course(world: World) -> None:
     assert set(_statuses(result.output, world).values()) == {"unchanged"}
     assert world.snapshot() == before
     assert world.simulator.requests(REPORT, 200) == world.dataset.known_run_count()  # first only
+    # The skipped courses' last reports stay stored: explain still answers from them.
+    course, _activity, user = a_learner_with_progress(world)
+    explained = explain("--course", course, "--user", user)
+    assert explained.exit_code == 0, explained.output
+    assert "consistent with FutureLearn" in explained.output
 
 
 def test_next_day_with_skipping_equals_a_full_recomputation(world: World) -> None:

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from sync_assets.defs.storage import PartitionedParquetIOManager, PartitionSpool
+from sync_assets.defs.storage import CourseUnchanged, PartitionedParquetIOManager, PartitionSpool
 from sync_assets.object_storage import ObjectStore
 
 COURSES = dg.StaticPartitionsDefinition(["course-a", "course-b", "course/with:odd chars"])
@@ -188,6 +188,28 @@ def test_a_failed_course_reads_back_as_its_failure(storage: str) -> None:
     assert list(frames.succeeded()) == ["good"]
     with pytest.raises(CourseFailed, match="HTTP 500"):
         frames["bad"]
+
+
+def test_a_course_skipped_as_unchanged_keeps_its_last_data_for_readers_outside_a_run(
+    storage: str, tmp_path: Path
+) -> None:
+    manager = PartitionedParquetIOManager(base_dir=storage)
+    frames = _frames()
+    _store(manager, frames)
+    skipped = "course-b"
+    spool = PartitionSpool(tmp_path / "spool")
+    for course, frame in frames.items():
+        spool.add(course, CourseUnchanged() if course == skipped else frame)
+    _store(manager, spool)  # a night that skipped course-b
+
+    loaded = _load(manager, list(frames))
+    assert loaded.unchanged() == {skipped}  # later steps of a run see the skip
+    assert_frame_equal(manager.stored(KEY.path[-1], skipped), frames[skipped])  # explain's data
+
+    _store(manager, frames)  # a night on which course-b changed again
+    loaded = _load(manager, list(frames))
+    assert loaded.unchanged() == set()
+    assert_frame_equal(loaded[skipped], frames[skipped])
 
 
 def test_an_unpartitioned_value_round_trips(storage: str) -> None:
