@@ -339,7 +339,10 @@ def test_the_deployment_syncs_in_chunks_and_reruns_a_course_from_another_machine
     # Values on S3, one object per course and asset; compute logs there too.
     keys = object_keys(d.endpoint, d.bucket)
     stored = [key for key in keys if key.startswith("assets/activity_progress/")]
-    assert len(stored) == len(courses)
+    markers = [key for key in stored if key.startswith("assets/activity_progress/_unchanged/")]
+    assert len(stored) - len(markers) == len(courses)
+    # The backfill found every course unchanged: a marker beside each course's last value.
+    assert len(markers) == len(courses)
     assert any(key.startswith("compute-logs/") for key in keys)
     # Nothing on either machine's disk but the Dagster home: no storage, no HTTP cache.
     for directory in (d.dir_a, d.dir_b):
@@ -372,7 +375,8 @@ def test_the_deployment_syncs_in_chunks_and_reruns_a_course_from_another_machine
         ).records[0]
         assert record.run_id not in {run.run_id for run in sync_runs}
         metadata = record.asset_materialization.metadata
-        assert metadata["status"].value == "applied"
+        # Its input, on the shared storage, is the backfill's marker: skipped as unchanged.
+        assert metadata["status"].value == "unchanged"
     assert not (d.dir_b / "data").exists()
     # Nothing had changed: the rerun wrote nothing, and the tables still match.
     assert _snapshot(d.platform_url) == _snapshot(d.single_process_url)
