@@ -257,6 +257,11 @@ async def link_memberships(
     Memberships fetched before and still unlinked are matched again locally (a teacher may have
     joined the platform since), without another request.
     """
+    if not enrolments_by_course:
+        # Every course was skipped as unchanged (or failed): nothing to link, so the platform
+        # check is not made again. On `large` it reads ~1M links; the enrolments step has just
+        # made it, and a change since is seen by the next night's check, as any later change is.
+        return {}, LinkingStats()
     all_uuids = sorted(
         set().union(*(set(frame["membership_uuid"]) for frame in enrolments_by_course.values()))
         if enrolments_by_course
