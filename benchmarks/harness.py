@@ -79,6 +79,7 @@ class Scenario:
     api_bound_seconds: float
     exit_code: int
     dagster_runs: dict[str, int] = field(default_factory=dict)  # job name: runs this scenario
+    courses_skipped_unchanged: int = 0  # course partitions the sync skipped as unchanged
 
     @property
     def bound_multiple(self) -> float:
@@ -254,6 +255,7 @@ def run_metadata(dagster_home: Path) -> dict[str, float]:
             "sql_statements": 0,
             "rules_step": 0.0,
             "peak_rss_mib": 0.0,
+            "skipped_unchanged": 0,
         }
         api_steps: dict[str, float] = {}
         for record in instance.all_logs(run.run_id):
@@ -277,6 +279,8 @@ def run_metadata(dagster_home: Path) -> dict[str, float]:
                     figures["peak_rss_mib"] = max(
                         figures["peak_rss_mib"], metadata["run_peak_rss_mib"]
                     )
+                if name == "enrolments" and "skipped_unchanged" in metadata:
+                    figures["skipped_unchanged"] = metadata["skipped_unchanged"]  # the step's
                 if name == "activity_progress":
                     figures["plan_seconds"] += metadata.get("plan_seconds", 0.0)
                     figures["write_seconds"] += metadata.get("write_seconds", 0.0)
@@ -369,6 +373,7 @@ def measure(
             for job, count in runs_after.items()
             if count > runs_before.get(job, 0)
         },
+        courses_skipped_unchanged=int(meta["skipped_unchanged"]),
     )
 
 

@@ -21,6 +21,8 @@ def test_harness_measures_every_scenario_and_the_seed_baseline(tmp_path: Path) -
     assert first.rows_written > 0 and first.membership_requests > 0
     assert second.rows_written == 0 and second.membership_requests == 0
     assert second.conditional_304 == second.requests
+    assert first.courses_skipped_unchanged == 0
+    assert second.courses_skipped_unchanged == 5  # tiny's known courses, all unchanged
     # The seed's algorithm asks for every unlinked membership again and writes row by row.
     assert bench.seed["first"]["requests"] >= first.requests_in_run
     assert bench.seed["first"]["sql_statements"] > first.sql_statements
@@ -38,3 +40,4 @@ def test_harness_measures_every_scenario_and_the_seed_baseline(tmp_path: Path) -
     report = render([load(tmp_path / "tiny.json")], "## Targets\nby hand")
     assert "ours / seed =" in report and "wall / API bound =" in report
     assert "1 futurelearn_sync" in report and report.rstrip().endswith("by hand")
+    assert "Issue 21 targets, computed from the JSON" in report
