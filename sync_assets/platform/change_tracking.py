@@ -175,17 +175,17 @@ def _could_link(connection: Connection, stale: pl.DataFrame) -> bool:
     id or by caseless email, new or old: only then can linking's result change because of it."""
     if stale.is_empty():
         return False
-    previous = pl.DataFrame(
-        connection.execute(
-            sa.select(user_email_keys.c.email_key).where(
-                user_email_keys.c.user_id.in_(stale["user_id"].to_list())
-            )
-        ).all(),
-        schema={"email_key": pl.String},
-        orient="row",
-    )
+    # In chunks: on a platform whose keys were never computed every user is stale, and one IN
+    # of a million ids is past SQLite's bound-variable limit (found on `large`, 920k users).
+    previous: set[str] = set()
+    for chunk in sync_store.chunks(stale["user_id"].to_list()):
+        previous.update(
+            connection.execute(
+                sa.select(user_email_keys.c.email_key).where(user_email_keys.c.user_id.in_(chunk))
+            ).scalars()
+        )
     ids = set(stale["user_id"].to_list())
-    keys = set(stale["email_key"].drop_nulls().to_list()) | set(previous["email_key"].to_list())
+    keys = set(stale["email_key"].drop_nulls().to_list()) | previous
     unlinked = pl.Series(
         "external_learner_id",
         connection.execute(
