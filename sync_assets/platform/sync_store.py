@@ -41,6 +41,7 @@ from sync_assets.rules.achievements import INITIAL_STATE
 from sync_assets.rules.linking import email_key, email_keys
 
 KEY_CHUNK = 5_000
+BULK_ROWS = 50_000  # rows of a bulk write turned into Python values at once (SQLite)
 UTC_TIME = pl.Datetime("us", "UTC")
 
 KNOWN_COURSES_SCHEMA = {"course_uuid": pl.String, "activity_id": pl.String, "title": pl.String}
@@ -218,8 +219,15 @@ def _bulk_insert(
         if json_text:
             as_text = {name: sa.bindparam(name, type_=sa.Text) for name in json_text}
             statement = statement.values(as_text)
-        result = connection.execute(statement, _rows(frame))
-        return result.all() if result.returns_rows else []
+        # A slice of rows at a time: the whole frame as Python dicts at once was the linking
+        # step's peak on `large` (1.25M fetched memberships: 1,460 → 438 MiB for that write,
+        # benchmarks/analysis.md). SQLAlchemy sends executemany in batches anyway.
+        returned: list[Row] = []
+        for start in range(0, max(frame.height, 1), BULK_ROWS):
+            result = connection.execute(statement, _rows(frame.slice(start, BULK_ROWS)))
+            if result.returns_rows:
+                returned.extend(result.all())
+        return returned
     stage = sa.Table(
         f"sync_assets_stage_{target.name}",
         sa.MetaData(),
