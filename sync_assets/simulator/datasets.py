@@ -437,6 +437,29 @@ def _course_frame(rng: np.random.Generator, scale: Scale) -> pl.DataFrame:
     return pl.DataFrame(known + unknown, schema=["course_uuid", "title", "known"], orient="row")
 
 
+def external_learner_id() -> pl.Expr:
+    """A membership's external_learner_id from its learner (is_user, learner, id, email) and its
+    draws (via, case): no one's for a non-user; else the user id (LTI, 60%) or the email in
+    one of three cases (an invitation)."""
+    return (
+        pl.when(~pl.col("is_user"))
+        .then(
+            pl.concat_str(
+                pl.lit("someone."),
+                pl.col("learner").cast(pl.String),
+                pl.lit("@elsewhere.example"),
+            )
+        )
+        .when(pl.col("via") < 0.6)
+        .then("id")
+        .when(pl.col("case") == 0)
+        .then(pl.col("email"))
+        .when(pl.col("case") == 1)
+        .then(pl.col("email").str.to_uppercase())
+        .otherwise(pl.col("email").str.to_titlecase())
+    )
+
+
 def _run_frame(
     rng: np.random.Generator, scale: Scale, courses: pl.DataFrame, today: datetime
 ) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
@@ -521,23 +544,7 @@ def generate(name: str, seed: int = 1, today: datetime | None = None) -> Generat
             on="learner",
             how="left",
         )
-        .with_columns(
-            external_learner_id=pl.when(~pl.col("is_user"))
-            .then(
-                pl.concat_str(
-                    pl.lit("someone."),
-                    pl.col("learner").cast(pl.String),
-                    pl.lit("@elsewhere.example"),
-                )
-            )
-            .when(pl.col("via") < 0.6)
-            .then("id")
-            .when(pl.col("case") == 0)
-            .then(pl.col("email"))
-            .when(pl.col("case") == 1)
-            .then(pl.col("email").str.to_uppercase())
-            .otherwise(pl.col("email").str.to_titlecase())
-        )
+        .with_columns(external_learner_id=external_learner_id())
         .select("membership_uuid", "learner_uuid", "external_learner_id", "learner")
     )
 

@@ -41,6 +41,7 @@ from sync_assets.simulator.datasets import (
     _offsets,
     _run_frame,
     _uuid_text,
+    external_learner_id,
 )
 
 _MASK48 = (1 << 48) - 1
@@ -146,23 +147,7 @@ class Learners:
                 via=pl.Series(via),
                 case=pl.Series(case.astype(np.int64)),
             )
-            .with_columns(
-                external_learner_id=pl.when(~pl.col("is_user"))
-                .then(
-                    pl.concat_str(
-                        pl.lit("someone."),
-                        pl.col("learner").cast(pl.String),
-                        pl.lit("@elsewhere.example"),
-                    )
-                )
-                .when(pl.col("via") < 0.6)
-                .then("id")
-                .when(pl.col("case") == 0)
-                .then(pl.col("email"))
-                .when(pl.col("case") == 1)
-                .then(pl.col("email").str.to_uppercase())
-                .otherwise(pl.col("email").str.to_titlecase())
-            )
+            .with_columns(external_learner_id=external_learner_id())
             .select("membership_uuid", "learner_uuid", "external_learner_id", "learner")
         )
 
