@@ -189,7 +189,9 @@ def serve(
         latency_ms=latency_ms,
     )
     server = SimulatorServer(app, host, port)
-    if isinstance(data, GeneratedDataset):
+    if hasattr(data, "describe"):  # generated a course at a time (simulator/streamed.py)
+        size = data.describe()
+    elif isinstance(data, GeneratedDataset):
         size = (
             f"{data.runs.height} runs, {data.enrolments.height} enrolments, "
             f"{data.memberships.height} memberships"

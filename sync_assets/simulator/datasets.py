@@ -46,7 +46,16 @@ SCALES = {
     "large": Scale(
         known_courses=980, unknown_courses=20, runs=4_000, learners=1_000_000, enrolments=2_000_000
     ),
+    # 10× large, generated a course (and a block of users) at a time: see streamed.py.
+    "huge": Scale(
+        known_courses=9_800,
+        unknown_courses=200,
+        runs=40_000,
+        learners=10_000_000,
+        enrolments=20_000_000,
+    ),
 }
+STREAMED = ("huge",)  # too big to build whole (large: 0.9 GiB and 34 s; huge ~10×)
 DATASETS = ("sandbox", *SCALES)
 
 
@@ -121,7 +130,12 @@ _HEX = np.frombuffer(b"0123456789abcdef", dtype="S1")
 
 def _uuids(rng: np.random.Generator, count: int) -> pl.Series:
     """Version-4 UUID strings, built a column at a time."""
-    raw = rng.integers(0, 256, (count, 16), dtype=np.uint8)
+    return _uuid_text(rng.integers(0, 256, (count, 16), dtype=np.uint8))
+
+
+def _uuid_text(raw: np.ndarray) -> pl.Series:
+    """Version-4 UUID strings from 16 bytes a row (the version and variant bits are set here)."""
+    count = len(raw)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
     digits = np.empty((count, 32), dtype="S1")
@@ -423,15 +437,35 @@ def _course_frame(rng: np.random.Generator, scale: Scale) -> pl.DataFrame:
     return pl.DataFrame(known + unknown, schema=["course_uuid", "title", "known"], orient="row")
 
 
-def generate(name: str, seed: int = 1, today: datetime | None = None) -> GeneratedDataset:
-    """Build the `demo`, `teachcomputing` or `large` dataset from a seed."""
-    scale = SCALES[name]
-    rng = np.random.default_rng(seed)
-    today = today or datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
-    today_us = int(today.timestamp() * 1_000_000)
+def external_learner_id() -> pl.Expr:
+    """A membership's external_learner_id from its learner (is_user, learner, id, email) and its
+    draws (via, case): no one's for a non-user; else the user id (LTI, 60%) or the email in
+    one of three cases (an invitation)."""
+    return (
+        pl.when(~pl.col("is_user"))
+        .then(
+            pl.concat_str(
+                pl.lit("someone."),
+                pl.col("learner").cast(pl.String),
+                pl.lit("@elsewhere.example"),
+            )
+        )
+        .when(pl.col("via") < 0.6)
+        .then("id")
+        .when(pl.col("case") == 0)
+        .then(pl.col("email"))
+        .when(pl.col("case") == 1)
+        .then(pl.col("email").str.to_uppercase())
+        .otherwise(pl.col("email").str.to_titlecase())
+    )
 
-    courses = _course_frame(rng, scale)
+
+def _run_frame(
+    rng: np.random.Generator, scale: Scale, courses: pl.DataFrame, today: datetime
+) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """The runs, with each run's course row, weeks and start (µs): every course gets a run."""
     n_courses = courses.height
+    today_us = int(today.timestamp() * 1_000_000)
     # Every course gets a run; the rest go where they fall.
     run_course = np.concatenate(
         [np.arange(n_courses), rng.integers(0, n_courses, max(0, scale.runs - n_courses))]
@@ -452,6 +486,21 @@ def generate(name: str, seed: int = 1, today: datetime | None = None) -> Generat
             "weeks_count": pl.Series(weeks, dtype=pl.Int64),
         }
     )
+    return runs, run_course, weeks, run_start
+
+
+def generate(name: str, seed: int = 1, today: datetime | None = None) -> GeneratedDataset:
+    """Build the `demo`, `teachcomputing` or `large` dataset from a seed, whole."""
+    if name in STREAMED:
+        raise ValueError(f"'{name}' is generated a course at a time: use load() (streamed.py)")
+    scale = SCALES[name]
+    rng = np.random.default_rng(seed)
+    today = today or datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+    today_us = int(today.timestamp() * 1_000_000)
+
+    courses = _course_frame(rng, scale)
+    n_courses = courses.height
+    runs, run_course, weeks, run_start = _run_frame(rng, scale, courses, today)
 
     # Learners: most are platform users; a learner has one to three memberships.
     n_learners = scale.learners
@@ -495,23 +544,7 @@ def generate(name: str, seed: int = 1, today: datetime | None = None) -> Generat
             on="learner",
             how="left",
         )
-        .with_columns(
-            external_learner_id=pl.when(~pl.col("is_user"))
-            .then(
-                pl.concat_str(
-                    pl.lit("someone."),
-                    pl.col("learner").cast(pl.String),
-                    pl.lit("@elsewhere.example"),
-                )
-            )
-            .when(pl.col("via") < 0.6)
-            .then("id")
-            .when(pl.col("case") == 0)
-            .then(pl.col("email"))
-            .when(pl.col("case") == 1)
-            .then(pl.col("email").str.to_uppercase())
-            .otherwise(pl.col("email").str.to_titlecase())
-        )
+        .with_columns(external_learner_id=external_learner_id())
         .select("membership_uuid", "learner_uuid", "external_learner_id", "learner")
     )
 
@@ -579,4 +612,8 @@ def load(name: str, seed: int = 1) -> SandboxDataset | GeneratedDataset:
         return SandboxDataset()
     if name not in SCALES:
         raise ValueError(f"unknown dataset '{name}'; one of {', '.join(DATASETS)}")
+    if name in STREAMED:
+        from sync_assets.simulator.streamed import StreamedDataset
+
+        return StreamedDataset.build(name, seed)
     return generate(name, seed)
