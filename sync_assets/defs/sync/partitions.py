@@ -14,6 +14,7 @@ versions, until `migrate` replaces them) names itself.
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 import uuid as uuid_module
@@ -64,12 +65,35 @@ def _hex(course_uuid: str) -> str:
     return course_uuid.replace("-", "").lower()
 
 
-def new_partition_key(course_uuid: str, title: str, every_course_uuid: Collection[str]) -> str:
+class UuidPrefixes:
+    """Course uuids by their hex digits, sorted: the uuids a key suffix (a prefix of the digits)
+    names are one contiguous range, found by bisection rather than by scanning every course
+    (every key against every course was ~160 s a run at 9,800 courses; analysis.md, huge)."""
+
+    def __init__(self, course_uuids: Iterable[str]) -> None:
+        pairs = sorted({(_hex(uuid), uuid.lower()) for uuid in course_uuids})
+        self._digits = [digits for digits, _ in pairs]
+        self._uuids = [uuid for _, uuid in pairs]
+
+    def matching(self, prefix: str) -> list[str]:
+        """The uuids whose hex digits start with `prefix` (lower-case hex), in digit order."""
+        start = bisect.bisect_left(self._digits, prefix)
+        end = bisect.bisect_left(self._digits, prefix + "g")  # "g" sorts after every hex digit
+        return self._uuids[start:end]
+
+
+def new_partition_key(
+    course_uuid: str, title: str, every_course_uuid: Collection[str] | UuidPrefixes
+) -> str:
     """The key of a course's new partition: its title's slug and the shortest unique suffix."""
     own = _hex(course_uuid)
-    others = [_hex(other) for other in every_course_uuid if _hex(other) != own]
+    prefixes = (
+        every_course_uuid
+        if isinstance(every_course_uuid, UuidPrefixes)
+        else UuidPrefixes(every_course_uuid)
+    )
     for length in SUFFIX_LENGTHS:
-        if not any(other.startswith(own[:length]) for other in others):
+        if all(_hex(other) == own for other in prefixes.matching(own[:length])):
             return f"{slugify(title)}-{own[:length]}"
     return f"{slugify(title)}-{own}"
 
@@ -92,7 +116,7 @@ class CourseKeys:
         with a longer suffix names (the longer one was made because they collide), else the one
         known course among them (a course listed later may share an old key's digits); a key
         that names no course, or several, is left out. A bare uuid names itself."""
-        candidates = sorted({uuid.lower() for uuid in course_uuids})
+        candidates = UuidPrefixes(course_uuids)
         mapping: dict[str, str] = {}
         claimed: set[str] = set()
         readable = [key for key in keys if not is_bare_uuid(key)]
@@ -100,7 +124,7 @@ class CourseKeys:
             suffix = key_suffix(key)
             if not re.fullmatch(r"[0-9a-f]{8,32}", suffix):
                 continue
-            matches = [u for u in candidates if _hex(u).startswith(suffix) and u not in claimed]
+            matches = [u for u in candidates.matching(suffix) if u not in claimed]
             if len(matches) > 1:
                 matches = [u for u in matches if u in known]
             if len(matches) == 1:
@@ -145,6 +169,7 @@ def partition_changes(
     unique among all of them.
     """
     known = set(known_course_uuids)
+    every = UuidPrefixes(every_course_uuid)
     readable = CourseKeys.resolve(
         [key for key in existing_keys if not is_bare_uuid(key)], every_course_uuid, known
     )
@@ -156,13 +181,11 @@ def partition_changes(
             continue
         course = key.lower()
         # A migration cut short may have added the readable key already: keep that one.
-        new_key = readable.key(course) or new_partition_key(
-            course, titles.get(course, ""), every_course_uuid
-        )
+        new_key = readable.key(course) or new_partition_key(course, titles.get(course, ""), every)
         replace[key] = new_key
         if course not in keyed:
             add[new_key] = course
             keyed.add(course)
     for course in sorted(known - keyed):
-        add[new_partition_key(course, titles.get(course, ""), every_course_uuid)] = course
+        add[new_partition_key(course, titles.get(course, ""), every)] = course
     return PartitionChanges(add=add, replace=replace)
