@@ -122,6 +122,27 @@ BACKENDS = [
 ]
 
 
+def on_backends(variants: dict[str, object], on_postgres: set[str]) -> list:
+    """(backend, variant) parameters: every variant on SQLite, those named in `on_postgres` on
+    PostgreSQL too. For scenarios whose variants differ upstream of the database (which fault,
+    which phase), so a representative few keep the PostgreSQL paths exercised at a fraction of
+    the time. Use with `indirect=` for the backend fixture."""
+    assert on_postgres <= variants.keys(), on_postgres - variants.keys()
+    return [
+        pytest.param("sqlite", variant, id=f"sqlite-{name}") for name, variant in variants.items()
+    ] + [
+        pytest.param("postgresql", variant, id=f"postgresql-{name}", marks=pytest.mark.postgres)
+        for name, variant in variants.items()
+        if name in on_postgres
+    ]
+
+
+# A scenario whose checks are of Dagster or of the Partners API side, not of the platform
+# database: run on SQLite only (its database steps are the same as in the scenarios that run on
+# PostgreSQL as well). For tests that take the `database_url` fixture (or `world`).
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty platform database URL, once per backend."""
@@ -143,6 +164,31 @@ def platform_engine(empty_engine: Engine) -> Engine:
     """A platform database migrated to the latest revision."""
     upgrade(empty_engine)
     return empty_engine
+
+
+# The slowest scenarios (seconds to minutes each: real processes, a browser, many syncs) go first,
+# so that xdist's workers share them out at the start and finish together, instead of one worker
+# meeting a long test at the end of the queue while the other idles. Order within a module is
+# kept (the crash tests group by their module-scoped baseline).
+SLOW_FIRST = (
+    "deploy_tests/test_multi_process_deployment.py",
+    "ui_tests/",
+    "benchmarks_tests/",
+    "defs_tests/test_crash_and_overlap.py",
+    "defs_tests/test_hostile_upstream.py",
+    "defs_tests/test_certificate_definitions.py",
+    "defs_tests/test_skip_unchanged.py",
+    "defs_tests/test_course_partition_keys.py",
+)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::")[0]
+        return next((i for i, slow in enumerate(SLOW_FIRST) if slow in path), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: the order inside each group stays as collected
 
 
 def pytest_report_header() -> list[str]:

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -37,7 +38,12 @@ from sync_assets.simulator.app import PartnersApiSimulator
 from sync_assets.simulator.datasets import GeneratedDataset, generate
 from sync_assets.simulator.transports import serving
 from sync_assets.wording import counted
-from sync_assets_tests.conftest import BACKENDS, postgres_admin_url, with_search_path
+from sync_assets_tests.conftest import (
+    BACKENDS,
+    on_backends,
+    postgres_admin_url,
+    with_search_path,
+)
 
 SCRIPT = Path(sys.executable).with_name("sync-assets")
 KEY, SECRET = "crash-partner", "a-crash-test-secret-of-32-bytes-or-more"
@@ -246,23 +252,50 @@ def _platform(
         engine.dispose()
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def baseline(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    dataset: GeneratedDataset,
-    partners_api: str,
+def _uninterrupted(
+    backend: str, folder: Path, dataset: GeneratedDataset, partners_api: str
 ) -> Iterator[tuple[str, dict[str, list], dict[str, list]]]:
     """An uninterrupted history: a first sync; seven days later, another (which issues C2)."""
-    folder = tmp_path_factory.mktemp(f"baseline-{request.param}") / "world"
-    for platform in _platform(request.param, folder, dataset, partners_api):
+    for platform in _platform(backend, folder, dataset, partners_api):
         first = platform.run("sync")
         assert first.returncode == 0, first.stderr
         after_first = platform.snapshot()
         platform.backdate_pending()
         second = platform.run("sync")
         assert second.returncode == 0, second.stderr
-        yield request.param, after_first, platform.snapshot()
+        yield backend, after_first, platform.snapshot()
+
+
+@pytest.fixture(scope="module")
+def baselines(
+    tmp_path_factory: pytest.TempPathFactory, dataset: GeneratedDataset, partners_api: str
+) -> Iterator[Callable[[str], tuple[str, dict[str, list], dict[str, list]]]]:
+    """The uninterrupted history on a backend, made the first time a test of this module asks
+    for it and kept for the others, in whatever order xdist hands the tests out."""
+    made: dict[str, tuple[str, dict[str, list], dict[str, list]]] = {}
+    with ExitStack() as stack:
+
+        def of(backend: str) -> tuple[str, dict[str, list], dict[str, list]]:
+            if backend not in made:
+                folder = tmp_path_factory.mktemp(f"baseline-{backend}") / "world"
+                history = _uninterrupted(backend, folder, dataset, partners_api)
+                stack.callback(history.close)
+                made[backend] = next(history)
+            return made[backend]
+
+        yield of
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def baseline(
+    backend: str, baselines: Callable[[str], tuple[str, dict[str, list], dict[str, list]]]
+) -> tuple[str, dict[str, list], dict[str, list]]:
+    return baselines(backend)
 
 
 @pytest.fixture
@@ -286,15 +319,33 @@ def test_the_baseline_has_certificate_work_to_lose(baseline: tuple[str, dict, di
     assert duplicate_transitions(after_first) == 0
 
 
-@pytest.mark.parametrize(
-    "failpoint",
-    [
+# Every phase on SQLite. On PostgreSQL one of each kind of crash: inside an open transaction
+# holding a course's lock (before_course_commit), and between two commits of one run, a course
+# applied and the run left "started" (after_course_commit). The other phases are the same two
+# kinds at other steps (linking and the sweep before certificates are between commits; the
+# certificate transaction is also killed on PostgreSQL in the numbering test below).
+PHASES = {
+    phase: phase
+    for phase in (
         "linking.after_lookups",
         "activity_progress.before_course_commit",
         "activity_progress.after_course_commit",
         "sync.before_certificates",
         "certificates.before_commit",
-    ],
+    )
+}
+
+
+@pytest.mark.parametrize(
+    "backend, failpoint",
+    on_backends(
+        PHASES,
+        on_postgres={
+            "activity_progress.before_course_commit",
+            "activity_progress.after_course_commit",
+        },
+    ),
+    indirect=["backend"],
 )
 def test_a_sync_killed_at_any_phase_then_one_sync_converges(
     fresh: Platform, baseline: tuple[str, dict, dict], failpoint: str
@@ -344,7 +395,16 @@ def assert_both_succeeded_and_converged(
     assert snapshot == uninterrupted
 
 
-@pytest.mark.parametrize("homes", ["same DAGSTER_HOME", "different DAGSTER_HOMEs"])
+# Both homes on SQLite; on PostgreSQL the different homes, as two machines would run them: then
+# only the platform database's course lock keeps the syncs apart (one home's Dagster instance is
+# the same on either backend).
+HOMES = on_backends(
+    {home: home for home in ("same DAGSTER_HOME", "different DAGSTER_HOMEs")},
+    on_postgres={"different DAGSTER_HOMEs"},
+)
+
+
+@pytest.mark.parametrize("backend, homes", HOMES, indirect=["backend"])
 def test_a_sync_running_into_a_course_another_is_writing_waits_and_applies_nothing_twice(
     fresh: Platform, baseline: tuple[str, dict, dict], homes: str
 ) -> None:
@@ -364,7 +424,7 @@ def test_a_sync_running_into_a_course_another_is_writing_waits_and_applies_nothi
     assert_both_succeeded_and_converged(results, fresh, baseline[1])
 
 
-@pytest.mark.parametrize("homes", ["same DAGSTER_HOME", "different DAGSTER_HOMEs"])
+@pytest.mark.parametrize("backend, homes", HOMES, indirect=["backend"])
 def test_two_syncs_started_together_apply_each_course_once(
     fresh: Platform, baseline: tuple[str, dict, dict], homes: str
 ) -> None:
@@ -428,6 +488,9 @@ def test_a_course_held_too_long_by_another_writer_is_given_up_in_one_line(
         assert applied == set(courses) - {held}  # the others were applied
 
 
+# On SQLite: on PostgreSQL the deployment test (deploy_tests/test_multi_process_deployment.py)
+# compares a sync in runs of a few courses with one run, table for table.
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_the_sync_in_runs_of_a_few_courses_equals_one_run(
     fresh: Platform, baseline: tuple[str, dict, dict]
 ) -> None:

@@ -26,30 +26,31 @@ def _stored_values(home: Path) -> set[str]:
     return values
 
 
-def test_the_http_cache_keeps_no_credentials(world: World) -> None:
+def test_a_sync_leaves_no_credentials_in_the_http_cache_nor_personal_data_in_asset_storage(
+    world: World,
+) -> None:
+    """Two checks of what one sync left on disk (each was a world and a sync of its own)."""
     folder = Path(os.environ["SYNC_ASSETS_DATA_DIR"]) / "http_cache"
     folder.mkdir(parents=True)
     legacy = folder / "partners_api.sqlite3"  # an earlier release's cache, with its tokens
     legacy.write_bytes(b"Authorization: Bearer eyJ...")
     assert world.sync().exit_code == 0
+
+    # The HTTP cache: no credentials.
     assert not legacy.exists()
     cache = folder / "partners_api-v2.sqlite3"
     engine = sa.create_engine(f"sqlite:///{cache}")
     with engine.connect() as connection:
         blobs = [bytes(row[0]) for row in connection.execute(sa.text("SELECT data FROM entries"))]
     engine.dispose()
-
     assert blobs  # reports are cached, for their 304s
     for blob in blobs:
         assert b"Bearer" not in blob and b"uthorization" not in blob
         assert SECRET.encode() not in blob
 
-
-def test_asset_storage_keeps_no_email_or_external_id(world: World) -> None:
-    assert world.sync().exit_code == 0
+    # The asset storage: no email, no external id.
     home = Path(os.environ["DAGSTER_HOME"])
     stored = _stored_values(home)
-
     assert stored  # the outputs are there
     external_ids = set(world.dataset.memberships["external_learner_id"].drop_nulls())
     emails = set(world.dataset.users["email"])

@@ -47,11 +47,16 @@ def _materialize(world: World, course: str, assets: list[str] | None) -> dg.Exec
         )
 
 
-def test_a_rerun_of_the_last_asset_alone_says_it_used_stored_reports(world: World) -> None:
+def test_a_rerun_of_the_last_asset_alone_reuses_stored_reports_the_jobs_rerun_fetches_fresh(
+    world: World,
+) -> None:
+    """One sync and one next day for both reruns of a course (each was a world of its own): the
+    last asset alone first (stored reports, no change), then the job's (fresh, that course only)."""
     assert world.sync().exit_code == 0
     with dg.DagsterInstance.get() as instance:
         [first] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
     course, moved = _a_course_that_moves_on(world)
+    others_before = {k: v for k, v in world.achievements().items() if k[1] != SLUG[course]}
     requests = world.simulator.requests()
     before = _progress(world, course)
 
@@ -75,15 +80,7 @@ def test_a_rerun_of_the_last_asset_alone_says_it_used_stored_reports(world: Worl
         "stored course_runs, enrolments reused, not fetched in this run"
     )
 
-
-def test_the_jobs_rerun_of_one_course_fetches_fresh_data_for_that_course_only(
-    world: World,
-) -> None:
-    assert world.sync().exit_code == 0
-    course, moved = _a_course_that_moves_on(world)
-    others_before = {k: v for k, v in world.achievements().items() if k[1] != SLUG[course]}
-    requests = world.simulator.requests()
-
+    # The job's rerun of the course: today's reports, for that course only.
     fresh = _materialize(world, course, None)
 
     assert fresh.success

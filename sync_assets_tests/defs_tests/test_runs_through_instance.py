@@ -14,6 +14,7 @@ import pytest
 from sync_assets.defs.sync.partitions import course_chunks, course_partitions
 from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
 from sync_assets.runs.execution import LOCATION_NAME, code_location_runs
+from sync_assets_tests.conftest import sqlite_only
 
 from .conftest import World
 
@@ -22,6 +23,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 REPOSITORY_TAG = ".dagster/repository"
 
 
+@sqlite_only  # the runs, their tags and origins are the Dagster instance's, on either database
 def test_cli_runs_show_under_their_job_with_the_code_origin(world: World) -> None:
     result = world.sync()
     assert result.exit_code == 0, result.output

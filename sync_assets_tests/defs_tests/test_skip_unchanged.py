@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets.simulator.datasets import GeneratedDataset, generate
 
-from .conftest import REPORT, World
+from .conftest import MEMBERSHIP, REPORT, World
 from .test_explain import a_learner_with_progress, explain
 from .test_sync_end_to_end import expected_achievements
 
@@ -52,10 +52,15 @@ def _unchanged_courses(
     )
 
 
-def test_second_sync_skips_every_course(world: World) -> None:
+def test_second_sync_asks_only_conditionally_skips_every_course_and_writes_nothing(
+    world: World,
+) -> None:
+    """(Also the end-to-end test's "second sync writes nothing and asks only conditionally",
+    merged here: the same two syncs.)"""
     assert world.sync().exit_code == 0
     before = world.snapshot()
     courses = len(world.partitions())
+    world.simulator.reset_counts()
 
     result = world.sync()
 
@@ -63,7 +68,10 @@ def test_second_sync_skips_every_course(world: World) -> None:
     assert f"{courses} skipped as unchanged" in result.output
     assert set(_statuses(result.output, world).values()) == {"unchanged"}
     assert world.snapshot() == before
-    assert world.simulator.requests(REPORT, 200) == world.dataset.known_run_count()  # first only
+    # Every request conditional, every answer 304 (no report anew), no membership asked again.
+    assert world.simulator.requests(MEMBERSHIP) == 0
+    assert world.simulator.requests() == world.simulator.requests(status=304)
+    assert world.simulator.requests(REPORT, 304) == world.dataset.known_run_count()
     # The skipped courses' last reports stay stored: explain still answers from them.
     course, _activity, user = a_learner_with_progress(world)
     explained = explain("--course", course, "--user", user)

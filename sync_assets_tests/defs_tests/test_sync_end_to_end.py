@@ -125,20 +125,6 @@ def test_first_sync(world: World) -> None:
     assert "Unknown courses (R1), not synced (2)" in result.output
 
 
-def test_second_sync_writes_nothing_and_asks_only_conditionally(world: World) -> None:
-    assert world.sync().exit_code == 0
-    before = world.snapshot()
-    world.simulator.reset_counts()
-
-    result = world.sync()
-
-    assert result.exit_code == 0, result.output
-    assert world.snapshot() == before
-    assert world.simulator.requests(MEMBERSHIP) == 0
-    assert world.simulator.requests() == world.simulator.requests(status=304)
-    assert world.simulator.requests(REPORT, 304) == world.dataset.known_run_count()
-
-
 def test_next_day_writes_only_the_changes(world: World) -> None:
     assert world.sync().exit_code == 0
     before = world.achievements()
