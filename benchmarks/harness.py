@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -418,6 +419,7 @@ def run_benchmark(
     with_seed: bool = False,
     scenarios: tuple[str, ...] = ("first", "second", "next_day"),
     check_full_recompute: bool = True,
+    progress: Callable[[Benchmark], None] | None = None,
 ) -> Benchmark:
     dataset = generate(workload)
     simulator = SimulatorProcess(workload, latency_ms)
@@ -463,8 +465,12 @@ def run_benchmark(
                 measure(scenario, simulator, env, workdir, url, minimum, latency_ms, concurrency)
             )
             fetched |= wanted
+            if progress:  # a long workload keeps what it measured if stopped later
+                progress(result)
         if check_full_recompute:
             result.full_recompute = full_recompute(simulator, env, workdir, url)
+            if progress:
+                progress(result)
         if with_seed:
             result.seed = run_seed(
                 workload, dataset, simulator, database, workdir, concurrency, latency_ms
@@ -592,6 +598,11 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
+
+    def write_json(bench: Benchmark) -> None:
+        if args.json:
+            args.json.write_text(json.dumps(asdict(bench), indent=2))
+
     bench = run_benchmark(
         args.workload,
         latency_ms=args.latency_ms,
@@ -600,15 +611,14 @@ def main() -> None:
         with_seed=args.seed_algorithm,
         scenarios=tuple(name.strip() for name in args.scenarios.split(",") if name.strip()),
         check_full_recompute=not args.no_full_recompute,
+        progress=write_json,
     )
     print(to_markdown([bench]))
     if bench.full_recompute:
         print("full recomputation after the last scenario:", json.dumps(bench.full_recompute))
     if bench.seed:
         print("seed algorithm:", json.dumps(bench.seed))
-    if args.json:
-        payload = asdict(bench)
-        args.json.write_text(json.dumps(payload, indent=2))
+    write_json(bench)
 
 
 if __name__ == "__main__":
