@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 
 import click
@@ -200,12 +201,19 @@ def serve(
         size = "the recorded sandbox responses"
     click.echo(f"Partners API simulator: dataset {dataset} ({size})")
     click.echo(f"Serving at {server.base_url}; set FL_PARTNERS_URL={server.base_url}")
+    # Stop when asked, whatever the parent left: a process started by one that ignores SIGTERM
+    # inherits the ignore (seen under pytest-xdist: terminate() then had no effect at all).
+    signal.signal(signal.SIGTERM, _stop_serving)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+
+
+def _stop_serving(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds serve_forever, so the socket is closed on the way
 
 
 def _sync_and_report(

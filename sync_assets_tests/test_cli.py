@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -74,6 +75,32 @@ def test_bad_configuration_is_one_clear_line(url: str, expected: str) -> None:
     assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
 
 
+def stop(server: subprocess.Popen) -> None:
+    """SIGTERM, and the server must be gone within 10 s (killed anyway, not left behind)."""
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=10)
+        raise
+
+
+def test_simulator_serve_stops_on_sigterm_even_when_its_parent_ignored_it() -> None:
+    # A process started by one that ignores SIGTERM inherits the ignore: under pytest-xdist a
+    # worker did, and `terminate()` left the simulator running for good.
+    port = free_port()
+    server = subprocess.Popen(
+        [str(SCRIPT), "simulator", "serve", "--port", str(port), "--dataset", "sandbox"],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN),
+    )
+    assert "Serving at" in server.stdout.readline() + server.stdout.readline()
+    stop(server)
+    assert server.returncode == 128 + signal.SIGTERM
+
+
 def test_simulator_serve_answers_over_http() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FL_PARTNERS_")}
@@ -107,8 +134,7 @@ def test_simulator_serve_answers_over_http() -> None:
             second = client.get("/partners/course_runs")
             counts = client.get("/_simulator/counts").json()["requests"]
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        stop(server)
     assert first.status_code == 503 and second.status_code == 200
     assert len(second.json()) == 126
     assert {"endpoint": "course_runs", "status": 200, "count": 1} in counts
