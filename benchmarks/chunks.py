@@ -35,15 +35,14 @@ import numpy as np
 
 from benchmarks.harness import (
     SimulatorProcess,
-    dagster_instance,
     fresh_database,
     git_commit,
     run_metadata,
     run_sync,
     seed_platform,
+    sync_env,
     table_rows,
 )
-from sync_assets.simulator.app import SIMULATOR_CONSUMER_KEY, SIMULATOR_CONSUMER_SECRET
 from sync_assets.simulator.datasets import GeneratedDataset, generate, load
 from sync_assets.simulator.streamed import StreamedDataset
 
@@ -99,22 +98,6 @@ def first_sync(
         "requests": sum(simulator.counts().values()),
         "runs": runs,
         "largest_run_peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
-    }
-
-
-def sync_env(
-    simulator: SimulatorProcess, url: str, workdir: Path, concurrency: int
-) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("FL_PARTNERS_", "SYNC_"))},
-        "FL_PARTNERS_URL": simulator.url,
-        "FL_PARTNERS_CONSUMER_KEY": SIMULATOR_CONSUMER_KEY,
-        "FL_PARTNERS_CONSUMER_SECRET": SIMULATOR_CONSUMER_SECRET,
-        "FL_PARTNERS_CONCURRENCY": str(concurrency),
-        "PLATFORM_DATABASE_URL": url,
-        "DAGSTER_HOME": str(workdir / "dagster_home"),
-        **dagster_instance(workdir / "dagster_home", "sqlite"),
-        "SYNC_ASSETS_DATA_DIR": str(workdir / "data"),
     }
 
 

@@ -410,6 +410,29 @@ def git_commit() -> str:
         return "unknown"
 
 
+def sync_env(
+    simulator: SimulatorProcess,
+    url: str,
+    workdir: Path,
+    concurrency: int,
+    database: str = "sqlite",
+) -> dict[str, str]:
+    """The environment of a `sync-assets sync` against the simulator, with its own platform
+    database, Dagster home and data folder under `workdir`. Settings of ours inherited from the
+    caller's shell (FL_PARTNERS_*, SYNC_ASSETS_*) are dropped: a benchmark says what it runs."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("FL_PARTNERS_", "SYNC_"))},
+        "FL_PARTNERS_URL": simulator.url,
+        "FL_PARTNERS_CONSUMER_KEY": SIMULATOR_CONSUMER_KEY,
+        "FL_PARTNERS_CONSUMER_SECRET": SIMULATOR_CONSUMER_SECRET,
+        "FL_PARTNERS_CONCURRENCY": str(concurrency),
+        "PLATFORM_DATABASE_URL": url,
+        "DAGSTER_HOME": str(workdir / "dagster_home"),
+        **dagster_instance(workdir / "dagster_home", database),
+        "SYNC_ASSETS_DATA_DIR": str(workdir / "data"),
+    }
+
+
 def run_benchmark(
     workload: str,
     *,
@@ -427,18 +450,7 @@ def run_benchmark(
     try:
         url = fresh_database(database, workdir)
         seed_platform(url, dataset)
-        dagster_env = dagster_instance(workdir / "dagster_home", database)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("FL_PARTNERS_")},
-            "FL_PARTNERS_URL": simulator.url,
-            "FL_PARTNERS_CONSUMER_KEY": SIMULATOR_CONSUMER_KEY,
-            "FL_PARTNERS_CONSUMER_SECRET": SIMULATOR_CONSUMER_SECRET,
-            "FL_PARTNERS_CONCURRENCY": str(concurrency),
-            "PLATFORM_DATABASE_URL": url,
-            "DAGSTER_HOME": str(workdir / "dagster_home"),
-            **dagster_env,
-            "SYNC_ASSETS_DATA_DIR": str(workdir / "data"),
-        }
+        env = sync_env(simulator, url, workdir, concurrency, database)
         result = Benchmark(
             workload=workload,
             database="sqlite" if database == "sqlite" else "postgresql",

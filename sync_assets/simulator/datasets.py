@@ -489,6 +489,40 @@ def _run_frame(
     return runs, run_course, weeks, run_start
 
 
+def draw_progress(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    attempt: np.ndarray,
+    weeks: np.ndarray,
+    today_us: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each enrolment's activation, steps completed and deactivation, drawn in one fixed order.
+
+    Shared by `generate` and the streamed `huge` generator: the draws' order is what makes a
+    workload the same bytes every time, so it lives in one place.
+    Returns (activated_us, completed, deactivated, deactivated_at_us, total_steps).
+    """
+    n = len(start)
+    activated = start - (rng.random(n) * 21 * DAY_US).astype(np.int64)
+    activated += attempt * (30 * DAY_US + (rng.random(n) * 60 * DAY_US).astype(np.int64))
+    activated = np.minimum(activated, today_us - 3_600_000_000)
+    activated -= activated % 1000  # the API has millisecond precision
+    total_steps = weeks * STEPS_PER_WEEK
+    draw = rng.random(n)
+    completed = np.where(
+        draw < 0.25,
+        0,
+        np.where(draw > 0.85, total_steps, np.floor(rng.random(n) * total_steps)),
+    ).astype(np.int64)
+    deactivated = rng.random(n) < 0.1
+    deactivated_at = np.minimum(
+        activated + (rng.random(n) * 60 * DAY_US).astype(np.int64) + 3_600_000_000,
+        today_us - 60_000_000,
+    )
+    deactivated_at -= deactivated_at % 1000
+    return activated, completed, deactivated, deactivated_at, total_steps
+
+
 def generate(name: str, seed: int = 1, today: datetime | None = None) -> GeneratedDataset:
     """Build the `demo`, `teachcomputing` or `large` dataset from a seed, whole."""
     if name in STREAMED:
@@ -561,25 +595,9 @@ def generate(name: str, seed: int = 1, today: datetime | None = None) -> Generat
     runs_per_course = np.bincount(run_course, minlength=n_courses)
     run_row = _pick_within(rng, all_pairs[:, 1], runs_per_course)
     membership_row = _pick_within(rng, all_pairs[:, 0], per_learner)
-    n_enrolments = len(all_pairs)
-    start = run_start[run_row]
-    activated = start - (rng.random(n_enrolments) * 21 * DAY_US).astype(np.int64)
-    activated += attempt * (30 * DAY_US + (rng.random(n_enrolments) * 60 * DAY_US).astype(np.int64))
-    activated = np.minimum(activated, today_us - 3_600_000_000)
-    activated -= activated % 1000  # the API has millisecond precision
-    total_steps = weeks[run_row] * STEPS_PER_WEEK
-    draw = rng.random(n_enrolments)
-    completed = np.where(
-        draw < 0.25,
-        0,
-        np.where(draw > 0.85, total_steps, np.floor(rng.random(n_enrolments) * total_steps)),
-    ).astype(np.int64)
-    deactivated = rng.random(n_enrolments) < 0.1
-    deactivated_at = np.minimum(
-        activated + (rng.random(n_enrolments) * 60 * DAY_US).astype(np.int64) + 3_600_000_000,
-        today_us - 60_000_000,
+    activated, completed, deactivated, deactivated_at, total_steps = draw_progress(
+        rng, run_start[run_row], attempt, weeks[run_row], today_us
     )
-    deactivated_at -= deactivated_at % 1000
     enrolments = pl.DataFrame(
         {
             "run_uuid": runs["run_uuid"].gather(run_row),

@@ -31,9 +31,7 @@ import polars as pl
 
 from sync_assets.partners_api.contract import UTC_TIME
 from sync_assets.simulator.datasets import (
-    DAY_US,
     SCALES,
-    STEPS_PER_WEEK,
     GeneratedDataset,
     Resource,
     _compact,
@@ -41,6 +39,7 @@ from sync_assets.simulator.datasets import (
     _offsets,
     _run_frame,
     _uuid_text,
+    draw_progress,
     external_learner_id,
 )
 
@@ -223,24 +222,9 @@ class StreamedDataset(GeneratedDataset):
         ).astype(np.int64)
         per_learner = self.learners.draws(learner)["memberships"]
         k = np.floor(rng.random(n) * per_learner).astype(np.int64)
-        start = self._run_start[run_row]
-        activated = start - (rng.random(n) * 21 * DAY_US).astype(np.int64)
-        activated += attempt * (30 * DAY_US + (rng.random(n) * 60 * DAY_US).astype(np.int64))
-        activated = np.minimum(activated, today_us - 3_600_000_000)
-        activated -= activated % 1000
-        total_steps = self._weeks[run_row] * STEPS_PER_WEEK
-        draw = rng.random(n)
-        completed = np.where(
-            draw < 0.25,
-            0,
-            np.where(draw > 0.85, total_steps, np.floor(rng.random(n) * total_steps)),
-        ).astype(np.int64)
-        deactivated = rng.random(n) < 0.1
-        deactivated_at = np.minimum(
-            activated + (rng.random(n) * 60 * DAY_US).astype(np.int64) + 3_600_000_000,
-            today_us - 60_000_000,
+        activated, completed, deactivated, deactivated_at, total_steps = draw_progress(
+            rng, self._run_start[run_row], attempt, self._weeks[run_row], today_us
         )
-        deactivated_at -= deactivated_at % 1000
         return CourseArrays(
             run_row, learner * 4 + k, activated, deactivated, deactivated_at, completed, total_steps
         )
