@@ -121,14 +121,7 @@ def test_next_day_with_skipping_equals_a_full_recomputation(world: World) -> Non
             ),
             {"activity": activity_of[reset_course]},
         ).one()
-        connection.execute(
-            sa.text(
-                "UPDATE achievements SET progress = 0, state = 'enrolled', "
-                "updated_at = CURRENT_TIMESTAMP "
-                "WHERE user_id = :user AND activity_id = :activity"
-            ),
-            {"user": reset_user, "activity": activity_of[reset_course]},
-        )
+        _reset_achievement(connection, reset_user, activity_of[reset_course])
 
     result = world.sync()
 
@@ -152,14 +145,7 @@ def test_next_day_with_skipping_equals_a_full_recomputation(world: World) -> Non
     # Only the reset achievement changes again, on a course whose reports did not change: that
     # course alone is recomputed, the others are skipped.
     with world.engine.begin() as connection:
-        connection.execute(
-            sa.text(
-                "UPDATE achievements SET progress = 0, state = 'enrolled', "
-                "updated_at = CURRENT_TIMESTAMP "
-                "WHERE user_id = :user AND activity_id = :activity"
-            ),
-            {"user": reset_user, "activity": activity_of[reset_course]},
-        )
+        _reset_achievement(connection, reset_user, activity_of[reset_course])
     partly = world.sync()
     assert partly.exit_code == 0, partly.output
     statuses = _statuses(partly.output, world)
@@ -178,3 +164,15 @@ def test_next_day_with_skipping_equals_a_full_recomputation(world: World) -> Non
     assert world.snapshot() == settled
     # And the result is SPEC §4's, read independently (the newcomer is in dataset.users).
     assert world.achievements() == expected_achievements(world.dataset, before)
+
+
+def _reset_achievement(connection: sa.Connection, user_id: int, activity_id: int) -> None:
+    """What an operator does by hand: the achievement back to nothing, stamped as a change."""
+    connection.execute(
+        sa.text(
+            "UPDATE achievements SET progress = 0, state = 'enrolled', "
+            "updated_at = CURRENT_TIMESTAMP "
+            "WHERE user_id = :user AND activity_id = :activity"
+        ),
+        {"user": user_id, "activity": activity_id},
+    )
