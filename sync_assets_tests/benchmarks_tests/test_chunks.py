@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from benchmarks.chunks import measured_chunks
 from benchmarks.harness import SimulatorProcess
 
 
-def test_the_first_chunks_of_a_first_sync_are_measured_one_run_each() -> None:
+def test_the_first_chunks_of_a_first_sync_are_measured_one_run_each(tmp_path: Path) -> None:
+    seeded = tmp_path / "seeded" / "platform.sqlite3"
     simulator = SimulatorProcess("tiny", 0)
     try:
         measured = measured_chunks(
-            "tiny", simulator, per_run=2, max_runs=2, concurrency=4, latency_ms=0
+            "tiny", simulator, per_run=2, max_runs=2, concurrency=4, latency_ms=0, seeded=seeded
+        )
+        # A platform seeded once is copied for the next measurement: the same first chunk.
+        again = measured_chunks(
+            "tiny", simulator, per_run=2, max_runs=1, concurrency=4, latency_ms=0, seeded=seeded
         )
     finally:
         simulator.stop()
@@ -24,3 +31,8 @@ def test_the_first_chunks_of_a_first_sync_are_measured_one_run_each() -> None:
         assert chunk["membership_lookups"] == chunk["looked_up_metadata"] > 0
         assert set(chunk["phases_seconds"]) >= {"partition_update", "sync_runs", "certificates"}
     assert first["partition_range"] == [0, 2] and second["partition_range"] == [2, 4]
+    assert seeded.exists()
+    [copied] = again["chunks"]
+    assert copied["exit_code"] == 0
+    assert copied["rows_written"] == first["rows_written"]
+    assert copied["membership_lookups"] == first["membership_lookups"]
