@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from benchmarks.harness import COLUMNS, Benchmark, Scenario, to_markdown
 
@@ -148,7 +149,52 @@ def nightly_targets(results: list[Benchmark]) -> list[str]:
     return [*lines, "", *checks]
 
 
-def render(results: list[Benchmark], analysis: str | None = None) -> str:
+def bounded_runs(files: list[dict[str, Any]]) -> list[str]:
+    """Runs of bounded size (benchmarks/chunks.py), each run against the 1 GiB target; a run is
+    judged on the larger of the peaks it has."""
+    lines = [
+        "| workload | commit | courses per run | run | courses | enrolments | wall s | µs per "
+        "enrolment | run peak RSS MiB | process peak RSS MiB | ≤ 1 GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for measured in files:
+        for per_run, number, run in _runs_of(measured):
+            enrolments = run.get("enrolments")
+            wall = run.get("wall_seconds", run.get("seconds"))
+            run_peak = run.get("run_peak_rss_mib", run.get("peak_rss_mib", 0.0))
+            process_peak = run.get("process_peak_rss_mib")
+            peak = max(run_peak, process_peak or 0.0)
+            lines.append(
+                f"| {measured['workload']} | {measured['commit']} | {per_run} | {number} | "
+                f"{run['courses']} | {enrolments or '—'} | {wall} | "
+                f"{f'{wall / enrolments * 1e6:.0f}' if enrolments else '—'} | {run_peak:.0f} | "
+                f"{'—' if process_peak is None else f'{process_peak:.0f}'} | "
+                f"{_verdict(peak <= PEAK_MIB_LIMIT)} |"
+            )
+    return lines
+
+
+def _runs_of(measured: dict[str, Any]) -> list[tuple[int | str, int, dict[str, Any]]]:
+    """(courses per run, run number, run) of either shape of chunks file: the first chunks of a
+    first sync, each in a process of its own (`chunks`, with time(1)'s peak of that process), or
+    a whole first sync in one run against the same in runs of N (`one_run`, `chunked`: each run's
+    steps' peak from its event log). A run that failed is left out."""
+    if "chunks" in measured:
+        per_run = measured["courses_per_run"]
+        return [(per_run, r["run"], r) for r in measured["chunks"] if r["exit_code"] == 0]
+    return [
+        (configuration["courses_per_run"] or "all", number, run)
+        for configuration in (measured["one_run"], measured["chunked"])
+        if configuration["exit_code"] == 0
+        for number, run in enumerate(configuration["runs"], start=1)
+    ]
+
+
+def render(
+    results: list[Benchmark],
+    analysis: str | None = None,
+    chunks: list[dict[str, Any]] | None = None,
+) -> str:
     out = ["# Benchmark results", ""]
     out.append(f"Machine: {results[0].machine}.")
     out.append("")
@@ -162,6 +208,13 @@ def render(results: list[Benchmark], analysis: str | None = None) -> str:
     out.append(to_markdown(results))
     out.append("")
     out += ["### Issue 21 targets, computed from the JSON", "", *nightly_targets(results), ""]
+    if chunks:
+        out += [
+            "### Runs of bounded size, computed from the JSON (`results/chunks/`)",
+            "",
+            *bounded_runs(chunks),
+            "",
+        ]
     if analysis:
         out += [analysis.rstrip(), ""]
     return "\n".join(out)
@@ -174,7 +227,9 @@ def main() -> None:
             "no results under benchmarks/results/: run python -m benchmarks.harness --json …"
         )
     analysis = HERE / "analysis.md"
-    text = render(results, analysis.read_text() if analysis.exists() else None)
+    chunk_files = sorted((HERE / "results" / "chunks").glob("*.json"))
+    chunks = [json.loads(path.read_text()) for path in chunk_files]
+    text = render(results, analysis.read_text() if analysis.exists() else None, chunks)
     (HERE / "RESULTS.md").write_text(text)
     print(text)
 
