@@ -32,6 +32,8 @@ def test_the_first_chunks_of_a_first_sync_are_measured_one_run_each(tmp_path: Pa
         assert set(chunk["phases_seconds"]) >= {"partition_update", "sync_runs", "certificates"}
     assert first["partition_range"] == [0, 2] and second["partition_range"] == [2, 4]
     assert seeded.exists()
+    assert measured["platform"] == "seeded here"
+    assert again["platform"] == f"copied from {seeded}"
     [copied] = again["chunks"]
     assert copied["exit_code"] == 0
     assert copied["rows_written"] == first["rows_written"]
