@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -241,10 +242,9 @@ def measured_chunks(
 
 def _copy_database(source: Path, target: Path) -> None:
     """A consistent copy of a SQLite database, whatever its write-ahead log still holds."""
-    with sqlite3.connect(source) as read, sqlite3.connect(target) as write:
+    # sqlite3's own context manager commits but does not close: closing() does.
+    with closing(sqlite3.connect(source)) as read, closing(sqlite3.connect(target)) as write:
         read.backup(write)
-    read.close()
-    write.close()
 
 
 def course_index(dataset: GeneratedDataset) -> dict[str, int]:
