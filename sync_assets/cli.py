@@ -199,11 +199,12 @@ def serve(
         )
     else:
         size = "the recorded sandbox responses"
-    click.echo(f"Partners API simulator: dataset {dataset} ({size})")
-    click.echo(f"Serving at {server.base_url}; set FL_PARTNERS_URL={server.base_url}")
     # Stop when asked, whatever the parent left: a process started by one that ignores SIGTERM
     # inherits the ignore (seen under pytest-xdist: terminate() then had no effect at all).
+    # Installed before the banner: a parent that reads "Serving at" may signal at once.
     signal.signal(signal.SIGTERM, _stop_serving)
+    click.echo(f"Partners API simulator: dataset {dataset} ({size})")
+    click.echo(f"Serving at {server.base_url}; set FL_PARTNERS_URL={server.base_url}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
