@@ -49,6 +49,7 @@ from sync_assets.defs.sync.metadata import (
 )
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.defs.sync.provenance import report_stale_inputs
+from sync_assets.error_text import error_line
 from sync_assets.partners_api.client import run
 from sync_assets.platform import change_tracking, sync_store, transactions
 from sync_assets.platform.database import database_kind
@@ -403,7 +404,21 @@ def linked_memberships(
             return result, client.metrics
 
     started = time.perf_counter()
-    (by_course, stats), metrics = run(link())
+    try:
+        (by_course, stats), metrics = run(link())
+    except Exception as error:
+        # Linking binds learners' emails: Dagster would keep the whole error (a database's later
+        # lines quote the failing row) in the event log. One redacted line names each course.
+        why = f"linking: {error_line(error)}"
+        linking = sorted(enrolments.succeeded())
+        raise dg.Failure(
+            description=f"{counted(len(linking), 'course')} not linked: {why}",
+            metadata={
+                "failed_courses": dg.MetadataValue.json(
+                    {**upstream_failed, **dict.fromkeys(linking, why)}
+                )
+            },
+        ) from None
     api_seconds = time.perf_counter() - started  # look-ups dominate; matching is in here too
     for course, frame in by_course.items():
         course_memberships = frame.select("membership_uuid")
@@ -510,7 +525,7 @@ def latest_enrolments(
                 {course: enrolments[key]}, {course: linked_memberships[key]}, course_runs
             )[course]
         except Exception as error:  # one course's rules failing must not stop the others
-            why = f"latest enrolments: {type(error).__name__}: {error}"
+            why = f"latest enrolments: {error_line(error)}"
             context.log.error(f"course {key}: {why}")
             add_partition_metadata(
                 context, {**course_metadata(course, titles), **failed_metadata(why)}, key
@@ -633,8 +648,9 @@ def activity_progress(
             context.log.warning(f"course {key}: {error}")
             return None, str(error)
         except Exception as error:  # one course failing must not stop the others
-            context.log.error(f"course {key}: {type(error).__name__}: {error}")
-            return None, f"{type(error).__name__}: {error}"
+            why = error_line(error)  # stored and sent: one line, no email
+            context.log.error(f"course {key}: {why}")
+            return None, why
         if outcome.applied is not None and outcome.applied.stale:
             context.log.warning(
                 f"course {key}: {outcome.applied.stale} achievement changes not written: "
