@@ -50,6 +50,7 @@ from sync_assets.defs.sync.metadata import (
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.defs.sync.provenance import report_stale_inputs
 from sync_assets.error_text import error_line
+from sync_assets.markdown import markdown_text
 from sync_assets.partners_api.client import run
 from sync_assets.platform import change_tracking, sync_store, transactions
 from sync_assets.platform.database import database_kind
@@ -145,7 +146,8 @@ def partition_table(partition_keys: list[str], course_runs: pl.DataFrame) -> str
         for key in partition_keys
     )
     lines = ["| title | partition key | course uuid |", "| --- | --- | --- |"]
-    lines += [f"| {title} | `{key}` | `{uuid}` |" for title, key, uuid in rows]
+    # The title is the API's: escaped, so it cannot add a column, a link or an image.
+    lines += [f"| {markdown_text(title)} | `{key}` | `{uuid}` |" for title, key, uuid in rows]
     return "\n".join(lines)
 
 
@@ -215,7 +217,10 @@ def course_runs(
         "silence one with FL_PARTNERS_IGNORED_COURSE_UUIDS.",
         metadata={
             "unknown_courses": dg.MetadataValue.md(
-                "\n".join(f"- `{uuid}` {title}" for uuid, title in unknown.iter_rows()) or "none"
+                "\n".join(
+                    f"- `{uuid}` {markdown_text(title)}" for uuid, title in unknown.iter_rows()
+                )
+                or "none"
             ),
             "count": unknown.height,
         },
