@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from sync_assets.error_text import redact
 from sync_assets.wording import counted
 
 ERROR_CHARS = 1000  # an alert is a pointer to the run, not its log
@@ -38,7 +39,9 @@ def run_url(ui_url: str | None, run_id: str) -> str | None:
 
 
 def _shorten(text: str, limit: int) -> str:
-    text = text.strip()
+    """`text` cut to `limit`, and redacted: an alert leaves the deployment, so it carries no
+    email whatever error it quotes (reasons stored by older releases included)."""
+    text = redact(text.strip())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

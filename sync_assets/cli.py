@@ -10,6 +10,7 @@ import click
 import sqlalchemy as sa
 
 from sync_assets import failpoints
+from sync_assets.error_text import error_line
 from sync_assets.partners_api.client import PartnersApiError
 from sync_assets.platform import migrate
 from sync_assets.platform.database import check_connection, create_platform_engine, describe
@@ -54,7 +55,8 @@ class _Commands(click.Group):
             hint = "" if "(401)" in str(error) else _API_HINT
             raise click.ClickException(f"{error}{hint}") from None
         except sa.exc.DBAPIError as error:
-            reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+            # The terminal's output is often kept (cron mail, CI logs): no email in it.
+            reason = error_line(error.orig) if error.orig else error_line(error)
             raise click.ClickException(
                 f"PLATFORM_DATABASE_URL: the platform database failed: {reason}; "
                 "nothing after the last committed course was written, run the command again"
@@ -63,7 +65,7 @@ class _Commands(click.Group):
             if ctx.find_root().params.get("verbose"):
                 raise
             raise click.ClickException(
-                f"{type(error).__name__}: {error} (run with --verbose for the trace)"
+                f"{error_line(error)} (run with --verbose for the trace)"
             ) from None
 
 

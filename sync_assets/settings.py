@@ -5,7 +5,10 @@ Secrets live only in the environment: nothing here is copied into run config, lo
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,6 +38,7 @@ DEPLOYMENT_REQUIRED = (
     "PLATFORM_DATABASE_URL",
     "SYNC_ASSETS_STORAGE_URL",
     "SYNC_ASSETS_HTTP_CACHE_URL",
+    "SYNC_ASSETS_PSEUDONYM_KEY",
 )
 
 
@@ -73,6 +77,7 @@ def check_settings() -> None:
     courses_per_run()
     course_lock_timeout_seconds()
     http_cache_url()
+    pseudonym_key()
     # They import this module.
     from sync_assets.object_storage import check_storage_url
     from sync_assets.platform.database import parse_database_url
@@ -198,6 +203,57 @@ def default_storage_dir() -> Path:
 def storage_url() -> str:
     """SYNC_ASSETS_STORAGE_URL: a folder or an fsspec URL (s3://bucket/prefix) for asset values."""
     return os.environ.get("SYNC_ASSETS_STORAGE_URL", "").strip() or str(default_storage_dir())
+
+
+PSEUDONYM_KEY = "SYNC_ASSETS_PSEUDONYM_KEY"
+# 32 characters: a key short enough to guess would let anyone holding the event log hash every
+# platform user id under each guess, as a plain digest let them (issue 30).
+PSEUDONYM_KEY_MIN_CHARS = 32
+PSEUDONYM_KEY_FILE = "pseudonym.key"
+
+
+def pseudonym_key() -> bytes:
+    """SYNC_ASSETS_PSEUDONYM_KEY: the HMAC key user pseudonyms are made with (metadata, logs).
+
+    Required in a deployment (every container must name a user alike, and a key on one
+    container's disk would not be shared). Locally, when unset, a key is made once and kept in
+    the data folder, so pseudonyms stay the same across runs and processes. Never logged.
+    """
+    raw = os.environ.get(PSEUDONYM_KEY, "").strip()
+    if raw:
+        if len(raw) < PSEUDONYM_KEY_MIN_CHARS:
+            raise ConfigurationError(
+                PSEUDONYM_KEY,
+                f"at least {PSEUDONYM_KEY_MIN_CHARS} characters (e.g. `openssl rand -hex 32`)",
+            )
+        return raw.encode()
+    if is_deployment():
+        raise ConfigurationError(PSEUDONYM_KEY, f"required with {PROFILE_SETTING}=deployment")
+    return local_pseudonym_key(data_dir() / PSEUDONYM_KEY_FILE)
+
+
+def local_pseudonym_key(path: Path) -> bytes:
+    """The key kept at `path`, made there first if there is none.
+
+    Made in a private temporary file, then hard-linked into place: linking never replaces an
+    existing file, so when processes race, the first link wins and every process reads that key,
+    and no process can read a half-written one.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".pseudonym-")  # 0600
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_hex(32))
+            # Another process made it first: its key is the key.
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
+    key = path.read_text().strip()
+    if len(key) < PSEUDONYM_KEY_MIN_CHARS:
+        raise ConfigurationError(PSEUDONYM_KEY, f"the key in {path} is too short: delete the file")
+    return key.encode()
 
 
 HTTP_CACHE_URL = "SYNC_ASSETS_HTTP_CACHE_URL"

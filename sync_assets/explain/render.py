@@ -5,15 +5,23 @@ Both are built from the same `Explanation`, which holds no email and no external
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sync_assets.explain.explanation import Explanation, when
+from sync_assets.markdown import markdown_text
 
 
 def _ratio(value: float) -> str:
     return f"{value:.4g}"
 
 
-def sections(explanation: Explanation) -> list[tuple[str, list[str]]]:
-    """(heading, lines) in the order the issue asks: memberships … verdict."""
+def sections(
+    explanation: Explanation, api_text: Callable[[str], str] = str
+) -> list[tuple[str, list[str]]]:
+    """(heading, lines) in the order the issue asks: memberships … verdict.
+
+    `api_text` is applied to the strings the Partners API gave (titles): Markdown escapes them.
+    """
     e = explanation
     memberships = [
         f"{m.membership_uuid}: {m.how}"
@@ -29,7 +37,7 @@ def sections(explanation: Explanation) -> list[tuple[str, list[str]]]:
         )
     enrolments = [
         f"{'▶ latest' if x.latest else ' ' * 8} run {x.run_uuid} "
-        f"({x.run_title or 'unknown run'}, starts {when(x.run_start)}), "
+        f"({api_text(x.run_title) if x.run_title else 'unknown run'}, starts {when(x.run_start)}), "
         f"membership {x.membership_uuid}: {x.status}, activated {when(x.activated_at)}"
         + (f", deactivated {when(x.deactivated_at)}" if x.deactivated_at else "")
         + f", ratio {_ratio(x.steps_completed_ratio)}"
@@ -78,9 +86,9 @@ def sections(explanation: Explanation) -> list[tuple[str, list[str]]]:
     ]
 
 
-def _title(e: Explanation) -> str:
+def _title(e: Explanation, api_text: Callable[[str], str] = str) -> str:
     return (
-        f"User {e.user_id} on {e.course_title} ({e.course_key or e.course_uuid}, "
+        f"User {e.user_id} on {api_text(e.course_title)} ({e.course_key or e.course_uuid}, "
         f"course {e.course_uuid}); {e.reports}"
     )
 
@@ -93,7 +101,7 @@ def as_text(explanation: Explanation) -> str:
 
 
 def as_markdown(explanation: Explanation) -> str:
-    lines = [f"**{_title(explanation)}**"]
-    for heading, items in sections(explanation):
+    lines = [f"**{_title(explanation, markdown_text)}**"]
+    for heading, items in sections(explanation, markdown_text):
         lines += ["", f"### {heading}", *(f"- {item}" for item in items)]
     return "\n".join(lines)

@@ -64,17 +64,24 @@ def _configure_sqlite(dbapi_connection, _record) -> None:
 
 
 def create_platform_engine(raw_url: str | None = None) -> Engine:
-    """An engine for the platform database at `raw_url` (default: PLATFORM_DATABASE_URL)."""
+    """An engine for the platform database at `raw_url` (default: PLATFORM_DATABASE_URL).
+
+    `hide_parameters`: an error's text never quotes the values bound to its statement (learners'
+    emails when linking, user ids), as that text reaches logs, the event log and alerts.
+    """
     url = parse_database_url(raw_url or platform_database_url())
     if url.get_backend_name() == "sqlite":
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, insertmanyvalues_page_size=INSERT_PAGE_SIZE)
+        engine = sa.create_engine(
+            url, insertmanyvalues_page_size=INSERT_PAGE_SIZE, hide_parameters=True
+        )
         sa.event.listen(engine, "connect", _configure_sqlite)
         return engine
     return sa.create_engine(
         url,
         pool_pre_ping=True,
         insertmanyvalues_page_size=INSERT_PAGE_SIZE,
+        hide_parameters=True,
         connect_args={"connect_timeout": 10, "application_name": "sync_assets"},
     )
 

@@ -130,6 +130,7 @@ DEPLOYMENT = {
     "PLATFORM_DATABASE_URL": "postgresql://platform@db.example.org/platform",
     "SYNC_ASSETS_STORAGE_URL": "s3://sync-assets/storage",
     "SYNC_ASSETS_HTTP_CACHE_URL": "redis://cache.example.org:6379/0",
+    "SYNC_ASSETS_PSEUDONYM_KEY": "a-pseudonym-key-that-never-reaches-config",
 }
 # Each resource's configured fields, as `name=Type:value` (an EnvVar's value is its name).
 SHOW_RESOURCES = """

@@ -53,6 +53,7 @@ SECRET_SETTINGS = {
     "FL_PARTNERS_CONSUMER_KEY",
     "FL_PARTNERS_CONSUMER_SECRET",
     "PLATFORM_DATABASE_URL",
+    "SYNC_ASSETS_PSEUDONYM_KEY",
 }
 # Secrets a deployment may leave out (compose defaults them to empty; Helm reads them from the
 # Secret, where the key may be absent).
@@ -764,6 +765,7 @@ def test_the_stack_commands_serve_the_location_and_run_a_job(
             "PLATFORM_DATABASE_URL": platform_url,
             "SYNC_ASSETS_STORAGE_URL": "s3://sync-assets/storage",
             "SYNC_ASSETS_HTTP_CACHE_URL": "redis://127.0.0.1:6379/15",
+            "SYNC_ASSETS_PSEUDONYM_KEY": "a-deploy-pseudonym-key-of-32-chars-or-more",
         }
         base = {
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",

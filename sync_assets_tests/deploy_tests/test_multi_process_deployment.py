@@ -155,6 +155,7 @@ def deployment(
                 "PLATFORM_DATABASE_URL": platform_url,
                 "SYNC_ASSETS_STORAGE_URL": f"s3://{bucket}/assets",
                 "SYNC_ASSETS_HTTP_CACHE_URL": REDIS_URL,
+                "SYNC_ASSETS_PSEUDONYM_KEY": "a-deployment-pseudonym-key-of-32-characters",
                 "SYNC_ASSETS_COURSES_PER_RUN": str(COURSES_PER_RUN),
                 "DAGSTER_PG_HOST": instance_db.host or "127.0.0.1",
                 "DAGSTER_PG_PORT": str(instance_db.port or 5432),

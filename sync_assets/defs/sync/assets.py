@@ -49,6 +49,8 @@ from sync_assets.defs.sync.metadata import (
 )
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.defs.sync.provenance import report_stale_inputs
+from sync_assets.error_text import error_line
+from sync_assets.markdown import markdown_text
 from sync_assets.partners_api.client import run
 from sync_assets.platform import change_tracking, sync_store, transactions
 from sync_assets.platform.database import database_kind
@@ -144,7 +146,8 @@ def partition_table(partition_keys: list[str], course_runs: pl.DataFrame) -> str
         for key in partition_keys
     )
     lines = ["| title | partition key | course uuid |", "| --- | --- | --- |"]
-    lines += [f"| {title} | `{key}` | `{uuid}` |" for title, key, uuid in rows]
+    # The title is the API's: escaped, so it cannot add a column, a link or an image.
+    lines += [f"| {markdown_text(title)} | `{key}` | `{uuid}` |" for title, key, uuid in rows]
     return "\n".join(lines)
 
 
@@ -214,7 +217,10 @@ def course_runs(
         "silence one with FL_PARTNERS_IGNORED_COURSE_UUIDS.",
         metadata={
             "unknown_courses": dg.MetadataValue.md(
-                "\n".join(f"- `{uuid}` {title}" for uuid, title in unknown.iter_rows()) or "none"
+                "\n".join(
+                    f"- `{uuid}` {markdown_text(title)}" for uuid, title in unknown.iter_rows()
+                )
+                or "none"
             ),
             "count": unknown.height,
         },
@@ -403,7 +409,21 @@ def linked_memberships(
             return result, client.metrics
 
     started = time.perf_counter()
-    (by_course, stats), metrics = run(link())
+    try:
+        (by_course, stats), metrics = run(link())
+    except Exception as error:
+        # Linking binds learners' emails: Dagster would keep the whole error (a database's later
+        # lines quote the failing row) in the event log. One redacted line names each course.
+        why = f"linking: {error_line(error)}"
+        linking = sorted(enrolments.succeeded())
+        raise dg.Failure(
+            description=f"{counted(len(linking), 'course')} not linked: {why}",
+            metadata={
+                "failed_courses": dg.MetadataValue.json(
+                    {**upstream_failed, **dict.fromkeys(linking, why)}
+                )
+            },
+        ) from None
     api_seconds = time.perf_counter() - started  # look-ups dominate; matching is in here too
     for course, frame in by_course.items():
         course_memberships = frame.select("membership_uuid")
@@ -510,7 +530,7 @@ def latest_enrolments(
                 {course: enrolments[key]}, {course: linked_memberships[key]}, course_runs
             )[course]
         except Exception as error:  # one course's rules failing must not stop the others
-            why = f"latest enrolments: {type(error).__name__}: {error}"
+            why = f"latest enrolments: {error_line(error)}"
             context.log.error(f"course {key}: {why}")
             add_partition_metadata(
                 context, {**course_metadata(course, titles), **failed_metadata(why)}, key
@@ -633,8 +653,9 @@ def activity_progress(
             context.log.warning(f"course {key}: {error}")
             return None, str(error)
         except Exception as error:  # one course failing must not stop the others
-            context.log.error(f"course {key}: {type(error).__name__}: {error}")
-            return None, f"{type(error).__name__}: {error}"
+            why = error_line(error)  # stored and sent: one line, no email
+            context.log.error(f"course {key}: {why}")
+            return None, why
         if outcome.applied is not None and outcome.applied.stale:
             context.log.warning(
                 f"course {key}: {outcome.applied.stale} achievement changes not written: "

@@ -1,12 +1,13 @@
 """Metadata a data engineer reads first, and nothing personal: no emails or external ids in clear.
 
-Platform user ids can be a learner's external id (LTI launches), so previews show a short digest
-of them instead.
+Platform user ids can be a learner's external id (LTI launches), so previews show a pseudonym
+instead: a keyed digest (HMAC), which no one without the key can compute from a list of ids.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import resource
 import weakref
@@ -18,23 +19,33 @@ import dagster as dg
 import polars as pl
 
 from sync_assets.defs.sync.columns import PERSONAL, table_schema
+from sync_assets.settings import pseudonym_key
 
 PSEUDONYMISED = ("user_id",)
 PREVIEW_ROWS = 10
+# 16 hex characters, 64 bits: two users of a platform sharing a pseudonym is then unlikely.
+PSEUDONYM_HEX_CHARS = 16
 
 
-def pseudonym(value: str | None) -> str | None:
+def pseudonym(value: str | None, key: bytes | None = None) -> str | None:
+    """`user:` and the HMAC-SHA256 of `value` under SYNC_ASSETS_PSEUDONYM_KEY (or `key`).
+
+    A plain hash of a user id could be reversed by hashing every id of the platform; without the
+    key it cannot. The same key gives the same pseudonym in every run and process.
+    """
     if value is None:
         return None
-    return "user:" + hashlib.sha256(value.encode()).hexdigest()[:10]
+    digest = hmac.new(key or pseudonym_key(), value.encode(), hashlib.sha256).hexdigest()
+    return "user:" + digest[:PSEUDONYM_HEX_CHARS]
 
 
 def safe(frame: pl.DataFrame) -> pl.DataFrame:
-    """The frame without personal columns, and with user ids replaced by digests."""
+    """The frame without personal columns, and with user ids replaced by pseudonyms."""
     kept = frame.drop([name for name in PERSONAL if name in frame.columns])
+    key = pseudonym_key()  # read once, not for each cell
     return kept.with_columns(
         [
-            pl.col(name).map_elements(pseudonym, return_dtype=pl.String)
+            pl.col(name).map_elements(lambda value: pseudonym(value, key), return_dtype=pl.String)
             for name in PSEUDONYMISED
             if name in kept.columns
         ]
@@ -106,15 +117,16 @@ def linking_problems_metadata(ambiguous: pl.DataFrame, conflicts: pl.DataFrame) 
     `ambiguous`: memberships whose external id is the email of several users (not linked).
     `conflicts`: stored links the external id disagrees with (kept, not re-pointed).
     """
+    key = pseudonym_key()
     return {
         "ambiguous_emails": ambiguous.height,
         "ambiguous_email_users": dg.MetadataValue.json(
-            [[pseudonym(user) for user in users] for users in ambiguous["user_ids"].to_list()]
+            [[pseudonym(user, key) for user in users] for users in ambiguous["user_ids"].to_list()]
         ),
         "link_conflicts": conflicts.height,
         "link_conflict_users": dg.MetadataValue.json(
             [
-                {"linked": pseudonym(linked), "external_id_names": pseudonym(matching)}
+                {"linked": pseudonym(linked, key), "external_id_names": pseudonym(matching, key)}
                 for linked, matching in conflicts.select(
                     "linked_user_id", "matching_user_id"
                 ).iter_rows()
