@@ -17,6 +17,7 @@ from sync_assets.defs.certificates.jobs import certificate_job, daily_certificat
 from sync_assets.defs.certificates.schedules import daily_certificates
 from sync_assets.defs.certificates.sensors import completion_events_sensor
 from sync_assets.defs.explain.jobs import explain_learner_job
+from sync_assets.defs.op_outputs import JsonOpOutputIOManager
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.resync.jobs import resync_learners_job
 from sync_assets.defs.storage import PartitionedParquetIOManager
@@ -28,7 +29,6 @@ from sync_assets.settings import (
     check_settings,
     git_code_references,
     is_deployment,
-    storage_url,
 )
 
 check_settings()
@@ -45,7 +45,7 @@ def _resources() -> dict[str, object]:
             "platform_database": PlatformDatabase(),
             "partners_api": PartnersApi(),
             "io_manager": PartitionedParquetIOManager(),
-            "op_io_manager": dg.FilesystemIOManager(),
+            "op_io_manager": JsonOpOutputIOManager(),
         }
     return {
         "platform_database": PlatformDatabase(url=dg.EnvVar("PLATFORM_DATABASE_URL")),
@@ -55,9 +55,9 @@ def _resources() -> dict[str, object]:
             consumer_secret=dg.EnvVar("FL_PARTNERS_CONSUMER_SECRET"),
         ),
         "io_manager": PartitionedParquetIOManager(base_dir=dg.EnvVar("SYNC_ASSETS_STORAGE_URL")),
-        # Op outputs (certificate and resync jobs) beside the assets, so a retry from failure in
-        # another container finds them too.
-        "op_io_manager": dg.FilesystemIOManager(base_dir=f"{storage_url()}/op_outputs"),
+        # Op outputs (certificate, resync, explain jobs) beside the assets as JSON, so a
+        # re-execution in another container finds them and reads them as data, not pickle.
+        "op_io_manager": JsonOpOutputIOManager(),
     }
 
 
