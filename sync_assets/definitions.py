@@ -17,6 +17,7 @@ from sync_assets.defs.certificates.jobs import certificate_job, daily_certificat
 from sync_assets.defs.certificates.schedules import daily_certificates
 from sync_assets.defs.certificates.sensors import completion_events_sensor
 from sync_assets.defs.explain.jobs import explain_learner_job
+from sync_assets.defs.op_outputs import JsonOpOutputIOManager
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.resync.jobs import resync_learners_job
 from sync_assets.defs.storage import PartitionedParquetIOManager
@@ -24,40 +25,23 @@ from sync_assets.defs.sync.assets import sync_assets_list
 from sync_assets.defs.sync.jobs import futurelearn_sync_job
 from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
 from sync_assets.defs.sync.sensors import course_partitions_sensor
-from sync_assets.settings import (
-    check_settings,
-    git_code_references,
-    is_deployment,
-    storage_url,
-)
+from sync_assets.settings import check_settings, git_code_references
 
 check_settings()
 
 
 def _resources() -> dict[str, object]:
-    """Locally, settings are read from the environment when used, with local defaults.
-
-    In a deployment they are `EnvVar`s: the UI shows which variable each comes from, and a run
-    worker reads them from its own environment, never from run config.
+    """The same in both profiles: where each connects, and what it signs with, is read from the
+    environment when used (each one's description names its variables) and is no config field,
+    so no run config (Launchpad, GraphQL, `dagster job execute -c`) can point a run elsewhere.
     """
-    if not is_deployment():
-        return {
-            "platform_database": PlatformDatabase(),
-            "partners_api": PartnersApi(),
-            "io_manager": PartitionedParquetIOManager(),
-            "op_io_manager": dg.FilesystemIOManager(),
-        }
     return {
-        "platform_database": PlatformDatabase(url=dg.EnvVar("PLATFORM_DATABASE_URL")),
-        "partners_api": PartnersApi(
-            url=dg.EnvVar("FL_PARTNERS_URL"),
-            consumer_key=dg.EnvVar("FL_PARTNERS_CONSUMER_KEY"),
-            consumer_secret=dg.EnvVar("FL_PARTNERS_CONSUMER_SECRET"),
-        ),
-        "io_manager": PartitionedParquetIOManager(base_dir=dg.EnvVar("SYNC_ASSETS_STORAGE_URL")),
-        # Op outputs (certificate and resync jobs) beside the assets, so a retry from failure in
-        # another container finds them too.
-        "op_io_manager": dg.FilesystemIOManager(base_dir=f"{storage_url()}/op_outputs"),
+        "platform_database": PlatformDatabase(),
+        "partners_api": PartnersApi(),
+        "io_manager": PartitionedParquetIOManager(),
+        # Op outputs (certificate, resync, explain jobs) beside the assets as JSON, so a
+        # re-execution in another container finds them and reads them as data, not pickle.
+        "op_io_manager": JsonOpOutputIOManager(),
     }
 
 

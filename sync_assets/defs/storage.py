@@ -25,7 +25,6 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
 
 from sync_assets.object_storage import ObjectStore
 from sync_assets.settings import storage_url
@@ -34,16 +33,15 @@ _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 class PartitionedParquetIOManager(dg.ConfigurableIOManager):
-    """Polars frames as parquet; partitioned assets as `{partition key: frame}`."""
+    """Polars frames as parquet; partitioned assets as `{partition key: frame}`.
 
-    base_dir: str | None = Field(
-        default=None,
-        description="A folder or an fsspec URL such as s3://bucket/prefix (default: "
-        "SYNC_ASSETS_STORAGE_URL, else $DAGSTER_HOME/storage/sync_assets)",
-    )
+    Stored at SYNC_ASSETS_STORAGE_URL (a folder or an fsspec URL such as s3://bucket/prefix;
+    locally $DAGSTER_HOME/storage/sync_assets), read from the environment when used: no config
+    field, so run config cannot make a run read or write another folder or bucket.
+    """
 
     def _store(self) -> ObjectStore:
-        return ObjectStore(self.base_dir or storage_url())
+        return ObjectStore(storage_url())
 
     @staticmethod
     def _partition_key(asset_key: dg.AssetKey, partition: str) -> str:

@@ -41,8 +41,9 @@ def course_run_count(partners_api: PartnersApi) -> dg.MaterializeResult:
     )
 
 
-def _materialise(tmp_path: Path) -> dict:
-    resource = PartnersApi(cache_url=str(tmp_path / "cache.sqlite3"))
+def _materialise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.setenv("SYNC_ASSETS_HTTP_CACHE_URL", str(tmp_path / "cache.sqlite3"))
+    resource = PartnersApi()
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [course_run_count], instance=instance, resources={"partners_api": resource}
@@ -52,8 +53,10 @@ def _materialise(tmp_path: Path) -> dict:
         return {name: value.value for name, value in metadata.items()}
 
 
-def test_without_a_url_the_embedded_simulator_answers(tmp_path: Path) -> None:
-    metadata = _materialise(tmp_path)
+def test_without_a_url_the_embedded_simulator_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metadata = _materialise(tmp_path, monkeypatch)
     assert metadata == {"runs": generate("demo").runs.height, "simulated": True, "requests": 1}
 
 
@@ -69,7 +72,7 @@ def test_with_a_url_the_real_http_path_is_used(
         monkeypatch.setenv("FL_PARTNERS_URL", server.base_url)
         monkeypatch.setenv("FL_PARTNERS_CONSUMER_KEY", "k")
         monkeypatch.setenv("FL_PARTNERS_CONSUMER_SECRET", "s3cret-of-thirty-two-bytes-or-more")
-        metadata = _materialise(tmp_path)
+        metadata = _materialise(tmp_path, monkeypatch)
     assert metadata["simulated"] is False and metadata["runs"] == simulator.dataset.runs.height
     assert simulator.requests("course_runs", 200) == 1
 

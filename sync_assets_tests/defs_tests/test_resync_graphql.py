@@ -31,6 +31,18 @@ mutation Launch($params: ExecutionParams!) {
 STATUS = "query Status($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
 
 
+def _resync_params(run_config: dict) -> dict:
+    """launchRun's ExecutionParams for the resync job with this run config."""
+    return {
+        "selector": {
+            "repositoryLocationName": "sync_assets",
+            "repositoryName": "__repository__",
+            "jobName": "resync_learners_job",
+        },
+        "runConfigData": run_config,
+    }
+
+
 @pytest.fixture
 def webserver(world: World, tmp_path: Path):
     home = Path(os.environ["DAGSTER_HOME"])
@@ -85,16 +97,9 @@ def test_resync_launched_through_graphql(world: World, webserver: str) -> None:
         )
     )
     course, user = enrolled.select("course_uuid", "external_learner_id").row(0)
-    params = {
-        "selector": {
-            "repositoryLocationName": "sync_assets",
-            "repositoryName": "__repository__",
-            "jobName": "resync_learners_job",
-        },
-        "runConfigData": {
-            "ops": {"resync_learners_op": {"config": {"course_uuid": course, "user_ids": [user]}}}
-        },
-    }
+    params = _resync_params(
+        {"ops": {"resync_learners_op": {"config": {"course_uuid": course, "user_ids": [user]}}}}
+    )
     with httpx.Client(base_url=webserver, timeout=30) as client:
         launched = client.post(
             "/graphql", json={"query": LAUNCH, "variables": {"params": params}}
@@ -116,3 +121,30 @@ def test_resync_launched_through_graphql(world: World, webserver: str) -> None:
     assert {(row["user_id"], row["activity_id"]) for row in achievements} == {
         (user, catalogue[course])
     }
+
+
+def test_a_launch_that_sets_where_the_sync_connects_is_refused(
+    world: World, webserver: str
+) -> None:
+    """Issue 30: the UI has no login, so GraphQL's launchRun is anyone's run config."""
+    refused = [
+        ("partners_api", "url", "https://attacker.example"),
+        ("partners_api", "consumer_secret", "a-secret-of-the-attackers-own-choosing"),
+        ("platform_database", "url", "postgresql://attacker.example/platform"),
+        ("io_manager", "base_dir", "/tmp/attackers-folder"),
+    ]
+    ops = {"resync_learners_op": {"config": {"course_uuid": "c-1", "user_ids": ["1"]}}}
+    with httpx.Client(base_url=webserver, timeout=30) as client:
+        for resource, field, value in refused:
+            params = _resync_params(
+                {"ops": ops, "resources": {resource: {"config": {field: value}}}}
+            )
+            answer = client.post(
+                "/graphql", json={"query": LAUNCH, "variables": {"params": params}}
+            ).json()["data"]["launchRun"]
+            assert answer["__typename"] == "RunConfigValidationInvalid", (field, answer)
+            assert any(
+                f'unexpected config entry "{field}"' in e["message"] for e in answer["errors"]
+            )
+        runs = client.post("/graphql", json={"query": "{ runsOrError { ... on Runs { count } } }"})
+    assert runs.json()["data"]["runsOrError"]["count"] == 0  # nothing was launched

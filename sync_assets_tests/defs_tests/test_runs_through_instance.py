@@ -174,13 +174,14 @@ def test_a_deployment_without_a_required_setting_fails_at_load_in_one_line() -> 
     )
 
 
-def test_a_deployment_takes_its_settings_from_env_vars_by_name() -> None:
+def test_a_deployment_reads_its_settings_from_the_environment_not_from_config() -> None:
+    """Issue 30: an `EnvVar` field is only a default that run config overrides; a deployment's
+    resources have no connection field at all (test_run_config_boundaries checks every job)."""
     loaded = _load(_base_env() | DEPLOYMENT, SHOW_RESOURCES)
     assert loaded.returncode == 0, loaded.stderr
     resources = dict(line.split(" ", 1) for line in loaded.stdout.splitlines())
-    assert "url=EnvVar:FL_PARTNERS_URL" in resources["partners_api"]
-    assert "consumer_secret=EnvVar:FL_PARTNERS_CONSUMER_SECRET" in resources["partners_api"]
-    assert "url=EnvVar:PLATFORM_DATABASE_URL" in resources["platform_database"]
+    assert set(resources) == {"io_manager", "op_io_manager", "partners_api", "platform_database"}
+    assert all(fields == "" for fields in resources.values()), resources
     assert DEPLOYMENT["FL_PARTNERS_CONSUMER_SECRET"] not in loaded.stdout
 
 

@@ -21,12 +21,15 @@ KEY = dg.AssetKey("enrolments")
 
 
 @pytest.fixture(params=["local", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where values live: a folder, or a prefix in a new S3 bucket."""
+def storage(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where values live: a folder, or a prefix in a new S3 bucket, as SYNC_ASSETS_STORAGE_URL
+    (the IO manager's only source: it has no config field for it)."""
     if request.param == "local":
-        return str(tmp_path / "storage")
-    bucket = request.getfixturevalue("s3_bucket")
-    return f"s3://{bucket}/nightly"
+        url = str(tmp_path / "storage")
+    else:
+        url = f"s3://{request.getfixturevalue('s3_bucket')}/nightly"
+    monkeypatch.setenv("SYNC_ASSETS_STORAGE_URL", url)
+    return url
 
 
 def _stored(storage: str) -> list[str]:
@@ -64,7 +67,7 @@ def _load(manager: PartitionedParquetIOManager, courses: list[str]):
 
 
 def test_many_courses_written_by_one_step_read_back_course_by_course(storage: str) -> None:
-    manager = PartitionedParquetIOManager(base_dir=storage)
+    manager = PartitionedParquetIOManager()
     frames = _frames()
     _store(manager, frames)
 
@@ -82,7 +85,7 @@ def test_many_courses_written_by_one_step_read_back_course_by_course(storage: st
 
 
 def test_a_step_that_forgets_a_course_stores_none_of_its_courses(storage: str) -> None:
-    manager = PartitionedParquetIOManager(base_dir=storage)
+    manager = PartitionedParquetIOManager()
     frames = _frames()
     del frames["course-b"]
 
@@ -95,7 +98,7 @@ def test_a_step_that_forgets_a_course_stores_none_of_its_courses(storage: str) -
 
 
 def test_a_course_never_materialised_is_named_when_the_step_loads(storage: str) -> None:
-    manager = PartitionedParquetIOManager(base_dir=storage)
+    manager = PartitionedParquetIOManager()
     _store(manager, {"course-a": _frames()["course-a"]}, first="course-a", last="course-a")
 
     assert_frame_equal(_load(manager, ["course-a"])["course-a"], _frames()["course-a"])
@@ -110,7 +113,7 @@ def test_a_course_never_materialised_is_named_when_the_step_loads(storage: str) 
 def test_a_spooled_output_is_stored_like_a_dict_and_outlives_its_spool(
     storage: str, tmp_path: Path
 ) -> None:
-    manager = PartitionedParquetIOManager(base_dir=storage)
+    manager = PartitionedParquetIOManager()
     frames = _frames()
     spool = PartitionSpool(tmp_path / "spool")
     for course, frame in frames.items():
@@ -126,7 +129,7 @@ def test_a_spooled_output_is_stored_like_a_dict_and_outlives_its_spool(
 
 
 def test_a_spool_missing_a_course_stores_none_of_its_courses(storage: str, tmp_path: Path) -> None:
-    manager = PartitionedParquetIOManager(base_dir=storage)
+    manager = PartitionedParquetIOManager()
     spool = PartitionSpool(tmp_path / "spool")
     for course, frame in _frames().items():
         if course != "course-a":
@@ -193,7 +196,7 @@ def test_a_failed_course_reads_back_as_its_failure(storage: str) -> None:
 def test_a_course_skipped_as_unchanged_keeps_its_last_data_for_readers_outside_a_run(
     storage: str, tmp_path: Path
 ) -> None:
-    manager = PartitionedParquetIOManager(base_dir=storage)
+    manager = PartitionedParquetIOManager()
     frames = _frames()
     _store(manager, frames)
     skipped = "course-b"
@@ -213,7 +216,7 @@ def test_a_course_skipped_as_unchanged_keeps_its_last_data_for_readers_outside_a
 
 
 def test_an_unpartitioned_value_round_trips(storage: str) -> None:
-    manager = PartitionedParquetIOManager(base_dir=storage)
+    manager = PartitionedParquetIOManager()
     frame = pl.DataFrame({"course_uuid": ["c-1", "c-2"]})
     with dg.build_output_context(asset_key=dg.AssetKey("course_runs")) as context:
         manager.handle_output(context, frame)

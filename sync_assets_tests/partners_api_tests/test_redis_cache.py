@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import dagster as dg
 import pytest
 
+from sync_assets.definitions import build_definitions
 from sync_assets.defs.resources import PartnersApi
 from sync_assets.partners_api import cache
 from sync_assets.partners_api.client import ClientSettings, PartnersApiClient, run
@@ -166,10 +168,20 @@ def test_the_cache_url_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_redis_password_stays_out_of_run_config_and_repr(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with pytest.raises(ConfigurationError) as error:
-        PartnersApi(cache_url=f"redis://:{PASSWORD}@cache:6379/0").client_settings()
-    assert error.value.setting == "PartnersApi.cache_url" and PASSWORD not in str(error.value)
-    assert "SYNC_ASSETS_HTTP_CACHE_URL" in str(error.value)
+    # The cache is no config field of any job: a URL with a password cannot go into run config.
+    job = build_definitions().resolve_job_def("resync_learners_job")
+    with pytest.raises(dg.DagsterInvalidConfigError) as refused:
+        dg.validate_run_config(
+            job,
+            {
+                "resources": {
+                    "partners_api": {"config": {"cache_url": f"redis://:{PASSWORD}@cache:6379/0"}}
+                },
+                "ops": {"resync_learners_op": {"config": {"course_uuid": "c", "user_ids": []}}},
+            },
+        )
+    assert 'unexpected config entry "cache_url"' in str(refused.value)
+    assert PASSWORD not in str(refused.value)
 
     monkeypatch.setenv("SYNC_ASSETS_HTTP_CACHE_URL", f"redis://:{PASSWORD}@cache:6379/0")
     resource = PartnersApi()

@@ -8,7 +8,7 @@ from sync_assets.defs.resources import PlatformDatabase
 from sync_assets.platform import certificate_store
 
 CERTIFICATE_TAGS = {"sync_assets/kind": "certificates"}
-# Op results are small counts; they go to Dagster's own files, not the assets' parquet store.
+# Op results are small counts, stored as JSON (defs/op_outputs.py), not in the parquet store.
 OP_RESULTS = dg.Out(io_manager_key="op_io_manager")
 
 
