@@ -679,8 +679,9 @@ def wait_for(what: str, check, timeout: float, logs: list[Path]) -> None:
 
 
 def regular_install(target: Path, work: Path) -> Path:
-    """The package as the image's `pip install .` puts it there: built from the files the build
-    stage copies (not the checkout, and no stale build/ folder), installed as a wheel."""
+    """The package as the image's `pip install --no-deps --no-build-isolation .` puts it there:
+    built by the locked setuptools from the files the build stage copies (not the checkout, and
+    no stale build/ folder), installed as a wheel."""
     source, wheels = work / "src", work / "wheels"
     source.mkdir()
     for keyword, arguments in dockerfile_stages()[0]:
@@ -689,9 +690,11 @@ def regular_install(target: Path, work: Path) -> Path:
                 ignore = shutil.ignore_patterns("__pycache__")
                 shutil.copytree(PROJECT / name, source / name, ignore=ignore)
             else:
+                (source / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(PROJECT / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(source)], check=True)
+    build = ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)]
+    subprocess.run([*pip, *build], check=True)
     [wheel] = wheels.glob("sync_assets-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
     return target
