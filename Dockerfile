@@ -9,11 +9,18 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
+# Every dependency from the lock that `make lock` writes from pyproject.toml (the runtime set, with
+# dagster-k8s for the Kubernetes run launcher: the `k8s` extra), each file checked against its
+# hash; two builds install the same files. --no-deps: the lock is the whole set, and `pip check`
+# below fails if it left out a dependency.
+COPY locks/image.txt ./locks/
+RUN /opt/venv/bin/pip install --no-deps --require-hashes -r locks/image.txt
 COPY pyproject.toml README.md ./
 COPY sync_assets ./sync_assets
-# A regular (not editable) install from pyproject.toml, with dagster-k8s for the Kubernetes run
-# launcher (the `k8s` extra); nothing of the source tree is needed at run time.
-RUN /opt/venv/bin/pip install ".[k8s]"
+# Then the project alone, a regular (not editable) install built by the locked setuptools;
+# nothing of the source tree is needed at run time.
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation . \
+    && /opt/venv/bin/pip check
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

@@ -5,16 +5,44 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: install demo test lint check-defs format ui
+# Every dependency, direct and transitive, at the version and with the hashes of the lock that
+# `make lock` writes from pyproject.toml: locks/dev.txt here (runtime, dev and the build backend),
+# locks/image.txt in the Dockerfile (runtime, the k8s extra and the build backend).
+LOCK := locks/dev.txt
+IMAGE_LOCK := locks/image.txt
+PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
+# pip-compile's options for both locks. No index URL or find-links is written into them: those are
+# the machine's pip configuration, and the hashes are the same wherever the files come from.
+PIP_COMPILE := $(BIN)/pip-compile --quiet --no-config --generate-hashes --allow-unsafe \
+	--all-build-deps --strip-extras --no-emit-index-url --no-emit-find-links
+# `make lock LOCK_ARGS=--upgrade` moves the unpinned (transitive) dependencies to their newest
+# versions; without it pip-compile keeps the lock's versions and changes only what pyproject.toml
+# asks for.
+LOCK_ARGS ?=
 
-$(INSTALLED): pyproject.toml
+.PHONY: install demo test lint check-defs format ui lock
+
+# With --require-hashes pip refuses any file whose hash is not in the lock. --no-deps: the lock is
+# the whole set, and the venv's first pip (23.2 with Python 3.11.7) rejects a dependency with
+# extras (gql[requests]) in hash-checking mode; `pip check` then fails if the lock left out any
+# dependency of the project or of a locked package. The project itself is built by the locked
+# setuptools (no build isolation, which would fetch an unpinned one).
+$(INSTALLED): pyproject.toml $(LOCK)
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP) install --no-deps --require-hashes -r $(LOCK)
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(INSTALLED)
 
 install: $(INSTALLED)
+
+# Rewrites both locks from pyproject.toml. The image's lock first: the dev lock is constrained to
+# it, so the tests run the versions the image ships.
+lock: $(INSTALLED)
+	$(PIP_COMPILE) $(LOCK_ARGS) --extra k8s --output-file $(IMAGE_LOCK) pyproject.toml
+	$(PIP_COMPILE) $(LOCK_ARGS) --extra dev --constraint $(IMAGE_LOCK) --output-file $(LOCK) \
+		pyproject.toml
 
 # The embedded default end to end: simulator, fresh SQLite platform under ./data, full sync.
 demo: $(INSTALLED)
