@@ -101,7 +101,8 @@ class ObjectStore:
             self._fs.rm_file(self._full(key))
 
     def keys(self, prefix: str = "") -> list[str]:
-        """Every key under `prefix`, for tests and operators (not used by the sync)."""
+        """Every key under `prefix` (the partition sensor lists stored partitions to remove those
+        of retired keys; tests and operators)."""
         root = self._full(prefix).rstrip("/")
         if not self._fs.exists(root):
             return []

@@ -6,12 +6,13 @@ Secrets live only in the environment: nothing here is copied into run config, lo
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -140,6 +141,7 @@ def partners_api_settings() -> PartnersApiSettings:
             raise ConfigurationError(
                 "FL_PARTNERS_URL", "expected an http(s) URL such as https://api.example.org"
             )
+        require_https_in_deployment(url, "FL_PARTNERS_URL")
         if key is None:
             raise ConfigurationError(
                 "FL_PARTNERS_CONSUMER_KEY", "required when FL_PARTNERS_URL is set"
@@ -257,12 +259,36 @@ def local_pseudonym_key(path: Path) -> bytes:
 
 
 HTTP_CACHE_URL = "SYNC_ASSETS_HTTP_CACHE_URL"
+# The Redis password apart from the URL: the URL can then sit in a ConfigMap, the password in a
+# Secret. A password in the URL, if any, wins (redis-py's rule for URL options).
+HTTP_CACHE_PASSWORD = "SYNC_ASSETS_HTTP_CACHE_PASSWORD"
+# redis-py URL options that turn certificate checks off, with the values that do.
+_UNVERIFIED_TLS_OPTIONS = ("ssl_cert_reqs", "ssl_check_hostname")
+_FALSE_WORDS = ("0", "F", "FALSE", "N", "NO")  # redis-py's to_bool
+
+
+def http_cache_password() -> str | None:
+    """SYNC_ASSETS_HTTP_CACHE_PASSWORD: the Redis password, or None. Read when the cache
+    connects, never logged."""
+    return os.environ.get(HTTP_CACHE_PASSWORD) or None
+
+
+def turns_off_certificate_checks(query: str) -> bool:
+    """Whether a redis-py URL's query disables verifying the server's certificate or host name
+    (`ssl_cert_reqs` other than `required`, `ssl_check_hostname` false), in any of its values."""
+    options = parse_qs(query)
+    return any(value != "required" for value in options.get("ssl_cert_reqs", [])) or any(
+        value.upper() in _FALSE_WORDS for value in options.get("ssl_check_hostname", [])
+    )
 
 
 def http_cache_url() -> str:
     """SYNC_ASSETS_HTTP_CACHE_URL: a SQLite file path (default `http_cache_path()`), or
     `redis://[:password@]host:port/db` (`rediss://` for TLS) to share the cache between the
-    containers of a deployment. Read when a client is made: the URL may carry a password."""
+    containers of a deployment. Read when a client is made: the URL may carry a password, though
+    a deployment gives it apart, in SYNC_ASSETS_HTTP_CACHE_PASSWORD (a Secret; the URL in a
+    ConfigMap). A deployment's Redis must have a password (but on a loopback host) and its TLS
+    certificate checks on."""
     raw = os.environ.get(HTTP_CACHE_URL, "").strip()
     return check_http_cache_url(raw, HTTP_CACHE_URL) if raw else str(http_cache_path())
 
@@ -280,6 +306,24 @@ def check_http_cache_url(url: str, setting: str, *, password_allowed: bool = Tru
         raise ConfigurationError(setting, "the port is not a number") from None
     if not parts.hostname or not (parts.path in ("", "/") or parts.path[1:].isdigit()):
         raise ConfigurationError(setting, "expected redis://host:port/db, db a number")
+    if (
+        is_deployment()
+        and not parts.password
+        and not http_cache_password()
+        and not is_loopback_host(parts.hostname)
+    ):
+        raise ConfigurationError(
+            setting,
+            f"a Redis without a password with {PROFILE_SETTING}=deployment: set "
+            f"{HTTP_CACHE_PASSWORD} (from a Secret) to the password it requires",
+        )
+    if parts.scheme == "rediss" and is_deployment() and turns_off_certificate_checks(parts.query):
+        raise ConfigurationError(
+            setting,
+            f"certificate checks cannot be turned off with {PROFILE_SETTING}=deployment "
+            "(ssl_cert_reqs must be required, ssl_check_hostname true): give the CA with "
+            "ssl_ca_certs instead",
+        )
     if parts.password and not password_allowed:
         raise ConfigurationError(
             setting, f"run config is stored: put the Redis password in {HTTP_CACHE_URL} instead"
@@ -349,4 +393,30 @@ def alert_settings() -> AlertSettings | None:
     parts = urlsplit(webhook)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigurationError(ALERT_WEBHOOK_SETTING, "expected an http(s) URL")
+    require_https_in_deployment(webhook, ALERT_WEBHOOK_SETTING)
     return AlertSettings(webhook, ui_url)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: a connection that never leaves the machine."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_https_in_deployment(url: str, setting: str) -> None:
+    """In a deployment the bearer token and webhook tokens travel over TLS only: an http URL is
+    refused unless its host is loopback (tests, a local proxy). The error never repeats the
+    URL (a webhook carries its token in it)."""
+    parts = urlsplit(url)
+    if is_deployment() and parts.scheme != "https" and not is_loopback_host(parts.hostname):
+        raise ConfigurationError(
+            setting,
+            f"must be an https:// URL with {PROFILE_SETTING}=deployment "
+            "(http:// only for a loopback host: localhost, 127.0.0.0/8, ::1)",
+        )

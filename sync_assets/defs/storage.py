@@ -68,6 +68,23 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
                 copied = True
         return copied
 
+    def delete_partition(self, asset_key: dg.AssetKey, partition: str) -> None:
+        """Remove what is stored under a partition key (its value and its unchanged marker): a
+        key retired by re-keying leaves no copy of learners' data behind it."""
+        store = self._store()
+        for name in (self._partition_key, self._unchanged_key):
+            store.delete(name(asset_key, partition))
+
+    def stored_partitions(self, asset_key: dg.AssetKey) -> set[str]:
+        """The partition keys something is stored under for an asset (a value or a marker), as
+        their object names give them (a key unsafe as a name appears as its digest)."""
+        prefix = "/".join(asset_key.path) + "/"
+        return {
+            key.rsplit("/", 1)[-1].removesuffix(".parquet")
+            for key in self._store().keys(prefix)
+            if key.endswith(".parquet")
+        }
+
     def stored(self, asset: str, partition: str | None = None) -> pl.DataFrame | None:
         """The value last stored for an asset (one partition of it), or None if there is none.
 

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from sync_assets.settings import LEGACY_HTTP_CACHE_NAMES
+from sync_assets.settings import LEGACY_HTTP_CACHE_NAMES, http_cache_password
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,11 @@ class SecretFreeRedisStorage(_OneEntryPerUrlWithoutSecrets, hishel.AsyncRedisSto
     REDIS_KEY_PREFIX, and stepping aside while Redis is unreachable: the request then goes to the
     API uncached (a 200 instead of a 304), which costs bandwidth, not the sync."""
 
-    def __init__(self, url: str, *, idle_seconds: float) -> None:
+    def __init__(self, url: str, *, idle_seconds: float, password: str | None = None) -> None:
+        # A password in the URL wins over `password` (redis-py lets URL options override).
         client = Redis.from_url(
             url,
+            password=password,
             socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
             socket_timeout=REDIS_TIMEOUT_SECONDS,
             retry=Retry(NoBackoff(), 1),
@@ -155,7 +157,7 @@ class SecretFreeRedisStorage(_OneEntryPerUrlWithoutSecrets, hishel.AsyncRedisSto
             key_prefix=REDIS_KEY_PREFIX,
         )
         self.where = redacted(url)
-        self._password = urlsplit(url).password
+        self._password = urlsplit(url).password or password
 
     async def get_entries(self, key: str) -> list[Entry]:
         if OUTAGES.active(self.where):
@@ -200,14 +202,17 @@ def open_storage(
     url: str | None, *, max_bytes: int, idle_seconds: float
 ) -> hishel.AsyncBaseStorage:
     """The storage for a cache URL: a redis(s):// URL, a SQLite file path, or None (in memory,
-    for this client only)."""
+    for this client only). Redis gets SYNC_ASSETS_HTTP_CACHE_PASSWORD too, so that the URL can
+    be configuration (a ConfigMap) and the password a secret."""
     if url is None:
         # Not database_path=":memory:": hishel makes that a file, .cache/hishel/:memory:, in the
         # working directory.
         memory = anysqlite.Connection(sqlite3.connect(":memory:", check_same_thread=False))
         return SecretFreeSqliteStorage(connection=memory, max_size=None)
     if is_redis_url(url):
-        return SecretFreeRedisStorage(url, idle_seconds=idle_seconds)
+        return SecretFreeRedisStorage(
+            url, idle_seconds=idle_seconds, password=http_cache_password()
+        )
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_legacy_caches(path.parent)

@@ -19,6 +19,7 @@ place they are):
 
 - a new user, or a changed email, that could link to a membership fetched and still unlinked
   (by id or caseless email, the new email or the old one); other new users change nothing;
+  likewise a user deleted from the platform (their key row is removed with their email);
 - the set of forgotten users (a link to a forgotten user is no longer used);
 - the links: a sum of one hash per (membership, user) link, which the sync keeps up to date
   with the links it writes itself (`account_links`, in the course's transaction), so that any
@@ -134,7 +135,11 @@ class _LinkingInputs:
     forgotten_digest: str
     links_digest: str
     stale_keys: pl.DataFrame  # sync_store.stale_email_keys
+    erased_keys: pl.DataFrame  # sync_store.erased_email_keys: deleted or forgotten users' rows
     could_link: bool
+
+    def keys_to_refresh(self) -> bool:
+        return not (self.stale_keys.is_empty() and self.erased_keys.is_empty())
 
 
 def links_hash(links: pl.DataFrame) -> int:
@@ -162,18 +167,21 @@ def _read_inputs(connection: Connection) -> _LinkingInputs:
         orient="row",
     )
     stale = sync_store.stale_email_keys(connection)
+    erased = sync_store.erased_email_keys(connection)
     return _LinkingInputs(
         forgotten_digest=hashlib.sha256("\n".join(forgotten).encode()).hexdigest(),
         links_digest=str(links_hash(links)),
         stale_keys=stale,
-        could_link=_could_link(connection, stale),
+        erased_keys=erased,
+        could_link=_could_link(connection, stale, erased),
     )
 
 
-def _could_link(connection: Connection, stale: pl.DataFrame) -> bool:
-    """Whether a new or changed user matches a membership fetched and still unlinked (R3), by
-    id or by caseless email, new or old: only then can linking's result change because of it."""
-    if stale.is_empty():
+def _could_link(connection: Connection, stale: pl.DataFrame, erased: pl.DataFrame) -> bool:
+    """Whether a new, changed or deleted user matches a membership fetched and still unlinked
+    (R3), by id or by caseless email, new or old: only then can linking's result change because
+    of it (a deleted user may have made an email ambiguous that now links someone)."""
+    if stale.is_empty() and erased.is_empty():
         return False
     # In chunks: on a platform whose keys were never computed every user is stale, and one IN
     # of a million ids is past SQLite's bound-variable limit (found on `large`, 920k users).
@@ -184,8 +192,12 @@ def _could_link(connection: Connection, stale: pl.DataFrame) -> bool:
                 sa.select(user_email_keys.c.email_key).where(user_email_keys.c.user_id.in_(chunk))
             ).scalars()
         )
-    ids = set(stale["user_id"].to_list())
-    keys = set(stale["email_key"].drop_nulls().to_list()) | previous
+    ids = set(stale["user_id"].to_list()) | set(erased["user_id"].to_list())
+    keys = (
+        set(stale["email_key"].drop_nulls().to_list())
+        | previous
+        | set(erased["email_key"].drop_nulls().to_list())
+    )
     unlinked = pl.Series(
         "external_learner_id",
         connection.execute(
@@ -205,15 +217,19 @@ def _could_link(connection: Connection, stale: pl.DataFrame) -> bool:
 
 def refresh_linking_state(engine: Engine) -> int:
     """The linking generation, moved on first if the platform changed what linking reads; the
-    caseless email keys brought up to date with `users` in the same transaction.
+    caseless email keys brought up to date with `users` in the same transaction: new and changed
+    emails written, the rows of users deleted or forgotten on the platform removed (erasure: no
+    copy of their email outlives them here).
 
     Every refresh of the keys goes through here, so no change can be absorbed by a refresh
-    without moving the generation. Writes nothing when nothing changed (R13).
+    without moving the generation. Writes nothing when nothing changed (R13). Called on every
+    sync before any course is skipped as unchanged, so a night that skips every course still
+    removes the emails of users erased since.
     """
     with engine.connect() as connection:
         stored = connection.execute(sa.select(linking_state)).mappings().first()
         seen = _read_inputs(connection)
-    if stored is not None and not _changed(stored, seen) and seen.stale_keys.is_empty():
+    if stored is not None and not _changed(stored, seen) and not seen.keys_to_refresh():
         return int(stored["generation"])
     with transactions.write_transaction(engine) as connection:
         stored = connection.execute(sa.select(linking_state)).mappings().first()
@@ -235,6 +251,7 @@ def refresh_linking_state(engine: Engine) -> int:
                 )
             )
         sync_store.write_email_keys(connection, seen.stale_keys)
+        sync_store.delete_email_keys(connection, seen.erased_keys["user_id"].to_list())
     return generation
 
 

@@ -331,19 +331,47 @@ def linked_with_external_ids(
 
 
 def stale_email_keys(connection: Connection) -> pl.DataFrame:
-    """Users whose caseless email key is missing or was computed from another email.
+    """Users not forgotten whose caseless email key is missing or was computed from another email.
 
     One anti-join: on an unchanged platform it returns nothing, and the sync writes nothing.
+    A forgotten user's email is never copied here (they are never linked, R3, and a copy would
+    outlive their erasure on the platform).
     """
     keys = user_email_keys
     changed = _read(
         connection,
         sa.select(users.c.id, users.c.email)
         .outerjoin(keys, keys.c.user_id == users.c.id)
-        .where(sa.or_(keys.c.user_id.is_(None), keys.c.email != users.c.email)),
+        .where(
+            users.c.forgotten.is_not(True),
+            sa.or_(keys.c.user_id.is_(None), keys.c.email != users.c.email),
+        ),
         {"user_id": pl.String, "email": pl.String},
     )
     return changed.with_columns(email_key=pl.col("email").map_batches(email_keys, pl.String))
+
+
+def erased_email_keys(connection: Connection) -> pl.DataFrame:
+    """Key rows (user_id, email_key) of users deleted from the platform or forgotten since: the
+    copies of their emails the sync keeps, to remove. Empty on an unchanged platform."""
+    keys = user_email_keys
+    return _read(
+        connection,
+        sa.select(keys.c.user_id, keys.c.email_key)
+        .outerjoin(users, users.c.id == keys.c.user_id)
+        .where(sa.or_(users.c.id.is_(None), users.c.forgotten.is_(True))),
+        {"user_id": pl.String, "email_key": pl.String},
+    )
+
+
+def delete_email_keys(connection: Connection, user_ids: Iterable[str]) -> int:
+    """Remove the given users' key rows (with the emails they hold). Returns rows removed."""
+    removed = 0
+    for chunk in chunks(sorted(set(user_ids))):
+        removed += connection.execute(
+            sa.delete(user_email_keys).where(user_email_keys.c.user_id.in_(chunk))
+        ).rowcount
+    return removed
 
 
 def write_email_keys(connection: Connection, stale: pl.DataFrame) -> int:
@@ -359,8 +387,12 @@ def write_email_keys(connection: Connection, stale: pl.DataFrame) -> int:
 
 
 def refresh_email_keys(connection: Connection) -> int:
-    """Bring user_email_keys up to date with `users`: new users and changed emails. Returns rows."""
-    return write_email_keys(connection, stale_email_keys(connection))
+    """Bring user_email_keys up to date with `users`: new users and changed emails written,
+    deleted and forgotten users' rows removed. Returns rows written or removed."""
+    erased = erased_email_keys(connection)["user_id"].to_list()
+    return write_email_keys(connection, stale_email_keys(connection)) + delete_email_keys(
+        connection, erased
+    )
 
 
 def users_matching(connection: Connection, external_learner_ids: Iterable[str]) -> pl.DataFrame:

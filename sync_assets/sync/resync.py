@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -24,15 +25,31 @@ UPDATED, UNCHANGED, NOT_LINKED, NOT_ENROLLED = "updated", "unchanged", "not link
 USER_ID = re.compile(r"^\S{1,255}$")
 
 
-class ResyncRequestError(ValueError):
+class ResyncError(Exception):
+    """A resync that cannot be done. Its message may name some of the users given, at the
+    placeholder `{users}`: `str()` names them as given (the operator's terminal), `describe`
+    as the caller says (by pseudonym wherever the text is kept: the Dagster event log)."""
+
+    def __init__(self, message: str, users: Iterable[str] = ()) -> None:
+        self.message = message
+        self.users = tuple(users)
+        super().__init__(self.describe(repr))
+
+    def describe(self, name: Callable[[str], str]) -> str:
+        if not self.users:
+            return self.message
+        return self.message.replace("{users}", "[" + ", ".join(map(name, self.users)) + "]")
+
+
+class ResyncRequestError(ResyncError, ValueError):
     """A request that cannot be served; raised before any Partners API request."""
 
 
-class NoEnrolmentsError(RuntimeError):
+class NoEnrolmentsError(ResyncError, RuntimeError):
     pass
 
 
-class ResyncFailed(RuntimeError):
+class ResyncFailed(ResyncError, RuntimeError):
     """The Partners API failed the course for good (after every retry)."""
 
 
@@ -54,7 +71,7 @@ def validate_request(engine: Engine, course_uuid: str, user_ids: list[str]) -> s
     malformed = [user for user in user_ids if not USER_ID.match(user)]
     if malformed:
         raise ResyncRequestError(
-            f"malformed user ids {malformed!r}: expected 1-255 characters, no spaces"
+            "malformed user ids {users}: expected 1-255 characters, no spaces", malformed
         )
     with engine.connect() as connection:
         activity_id = connection.execute(
@@ -69,7 +86,7 @@ def validate_request(engine: Engine, course_uuid: str, user_ids: list[str]) -> s
         )
     unknown = sorted(set(user_ids) - known)
     if unknown:
-        raise ResyncRequestError(f"no platform users with ids {unknown}")
+        raise ResyncRequestError("no platform users with ids {users}", unknown)
     return activity_id
 
 
@@ -117,7 +134,7 @@ async def resync_learners(
     ].filter(is_chosen)
     if latest.is_empty():
         raise NoEnrolmentsError(
-            f"Could not find any enrolments for users {chosen} on course {course_uuid}"
+            f"Could not find any enrolments for users {{users}} on course {course_uuid}", chosen
         )
     outcome = steps.sync_course(
         engine,

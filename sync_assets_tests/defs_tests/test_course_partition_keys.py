@@ -19,7 +19,11 @@ from sync_assets.defs.sync.partitions import (
     partition_changes,
     slugify,
 )
-from sync_assets.defs.sync.sensors import PARTITIONED_ASSETS, course_partitions_sensor
+from sync_assets.defs.sync.sensors import (
+    PARTITIONED_ASSETS,
+    course_partitions_sensor,
+    remove_retired_bare_uuid_objects,
+)
 from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets.sync.steps import course_titles
 from sync_assets.wording import counted
@@ -117,6 +121,12 @@ def test_bare_uuid_partitions_are_migrated_with_what_they_store(world: World) ->
         )
         assert result.success
         before = world.snapshot()
+        store = io_manager._store()
+        old_values = {
+            (asset, course): pl.read_parquet(store.local_path(f"{asset}/{course}.parquet"))
+            for asset in PARTITIONED_ASSETS
+            for course in courses
+        }
         with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
             skipped = course_partitions_sensor(context)
         keys = instance.get_dynamic_partitions(course_partitions.name)
@@ -135,20 +145,38 @@ def test_bare_uuid_partitions_are_migrated_with_what_they_store(world: World) ->
     mapping = CourseKeys.resolve(keys, world.dataset.runs["course_uuid"]).uuid_of_key
     assert not [key for key in keys if is_bare_uuid(key)]
     assert sorted(mapping.values()) == courses
-    store = io_manager._store()
     for key, course in mapping.items():
         assert key.startswith(slugify(titles[course]))
         for asset in PARTITIONED_ASSETS:
-            old = pl.read_parquet(store.local_path(f"{asset}/{course}.parquet"))
+            old = old_values[(asset, course)]
             assert pl.read_parquet(store.local_path(f"{asset}/{key}.parquet")).equals(old)
+            # Moved, not copied: no learner's data is left under a key no partition has.
+            assert not store.exists(f"{asset}/{course}.parquet")
             [record] = history[(asset, key)]
             assert not record.run_id  # recorded without a run
             metadata = record.asset_materialization.metadata
             assert metadata["migrated_from_partition"].value == course
             assert metadata["course_title"].value == titles[course]
 
+    # What an earlier release's migration left (it copied, never deleted) goes on the next
+    # check; a bare-uuid partition that still exists keeps what it stores.
+    course, other = courses[0], courses[1]
+    asset = dg.AssetKey(PARTITIONED_ASSETS[0])
+    left_behind = f"{PARTITIONED_ASSETS[0]}/{course}.parquet"
+    store.copy(f"{PARTITIONED_ASSETS[0]}/{world.key(course)}.parquet", left_behind)
+    with dg.DagsterInstance.get() as instance:
+        with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
+            course_partitions_sensor(context)
+        assert not store.exists(left_behind)
+        # (Mid-migration, as the sensor is about to move it: the sweep alone leaves it.)
+        instance.add_dynamic_partitions(course_partitions.name, [other])
+        io_manager.copy_partition(asset, world.key(other), other)
+        remove_retired_bare_uuid_objects(instance, io_manager)
+        assert store.exists(f"{PARTITIONED_ASSETS[0]}/{other}.parquet")
+        io_manager.delete_partition(asset, other)
+        instance.delete_dynamic_partition(course_partitions.name, other)
+
     # The CLI takes a course by uuid or by key; the rerun finds nothing to change.
-    course = courses[0]
     by_uuid = world.sync("--course", course)
     by_key = world.sync("--course", world.key(course))
     assert by_uuid.exit_code == 0 and by_key.exit_code == 0, by_uuid.output + by_key.output

@@ -74,3 +74,45 @@ def test_a_forgotten_user_leaves_no_trace_in_asset_storage_after_the_next_sync(
     assert world.sync().exit_code == 0
 
     assert user not in _stored_values(home)
+
+
+def _email_keys(world: World) -> dict[str, str]:
+    return {row["user_id"]: row["email"] for row in world.table("user_email_keys")}
+
+
+def test_deleted_and_forgotten_users_leave_no_email_in_the_sync_s_tables(world: World) -> None:
+    """Erasure on the platform reaches the sync's copy of emails (`user_email_keys`) on the next
+    sync, including a night on which every course is skipped as unchanged."""
+    with world.engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO users (id, email, forgotten) VALUES "
+                "('leaver', 'leaver@example.org', false), "
+                "('forgotten-before', 'forgotten-before@example.org', true)"
+            )
+        )
+    assert world.sync().exit_code == 0
+    keys = _email_keys(world)
+    assert keys["leaver"] == "leaver@example.org"
+    assert "forgotten-before" not in keys  # never copied
+    assert "forgotten-before@example.org" not in keys.values()
+
+    # The leaver is deleted on the platform; nothing any course depends on changed.
+    with world.engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM users WHERE id = 'leaver'"))
+    quiet = world.sync()
+    assert quiet.exit_code == 0, quiet.output
+    assert f"{len(world.partitions())} skipped as unchanged" in quiet.output
+    keys = _email_keys(world)
+    assert "leaver" not in keys and "leaver@example.org" not in keys.values()
+
+    # A linked learner is forgotten: the platform keeps the row, the sync drops its copy.
+    user = next(row["user_id"] for row in world.table("future_learn_memberships") if row["user_id"])
+    email = _email_keys(world)[user]
+    with world.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE users SET forgotten = true WHERE id = :id"), {"id": user}
+        )
+    assert world.sync().exit_code == 0
+    keys = _email_keys(world)
+    assert user not in keys and email not in keys.values()

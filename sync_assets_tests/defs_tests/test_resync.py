@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import polars as pl
 import sqlalchemy as sa
 from click.testing import CliRunner
 
 from sync_assets.cli import main
+from sync_assets.defs.sync.metadata import pseudonym
 from sync_assets.platform.demo_catalogue import load_catalogue
 
 from .conftest import World
@@ -49,6 +53,18 @@ def enrolled_users(world: World, course: str) -> set[str]:
         e.lower(): user for user, e in world.dataset.users.select("id", "email").iter_rows()
     }
     return {by_email.get(external.lower(), external) for external in joined["external_learner_id"]}
+
+
+def kept_by_dagster() -> bytes:
+    """Every byte Dagster keeps of its runs under DAGSTER_HOME: event logs, op outputs, compute
+    logs. All but the run records (history/runs.db): they keep each run's config, and the ids an
+    operator gives are the resync's config, as a launch from the UI needs them."""
+    home = Path(os.environ["DAGSTER_HOME"])
+    return b"".join(
+        path.read_bytes()
+        for path in sorted(home.rglob("*"))
+        if path.is_file() and not str(path.relative_to(home)).startswith("history/runs.db")
+    )
 
 
 def test_each_outcome_and_nobody_else_changes(world: World) -> None:
@@ -101,6 +117,10 @@ def test_each_outcome_and_nobody_else_changes(world: World) -> None:
     assert after[(wrong, SLUG[course])]["progress"] > 0
     if got[right] == "unchanged":
         assert after[(right, SLUG[course])] == right_before
+    # What Dagster keeps of the run names the learners by pseudonym only (metadata, output).
+    kept = kept_by_dagster()
+    assert pseudonym("lonely").encode() in kept
+    assert b"lonely" not in kept.replace(pseudonym("lonely").encode(), b"")
 
 
 def test_none_enrolled_fails_naming_course_and_users(world: World) -> None:
@@ -109,9 +129,12 @@ def test_none_enrolled_fails_naming_course_and_users(world: World) -> None:
         connection.execute(
             sa.text("INSERT INTO users (id, email, forgotten) VALUES ('lonely', 'l@x.org', false)")
         )
-    result = resync(course, "lonely")
+    result = resync(course, "lonely", "lonely")
     assert result.exit_code != 0
-    assert f"Could not find any enrolments for users ['lonely'] on course {course}" in result.output
+    # The failure is read back from the event log, where users go by position and pseudonym.
+    named = f"[#1 {pseudonym('lonely')}]"
+    assert f"Could not find any enrolments for users {named} on course {course}" in result.output
+    assert b"lonely" not in kept_by_dagster().replace(pseudonym("lonely").encode(), b"")
     assert not world.table("achievements")
 
 

@@ -131,6 +131,7 @@ DEPLOYMENT = {
     "SYNC_ASSETS_STORAGE_URL": "s3://sync-assets/storage",
     "SYNC_ASSETS_HTTP_CACHE_URL": "redis://cache.example.org:6379/0",
     "SYNC_ASSETS_PSEUDONYM_KEY": "a-pseudonym-key-that-never-reaches-config",
+    "SYNC_ASSETS_HTTP_CACHE_PASSWORD": "a-redis-password-from-a-secret",
 }
 # Each resource's configured fields, as `name=Type:value` (an EnvVar's value is its name).
 SHOW_RESOURCES = """
@@ -205,3 +206,113 @@ def test_each_run_executed_here_counts_its_own_peak_memory() -> None:
     _reset_peak_memory()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert before - after > 250 * 1024  # KiB
+
+
+WEBHOOK_TOKEN = "a-token-never-repeated"  # a webhook path, a Redis password
+
+
+def _deployment(monkeypatch: pytest.MonkeyPatch, **settings: str) -> None:
+    for name in list(os.environ):
+        if name.startswith(("FL_PARTNERS_", "SYNC_ASSETS_", "PLATFORM_DATABASE_URL")):
+            monkeypatch.delenv(name)
+    for name, value in (DEPLOYMENT | settings).items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        (
+            "FL_PARTNERS_URL",
+            "http://partners.example.org",
+            "FL_PARTNERS_URL: must be an https:// URL with SYNC_ASSETS_PROFILE=deployment",
+        ),
+        (
+            "SYNC_ASSETS_ALERT_WEBHOOK_URL",
+            f"http://hooks.example.org/services/T000/B000/{WEBHOOK_TOKEN}",
+            "SYNC_ASSETS_ALERT_WEBHOOK_URL: must be an https:// URL with "
+            "SYNC_ASSETS_PROFILE=deployment",
+        ),
+        (
+            "SYNC_ASSETS_ALERT_WEBHOOK_URL",  # 127.0.0.1 as a name under another domain
+            f"http://127.0.0.1.example.org/{WEBHOOK_TOKEN}",
+            "SYNC_ASSETS_ALERT_WEBHOOK_URL: must be an https:// URL",
+        ),
+        (
+            "SYNC_ASSETS_HTTP_CACHE_URL",
+            f"rediss://:{WEBHOOK_TOKEN}@cache.example.org:6380/0?ssl_cert_reqs=none",
+            "SYNC_ASSETS_HTTP_CACHE_URL: certificate checks cannot be turned off with "
+            "SYNC_ASSETS_PROFILE=deployment",
+        ),
+        (
+            "SYNC_ASSETS_HTTP_CACHE_PASSWORD",  # the Redis then requires none
+            "",
+            "SYNC_ASSETS_HTTP_CACHE_URL: a Redis without a password with "
+            "SYNC_ASSETS_PROFILE=deployment: set SYNC_ASSETS_HTTP_CACHE_PASSWORD",
+        ),
+        (
+            "SYNC_ASSETS_HTTP_CACHE_URL",
+            "rediss://cache.example.org:6380/0?ssl_cert_reqs=optional",
+            "SYNC_ASSETS_HTTP_CACHE_URL: certificate checks cannot be turned off",
+        ),
+        (
+            "SYNC_ASSETS_HTTP_CACHE_URL",
+            "rediss://cache.example.org:6380/0?ssl_check_hostname=False",
+            "SYNC_ASSETS_HTTP_CACHE_URL: certificate checks cannot be turned off",
+        ),
+        (
+            "SYNC_ASSETS_HTTP_CACHE_URL",  # redis-py reads the first; both are refused
+            "rediss://cache.example.org:6380/0?ssl_check_hostname=true&ssl_check_hostname=no",
+            "SYNC_ASSETS_HTTP_CACHE_URL: certificate checks cannot be turned off",
+        ),
+    ],
+)
+def test_a_deployment_refuses_plain_http_and_unchecked_tls_naming_the_setting(
+    setting: str, value: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the bearer token, a webhook's token or the cache's password would travel in clear
+    or to a server nobody checked, a deployment does not load (local runs are not concerned)."""
+    from sync_assets.settings import ConfigurationError, check_settings
+
+    _deployment(monkeypatch, **{setting: value})
+    if setting == "SYNC_ASSETS_ALERT_WEBHOOK_URL":  # alerts go to the UI's runs
+        monkeypatch.setenv("SYNC_ASSETS_UI_URL", "https://dagster.example.org")
+    with pytest.raises(ConfigurationError) as raised:
+        check_settings()
+    assert str(raised.value).startswith(message)
+    assert raised.value.setting in (setting, "SYNC_ASSETS_HTTP_CACHE_URL")
+    assert WEBHOOK_TOKEN not in str(raised.value) and "example.org" not in str(raised.value)
+
+    monkeypatch.setenv("SYNC_ASSETS_PROFILE", "local")
+    check_settings()
+
+
+def test_a_deployment_takes_https_loopback_http_and_checked_tls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sync_assets.settings import check_settings
+
+    for partners, webhook, cache, password in [
+        (
+            "https://partners.example.org",
+            "https://hooks.example.org/x",
+            "redis://cache:6379/0",
+            "p",
+        ),
+        ("http://127.0.0.1:8080", "http://localhost:9000/x", "rediss://:pw@cache:6380/0", ""),
+        ("http://[::1]:8080", "http://127.8.0.1/x", "redis://127.0.0.1:6379/0", ""),
+        (
+            "https://partners.example.org",
+            "https://hooks.example.org/x",
+            "rediss://cache:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem",
+            "p",
+        ),
+    ]:
+        _deployment(
+            monkeypatch,
+            FL_PARTNERS_URL=partners,
+            SYNC_ASSETS_ALERT_WEBHOOK_URL=webhook,
+            SYNC_ASSETS_HTTP_CACHE_URL=cache,
+            SYNC_ASSETS_HTTP_CACHE_PASSWORD=password,
+        )
+        check_settings()

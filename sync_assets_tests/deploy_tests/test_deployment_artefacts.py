@@ -27,6 +27,7 @@ import tomllib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
 import dagster as dg
@@ -54,6 +55,7 @@ SECRET_SETTINGS = {
     "FL_PARTNERS_CONSUMER_SECRET",
     "PLATFORM_DATABASE_URL",
     "SYNC_ASSETS_PSEUDONYM_KEY",
+    "SYNC_ASSETS_HTTP_CACHE_PASSWORD",
 }
 # Secrets a deployment may leave out (compose defaults them to empty; Helm reads them from the
 # Secret, where the key may be absent).
@@ -380,6 +382,24 @@ def test_the_env_example_lists_every_variable_compose_reads_and_env_is_not_commi
     assert ignored == 0, "deploy/.env (secrets) must be ignored by git"
 
 
+def test_compose_s_redis_requires_the_password_the_code_server_is_given() -> None:
+    """The cache holds learners' enrolments: Redis takes no client without the password, which
+    comes from deploy/.env (never committed), and the cache URL itself carries none."""
+    redis = compose()["services"]["redis"]
+    password = compose_env("code-server")["SYNC_ASSETS_HTTP_CACHE_PASSWORD"]
+    assert redis["environment"]["REDISCLI_AUTH"] == password
+    assert password.startswith("${SYNC_ASSETS_HTTP_CACHE_PASSWORD:?")
+    shell, flag, script = redis["command"]
+    assert (shell, flag) == ("sh", "-c")
+    words = shlex.split(script)
+    assert words[:3] == ["exec", "docker-entrypoint.sh", "redis-server"]  # drops root as usual
+    assert option(words, "--requirepass") == "$$REDISCLI_AUTH"  # compose's $$ is the shell's $
+    # The health check authenticates (redis-cli reads REDISCLI_AUTH) and wants PONG, not NOAUTH.
+    assert redis["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -qx PONG"]
+    cache_url = compose_default(compose_env("code-server")["SYNC_ASSETS_HTTP_CACHE_URL"])
+    assert urlsplit(cache_url).hostname == "redis" and urlsplit(cache_url).password is None
+
+
 def compose_command() -> list[str] | None:
     docker = shutil.which("docker")
     if docker:
@@ -457,6 +477,11 @@ def test_helm_values_run_the_image_with_the_k8s_run_launcher_and_the_settings() 
         assert name in header, f"{name}: say which Secret holds it"
     # The image's profile is not overridden.
     assert "SYNC_ASSETS_PROFILE" not in env
+    # The chart puts `env` in a ConfigMap: the Redis URL there carries no password (it is a key
+    # of the Secret), and its TLS, if any, is checked.
+    cache_url = urlsplit(deployment["env"]["SYNC_ASSETS_HTTP_CACHE_URL"])
+    assert cache_url.password is None and "ssl_" not in cache_url.query
+    assert "SYNC_ASSETS_HTTP_CACHE_PASSWORD" in header.split("Secret `sync-assets-secrets`")[1]
 
 
 def snake(mapping: dict) -> dict:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
 import pytest
+import redis
 
 from sync_assets.definitions import build_definitions
 from sync_assets.defs.resources import PartnersApi
@@ -24,6 +27,7 @@ from sync_assets.simulator.app import (
 )
 from sync_assets.simulator.datasets import generate, load
 from sync_assets.simulator.transports import serving
+from sync_assets_tests.processes import free_port, start, stop
 
 if TYPE_CHECKING:
     from sync_assets_tests.conftest import RedisCache
@@ -189,3 +193,55 @@ def test_a_redis_password_stays_out_of_run_config_and_repr(
     assert client_settings.cache_url == f"redis://:{PASSWORD}@cache:6379/0"
     assert PASSWORD not in repr(client_settings) and PASSWORD not in str(resource.model_dump())
     assert cache.redacted(client_settings.cache_url) == "redis://:***@cache:6379/0"
+
+
+@pytest.fixture
+def redis_with_password(tmp_path: Path) -> Iterator[str]:
+    """A Redis server of this test's own that requires PASSWORD, as compose and Helm run it."""
+    port = free_port()
+    server = start(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", PASSWORD,
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        env={},
+        cwd=tmp_path,
+        log=tmp_path / "redis.log",
+    )  # fmt: skip
+    client = redis.Redis(port=port, password=PASSWORD, socket_connect_timeout=1)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    pytest.fail((tmp_path / "redis.log").read_text())
+                time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        stop(server)
+
+
+def test_the_redis_password_comes_apart_from_the_url(
+    redis_with_password: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The URL (a ConfigMap) carries no secret; SYNC_ASSETS_HTTP_CACHE_PASSWORD (a Secret) is
+    merged in when the cache connects. Without it the server turns the cache away."""
+    monkeypatch.setattr(cache, "OUTAGES", cache.Outages())
+    monkeypatch.setenv("SYNC_ASSETS_HTTP_CACHE_URL", redis_with_password)
+    monkeypatch.setenv("SYNC_ASSETS_HTTP_CACHE_PASSWORD", PASSWORD)
+    with simulated() as (simulator, base_url):
+        first = run(fetch_report(settings(base_url, http_cache_url())))
+        second = run(fetch_report(settings(base_url, http_cache_url())))
+        assert not first.not_modified and second.not_modified  # the 304 came through Redis
+        assert simulator.requests(REPORT, 304) == 1
+
+        monkeypatch.delenv("SYNC_ASSETS_HTTP_CACHE_PASSWORD")
+        with caplog.at_level(logging.WARNING):
+            third = run(fetch_report(settings(base_url, http_cache_url())))
+    assert not third.not_modified  # uncached: no password, no cache
+    assert "unreachable (AuthenticationError" in caplog.text
+    assert PASSWORD not in caplog.text

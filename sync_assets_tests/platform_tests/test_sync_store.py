@@ -12,13 +12,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from sync_assets.platform import sync_store
+from sync_assets.platform import change_tracking, sync_store
 from sync_assets.platform.demo_catalogue import seed_demo_catalogue
 from sync_assets.platform.tables import (
     achievement_transitions,
     achievements,
     completion_events,
     future_learn_memberships,
+    user_email_keys,
     user_programme_enrolments,
     users,
 )
@@ -184,6 +185,78 @@ def test_email_keys_follow_changed_emails_and_write_nothing_when_unchanged(engin
         assert sync_store.refresh_email_keys(connection) == 1
         assert sync_store.users_matching(connection, ["old@example.org"]).is_empty()
         assert sync_store.users_matching(connection, ["new@EXAMPLE.org"])["id"].to_list() == ["u1"]
+
+
+def _email_keys(engine: Engine) -> dict[str, str]:
+    with engine.connect() as connection:
+        statement = sa.select(user_email_keys.c.user_id, user_email_keys.c.email)
+        return {user: email for user, email in connection.execute(statement)}
+
+
+def test_email_keys_drop_deleted_and_forgotten_users_emails(engine: Engine) -> None:
+    """Erasure: the sync's copy of an email goes when the user is deleted or forgotten."""
+    add_users(
+        engine,
+        [
+            {"id": "u1", "email": "stays@example.org"},
+            {"id": "u2", "email": "deleted@example.org"},
+            {"id": "u3", "email": "forgotten-later@example.org"},
+            {"id": "u4", "email": "forgotten-before@example.org", "forgotten": True},
+        ],
+    )
+    with engine.begin() as connection:
+        sync_store.refresh_email_keys(connection)
+    # A user forgotten before the first refresh is never copied.
+    assert _email_keys(engine) == {
+        "u1": "stays@example.org",
+        "u2": "deleted@example.org",
+        "u3": "forgotten-later@example.org",
+    }
+    with engine.begin() as connection:
+        connection.execute(sa.delete(users).where(users.c.id == "u2"))
+        connection.execute(sa.update(users).where(users.c.id == "u3").values(forgotten=True))
+        assert sync_store.refresh_email_keys(connection) == 2
+        assert sync_store.refresh_email_keys(connection) == 0
+    assert _email_keys(engine) == {"u1": "stays@example.org"}
+
+
+def test_the_linking_state_erases_emails_and_moves_on_only_when_a_deletion_can_link(
+    engine: Engine,
+) -> None:
+    """The sync's one refresh of the keys (before it skips any course) removes a deleted user's
+    email whether or not linking changes; it moves the generation on (every course recomputed)
+    only when the deletion can change a link: here it leaves an ambiguous email to one user."""
+    add_users(
+        engine,
+        [
+            {"id": "u1", "email": "shared@example.org"},
+            {"id": "u2", "email": "SHARED@example.org"},
+            {"id": "u3", "email": "alone@example.org"},
+        ],
+    )
+    with engine.begin() as connection:
+        sync_store.upsert_memberships(
+            connection,
+            pl.DataFrame(
+                {
+                    "membership_uuid": ["m1"],
+                    "external_learner_id": ["shared@example.org"],
+                    "fetched_at": [T0],
+                }
+            ),
+        )
+    generation = change_tracking.refresh_linking_state(engine)
+    assert set(_email_keys(engine)) == {"u1", "u2", "u3"}
+
+    with engine.begin() as connection:
+        connection.execute(sa.delete(users).where(users.c.id == "u3"))
+    assert change_tracking.refresh_linking_state(engine) == generation  # courses may be skipped
+    assert set(_email_keys(engine)) == {"u1", "u2"}  # and the email is gone all the same
+
+    with engine.begin() as connection:
+        connection.execute(sa.delete(users).where(users.c.id == "u2"))
+    assert change_tracking.refresh_linking_state(engine) == generation + 1
+    assert _email_keys(engine) == {"u1": "shared@example.org"}
 
 
 def test_linked_memberships_are_never_looked_up_nor_re_pointed(engine: Engine) -> None:

@@ -1,6 +1,7 @@
 """The resync job: launch it from the launchpad, GraphQL or `sync-assets resync`."""
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -10,12 +11,7 @@ from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.sync.metadata import pseudonym
 from sync_assets.partners_api.client import run
-from sync_assets.sync.resync import (
-    NoEnrolmentsError,
-    ResyncFailed,
-    ResyncRequestError,
-    resync_learners,
-)
+from sync_assets.sync.resync import ResyncError, resync_learners
 
 RESYNC_TAGS = {"sync_assets/kind": "resync"}
 
@@ -35,7 +31,7 @@ def resync_learners_op(
     config: ResyncConfig,
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
-) -> dg.Output[dict]:
+) -> dg.Output[list[dict]]:
     engine = platform_database.engine
 
     async def resync():
@@ -52,28 +48,36 @@ def resync_learners_op(
 
     try:
         result, metrics = run(resync())
-    except (ResyncRequestError, NoEnrolmentsError, ResyncFailed) as error:
-        raise dg.Failure(description=str(error)) from None
+    except ResyncError as error:  # its text is kept in the event log: users by pseudonym
+        raise dg.Failure(description=error.describe(by_position(config.user_ids))) from None
     applied = result.outcome.applied if result.outcome else None
     context.log.info(
         f"resync of {len(result.outcomes)} learners: {dict(Counter(result.outcomes.values()))}"
     )
+    # The operator knows the ids given; the output (kept in storage) and its metadata (kept in
+    # the event log) show them in that order, by pseudonym: no user id in clear.
+    outcomes = [
+        {"position": i + 1, "user": pseudonym(user), "outcome": outcome}
+        for i, (user, outcome) in enumerate(result.outcomes.items())
+    ]
     return dg.Output(
-        result.outcomes,
+        outcomes,
         metadata={
-            # The operator knows the ids given; metadata shows them in that order, as digests.
-            "outcomes": dg.MetadataValue.json(
-                [
-                    {"position": i + 1, "user": pseudonym(user), "outcome": outcome}
-                    for i, (user, outcome) in enumerate(result.outcomes.items())
-                ]
-            ),
+            "outcomes": dg.MetadataValue.json(outcomes),
             "counts": dg.MetadataValue.json(dict(Counter(result.outcomes.values()))),
             "transitions_written": applied.transitions if applied else 0,
             "completion_events_written": applied.completion_events if applied else 0,
             "api_requests": metrics.total_requests,
             "api_not_modified_304": metrics.not_modified,
         },
+    )
+
+
+def by_position(user_ids: list[str]) -> Callable[[str], str]:
+    """How a stored error names a user given to the resync: position in the list, pseudonym."""
+    positions = {user: i + 1 for i, user in reversed(list(enumerate(user_ids)))}
+    return lambda user: (
+        f"#{positions[user]} {pseudonym(user)}" if user in positions else pseudonym(user)
     )
 
 

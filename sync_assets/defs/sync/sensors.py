@@ -10,6 +10,7 @@ from sync_assets.defs.sync.partitions import (
     CourseKeys,
     PartitionChanges,
     course_partitions,
+    is_bare_uuid,
     partition_changes,
 )
 from sync_assets.partners_api.client import run
@@ -60,9 +61,11 @@ def apply_partition_update(
 ) -> None:
     """Add the new keys; move bare-uuid partitions to theirs, stored values and all.
 
-    Each stored value is copied (never moved: nothing stored is lost if this stops half-way; it
-    is idempotent, so the next evaluation finishes it) and recorded as materialised under the new
-    key, so the partitions view shows what is stored, with where it came from.
+    Each stored value is copied and recorded as materialised under the new key, so the
+    partitions view shows what is stored, with where it came from; then the old partition is
+    deleted, and after it the objects under its key (nothing stored is lost if this stops
+    half-way; it is idempotent, so the next evaluation finishes it). Those objects are learners'
+    data no partition names any more: left, they would outlive every erasure on the platform.
     """
     changes = update.changes
     if changes.add:
@@ -85,6 +88,21 @@ def apply_partition_update(
                 )
             )
         instance.delete_dynamic_partition(course_partitions.name, old_key)
+    remove_retired_bare_uuid_objects(instance, io_manager)
+
+
+def remove_retired_bare_uuid_objects(
+    instance: dg.DagsterInstance, io_manager: PartitionedParquetIOManager
+) -> None:
+    """Delete objects stored under bare-uuid keys no partition has any more: what a migration by
+    an earlier release (which copied and never deleted) or one cut short left behind. Only bare
+    uuids: no release makes such keys now, so a partition being added meanwhile is never one."""
+    partitions = set(instance.get_dynamic_partitions(course_partitions.name))
+    for asset in PARTITIONED_ASSETS:
+        asset_key = dg.AssetKey(asset)
+        for key in io_manager.stored_partitions(asset_key):
+            if is_bare_uuid(key) and key not in partitions:
+                io_manager.delete_partition(asset_key, key)
 
 
 @dg.sensor(
@@ -92,7 +110,7 @@ def apply_partition_update(
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Add a partition for every known course with runs on FutureLearn (a 304 when "
     "nothing changed), keyed by its title's slug and the start of its uuid; partitions keyed "
-    "by a bare uuid (earlier versions) get readable keys, their stored values copied over.",
+    "by a bare uuid (earlier versions) get readable keys, their stored values moved over.",
 )
 def course_partitions_sensor(
     context: dg.SensorEvaluationContext,
@@ -102,8 +120,8 @@ def course_partitions_sensor(
 ):
     existing = list(context.instance.get_dynamic_partitions(course_partitions.name))
     update = plan_partition_update(existing, partners_api, platform_database)
+    apply_partition_update(context.instance, update, io_manager)  # also removes retired objects
     if not update.changes.add and not update.changes.replace:
         return dg.SkipReason(f"all {len(existing)} known courses have partitions")
-    apply_partition_update(context.instance, update, io_manager)
     context.log.info(update.describe())
     return dg.SkipReason(update.describe())
