@@ -107,6 +107,11 @@ def platform_database_url() -> str:
     return os.environ.get("PLATFORM_DATABASE_URL", "").strip() or default_platform_database_url()
 
 
+# The largest response body read from the Partners API (FL_PARTNERS_MAX_BODY_BYTES). A report of
+# 100,000 enrolments is ~30 MB; a body past the cap costs its own course, not the process's memory.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024**2
+
+
 @dataclass(frozen=True)
 class PartnersApiSettings:
     """FL_PARTNERS_* from the environment. `url` None means the embedded simulator."""
@@ -118,6 +123,7 @@ class PartnersApiSettings:
     concurrency: int = 8
     max_requests_per_second: float | None = None
     timeout_seconds: float = 60.0  # one attempt, connect to the last byte of the body
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 def partners_api_settings() -> PartnersApiSettings:
@@ -151,6 +157,7 @@ def partners_api_settings() -> PartnersApiSettings:
         concurrency=_positive("FL_PARTNERS_CONCURRENCY", int, 8),
         max_requests_per_second=_positive("FL_PARTNERS_MAX_REQUESTS_PER_SECOND", float, None),
         timeout_seconds=_positive("FL_PARTNERS_TIMEOUT_SECONDS", float, 60.0),
+        max_body_bytes=_positive("FL_PARTNERS_MAX_BODY_BYTES", int, DEFAULT_MAX_BODY_BYTES),
     )
 
 

@@ -106,6 +106,7 @@ class PartnersApi(dg.ConfigurableResource):
             max_attempts=self.max_attempts,
             max_retry_seconds=self.max_retry_seconds,
             timeout_seconds=settings.timeout_seconds,
+            max_body_bytes=settings.max_body_bytes,
             cache_url=check_http_cache_url(
                 self.cache_url, "PartnersApi.cache_url", password_allowed=False
             )
