@@ -211,6 +211,27 @@ def test_an_unreachable_api_is_one_line(seeded_sqlite: str, tmp_path: Path) -> N
     assert "check FL_PARTNERS_URL" in line
 
 
+def test_a_short_consumer_secret_is_warned_about(seeded_sqlite: str, tmp_path: Path) -> None:
+    """PyJWT's warning is the operator's only sign that the HMAC key is weak: not silenced."""
+    result = _sync_with(
+        {
+            "FL_PARTNERS_URL": "http://127.0.0.1:1",
+            "FL_PARTNERS_CONSUMER_KEY": "key",
+            "FL_PARTNERS_CONSUMER_SECRET": "sixteen-bytes!!!",
+            "DAGSTER_HOME": str(tmp_path / "home"),
+            "SYNC_ASSETS_DATA_DIR": str(tmp_path / "data"),
+        },
+        seeded_sqlite,
+    )
+    assert result.returncode == 1
+    assert "The HMAC key is 16 bytes long" in result.stderr
+
+
+def test_the_simulator_secret_is_long_enough_for_hs256() -> None:
+    """The demo signs with the simulator's secret: it must not trip the warning above."""
+    assert len(SIMULATOR_CONSUMER_SECRET.encode()) >= 32
+
+
 @pytest.mark.parametrize("problem", ["a file", "a broken dagster.yaml"])
 def test_an_unusable_dagster_home_is_one_line(
     seeded_sqlite: str, tmp_path: Path, problem: str
