@@ -95,7 +95,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client hung up on a body it refused (past its cap): its right
+            self.close_connection = True
 
     def _truncate(self) -> None:
         """Promise a body, send a tenth of it, hang up."""
