@@ -15,7 +15,8 @@ Answer = tuple[int, dict[str, str], bytes]  # status, headers, body
 
 
 class Scripted(ThreadingHTTPServer):
-    """Answers each path (with its query) as scripted, else 404, and records every request."""
+    """Answers each path (with its query) as scripted, else 404, and records every request.
+    A scripted 200 with an ETag answers 304 to a request that names it."""
 
     daemon_threads = True
 
@@ -39,6 +40,9 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
         headers = {name.lower(): value for name, value in self.headers.items()}
         self.server.seen.append({"path": self.path, **headers})
         status, answer_headers, body = self.server.answers.get(self.path, (404, {}, b"{}"))
+        etag = answer_headers.get("ETag")
+        if status == 200 and etag is not None and headers.get("if-none-match") == etag:
+            status, body = 304, b""  # revalidated: the client serves what it kept
         self.send_response(status)
         for name, value in answer_headers.items():
             self.send_header(name, value)

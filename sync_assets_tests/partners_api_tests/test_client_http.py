@@ -576,3 +576,39 @@ def test_a_body_past_the_cap_stops_being_read_and_is_not_retried(path: str, tmp_
     assert why.endswith("body larger than 1,048,576 bytes (FL_PARTNERS_MAX_BODY_BYTES), not read")
     assert elapsed < 10  # not read on to the request's deadline
     assert sent[0] < 16 * cap  # once (not retried), and not much past the cap (socket buffers)
+
+
+def test_a_cached_report_that_cannot_be_parsed_is_forgotten(tmp_path: Path) -> None:
+    """A report served as a 304 is decoded only when parsed, from the cached bytes: when those
+    cannot be used, the course fails alone and the cached body goes, so the next request asks
+    afresh (no If-None-Match) instead of being served the same bytes again."""
+    from datetime import UTC, datetime
+
+    from sync_assets.sync.steps import fetch_enrolments
+
+    course = "00000000-0000-4000-8000-00000000c0de"
+    runs = pl.DataFrame(
+        {
+            "course_uuid": [course],
+            "run_uuid": [RUN],
+            "start_time": [datetime(2026, 1, 1, tzinfo=UTC)],
+        }
+    )
+    with scripted({REPORT_PATH: (200, CACHEABLE, b'{"not": "a report"}')}) as api:
+
+        async def sync_night(first: bool):
+            async with PartnersApiClient(settings(api.base_url, tmp_path)) as client:
+                if first:  # fetched (and cached) but not parsed, as a skipped course's report
+                    return await client.enrolment_report(RUN)
+                return await fetch_enrolments(client, runs, [course])
+
+        first = run(sync_night(first=True))
+        second = run(sync_night(first=False))
+        third = run(sync_night(first=False))
+    assert first.not_modified is False
+    assert second.failed == {
+        course: f"report of run {RUN}: course_enrolments_report for {RUN}: "
+        "expected a JSON array, got dict"
+    }
+    assert third.failed == second.failed
+    assert ["if-none-match" in request for request in api.seen] == [False, True, False]
