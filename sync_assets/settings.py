@@ -108,7 +108,7 @@ def platform_database_url() -> str:
 
 
 # The largest response body read from the Partners API (FL_PARTNERS_MAX_BODY_BYTES). A report of
-# 100,000 enrolments is ~30 MB; a body past the cap costs its own course, not the process's memory.
+# 100,000 enrolments is ~45 MB; a body past the cap costs its own course, not the process's memory.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024**2
 
 
