@@ -78,8 +78,6 @@ def main(verbose: bool) -> None:
     """Keep the platform's teacher progress in step with FutureLearn's Partners API."""
     # Dagster's notices about its own beta parameters are for its developers, not our operators.
     warnings.filterwarnings("ignore", message=r"Parameter `\w+` of .* is currently in beta")
-    # A short consumer secret is FutureLearn's to choose; a refused one says so in one line.
-    warnings.filterwarnings("ignore", message=r"The HMAC key is \d+ bytes long")
 
 
 @main.group()

@@ -113,6 +113,11 @@ def platform_database_url() -> str:
     return os.environ.get("PLATFORM_DATABASE_URL", "").strip() or default_platform_database_url()
 
 
+# The largest response body read from the Partners API (FL_PARTNERS_MAX_BODY_BYTES). A report of
+# 100,000 enrolments is ~45 MB; a body past the cap costs its own course, not the process's memory.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024**2
+
+
 @dataclass(frozen=True)
 class PartnersApiSettings:
     """FL_PARTNERS_* from the environment. `url` None means the embedded simulator."""
@@ -124,6 +129,7 @@ class PartnersApiSettings:
     concurrency: int = 8
     max_requests_per_second: float | None = None
     timeout_seconds: float = 60.0  # one attempt, connect to the last byte of the body
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 def partners_api_settings() -> PartnersApiSettings:
@@ -158,6 +164,7 @@ def partners_api_settings() -> PartnersApiSettings:
         concurrency=_positive("FL_PARTNERS_CONCURRENCY", int, 8),
         max_requests_per_second=_positive("FL_PARTNERS_MAX_REQUESTS_PER_SECOND", float, None),
         timeout_seconds=_positive("FL_PARTNERS_TIMEOUT_SECONDS", float, 60.0),
+        max_body_bytes=_positive("FL_PARTNERS_MAX_BODY_BYTES", int, DEFAULT_MAX_BODY_BYTES),
     )
 
 
@@ -293,7 +300,7 @@ def http_cache_url() -> str:
     return check_http_cache_url(raw, HTTP_CACHE_URL) if raw else str(http_cache_path())
 
 
-def check_http_cache_url(url: str, setting: str, *, password_allowed: bool = True) -> str:
+def check_http_cache_url(url: str, setting: str) -> str:
     """`url` if it names a cache; the error never repeats it, as it may hold a password."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
@@ -323,10 +330,6 @@ def check_http_cache_url(url: str, setting: str, *, password_allowed: bool = Tru
             f"certificate checks cannot be turned off with {PROFILE_SETTING}=deployment "
             "(ssl_cert_reqs must be required, ssl_check_hostname true): give the CA with "
             "ssl_ca_certs instead",
-        )
-    if parts.password and not password_allowed:
-        raise ConfigurationError(
-            setting, f"run config is stored: put the Redis password in {HTTP_CACHE_URL} instead"
         )
     return url
 

@@ -194,21 +194,40 @@ def test_a_refused_secret_is_one_line_naming_the_settings(
     assert "not-the-secret" not in line
 
 
+def _sync_unreachable(
+    database_url: str, tmp_path: Path, secret: str
+) -> subprocess.CompletedProcess[str]:
+    """`sync-assets sync` against a port nothing listens on, signing with `secret`."""
+    return _sync_with(
+        {
+            "FL_PARTNERS_URL": "http://127.0.0.1:1",
+            "FL_PARTNERS_CONSUMER_KEY": "key",
+            "FL_PARTNERS_CONSUMER_SECRET": secret,
+            "DAGSTER_HOME": str(tmp_path / "home"),
+            "SYNC_ASSETS_DATA_DIR": str(tmp_path / "data"),
+        },
+        database_url,
+    )
+
+
 def test_an_unreachable_api_is_one_line(seeded_sqlite: str, tmp_path: Path) -> None:
     line = _one_line(
-        _sync_with(
-            {
-                "FL_PARTNERS_URL": "http://127.0.0.1:1",
-                "FL_PARTNERS_CONSUMER_KEY": "key",
-                "FL_PARTNERS_CONSUMER_SECRET": "a-secret-of-at-least-thirty-two-bytes!!",
-                "DAGSTER_HOME": str(tmp_path / "home"),
-                "SYNC_ASSETS_DATA_DIR": str(tmp_path / "data"),
-            },
-            seeded_sqlite,
-        )
+        _sync_unreachable(seeded_sqlite, tmp_path, "a-secret-of-at-least-thirty-two-bytes!!")
     )
     assert line.startswith("Error: Partners API course_runs: ConnectError")
     assert "check FL_PARTNERS_URL" in line
+
+
+def test_a_short_consumer_secret_is_warned_about(seeded_sqlite: str, tmp_path: Path) -> None:
+    """PyJWT's warning is the operator's only sign that the HMAC key is weak: not silenced."""
+    result = _sync_unreachable(seeded_sqlite, tmp_path, "sixteen-bytes!!!")
+    assert result.returncode == 1
+    assert "The HMAC key is 16 bytes long" in result.stderr
+
+
+def test_the_simulator_secret_is_long_enough_for_hs256() -> None:
+    """The demo signs with the simulator's secret: it must not trip the warning above."""
+    assert len(SIMULATOR_CONSUMER_SECRET.encode()) >= 32
 
 
 @pytest.mark.parametrize("problem", ["a file", "a broken dagster.yaml"])

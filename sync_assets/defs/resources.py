@@ -85,6 +85,7 @@ class PartnersApi(dg.ConfigurableResource):
             max_attempts=self.max_attempts,
             max_retry_seconds=self.max_retry_seconds,
             timeout_seconds=settings.timeout_seconds,
+            max_body_bytes=settings.max_body_bytes,
             cache_url=http_cache_url(),
         )
 

@@ -16,9 +16,10 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 import hishel
 import httpx
@@ -39,6 +40,7 @@ from sync_assets.partners_api.auth import PartnersJwtAuth
 from sync_assets.partners_api.cache import open_storage
 from sync_assets.partners_api.lanes import LanedTransport, lane
 from sync_assets.partners_api.metrics import ApiMetrics, MeteringTransport
+from sync_assets.settings import DEFAULT_MAX_BODY_BYTES
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -60,6 +62,7 @@ class ClientSettings:
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 30.0
     timeout_seconds: float = 60.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # a longer body fails its request, unread
     # A SQLite file path or a redis(s):// URL, which may carry a password (hence no repr); None:
     # an in-memory cache for this client only.
     cache_url: str | None = field(default=None, repr=False)
@@ -80,6 +83,15 @@ class PartnersApiError(RuntimeError):
         self.subject = subject
         # True when no other request can succeed either (refused credentials): not one course's.
         self.fatal = fatal
+
+
+class BodyTooLarge(Exception):
+    """A response body past `ClientSettings.max_body_bytes`: not read on, not retried."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(
+            f"body larger than {max_bytes:,} bytes (FL_PARTNERS_MAX_BODY_BYTES), not read"
+        )
 
 
 class _Retryable(Exception):
@@ -121,6 +133,7 @@ class RawReport:
     pages: tuple[Any, ...]  # a decoded body, or the undecoded bytes of a 304
     page_digests: tuple[str, ...]
     not_modified: bool  # every page answered 304
+    page_urls: tuple[str, ...] = ()  # what each page was requested as (its cache entry's key)
 
     @property
     def digest(self) -> str:
@@ -128,6 +141,7 @@ class RawReport:
         return hashlib.sha256("\n".join(self.page_digests).encode()).hexdigest()
 
     def parse(self) -> Fetched:
+        """Raises on a body that cannot be read (any exception): see `PartnersApiClient.forget`."""
         parsed = [
             contract.parse_enrolments(
                 json.loads(page) if isinstance(page, bytes) else page, self.run_uuid
@@ -159,6 +173,37 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
         return None  # an HTTP date: rare; fall back to our own backoff
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def foreign_origin(base_url: str, link: str) -> str | None:
+    """`link`'s origin (scheme://host:port) when it is not `base_url`'s, else None.
+
+    A relative link (a path) is None: it is requested under the base URL. Only the base URL's
+    origin is ever sent the bearer token, so a link to any other is not followed at all.
+    """
+    parts = urlsplit(link)
+    if not parts.scheme and not parts.netloc:
+        return None
+    base = urlsplit(base_url)
+    theirs = _origin(parts, base.scheme)
+    return None if theirs == _origin(base, base.scheme) else theirs
+
+
+def _origin(parts: SplitResult, default_scheme: str) -> str:
+    scheme = (parts.scheme or default_scheme).lower()  # `//host/path` takes the base's scheme
+    try:
+        port = parts.port or DEFAULT_PORTS.get(scheme)
+    except ValueError:  # not a port: shown as given, and never equal to the base's
+        return _one_line(f"{scheme}://{parts.netloc}")
+    return _one_line(f"{scheme}://{parts.hostname or ''}:{port}")
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """`text` as it may appear in an error: printable, one line, bounded (it came from a server)."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
 def _cache_key(url: str) -> str:
     # hishel's key for RFC mode (see hishel.httpx.AsyncCacheTransport).
     return hashlib.sha256(f"RFC {url}".encode()).hexdigest()
@@ -184,13 +229,15 @@ class PartnersApiClient:
             ),
         )
         self._metered = MeteringTransport(wire, self.metrics)
+        # Below the cache: an over-long body is neither read on nor stored.
+        self._capped = CappedTransport(self._metered, settings.max_body_bytes)
         self._storage = open_storage(
             settings.cache_url,
             max_bytes=settings.cache_max_bytes,
             idle_seconds=settings.cache_idle_seconds,
         )
         cached = AsyncCacheTransport(
-            next_transport=self._metered,
+            next_transport=self._capped,
             storage=self._storage,
             rfc=hishel.CacheOptions(shared=False),
         )
@@ -223,23 +270,22 @@ class PartnersApiClient:
     # --- the four endpoints --------------------------------------------------------------------
 
     async def course_runs(self) -> Fetched:
-        pages, not_modified = await self._get_pages("/partners/course_runs", "course_runs", None)
-        return self._parse_pages(pages, not_modified, contract.parse_course_runs)
+        answers = await self._get_answers("/partners/course_runs", "course_runs", None)
+        return await self._parse_pages(answers, "course_runs", None, contract.parse_course_runs)
 
     async def course_run(self, run_uuid: str) -> Fetched:
         path = f"/partners/course_runs/{run_uuid}"
         answer = await self._get(self._cached.get, path, "course_run", run_uuid)
         if answer.body is None:
             raise PartnersApiError("course_run", run_uuid, "not found (404)")
-        parsed = contract.parse_course_run(answer.body)
-        return Fetched(parsed.records, parsed.quarantine, answer.not_modified)
+        return await self._parse_pages([answer], "course_run", run_uuid, contract.parse_course_run)
 
     async def enrolments(self, run_uuid: str) -> Fetched:
         endpoint = "course_enrolments_report"
         path = f"/partners/course_runs/{run_uuid}/course_enrolments_report"
-        pages, not_modified = await self._get_pages(path, endpoint, run_uuid)
-        return self._parse_pages(
-            pages, not_modified, lambda body: contract.parse_enrolments(body, run_uuid)
+        answers = await self._get_answers(path, endpoint, run_uuid)
+        return await self._parse_pages(
+            answers, endpoint, run_uuid, lambda body: contract.parse_enrolments(body, run_uuid)
         )
 
     async def enrolment_report(self, run_uuid: str) -> RawReport:
@@ -252,6 +298,7 @@ class PartnersApiClient:
             tuple(a.content if a.body is _UNDECODED else a.body for a in answers),
             tuple(a.digest for a in answers),
             all(a.not_modified for a in answers),
+            tuple(a.url for a in answers),
         )
 
     async def enrolments_for_runs(self, run_uuids: Iterable[str]) -> Reports:
@@ -301,6 +348,9 @@ class PartnersApiClient:
                 else:
                     answered.append((uuid, body))
             parsed = contract.parse_memberships(answered)
+            # Look-ups are not cached: nothing to forget.
+            for uuid, why in parsed.unreadable.items():
+                failed[uuid] = str(PartnersApiError("organisation_membership", uuid, why))
             found.append(parsed.records)
             quarantine.append(parsed.quarantine)
         return Memberships(
@@ -340,42 +390,57 @@ class PartnersApiClient:
 
     # --- requests ------------------------------------------------------------------------------
 
-    async def _get_pages(
-        self, path: str, endpoint: str, subject: str | None
-    ) -> tuple[list[Any], bool]:
-        """Every page of a resource, following `Link: rel="next"`; unchanged if all were 304."""
-        answers = await self._get_answers(path, endpoint, subject)
-        return [a.body for a in answers], all(a.not_modified for a in answers)
-
     async def _get_answers(
         self, path: str, endpoint: str, subject: str | None, *, lazy: bool = False
     ) -> list[_Answer]:
-        """Every page's answer, following `Link: rel="next"` (`lazy`: see `_attempt`)."""
+        """Every page's answer, following `Link: rel="next"` (`lazy`: see `_attempt`).
+
+        A next link to another origin than the base URL's is not requested: the request would
+        carry the bearer token there. The pages kept so far are forgotten, as their cached
+        headers hold the link.
+        """
         answers: list[_Answer] = []
         url: str | None = path
         seen: set[str] = set()
         while url is not None:
             if url in seen or len(seen) >= MAX_PAGES:
-                raise PartnersApiError(endpoint, subject, f"pagination loops at {url}")
+                raise PartnersApiError(endpoint, subject, f"pagination loops at {_one_line(url)}")
             seen.add(url)
             answer = await self._get(self._cached.get, url, endpoint, subject, lazy=lazy)
             if answer.body is None:
                 raise PartnersApiError(endpoint, subject, "not found (404)")
             answers.append(answer)
             url = answer.next_url
+            foreign = foreign_origin(self._base_url, url) if url is not None else None
+            if foreign is not None:
+                await self.forget(a.url for a in answers)
+                raise PartnersApiError(
+                    endpoint,
+                    subject,
+                    f"next link points to another origin ({foreign}), not requested",
+                )
         return answers
 
-    def _parse_pages(
-        self, bodies: list[Any], not_modified: bool, parse: Callable[[Any], contract.Parsed]
+    async def _parse_pages(
+        self,
+        answers: list[_Answer],
+        endpoint: str,
+        subject: str | None,
+        parse: Callable[[Any], contract.Parsed],
     ) -> Fetched:
-        parsed = [parse(body) for body in bodies]
+        """The pages parsed; a page that cannot be is forgotten and fails the resource alone."""
+        try:
+            parsed = [parse(answer.body) for answer in answers]
+        except Exception as error:  # any body, however hostile, costs this resource only
+            await self.forget(answer.url for answer in answers)
+            raise PartnersApiError(endpoint, subject, contract.unreadable_body(error)) from None
         return Fetched(
             records=pl.concat([p.records for p in parsed]),
             quarantine=pl.concat([p.quarantine for p in parsed]),
-            not_modified=not_modified,
+            not_modified=all(answer.not_modified for answer in answers),
         )
 
-    async def _get_uncached(self, url: str) -> httpx.Response:
+    async def _get_uncached(self, path: str) -> httpx.Response:
         """GET straight to the metered wire, past the cache and httpx's client layer.
 
         Membership look-ups are most of a first sync's requests (a million on a large platform),
@@ -383,15 +448,19 @@ class PartnersApiClient:
         jar, auth generator, stream wrappers) cost a seventh of the client's CPU per look-up. What
         that layer did for us is done here: base URL, headers, timeout, and a refused token
         signed anew once (the same as `PartnersJwtAuth.auth_flow`).
+
+        A path only, never a URL: the token goes to the base URL's origin and nowhere else.
         """
+        if not path.startswith("/"):
+            raise ValueError("a path under the base URL is expected")
         for renew in (False, True):
             request = httpx.Request(
                 "GET",
-                url if url.startswith(("http://", "https://")) else self._base_url + url,
+                self._base_url + path,
                 headers={**HEADERS, "Authorization": f"Bearer {self.auth.token(renew=renew)}"},
                 extensions={"timeout": self._timeout.as_dict()},
             )
-            response = await self._metered.handle_async_request(request)
+            response = await self._capped.handle_async_request(request)
             response.request = request
             try:
                 await response.aread()
@@ -442,6 +511,9 @@ class PartnersApiClient:
             raise PartnersApiError(
                 endpoint, subject, f"{error} (gave up after {attempts} attempts in {elapsed:.1f} s)"
             ) from None
+        except BodyTooLarge as error:  # the same body again is as large: not retried
+            await self.forget([str(self._cached.build_request("GET", url).url)])
+            raise PartnersApiError(endpoint, subject, str(error)) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(
@@ -472,6 +544,9 @@ class PartnersApiClient:
                 raise _Retryable(f"no complete answer within {deadline_seconds:g} s") from None
             except httpx.TransportError as error:
                 raise _Retryable(f"{type(error).__name__}: {error}") from None
+        if len(response.content) > self.settings.max_body_bytes:
+            # Past the wire's cap when served from the cache, or inflated from a compressed body.
+            raise BodyTooLarge(self.settings.max_body_bytes)
         if response.status_code == 401:
             raise PartnersApiError(
                 endpoint,
@@ -482,22 +557,23 @@ class PartnersApiClient:
         if response.status_code in RETRY_STATUSES:
             raise _Retryable(f"HTTP {response.status_code}", _retry_after_seconds(response))
         if response.status_code == 404:
-            return _Answer(None, False, None)
+            return _Answer(None, False, None, str(response.request.url))
         if response.status_code != 200:
             raise PartnersApiError(endpoint, None, f"unexpected HTTP {response.status_code}")
         not_modified = _not_modified(response)
         next_url = response.links.get("next", {}).get("url")
+        url = str(response.request.url)
         # Only reports are digested (to know one is the same as last time), not look-ups.
         digest = hashlib.sha256(response.content).hexdigest() if lazy else ""
         if lazy and not_modified:
-            return _Answer(_UNDECODED, True, next_url, digest, response.content)
+            return _Answer(_UNDECODED, True, next_url, url, digest, response.content)
         try:
             body = json.loads(response.content)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except Exception as error:  # huge integers and deep nesting raise other than JSON errors
             # The cache may have kept a broken body under a good ETag: forget it, then retry.
-            await self._forget(str(response.request.url))
-            raise _Retryable("unreadable JSON body") from None
-        return _Answer(body, not_modified, next_url, digest)
+            await self.forget([url])
+            raise _Retryable(f"unreadable JSON: {contract.unreadable_body(error)}") from None
+        return _Answer(body, not_modified, next_url, url, digest)
 
     def _wait(self, state: RetryCallState) -> float:
         backoff = wait_random_exponential(
@@ -507,9 +583,12 @@ class PartnersApiClient:
         retry_after = getattr(error, "retry_after", None)
         return max(backoff, retry_after) if retry_after is not None else backoff
 
-    async def _forget(self, url: str) -> None:
-        for entry in await self._storage.get_entries(_cache_key(url)):
-            await self._storage.remove_entry(entry.id)
+    async def forget(self, urls: Iterable[str]) -> None:
+        """Drop these requests' responses from the cache: a body that could not be used must
+        not come back tomorrow as a 304 (the same ETag) and fail the same way."""
+        for url in urls:
+            for entry in await self._storage.get_entries(_cache_key(url)):
+                await self._storage.remove_entry(entry.id)
 
 
 _UNDECODED = object()  # an _Answer's body left as bytes (`lazy`)
@@ -520,8 +599,47 @@ class _Answer:
     body: Any  # None for a 404; _UNDECODED: see `content`
     not_modified: bool  # a 304 answered from the kept body
     next_url: str | None
+    url: str = ""  # as requested: the key of its cache entry
     digest: str = ""  # sha256 of the body's bytes
     content: bytes = b""  # only when the body was left undecoded
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.AsyncByteStream, max_bytes: int) -> None:
+        self._stream = stream
+        self._max_bytes = max_bytes
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        read = 0
+        async for chunk in self._stream:
+            read += len(chunk)
+            if read > self._max_bytes:
+                raise BodyTooLarge(self._max_bytes)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class CappedTransport(httpx.AsyncBaseTransport):
+    """Refuses a body longer than `max_bytes`: by its Content-Length before reading any of it,
+    else as soon as what was read passes the cap. A hostile body costs at most the cap."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, max_bytes: int) -> None:
+        self._inner = inner
+        self._max_bytes = max_bytes
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self._max_bytes:
+            await response.aclose()
+            raise BodyTooLarge(self._max_bytes)
+        response.stream = _CappedStream(response.stream, self._max_bytes)  # type: ignore[arg-type]
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def or_failure(

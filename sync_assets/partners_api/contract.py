@@ -8,8 +8,9 @@ data such as an `external_learner_id`.
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -94,10 +95,31 @@ class Parsed:
 
     records: pl.DataFrame
     quarantine: pl.DataFrame
+    # Sources whose whole body could not be used (not one record's problem) → why; look-ups only.
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 class ContractError(ValueError):
     """A response whose shape is not the contract's at all (not a record-level problem)."""
+
+
+def unreadable_body(error: BaseException) -> str:
+    """Why a body could not be decoded or validated, in one line that never quotes it.
+
+    Only our own ContractError's text is kept: other errors (json's, polars') may show the values
+    they choked on, and a body holds emails.
+    """
+    if isinstance(error, ContractError):
+        return str(error)
+    if isinstance(error, UnicodeDecodeError):
+        return "body is not UTF-8"
+    if isinstance(error, json.JSONDecodeError):
+        return "body is not JSON"
+    if isinstance(error, RecursionError):
+        return "body nested too deeply to read"
+    if isinstance(error, ValueError) and "integer string conversion" in str(error):
+        return "body holds an integer too long to read (over 4,300 digits)"
+    return f"body could not be read ({type(error).__name__})"
 
 
 def route(path: str) -> tuple[str, str | None]:
@@ -131,9 +153,8 @@ def _first_reason(checks: list[tuple[pl.Expr, str | pl.Expr]]) -> pl.Expr:
 def _objects(body: Any, endpoint: str, source: str) -> tuple[list[dict], pl.DataFrame]:
     """Split an array body into its objects and quarantine rows for non-objects."""
     if not isinstance(body, list):
-        raise ContractError(
-            f"{endpoint} for {source}: expected a JSON array, got {type(body).__name__}"
-        )
+        about = f"{endpoint} for {source}" if source else endpoint
+        raise ContractError(f"{about}: expected a JSON array, got {type(body).__name__}")
     objects, rejected = [], []
     for index, record in enumerate(body):
         if isinstance(record, dict):
@@ -333,10 +354,19 @@ def membership_record(body: Any, membership_uuid: str) -> tuple[dict | None, tup
 
 
 def parse_memberships(answers: list[tuple[str, Any]]) -> Parsed:
-    """Many memberships at once: one frame for all (a frame each would cost far more)."""
+    """Many memberships at once: one frame for all (a frame each would cost far more).
+
+    A body that cannot be read at all is named in `unreadable`, not raised: it costs the courses
+    holding its membership, not the batch.
+    """
     records, rejected = [], []
+    unreadable: dict[str, str] = {}
     for membership_uuid, body in answers:
-        record, quarantined = membership_record(body, membership_uuid)
+        try:
+            record, quarantined = membership_record(body, membership_uuid)
+        except Exception as error:  # any body, however hostile, costs its own membership only
+            unreadable[membership_uuid] = unreadable_body(error)
+            continue
         if record is not None:
             records.append(record)
         if quarantined is not None:
@@ -344,6 +374,7 @@ def parse_memberships(answers: list[tuple[str, Any]]) -> Parsed:
     return Parsed(
         pl.DataFrame(records, schema=MEMBERSHIP_SCHEMA),
         pl.DataFrame(rejected, schema=QUARANTINE_SCHEMA, orient="row"),
+        unreadable,
     )
 
 

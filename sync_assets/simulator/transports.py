@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
@@ -145,12 +146,17 @@ def serving(
 ) -> Iterator[SimulatorServer]:
     """Serve the simulator over loopback HTTP in a background thread for the duration."""
     server = SimulatorServer(simulator, host, port)
-    thread = threading.Thread(
-        target=server.serve_forever, name="partners-api-simulator", daemon=True
-    )
+    with running(server, "partners-api-simulator"):
+        yield server
+
+
+@contextlib.contextmanager
+def running(server: socketserver.BaseServer, name: str = "loopback-server") -> Iterator[None]:
+    """`server.serve_forever()` in a background thread for the duration; then shut down."""
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     try:
-        yield server
+        yield
     finally:
         server.shutdown()
         server.server_close()

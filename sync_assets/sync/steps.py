@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from sync_assets import failpoints
 from sync_assets.partners_api import contract
 from sync_assets.partners_api.client import (
+    Fetched,
     Memberships,
     PartnersApiClient,
     PartnersApiError,
@@ -164,18 +165,31 @@ async def fetch_enrolments(
         if errors:
             failed[course] = f"report of run {errors[0][0]}: {errors[0][1]}"
             return
-        unchanged.update(report.run_uuid for report in reports if report.not_modified)
-        changed.update(report.run_uuid for report in reports if not report.not_modified)
-        fingerprints[course] = change_tracking.report_fingerprint(
+        fingerprint = change_tracking.report_fingerprint(
             runs, {report.run_uuid: report.digest for report in reports}
         )
-        if skip_if_reports.get(course) == fingerprints[course]:
+        unchanged_since_synced = skip_if_reports.get(course) == fingerprint
+        parsed: list[Fetched] = []
+        if not unchanged_since_synced:
+            for report in reports:
+                try:
+                    parsed.append(report.parse())
+                except Exception as error:  # any body, however hostile, costs its course only
+                    # Its pages may be 304s of a cached body: tomorrow would fail on it again.
+                    await client.forget(report.page_urls)
+                    failed[course] = (
+                        f"report of run {report.run_uuid}: {contract.unreadable_body(error)}"
+                    )
+                    return
+        unchanged.update(report.run_uuid for report in reports if report.not_modified)
+        changed.update(report.run_uuid for report in reports if not report.not_modified)
+        fingerprints[course] = fingerprint
+        if unchanged_since_synced:
             skipped.add(course)
             return
-        for report in reports:
-            parsed = report.parse()
-            records.append(parsed.records.with_columns(course_uuid=pl.lit(course)))
-            quarantine.append(parsed.quarantine)
+        for fetched in parsed:
+            records.append(fetched.records.with_columns(course_uuid=pl.lit(course)))
+            quarantine.append(fetched.quarantine)
 
     await client.fan_out(one_course, wanted)
     with_course = (

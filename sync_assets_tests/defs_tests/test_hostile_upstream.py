@@ -7,6 +7,7 @@ wrong types. End to end through `sync-assets sync`, on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -21,8 +22,12 @@ import pytest
 from sync_assets.definitions import defs
 from sync_assets.defs.alerts.sensors import failed_run
 from sync_assets.defs.sync.jobs import all_partitions_tags
+from sync_assets.partners_api.cache import open_storage
+from sync_assets.partners_api.client import _cache_key
 from sync_assets.platform.demo_catalogue import load_catalogue
-from sync_assets_tests.conftest import on_backends, sqlite_only
+from sync_assets.settings import http_cache_url
+from sync_assets_tests.conftest import BACKENDS, on_backends, sqlite_only
+from sync_assets_tests.loopback import scripted
 
 from .conftest import World
 from .test_sync_end_to_end import expected_achievements
@@ -90,7 +95,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client hung up on a body it refused (past its cap): its right
+            self.close_connection = True
 
     def _truncate(self) -> None:
         """Promise a body, send a tenth of it, hang up."""
@@ -151,37 +159,52 @@ def _report(run: str) -> str:
     return f"/partners/course_runs/{run}/course_enrolments_report"
 
 
-def _others(achievements: dict, course: str) -> dict:
-    return {key: value for key, value in achievements.items() if key[1] != CATALOGUE[course]}
-
-
 def _assert_one_course_failed_alone(result, course: str, title: str, world: World, before: dict):
+    _assert_courses_failed_alone(result, {course: ""}, world, before)
+
+
+def _assert_courses_failed_alone(result, why: dict[str, str], world: World, before: dict):
+    """Each course of `why` failed, on one line of the summary holding its `why`; the others
+    were applied; no trace, no body and no learner's external id in the output."""
     assert result.exit_code == 1
     assert "Traceback" not in result.output and "Stack Trace" not in result.output
-    key = world.key(course)
-    assert f"{key}: " in result.output  # the run's failure, by the course's readable key
-    assert f"Courses not applied, and why (1):\n  {key} ({course}): " in result.output
+    keys = {world.key(course): course for course in why}
+    failed = len(keys)
+    assert f"Courses not applied, and why ({failed}):\n" in result.output
+    lines = result.output.splitlines()
+    for key, course in keys.items():
+        assert f"{key}: " in result.output  # the run's failure, by the course's readable key
+        line = next(line for line in lines if line.startswith(f"  {key} ({course}): "))
+        assert why[course] in line, line
     courses = len(set(world.dataset.runs["course_uuid"]) & CATALOGUE.keys())
-    assert f"1 of {courses} courses not applied (see above); the other {courses - 1} were" in (
-        result.output
+    assert (
+        f"{failed} of {courses} courses not applied (see above); the other {courses - failed} were"
+        in result.output
     )
-    # The run failure alert names it too, by key, with why, and the step that ended the run.
+    assert "9" * 100 not in result.output and "[[[[" not in result.output
+    external_ids = world.dataset.memberships["external_learner_id"].drop_nulls()
+    assert not [external for external in external_ids if external in result.output]
+    # The run failure alert names them too, by key, with why, and the step that ended the run.
     with dg.DagsterInstance.get() as instance:
         [run] = instance.get_runs(dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
         alert = failed_run(instance, run.run_id)
-    assert alert is not None and list(alert.failed_courses) == [key]
-    assert alert.failed_steps == ["activity_progress"] and key in alert.error
-    # The UI's partitions view: that course failed, at every step from the one that failed it.
+    assert alert is not None and sorted(alert.failed_courses) == sorted(keys)
+    assert alert.failed_steps == ["activity_progress"] and all(key in alert.error for key in keys)
+    # The UI's partitions view: those courses failed, at every step from the one that failed them.
     for asset in ("latest_enrolments", "activity_progress"):
         status = world.partition_status(asset)
-        assert status.pop(course) == "FAILED", asset
+        assert {course: status.pop(course) for course in why} == dict.fromkeys(why, "FAILED")
         assert set(status.values()) == {"MATERIALIZED"}, asset
+    # The failed courses keep exactly what they had; every other course is applied.
+    activities = {CATALOGUE[course] for course in why}
     after = world.achievements()
-    # The course keeps exactly what it had; every other course is applied.
-    assert {k: v for k, v in after.items() if k[1] == CATALOGUE[course]} == {
-        k: v for k, v in before.items() if k[1] == CATALOGUE[course]
+    expected = expected_achievements(world.dataset, before)
+    assert {k: v for k, v in after.items() if k[1] in activities} == {
+        k: v for k, v in before.items() if k[1] in activities
     }
-    assert _others(after, course) == _others(expected_achievements(world.dataset, before), course)
+    assert {k: v for k, v in after.items() if k[1] not in activities} == {
+        k: v for k, v in expected.items() if k[1] not in activities
+    }
 
 
 # Every spoilt answer on SQLite. What differs between them is the HTTP client's side (how the
@@ -241,6 +264,211 @@ def test_a_membership_look_up_failing_for_good_fails_the_courses_holding_it(
 
     _assert_one_course_failed_alone(result, course, title, world, {})
     assert f"look-up of 1 membership(s) failed, e.g. {only_here}" in result.output
+
+
+# --- bodies no decoder should be trusted with: each costs its own course -----------------------
+
+CAP = 1024**2  # FL_PARTNERS_MAX_BODY_BYTES in these tests: far above any body of `tiny`
+
+
+def huge_integer(status: int, headers: dict, body: bytes):
+    """A 5,000-digit integer first: Python's json refuses it with ValueError, not a JSON error."""
+    name = b'"n": ' if body.startswith(b"{") else b""
+    return status, headers, body[:1] + name + b"9" * 5000 + b", " + body[1:]
+
+
+def deep_nesting(status: int, headers: dict, body: bytes):
+    """Valid JSON that json.loads cannot read without RecursionError."""
+    return status, headers, b"[" * 100_000 + b"]" * 100_000
+
+
+def over_the_cap(status: int, headers: dict, body: bytes):
+    """The real body padded with whitespace past the cap: valid JSON, only too long."""
+    return status, headers, body[:-1] + b" " * (2 * CAP) + body[-1:]
+
+
+def invalid_utf8(status: int, headers: dict, body: bytes):
+    return status, headers, body.replace(b'"', b'"\xff', 1)
+
+
+# Each spoiler and what the course's line says of it. The ETag is the simulator's, as a proxy or
+# an API bug would leave it: the body is cached under it, unless forgotten.
+UNREADABLE = {
+    huge_integer: "an integer too long to read",
+    deep_nesting: "nested too deeply",
+    over_the_cap: f"body larger than {CAP:,} bytes (FL_PARTNERS_MAX_BODY_BYTES)",
+    invalid_utf8: "not UTF-8",
+}
+
+
+def _busy_runs(world: World) -> dict[str, str]:
+    """Each known course and one of its runs with enrolments, by course uuid."""
+    busy = set(world.dataset.enrolments["run_uuid"])
+    runs = world.dataset.runs.filter(
+        pl.col("course_uuid").is_in(list(CATALOGUE)) & pl.col("run_uuid").is_in(list(busy))
+    ).sort("course_uuid", "start_time", "run_uuid")
+    return dict(
+        runs.group_by("course_uuid", maintain_order=True)
+        .agg(pl.col("run_uuid").first())
+        .iter_rows()
+    )
+
+
+def _cached(url: str) -> bool:
+    """Whether the sync's HTTP cache holds a response for `url`."""
+
+    async def entries() -> list:
+        storage = open_storage(http_cache_url(), max_bytes=2**30, idle_seconds=3600)
+        try:
+            return await storage.get_entries(_cache_key(url))
+        finally:
+            await storage.close()
+
+    return bool(asyncio.run(entries()))
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_unreadable_reports_each_fail_their_course_alone_and_are_forgotten(
+    world: World, proxy: HostileProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 5,000-digit integer, 100,000 '[', a body past the cap and invalid UTF-8, each in one
+    course's report in the same night: four courses fail, each on its own line, the fifth is
+    applied, and no spoilt body stays in the cache to come back tomorrow as a 304."""
+    monkeypatch.setenv("FL_PARTNERS_MAX_BODY_BYTES", str(CAP))
+    runs = _busy_runs(world)
+    spoilt = dict(zip(runs, UNREADABLE, strict=False))  # course → spoiler; the last course kept
+    assert len(runs) == len(spoilt) + 1
+    for course, spoiler in spoilt.items():
+        proxy.spoilers[_report(runs[course])] = spoiler
+
+    result = world.sync()
+
+    _assert_courses_failed_alone(
+        result,
+        {course: f"report of run {runs[course]}: " for course in spoilt},
+        world,
+        {},
+    )
+    lines = result.output.splitlines()
+    for course, spoiler in spoilt.items():
+        line = next(line for line in lines if line.startswith(f"  {world.key(course)} ("))
+        assert UNREADABLE[spoiler] in line, line
+        assert not _cached(proxy.base_url + _report(runs[course]))
+    [kept] = set(runs) - set(spoilt)
+    assert _cached(proxy.base_url + _report(runs[kept]))  # what is cached is found by `_cached`
+
+
+def _memberships_only_in(world: World, courses: list[str]) -> dict[str, str]:
+    """For each course, one membership enrolled in that course only."""
+    enrolments = world.dataset.enrolments.join(world.dataset.runs, on="run_uuid")
+    only_one = (
+        enrolments.group_by("membership_uuid")
+        .agg(pl.col("course_uuid").unique())
+        .filter(pl.col("course_uuid").list.len() == 1)
+        .with_columns(pl.col("course_uuid").list.first())
+        .sort("membership_uuid")
+    )
+    return {
+        course: only_one.filter(pl.col("course_uuid") == course)["membership_uuid"][0]
+        for course in courses
+    }
+
+
+@sqlite_only  # the database side of a failed look-up is the 500 test's, on both databases
+def test_unreadable_look_ups_each_fail_the_course_holding_them_alone(
+    world: World, proxy: HostileProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FL_PARTNERS_MAX_BODY_BYTES", str(CAP))
+    courses = sorted(_busy_runs(world))[: len(UNREADABLE)]
+    memberships = _memberships_only_in(world, courses)
+    spoilt = dict(zip(courses, UNREADABLE, strict=True))
+    for course, spoiler in spoilt.items():
+        proxy.spoilers[f"/partners/organisation_memberships/{memberships[course]}"] = spoiler
+
+    result = world.sync()
+
+    _assert_courses_failed_alone(
+        result,
+        {
+            course: f"look-up of 1 membership(s) failed, e.g. {memberships[course]}: "
+            for course in courses
+        },
+        world,
+        {},
+    )
+    lines = result.output.splitlines()
+    for course, spoiler in spoilt.items():
+        line = next(line for line in lines if line.startswith(f"  {world.key(course)} ("))
+        assert UNREADABLE[spoiler] in line, line
+
+
+def not_a_report(status: int, headers: dict, body: bytes):
+    """Valid JSON, cached as it came, that is not an array of records at all."""
+    return status, headers, b'{"error": "not a report"}'
+
+
+@sqlite_only  # what differs from the tests above is the client's side
+def test_a_next_link_to_another_origin_and_a_report_of_the_wrong_shape_cost_their_course(
+    world: World, proxy: HostileProxy
+) -> None:
+    """A next link naming another origin on loopback is not requested (no request, so no
+    token, reaches it); a report that is JSON but not an array fails in parsing. Both courses fail
+    alone, and their cached pages are forgotten: the next night, with the API right again (the
+    same ETags), both are applied rather than fail again on a 304 of what was kept."""
+    runs = _busy_runs(world)
+    wrong_shape, linking, *_ = sorted(runs)
+    with scripted() as elsewhere:
+        next_link = f'<{elsewhere.base_url}{_report(runs[linking])}?page=2>; rel="next"'
+
+        def link_elsewhere(status: int, headers: dict, body: bytes):
+            return status, {**headers, "Link": next_link}, body
+
+        proxy.spoilers[_report(runs[linking])] = link_elsewhere
+        proxy.spoilers[_report(runs[wrong_shape])] = not_a_report
+
+        result = world.sync()
+
+        _assert_courses_failed_alone(
+            result,
+            {
+                wrong_shape: f"report of run {runs[wrong_shape]}: "
+                "course_enrolments_report for "
+                f"{runs[wrong_shape]}: expected a JSON array, got dict",
+                linking: f"report of run {runs[linking]}: Partners API course_enrolments_report "
+                f"{runs[linking]}: next link points to another origin "
+                f"(http://127.0.0.1:{elsewhere.server_address[1]}), not requested",
+            },
+            world,
+            {},
+        )
+        assert elsewhere.seen == []
+        assert not _cached(proxy.base_url + _report(runs[wrong_shape]))
+        assert not _cached(proxy.base_url + _report(runs[linking]))
+
+        proxy.spoilers.clear()
+        again = world.sync()
+
+        assert again.exit_code == 0, again.output
+        assert world.achievements() == expected_achievements(world.dataset)
+        assert elsewhere.seen == []
+
+
+@sqlite_only
+@pytest.mark.parametrize("spoiler", [huge_integer, not_a_report], ids=["decoding", "parsing"])
+def test_an_unreadable_course_runs_fails_the_night_in_one_line(
+    world: World, proxy: HostileProxy, spoiler: Spoiler
+) -> None:
+    """No course to blame: the night fails at its first step, in one line, nothing applied."""
+    proxy.spoilers["/partners/course_runs"] = spoiler
+
+    result = world.sync()
+
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "Stack Trace" not in result.output
+    errors = [line for line in result.output.splitlines() if "Partners API course_runs" in line]
+    assert len(errors) == 1, result.output
+    assert world.achievements() == {}
+    assert not _cached(proxy.base_url + "/partners/course_runs")
 
 
 # --- records of the wrong type are quarantined, counted and shown -------------------------------

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.abc
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from sync_assets.simulator.app import (
 from sync_assets.simulator.datasets import generate, load
 from sync_assets.simulator.faults import FaultPlan
 from sync_assets.simulator.transports import serving
+from sync_assets_tests.loopback import raw_server, scripted
 
 RUN = "545ba924-9e73-4a30-bd54-4fb7dee8b913"
 REPORT = "course_enrolments_report"
@@ -317,18 +320,10 @@ def test_membership_look_up_with_a_wrong_secret_fails_clearly() -> None:
     assert simulator.requests(MEMBERSHIP, 401) == 2
 
 
-@contextmanager
-def dripping_server(seconds_per_byte: float) -> Iterator[str]:
-    """A server that answers 200 at once, then sends its body one byte at a time, slowly."""
-    import socket
-    import threading
+def dripping(seconds_per_byte: float) -> Callable[[socket.socket, threading.Event], None]:
+    """An answer of 200 at once, then its body one byte at a time, slowly."""
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    stop = threading.Event()
-
-    def answer(connection: socket.socket) -> None:
+    def answer(connection: socket.socket, stop: threading.Event) -> None:
         with connection:
             connection.recv(65536)
             body = b"[" + b" " * 10_000 + b"]"
@@ -344,28 +339,12 @@ def dripping_server(seconds_per_byte: float) -> Iterator[str]:
                 except OSError:
                     return
 
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=answer, args=(connection,), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
+    return answer
 
 
 def test_a_dripping_body_ends_by_the_deadline_and_the_budget(tmp_path: Path) -> None:
     """httpx's read timeout is per chunk: a byte every 0.2 s would never trip a 1 s one."""
-    with dripping_server(seconds_per_byte=0.2) as base_url:
+    with raw_server(dripping(seconds_per_byte=0.2)) as base_url:
         options = settings(base_url, timeout_seconds=1.0, max_attempts=10, max_retry_seconds=2.5)
         started = time.monotonic()
         with pytest.raises(PartnersApiError, match="no complete answer within") as raised:
@@ -416,3 +395,220 @@ def test_look_ups_import_nothing_per_request() -> None:
 
         run(look_up())
     assert seen.names == []
+
+
+# --- hostile answers: another origin, bodies that cannot be read, bodies past the cap ----------
+
+
+REPORT_PATH = f"/partners/course_runs/{RUN}/course_enrolments_report"
+CACHEABLE = {
+    "Content-Type": "application/json",
+    "Cache-Control": "max-age=0, private, must-revalidate",
+    "ETag": '"v1"',
+}
+
+
+@pytest.mark.parametrize(
+    "link, origin",
+    [
+        ("http://127.0.0.1:{lure}/next", "http://127.0.0.1:{lure}"),  # another port
+        ("http://localhost:{api}/next", "http://localhost:{api}"),  # another host (same server)
+        ("https://127.0.0.1:{api}/next", "https://127.0.0.1:{api}"),  # another scheme
+        ("//localhost:{api}/next", "http://localhost:{api}"),  # scheme-relative, another host
+    ],
+)
+def test_a_next_link_to_another_origin_is_not_requested(
+    link: str, origin: str, tmp_path: Path
+) -> None:
+    with scripted() as lure, scripted() as api:
+        ports = {"lure": lure.server_address[1], "api": api.server_address[1]}
+        link_header = f'<{link.format(**ports)}>; rel="next"'
+        api.answers[REPORT_PATH] = (200, {**CACHEABLE, "Link": link_header}, b"[]")
+
+        async def report():
+            async with PartnersApiClient(settings(api.base_url, tmp_path)) as client:
+                return await client.enrolments_for_runs([RUN])
+
+        reports = run(report())
+        again = run(report())
+    why = reports.failed_runs[RUN]
+    assert why == (
+        f"Partners API {REPORT} {RUN}: next link points to another origin "
+        f"({origin.format(**ports)}), not requested"
+    )
+    assert again.failed_runs == reports.failed_runs
+    assert lure.seen == []  # not a request, so not a token
+    assert [request["path"] for request in api.seen] == [REPORT_PATH, REPORT_PATH]
+    # The first page's cached copy (its headers hold the link) was dropped: asked afresh.
+    assert "if-none-match" not in api.seen[1]
+
+
+def test_a_next_link_on_the_same_origin_is_followed(tmp_path: Path) -> None:
+    with scripted() as api:
+        page_two = f"{REPORT_PATH}?page=2"
+        absolute = f'<{api.base_url}{page_two}>; rel="next"'
+        api.answers[REPORT_PATH] = (200, {**CACHEABLE, "Link": absolute}, b"[]")
+        api.answers[page_two] = (200, {**CACHEABLE, "Link": '</third>; rel="next"'}, b"[]")
+        api.answers["/third"] = (200, CACHEABLE, b"[]")
+
+        async def report():
+            async with PartnersApiClient(settings(api.base_url, tmp_path)) as client:
+                return await client.enrolments_for_runs([RUN])
+
+        reports = run(report())
+    assert reports.failed_runs == {} and reports.changed_runs == {RUN}
+    assert [request["path"] for request in api.seen] == [REPORT_PATH, page_two, "/third"]
+
+
+@pytest.mark.parametrize(
+    "base_url, link, foreign",
+    [
+        ("https://api.example.org", "https://api.example.org:443/x", None),
+        ("https://api.example.org/v1", "HTTPS://API.example.org/v2?page=2", None),
+        ("https://api.example.org", "/partners/x?page=2", None),
+        ("https://api.example.org", "http://api.example.org/x", "http://api.example.org:80"),
+        (
+            "https://api.example.org",
+            "https://api.example.org:8443/x",
+            "https://api.example.org:8443",
+        ),
+        (
+            "https://api.example.org",
+            "https://evil@api.example.org.evil.net/",
+            "https://api.example.org.evil.net:443",
+        ),
+        (
+            "https://api.example.org",
+            "https://api.example.org:99999/x",
+            "https://api.example.org:99999",
+        ),
+    ],
+)
+def test_foreign_origin(base_url: str, link: str, foreign: str | None) -> None:
+    assert client_module.foreign_origin(base_url, link) == foreign
+
+
+def test_a_look_up_is_never_sent_to_a_url(tmp_path: Path) -> None:
+    """Look-ups bypass httpx's client: their own path must not send the token to a full URL."""
+    with scripted() as lure:
+
+        async def look_up():
+            async with PartnersApiClient(settings("http://127.0.0.1:1")) as client:
+                await client._get_uncached(f"{lure.base_url}/partners/organisation_memberships/x")
+
+        with pytest.raises(ValueError, match="a path under the base URL"):
+            run(look_up())
+    assert lure.seen == []
+
+
+MEMBERSHIPS = [f"0000000{n}-0000-4000-8000-000000000000" for n in range(5)]
+UNREADABLE_MEMBERSHIPS = {
+    MEMBERSHIPS[0]: (b'{"uuid": ' + b"9" * 5000 + b"}", "an integer too long to read"),
+    MEMBERSHIPS[1]: (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    MEMBERSHIPS[2]: (b'{"uuid": "\xff"}', "not UTF-8"),
+    MEMBERSHIPS[3]: (b"[]", "expected a JSON object"),  # JSON, not a membership at all
+}
+
+
+def test_one_unreadable_look_up_costs_its_membership_only() -> None:
+    good = MEMBERSHIPS[4]
+    answers = {
+        f"/partners/organisation_memberships/{uuid}": (200, {}, body)
+        for uuid, (body, _) in UNREADABLE_MEMBERSHIPS.items()
+    }
+    answers[f"/partners/organisation_memberships/{good}"] = (
+        200,
+        {},
+        json.dumps({"uuid": good, "external_learner_id": "teacher@example.org"}).encode(),
+    )
+    with scripted(answers) as api:
+
+        async def look_up():
+            async with PartnersApiClient(settings(api.base_url, max_attempts=2)) as client:
+                return await client.memberships(MEMBERSHIPS)
+
+        found = run(look_up())
+    assert found.found["membership_uuid"].to_list() == [good]
+    assert found.failed.keys() == UNREADABLE_MEMBERSHIPS.keys()
+    for uuid, (_, why) in UNREADABLE_MEMBERSHIPS.items():
+        assert why in found.failed[uuid] and "\n" not in found.failed[uuid]
+        assert found.failed[uuid].startswith(f"Partners API {MEMBERSHIP} {uuid}: ")
+
+
+def endless(sent: list[int]) -> Callable[[socket.socket, threading.Event], None]:
+    """An answer of 200 with a chunked body that never ends, 64 KiB a chunk; counts what it sent."""
+
+    def answer(connection: socket.socket, stop: threading.Event) -> None:
+        with connection:
+            connection.recv(65536)
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            chunk = b" " * 65536
+            while not stop.is_set():
+                try:
+                    connection.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                except OSError:
+                    return
+                sent[0] += len(chunk)
+
+    return answer
+
+
+@pytest.mark.parametrize("path", ["report", "look-up"])
+def test_a_body_past_the_cap_stops_being_read_and_is_not_retried(path: str, tmp_path: Path) -> None:
+    cap = 1024**2
+    sent = [0]
+    with raw_server(endless(sent)) as base_url:
+        options = settings(base_url, tmp_path, max_body_bytes=cap, timeout_seconds=20)
+
+        async def fetch():
+            async with PartnersApiClient(options) as client:
+                if path == "report":
+                    return await client.enrolments_for_runs([RUN])
+                return await client.memberships([MEMBERSHIPS[0]])
+
+        started = time.monotonic()
+        answer = run(fetch())
+        elapsed = time.monotonic() - started
+    why = answer.failed_runs[RUN] if path == "report" else answer.failed[MEMBERSHIPS[0]]
+    assert why.endswith("body larger than 1,048,576 bytes (FL_PARTNERS_MAX_BODY_BYTES), not read")
+    assert elapsed < 10  # not read on to the request's deadline
+    assert sent[0] < 16 * cap  # once (not retried), and not much past the cap (socket buffers)
+
+
+def test_a_cached_report_that_cannot_be_parsed_is_forgotten(tmp_path: Path) -> None:
+    """A report served as a 304 is decoded only when parsed, from the cached bytes: when those
+    cannot be used, the course fails alone and the cached body goes, so the next request asks
+    afresh (no If-None-Match) instead of being served the same bytes again."""
+    from datetime import UTC, datetime
+
+    from sync_assets.sync.steps import fetch_enrolments
+
+    course = "00000000-0000-4000-8000-00000000c0de"
+    runs = pl.DataFrame(
+        {
+            "course_uuid": [course],
+            "run_uuid": [RUN],
+            "start_time": [datetime(2026, 1, 1, tzinfo=UTC)],
+        }
+    )
+    with scripted({REPORT_PATH: (200, CACHEABLE, b'{"not": "a report"}')}) as api:
+
+        async def sync_night(first: bool):
+            async with PartnersApiClient(settings(api.base_url, tmp_path)) as client:
+                if first:  # fetched (and cached) but not parsed, as a skipped course's report
+                    return await client.enrolment_report(RUN)
+                return await fetch_enrolments(client, runs, [course])
+
+        first = run(sync_night(first=True))
+        second = run(sync_night(first=False))
+        third = run(sync_night(first=False))
+    assert first.not_modified is False
+    assert second.failed == {
+        course: f"report of run {RUN}: course_enrolments_report for {RUN}: "
+        "expected a JSON array, got dict"
+    }
+    assert third.failed == second.failed
+    assert ["if-none-match" in request for request in api.seen] == [False, True, False]
