@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -604,10 +605,59 @@ class _Answer:
     content: bytes = b""  # only when the body was left undecoded
 
 
+class _Inflated:
+    """Counts what a gzip or deflate body inflates to, as its compressed chunks arrive.
+
+    httpx inflates above the transports, after the whole compressed body is in: a small "zip
+    bomb" (a ratio of ~1000:1) would be inflated whole before any cap on its length could see it.
+    Counting here, a chunk at a time and never more than the cap's worth of output per step,
+    refuses it while it is still small. httpx inflates only gzip and deflate here (no brotli or
+    zstandard installed); any other coding reaches the parser as the bytes the cap counted.
+    """
+
+    def __init__(self, coding: str, max_bytes: int) -> None:
+        wbits = 16 + zlib.MAX_WBITS if coding in ("gzip", "x-gzip") else zlib.MAX_WBITS
+        self._inflater = zlib.decompressobj(wbits)
+        self._max_bytes = max_bytes
+        self._size = 0
+
+    def add(self, chunk: bytes) -> None:
+        pending = chunk
+        try:
+            while pending:
+                out = self._inflater.decompress(pending, self._max_bytes - self._size + 1)
+                self._size += len(out)
+                if self._size > self._max_bytes:
+                    raise BodyTooLarge(self._max_bytes)
+                pending = self._inflater.unconsumed_tail
+        except zlib.error:
+            pending = b""  # not what it says it is: httpx's own decoder will refuse it
+
+
+def _inflated_size_counter(headers: httpx.Headers, max_bytes: int) -> _Inflated | None:
+    """A counter when the body is compressed once with a coding httpx inflates, else None.
+
+    A body compressed twice (`gzip, gzip`) is refused: each layer multiplies the ratio, and no
+    API of ours sends one.
+    """
+    codings = [
+        value.strip().lower()
+        for value in headers.get("Content-Encoding", "").split(",")
+        if value.strip().lower() not in ("", "identity")
+    ]
+    inflated = [coding for coding in codings if coding in ("gzip", "x-gzip", "deflate")]
+    if len(inflated) > 1:
+        raise BodyTooLarge(max_bytes)
+    return _Inflated(inflated[0], max_bytes) if inflated else None
+
+
 class _CappedStream(httpx.AsyncByteStream):
-    def __init__(self, stream: httpx.AsyncByteStream, max_bytes: int) -> None:
+    def __init__(
+        self, stream: httpx.AsyncByteStream, max_bytes: int, inflated: _Inflated | None
+    ) -> None:
         self._stream = stream
         self._max_bytes = max_bytes
+        self._inflated = inflated
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         read = 0
@@ -615,6 +665,8 @@ class _CappedStream(httpx.AsyncByteStream):
             read += len(chunk)
             if read > self._max_bytes:
                 raise BodyTooLarge(self._max_bytes)
+            if self._inflated is not None:
+                self._inflated.add(chunk)
             yield chunk
 
     async def aclose(self) -> None:
@@ -622,8 +674,9 @@ class _CappedStream(httpx.AsyncByteStream):
 
 
 class CappedTransport(httpx.AsyncBaseTransport):
-    """Refuses a body longer than `max_bytes`: by its Content-Length before reading any of it,
-    else as soon as what was read passes the cap. A hostile body costs at most the cap."""
+    """Refuses a body longer than `max_bytes`, as sent or once inflated: by its Content-Length
+    before reading any of it, else as soon as what was read (or what it inflates to) passes the
+    cap. A hostile body costs at most the cap."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport, max_bytes: int) -> None:
         self._inner = inner
@@ -632,10 +685,14 @@ class CappedTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
         length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > self._max_bytes:
+        try:
+            if length.isdigit() and int(length) > self._max_bytes:
+                raise BodyTooLarge(self._max_bytes)
+            inflated = _inflated_size_counter(response.headers, self._max_bytes)
+        except BodyTooLarge:
             await response.aclose()
-            raise BodyTooLarge(self._max_bytes)
-        response.stream = _CappedStream(response.stream, self._max_bytes)  # type: ignore[arg-type]
+            raise
+        response.stream = _CappedStream(response.stream, self._max_bytes, inflated)  # type: ignore[arg-type]
         return response
 
     async def aclose(self) -> None:

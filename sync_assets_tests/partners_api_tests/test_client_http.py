@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import importlib.abc
 import json
 import socket
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -576,6 +579,65 @@ def test_a_body_past_the_cap_stops_being_read_and_is_not_retried(path: str, tmp_
     assert why.endswith("body larger than 1,048,576 bytes (FL_PARTNERS_MAX_BODY_BYTES), not read")
     assert elapsed < 10  # not read on to the request's deadline
     assert sent[0] < 16 * cap  # once (not retried), and not much past the cap (socket buffers)
+
+
+def compressed(body: bytes, coding: str) -> Callable[[socket.socket, threading.Event], None]:
+    """An answer of 200 whose body is `body` compressed with `coding` ("gzip" or "gzip, gzip")."""
+    for _ in coding.split(","):
+        body = gzip.compress(body, compresslevel=9)
+
+    def answer(connection: socket.socket, stop: threading.Event) -> None:
+        with connection:
+            connection.recv(65536)
+            head = (
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Encoding: {coding}\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            with contextlib.suppress(OSError):  # the client may hang up on a refused body
+                connection.sendall(head.encode() + body)
+
+    return answer
+
+
+@pytest.mark.parametrize("coding", ["gzip", "gzip, gzip"])
+def test_a_compressed_body_past_the_cap_is_refused_before_it_is_inflated(
+    coding: str, tmp_path: Path
+) -> None:
+    """A "zip bomb": 256 MiB of JSON that travels as a few hundred KiB. The cap counts what it
+    inflates to while it arrives, so the client never holds the whole of it."""
+    cap = 1024**2
+    bomb = b"[" + b" " * (256 * 1024**2) + b"]"
+    with raw_server(compressed(bomb, coding)) as base_url:
+        options = settings(base_url, tmp_path, max_body_bytes=cap, timeout_seconds=20)
+
+        async def fetch():
+            async with PartnersApiClient(options) as client:
+                return await client.enrolments_for_runs([RUN])
+
+        tracemalloc.start()
+        try:
+            answer = run(fetch())
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert answer.failed_runs[RUN].endswith(
+        "body larger than 1,048,576 bytes (FL_PARTNERS_MAX_BODY_BYTES), not read"
+    )
+    assert peak < 64 * 1024**2  # never the 256 MiB it inflates to
+
+
+def test_a_compressed_report_under_the_cap_is_read(tmp_path: Path) -> None:
+    report = json.dumps([]).encode()
+    with raw_server(compressed(report, "gzip")) as base_url:
+        options = settings(base_url, tmp_path, max_body_bytes=1024)
+
+        async def fetch():
+            async with PartnersApiClient(options) as client:
+                return await client.enrolments_for_runs([RUN])
+
+        answer = run(fetch())
+    assert answer.failed_runs == {}
+    assert answer.changed_runs == {RUN}
 
 
 def test_a_cached_report_that_cannot_be_parsed_is_forgotten(tmp_path: Path) -> None:
