@@ -191,6 +191,31 @@ def foreign_origin(base_url: str, link: str) -> str | None:
     return None if theirs == _origin(base, base.scheme) else theirs
 
 
+def next_link_problem(base_url: str, link: str) -> str | None:
+    """Why a `next` link from a response is not requested, or None when it may be.
+
+    Judged by both parsers on the way (urlsplit here, httpx's when the request is built): a link
+    either of them cannot parse, or whose origin either places elsewhere, is refused, so a link
+    the two read differently can never carry the token to another host.
+    """
+    try:
+        foreign = foreign_origin(base_url, link)
+        theirs = httpx.URL(link)
+    except (ValueError, httpx.InvalidURL):
+        return "next link is not a usable URL, not requested"
+    if foreign is None and theirs.is_absolute_url:
+        base = httpx.URL(base_url)
+        if (theirs.scheme, theirs.host, theirs.port or DEFAULT_PORTS.get(theirs.scheme)) != (
+            base.scheme,
+            base.host,
+            base.port or DEFAULT_PORTS.get(base.scheme),
+        ):
+            foreign = _one_line(f"{theirs.scheme}://{theirs.host}:{theirs.port or ''}")
+    if foreign is not None:
+        return f"next link points to another origin ({foreign}), not requested"
+    return None
+
+
 def _origin(parts: SplitResult, default_scheme: str) -> str:
     scheme = (parts.scheme or default_scheme).lower()  # `//host/path` takes the base's scheme
     try:
@@ -412,14 +437,10 @@ class PartnersApiClient:
                 raise PartnersApiError(endpoint, subject, "not found (404)")
             answers.append(answer)
             url = answer.next_url
-            foreign = foreign_origin(self._base_url, url) if url is not None else None
-            if foreign is not None:
+            problem = next_link_problem(self._base_url, url) if url is not None else None
+            if problem is not None:
                 await self.forget(a.url for a in answers)
-                raise PartnersApiError(
-                    endpoint,
-                    subject,
-                    f"next link points to another origin ({foreign}), not requested",
-                )
+                raise PartnersApiError(endpoint, subject, problem)
         return answers
 
     async def _parse_pages(

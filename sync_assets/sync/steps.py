@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sync_assets import failpoints
+from sync_assets.error_text import error_line
 from sync_assets.partners_api import contract
 from sync_assets.partners_api.client import (
     Fetched,
@@ -156,7 +157,13 @@ async def fetch_enrolments(
         # Course by course, `concurrency` courses at a time: a skipped course's unparsed pages
         # are dropped as soon as its last report is in.
         runs = runs_of.get(course, [])
-        reports = [await fetch(run) for run, _ in runs]
+        try:
+            reports = [await fetch(run) for run, _ in runs]
+        except Exception as error:  # anything unforeseen in one course's requests costs it alone
+            if isinstance(error, PartnersApiError) and error.fatal:
+                raise  # refused credentials: no course can be fetched
+            failed[course] = f"reports: {error_line(error)}"
+            return
         errors = [
             (run, answer)
             for (run, _), answer in zip(runs, reports, strict=True)

@@ -446,6 +446,38 @@ def test_a_next_link_to_another_origin_is_not_requested(
     assert "if-none-match" not in api.seen[1]
 
 
+@pytest.mark.parametrize(
+    "link",
+    [
+        "http://[127.0.0.1]:{lure}/next",  # urlsplit and httpx both refuse it
+        "http://127.0.0.1:{lure}[@127.0.0.1:{api}/next",  # httpx reads userinfo, urlsplit refuses
+        "http://127.0.0.1:{lure}\t@127.0.0.1:{api}/next",  # urlsplit: same origin; httpx refuses
+        "http://127.0.0.1:{api}@127.0.0.1:{lure}/next",  # userinfo that names the API
+    ],
+)
+def test_a_next_link_either_parser_reads_otherwise_costs_its_course_and_its_cache(
+    link: str, tmp_path: Path
+) -> None:
+    """Seen from outside: such links raised out of the enrolments step (every course failed) and
+    stayed cached, so every later night failed on the same 304."""
+    with scripted() as lure, scripted() as api:
+        ports = {"lure": lure.server_address[1], "api": api.server_address[1]}
+        link_header = f'<{link.format(**ports)}>; rel="next"'
+        api.answers[REPORT_PATH] = (200, {**CACHEABLE, "Link": link_header}, b"[]")
+
+        async def report():
+            async with PartnersApiClient(settings(api.base_url, tmp_path)) as client:
+                return await client.enrolments_for_runs([RUN])
+
+        reports = run(report())
+        again = run(report())
+    assert reports.failed_runs[RUN].startswith(f"Partners API {REPORT} {RUN}: next link ")
+    assert reports.failed_runs[RUN].endswith(", not requested")
+    assert again.failed_runs == reports.failed_runs
+    assert lure.seen == []
+    assert "if-none-match" not in api.seen[1]  # the cached page holding the link was dropped
+
+
 def test_a_next_link_on_the_same_origin_is_followed(tmp_path: Path) -> None:
     with scripted() as api:
         page_two = f"{REPORT_PATH}?page=2"
