@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-_SPECIAL = re.compile(r"([\\`*_\[\]()!<>|#~&])")
+# `:`, `@` and `.` too: the UI's GFM turns bare `https://…`, `www.…` and emails into links.
+_SPECIAL = re.compile(r"([\\`*_\[\]()!<>|#~&:@.])")
 _LINE_BREAK = re.compile(r"[\r\n\u2028\u2029\x0b\x0c\x85]+")
 
 

@@ -228,7 +228,13 @@ def parse_enrolments(body: Any, run_uuid: str) -> Parsed:
             (_not_uuid(pl.col("run_uuid")), "run uuid is not a UUID"),
             (
                 ~pl.col("status").is_in(ENROLMENT_STATUSES) | pl.col("status").is_null(),
-                pl.format("unknown status '{}'", pl.col("status").fill_null("null")),
+                # Quoted only when it is a plain word: the reason goes to the event log, and a
+                # hostile value could carry an email, control characters or a megabyte of text.
+                pl.when(pl.col("status").str.contains(r"^[A-Za-z_-]{1,30}$"))
+                .then(pl.format("unknown status '{}'", pl.col("status")))
+                .when(pl.col("status").is_null())
+                .then(pl.lit("unknown status 'null'"))
+                .otherwise(pl.lit("unknown status (not a status word: not shown)")),
             ),
             (pl.col("_activated_at").is_null(), "activated_at missing or not an ISO 8601 time"),
             (

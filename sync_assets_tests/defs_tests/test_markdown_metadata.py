@@ -100,3 +100,13 @@ def test_titles_in_an_explanation_render_as_text() -> None:
     page = rendered(as_markdown(explain(scenario)))
     assert_only_text(page.replace("<strong>", "", 1))  # the heading's own bold
     assert html.unescape(page).count(HOSTILE) >= 2  # the course's title and the run's
+
+
+def test_bare_urls_and_emails_in_a_title_are_not_autolinked() -> None:
+    """The UI renders metadata with GFM, which links bare `https://…`, `www.…` and emails (its
+    autolink literals need those characters unescaped, as written); they render as the text."""
+    title = "Renew at https://evil.example/login or www.evil.org, ask jane@example.org"
+    escaped = markdown_text(title)
+    assert not re.search(r"(?<!\\):(?=//)|www(?<!\\)\.|(?<!\\)@", escaped)
+    rendered = MarkdownIt("commonmark").render(escaped)
+    assert html.unescape(re.sub(r"<[^>]+>", "", rendered)).strip() == title

@@ -106,6 +106,11 @@ GOOD = {
         ({"activated_at": "yesterday"}, "activated_at missing or not an ISO 8601 time"),
         ({"deactivated_at": "31/02/2019"}, "deactivated_at not an ISO 8601 time"),
         ({"status": "paused"}, "unknown status 'paused'"),
+        # The reason reaches the event log: a value that is no status word is not quoted there.
+        (
+            {"status": "jane.doe@example.org \u202e" + "x" * 100_000},
+            "unknown status (not a status word: not shown)",
+        ),
         ({"steps_completed_count": 2.5}, "steps_completed_count not an integer"),
         ({"steps_completed_count": "21"}, "steps_completed_count not an integer"),
     ],
