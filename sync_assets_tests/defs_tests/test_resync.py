@@ -169,3 +169,46 @@ def test_only_the_chosen_learners_links_are_written(world: World) -> None:
     # Everyone else's memberships were fetched once and kept, unlinked, for the nightly sync.
     assert len(rows) == memberships["membership_uuid"].n_unique()
     assert {r["user_id"] for r in world.table("achievements")} == {chosen}
+
+
+def test_a_database_error_in_a_resync_is_one_line_without_personal_data(world: World) -> None:
+    """Any error, not only the resync's own: a platform constraint refusing the write (on
+    PostgreSQL with the learner's email in its message and DETAIL) fails the run in one line."""
+    from .test_explain import a_learner_with_progress, personal_values
+
+    assert world.sync().exit_code == 0
+    course, activity, user = a_learner_with_progress(world)
+    with world.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE achievements SET progress = 0 WHERE user_id = :u AND activity_id = :a"),
+            {"u": user, "a": activity},
+        )
+        if world.engine.dialect.name == "sqlite":
+            connection.execute(
+                sa.text(
+                    "CREATE TRIGGER refuse BEFORE UPDATE ON achievements "
+                    "BEGIN SELECT RAISE(ABORT, 'achievement refused'); END"
+                )
+            )
+        else:
+            connection.execute(
+                sa.text(
+                    "CREATE FUNCTION refuse() RETURNS trigger AS $$ DECLARE e text; BEGIN "
+                    "SELECT email INTO e FROM users WHERE id = NEW.user_id; "
+                    "RAISE EXCEPTION 'achievement refused for %', e USING DETAIL = e; "
+                    "END $$ LANGUAGE plpgsql"
+                )
+            )
+            connection.execute(
+                sa.text(
+                    "CREATE TRIGGER refuse BEFORE UPDATE ON achievements "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse()"
+                )
+            )
+    result = resync(world.key(course), user)
+    assert result.exit_code != 0
+    assert "resync failed: " in result.output
+    kept = kept_by_dagster() + result.output.encode()
+    assert b"[SQL:" not in kept and b"DETAIL" not in kept
+    for value in personal_values(world, user):
+        assert value.encode() not in kept

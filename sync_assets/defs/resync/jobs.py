@@ -10,6 +10,7 @@ from pydantic import Field
 from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.sync.metadata import pseudonym
+from sync_assets.error_text import error_line
 from sync_assets.partners_api.client import run
 from sync_assets.sync.resync import ResyncError, resync_learners
 
@@ -50,6 +51,8 @@ def resync_learners_op(
         result, metrics = run(resync())
     except ResyncError as error:  # its text is kept in the event log: users by pseudonym
         raise dg.Failure(description=error.describe(by_position(config.user_ids))) from None
+    except Exception as error:  # a database error's full text quotes statements and values
+        raise dg.Failure(description=f"resync failed: {error_line(error)}") from None
     applied = result.outcome.applied if result.outcome else None
     context.log.info(
         f"resync of {len(result.outcomes)} learners: {dict(Counter(result.outcomes.values()))}"
