@@ -13,6 +13,7 @@ from sync_assets.definitions import defs
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions, slugify
 from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
 from sync_assets.defs.sync.sensors import course_partitions_sensor
+from sync_assets.markdown import markdown_text
 from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets.sync.steps import course_titles
 
@@ -103,7 +104,8 @@ def _assert_metadata_is_informative_and_holds_no_personal_data(
     [course_runs] = [m for m in materialisations if m.asset_key.to_user_string() == "course_runs"]
     table = course_runs.metadata["course_partitions"].value
     assert all(
-        f"| {titles[course]} | `{world.key(course)}` | `{course}` |" in table for course in known
+        f"| {markdown_text(titles[course])} | `{world.key(course)}` | `{course}` |" in table
+        for course in known
     )
     first = dict(progress[0].metadata)
     for name in (
