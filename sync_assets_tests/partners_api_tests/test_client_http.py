@@ -411,6 +411,21 @@ CACHEABLE = {
 }
 
 
+def two_nights_behind_a_next_link(link: str, tmp_path: Path):
+    """The report asked for twice, its first page linking `link` ({lure} and {api} filled with
+    the ports of a second server and of the API): both answers, both servers, the ports."""
+    with scripted() as lure, scripted() as api:
+        ports = {"lure": lure.server_address[1], "api": api.server_address[1]}
+        link_header = f'<{link.format(**ports)}>; rel="next"'
+        api.answers[REPORT_PATH] = (200, {**CACHEABLE, "Link": link_header}, b"[]")
+
+        async def report():
+            async with PartnersApiClient(settings(api.base_url, tmp_path)) as client:
+                return await client.enrolments_for_runs([RUN])
+
+        return run(report()), run(report()), lure, api, ports
+
+
 @pytest.mark.parametrize(
     "link, origin",
     [
@@ -423,17 +438,7 @@ CACHEABLE = {
 def test_a_next_link_to_another_origin_is_not_requested(
     link: str, origin: str, tmp_path: Path
 ) -> None:
-    with scripted() as lure, scripted() as api:
-        ports = {"lure": lure.server_address[1], "api": api.server_address[1]}
-        link_header = f'<{link.format(**ports)}>; rel="next"'
-        api.answers[REPORT_PATH] = (200, {**CACHEABLE, "Link": link_header}, b"[]")
-
-        async def report():
-            async with PartnersApiClient(settings(api.base_url, tmp_path)) as client:
-                return await client.enrolments_for_runs([RUN])
-
-        reports = run(report())
-        again = run(report())
+    reports, again, lure, api, ports = two_nights_behind_a_next_link(link, tmp_path)
     why = reports.failed_runs[RUN]
     assert why == (
         f"Partners API {REPORT} {RUN}: next link points to another origin "
@@ -460,17 +465,7 @@ def test_a_next_link_either_parser_reads_otherwise_costs_its_course_and_its_cach
 ) -> None:
     """Seen from outside: such links raised out of the enrolments step (every course failed) and
     stayed cached, so every later night failed on the same 304."""
-    with scripted() as lure, scripted() as api:
-        ports = {"lure": lure.server_address[1], "api": api.server_address[1]}
-        link_header = f'<{link.format(**ports)}>; rel="next"'
-        api.answers[REPORT_PATH] = (200, {**CACHEABLE, "Link": link_header}, b"[]")
-
-        async def report():
-            async with PartnersApiClient(settings(api.base_url, tmp_path)) as client:
-                return await client.enrolments_for_runs([RUN])
-
-        reports = run(report())
-        again = run(report())
+    reports, again, lure, api, _ = two_nights_behind_a_next_link(link, tmp_path)
     assert reports.failed_runs[RUN].startswith(f"Partners API {REPORT} {RUN}: next link ")
     assert reports.failed_runs[RUN].endswith(", not requested")
     assert again.failed_runs == reports.failed_runs
