@@ -21,7 +21,7 @@ from sync_assets.defs.op_outputs import JsonOpOutputIOManager
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.resync.jobs import resync_learners_job
 from sync_assets.defs.storage import PartitionedParquetIOManager
-from sync_assets.defs.sync.assets import sync_assets_list
+from sync_assets.defs.sync.assets import configured, sync_assets_list
 from sync_assets.defs.sync.jobs import futurelearn_sync_job
 from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
 from sync_assets.defs.sync.sensors import course_partitions_sensor
@@ -73,7 +73,7 @@ def build_definitions() -> dg.Definitions:
     """The code location as the environment configures it (read again by tests that change it)."""
     alerts = run_failure_alert_sensor()
     return dg.Definitions(
-        assets=with_code_references(sync_assets_list),
+        assets=with_code_references(configured(sync_assets_list)),
         jobs=[
             futurelearn_sync_job,
             certificate_job,

@@ -1,15 +1,15 @@
 """Where asset values live between steps: one parquet object per asset partition.
 
 A single-run backfill hands one step many course partitions and one output for all of them;
-Dagster's UPathIOManager refuses that. Here a partitioned asset's value is a dict keyed by
-partition, written one file per partition and read back the same way, so the nightly run (all
-courses) and a rerun of one course from the UI store and load exactly the same files.
+Dagster's UPathIOManager refuses that. Here a partitioned asset's value is `{partition key:
+Outcome}` (sync/outcomes.py: a frame, a failure, or unchanged), written one object per partition
+and read back the same way, so the nightly run (all courses) and a rerun of one course from the
+UI store and load exactly the same objects.
 
-Inputs come back as a read-on-access mapping: a step that works course by course holds one
-course's frames at a time, not every course's at once (on `large` that was ~650 MiB of inputs
-held through the whole write loop). Outputs may be built the same way: a `PartitionSpool` writes
-each course's frame to disk as soon as it is made, so a step's output for every course is never in
-memory at once either.
+Inputs come back as a read-on-access mapping (`StoredOutcomes`): a step that works course by
+course holds one course's frames at a time, not every course's at once (on `large` that was
+~650 MiB of inputs held through the whole write loop). Outputs are built the same way: an
+`OutcomeSpool` writes each course's outcome to disk as soon as it is made.
 
 The objects live in an `ObjectStore`: a local folder (the embedded default) or object storage
 such as S3 (`SYNC_ASSETS_STORAGE_URL`), so a rerun or a retry in another container finds them.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -28,12 +27,13 @@ import polars as pl
 
 from sync_assets.object_storage import ObjectStore
 from sync_assets.settings import storage_url
+from sync_assets.sync.outcomes import Computed, Failed, Outcome, Outcomes, Unchanged
 
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 class PartitionedParquetIOManager(dg.ConfigurableIOManager):
-    """Polars frames as parquet; partitioned assets as `{partition key: frame}`.
+    """Polars frames as parquet; partitioned assets as `{partition key: Outcome}`.
 
     Stored at SYNC_ASSETS_STORAGE_URL (a folder or an fsspec URL such as s3://bucket/prefix;
     locally $DAGSTER_HOME/storage/sync_assets), read from the environment when used: no config
@@ -85,29 +85,33 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
             if key.endswith(".parquet")
         }
 
-    def stored(self, asset: str, partition: str | None = None) -> pl.DataFrame | None:
-        """The value last stored for an asset (one partition of it), or None if there is none.
-
-        For readers outside a run (`sync-assets explain`): what the next step would load. A
-        course an earlier step failed reads as its one-column failure frame (FAILURE_COLUMN).
-        """
+    def stored(self, asset: str) -> pl.DataFrame | None:
+        """The frame last stored for an unpartitioned asset, or None if there is none."""
         store = self._store()
-        key = dg.AssetKey(asset)
-        name = self._partition_key(key, partition) if partition else self._whole_key(key)
+        name = self._whole_key(dg.AssetKey(asset))
         return _read(store, name) if store.exists(name) else None
 
+    def stored_outcome(self, asset: str, partition: str) -> Outcome | None:
+        """What the last step that made one partition of an asset stored for it, or None.
+
+        For readers outside a run (`sync-assets explain`): a course skipped as unchanged reads as
+        its last frame, which is what the next step of a run would use.
+        """
+        store = self._store()
+        name = self._partition_key(dg.AssetKey(asset), partition)
+        return StoredOutcomes(store, {partition: name})[partition] if store.exists(name) else None
+
     def handle_output(
-        self,
-        context: dg.OutputContext,
-        obj: pl.DataFrame | Mapping[str, pl.DataFrame | CourseFailure | CourseUnchanged],
+        self, context: dg.OutputContext, obj: pl.DataFrame | Mapping[str, Outcome]
     ) -> None:
         store = self._store()
         if not context.has_asset_partitions:
-            _write(store, self._whole_key(context.asset_key), obj)
+            store.write(self._whole_key(context.asset_key), obj.write_parquet)
             return
         if not isinstance(obj, Mapping):
             raise TypeError(
-                f"{context.asset_key.to_user_string()} is partitioned: return {{partition: frame}}"
+                f"{context.asset_key.to_user_string()} is partitioned: return "
+                "{partition: Outcome}"
             )
         missing = sorted(
             partition for partition in context.asset_partition_keys if partition not in obj
@@ -117,23 +121,25 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} has no value for "
                 f"{len(missing)} partition(s): {', '.join(missing[:5])}"
             )
-        spooled_unchanged = obj.unchanged() if isinstance(obj, PartitionSpool) else set()
         for partition in context.asset_partition_keys:
             target = self._partition_key(context.asset_key, partition)
             marker = self._unchanged_key(context.asset_key, partition)
-            value = None if isinstance(obj, PartitionSpool) else obj[partition]
-            if partition in spooled_unchanged or isinstance(value, CourseUnchanged):
-                _write(store, marker, CourseUnchanged())
+            if isinstance(obj, OutcomeSpool) and obj.kind(partition) is not Unchanged:
+                # Already parquet on local disk: the marker goes, then the file is uploaded.
+                store.delete(marker)
+                store.put(obj.path(partition), target)
+                continue
+            outcome = obj[partition]
+            if isinstance(outcome, Unchanged):
+                # Beside the course's last data, which stays for readers outside a run.
+                _write(store, marker, outcome)
                 continue
             # The marker goes first: a crash before the new value is stored leaves the old data
             # and no marker, so the course is recomputed, never wrongly skipped.
             store.delete(marker)
-            if isinstance(obj, PartitionSpool):  # already parquet on local disk: upload as is
-                store.put(obj.path(partition), target)
-            else:
-                _write(store, target, value)
+            _write(store, target, outcome)
 
-    def load_input(self, context: dg.InputContext) -> pl.DataFrame | PartitionFrames:
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame | StoredOutcomes:
         key = context.asset_key
         store = self._store()
         if not context.has_asset_partitions:
@@ -159,111 +165,58 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
                 f"{key.to_user_string()} has not been materialised yet for "
                 f"{len(missing)} partition(s): {', '.join(missing[:5])} (in {store.url})"
             )
-        return PartitionFrames(store, keys)
+        return StoredOutcomes(store, keys)
 
 
-# A course that failed in a step is stored as a one-row frame of this one column, so that every
-# later step of the run sees the failure (and its reason) instead of a course with no data.
-FAILURE_COLUMN = "__course_failed__"
-# A course skipped as unchanged, likewise: a one-row marker that later steps load in place of its
-# frame, so that no step writes, reads or parses the course's data on a night nothing changed for
-# it. The marker is stored in a folder of its own (`_unchanged_key`), beside the last frame.
-UNCHANGED_COLUMN = "__course_unchanged__"
+# A course skipped as unchanged is a marker in a folder of its own (`_unchanged_key`), beside its
+# last data: later steps load the marker in its place, so that no step writes, reads or parses
+# the course's data on a night nothing changed for it.
 UNCHANGED_FOLDER = "_unchanged"
+# Each object is parquet: a Computed outcome is its frame, its stamps in the footer; a Failed or
+# Unchanged one a frame of no columns whose footer says which, and why. The footer is read alone
+# (a ranged read), so a step learns each course's outcome without reading its data.
+_OUTCOME_NOTE = "sync_assets.outcome"
+_REASON_NOTE = "sync_assets.reason"
+_STAMP_PREFIX = "sync_assets:"
+_KINDS: dict[str, type[Failed] | type[Unchanged]] = {"failed": Failed, "unchanged": Unchanged}
 
 
-@dataclass(frozen=True)
-class CourseFailure:
-    """A step's value for a course it could not compute; the other courses go on."""
-
-    reason: str
-
-    def as_frame(self) -> pl.DataFrame:
-        return pl.DataFrame({FAILURE_COLUMN: [self.reason]})
-
-
-@dataclass(frozen=True)
-class CourseUnchanged:
-    """A step's value for a course skipped as unchanged since its last successful sync."""
-
-    reason: str = "skipped as unchanged"
-
-    def as_frame(self) -> pl.DataFrame:
-        return pl.DataFrame({UNCHANGED_COLUMN: [self.reason]})
-
-
-@dataclass(frozen=True)
-class StampedFrame:
-    """A frame stored with string notes in its parquet footer (`PartitionFrames.stamps`): what a
-    later step needs to know of how the frame was made without reading it."""
-
-    frame: pl.DataFrame
-    stamps: dict[str, str]
-
-
-class CourseFailed(Exception):
-    """Raised on reading a course an earlier step of the run failed."""
-
-    def __init__(self, partition: str, reason: str) -> None:
-        super().__init__(reason)
-        self.partition = partition
-        self.reason = reason
-
-
-class PartitionFrames(Mapping[str, pl.DataFrame]):
-    """`{partition: frame}` read from parquet each time a partition is asked for.
-
-    Reading a course an earlier step failed raises `CourseFailed`; `failures()` lists them from
-    the files' schemas alone, and `succeeded()` is the mapping without them.
-    """
+class StoredOutcomes(Outcomes):
+    """`{partition or course: Outcome}` read from storage each time one is asked for."""
 
     def __init__(self, store: ObjectStore, keys: Mapping[str, str]) -> None:
         self._store = store
         self._keys = dict(keys)
-        self._schemas: dict[str, list[str]] = {}  # read once: a footer per object
+        self._notes: dict[str, dict[str, str]] = {}  # read once: a footer per object
 
-    def __getitem__(self, partition: str) -> pl.DataFrame:
-        frame = _read(self._store, self._keys[partition])
-        if frame.columns == [FAILURE_COLUMN]:
-            raise CourseFailed(partition, frame[FAILURE_COLUMN][0])
-        if frame.columns == [UNCHANGED_COLUMN]:
-            raise CourseFailed(partition, f"no data: {frame[UNCHANGED_COLUMN][0]}")
-        return frame
+    def renamed(self, names: Mapping[str, str]) -> StoredOutcomes:
+        """The same objects under other names (`names[old]`); those not in `names` left out."""
+        renamed = StoredOutcomes(self._store, {})
+        for old, key in self._keys.items():
+            if old in names:
+                renamed._keys[names[old]] = key
+                if old in self._notes:
+                    renamed._notes[names[old]] = self._notes[old]
+        return renamed
 
-    def _columns(self, partition: str) -> list[str]:
-        if partition not in self._schemas:
-            self._schemas[partition] = _schema(self._store, self._keys[partition])
-        return self._schemas[partition]
+    def _footer(self, name: str) -> dict[str, str]:
+        if name not in self._notes:
+            self._notes[name] = _footer(self._store, self._keys[name])
+        return self._notes[name]
 
-    def failures(self) -> dict[str, str]:
-        failed = {}
-        for partition, key in self._keys.items():
-            if self._columns(partition) == [FAILURE_COLUMN]:
-                failed[partition] = _read(self._store, key)[FAILURE_COLUMN][0]
-        return failed
+    def kind(self, name: str) -> type[Computed] | type[Failed] | type[Unchanged]:
+        if self._keys[name].split("/")[-2:-1] == [UNCHANGED_FOLDER]:
+            return Unchanged  # a marker: its folder says what it is
+        notes = self._footer(name)
+        return _KINDS.get(notes.get(_OUTCOME_NOTE, ""), Computed)
 
-    def unchanged(self) -> set[str]:
-        """Partitions skipped as unchanged by the step that made them (a marker, no data)."""
-        return {p for p in self._keys if self._columns(p) == [UNCHANGED_COLUMN]}
-
-    def succeeded(self) -> PartitionFrames:
-        """The partitions with data: neither failed nor skipped as unchanged."""
-        failed = self.failures()
-        unchanged = self.unchanged()
-        kept = PartitionFrames(
-            self._store,
-            {p: key for p, key in self._keys.items() if p not in failed and p not in unchanged},
-        )
-        kept._schemas = {p: c for p, c in self._schemas.items() if p in kept._keys}
-        return kept
-
-    def stamps(self, partition: str) -> dict[str, str]:
-        """The notes a `StampedFrame` was stored with (none for a plain frame)."""
-        key = self._keys[partition]
-        if self._store.is_local:
-            return _stamps(pl.read_parquet_metadata(self._store.local_path(key)))
-        with self._store.open(key) as source:
-            return _stamps(pl.read_parquet_metadata(source))
+    def __getitem__(self, name: str) -> Outcome:
+        kind = self.kind(name)
+        if kind is Unchanged:
+            return Unchanged()
+        if kind is Failed:
+            return Failed(self._footer(name)[_REASON_NOTE])
+        return Computed(_read(self._store, self._keys[name]), _stamps(self._footer(name)))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -271,12 +224,13 @@ class PartitionFrames(Mapping[str, pl.DataFrame]):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def __contains__(self, partition: object) -> bool:
-        return partition in self._keys  # without reading the object, unlike Mapping's default
+    def __contains__(self, name: object) -> bool:
+        return name in self._keys  # without reading the object, unlike Mapping's default
 
 
-class PartitionSpool(PartitionFrames):
-    """An output built course by course: each frame goes to parquet under `directory` at once.
+class OutcomeSpool(StoredOutcomes):
+    """A step's output built course by course: each outcome goes to parquet under `directory`
+    at once, so the output for every course is never in memory at once.
 
     Hand it to the IO manager as the step's output; it copies the files into storage. The
     directory must outlive the output (e.g. a TemporaryDirectory around the `yield`).
@@ -284,14 +238,22 @@ class PartitionSpool(PartitionFrames):
 
     def __init__(self, directory: Path) -> None:
         super().__init__(ObjectStore(Path(directory)), {})
+        self._unchanged: set[str] = set()
 
-    def add(self, partition: str, frame: pl.DataFrame | CourseFailure | CourseUnchanged) -> None:
-        key = _file_name(partition)
-        _write(self._store, key, frame)
-        self._keys[partition] = key
+    def add(self, name: str, outcome: Outcome) -> None:
+        if isinstance(outcome, Unchanged):
+            self._unchanged.add(name)
+            self._keys[name] = _file_name(name)
+            return
+        key = _file_name(name)
+        _write(self._store, key, outcome)
+        self._keys[name] = key
 
-    def path(self, partition: str) -> Path:
-        return self._store.local_path(self._keys[partition])
+    def kind(self, name: str) -> type[Computed] | type[Failed] | type[Unchanged]:
+        return Unchanged if name in self._unchanged else super().kind(name)
+
+    def path(self, name: str) -> Path:
+        return self._store.local_path(self._keys[name])
 
 
 def _file_name(partition: str) -> str:
@@ -299,26 +261,21 @@ def _file_name(partition: str) -> str:
     return f"{name}.parquet"
 
 
-_STAMP_PREFIX = "sync_assets:"
-
-
-def _write(
-    store: ObjectStore,
-    key: str,
-    value: pl.DataFrame | CourseFailure | CourseUnchanged | StampedFrame,
-) -> None:
-    if isinstance(value, StampedFrame):
-        notes = {_STAMP_PREFIX + name: note for name, note in value.stamps.items()}
-        store.write(key, lambda path: value.frame.write_parquet(path, metadata=notes))
+def _write(store: ObjectStore, key: str, outcome: Computed | Failed | Unchanged) -> None:
+    if isinstance(outcome, Computed):
+        notes = {_STAMP_PREFIX + name: note for name, note in outcome.stamps.items()}
+        store.write(key, lambda path: outcome.frame.write_parquet(path, metadata=notes))
         return
-    frame = value.as_frame() if isinstance(value, CourseFailure | CourseUnchanged) else value
-    store.write(key, frame.write_parquet)
+    notes = {_OUTCOME_NOTE: "failed" if isinstance(outcome, Failed) else "unchanged"}
+    if isinstance(outcome, Failed):
+        notes[_REASON_NOTE] = outcome.reason
+    store.write(key, lambda path: pl.DataFrame().write_parquet(path, metadata=notes))
 
 
-def _stamps(metadata: Mapping[str, str]) -> dict[str, str]:
+def _stamps(notes: Mapping[str, str]) -> dict[str, str]:
     return {
         name.removeprefix(_STAMP_PREFIX): note
-        for name, note in metadata.items()
+        for name, note in notes.items()
         if name.startswith(_STAMP_PREFIX)
     }
 
@@ -330,8 +287,9 @@ def _read(store: ObjectStore, key: str) -> pl.DataFrame:
         return pl.read_parquet(source)
 
 
-def _schema(store: ObjectStore, key: str) -> list[str]:
+def _footer(store: ObjectStore, key: str) -> dict[str, str]:
+    """The object's footer notes (key-value metadata)."""
     if store.is_local:
-        return list(pl.read_parquet_schema(store.local_path(key)))
+        return pl.read_parquet_metadata(store.local_path(key))
     with store.open(key) as source:  # the footer only: a ranged read, not the whole object
-        return list(pl.read_parquet_schema(source))
+        return pl.read_parquet_metadata(source)

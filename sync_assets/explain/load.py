@@ -23,7 +23,7 @@ import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync_assets.defs.storage import FAILURE_COLUMN, PartitionedParquetIOManager
+from sync_assets.defs.storage import PartitionedParquetIOManager
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.defs.sync.provenance import stored_input
 from sync_assets.explain.explanation import Explanation, explain
@@ -46,7 +46,8 @@ from sync_assets.platform.tables import (
 )
 from sync_assets.rules.linking import email_key
 from sync_assets.runs.courses import course_uuid_argument
-from sync_assets.sync import steps
+from sync_assets.sync import fact_names, steps
+from sync_assets.sync.outcomes import Computed, Failed
 
 # How far back to look for the last materialisation that applied the course (not a dry run, not
 # a failed or refused course): a few nights of reruns at most.
@@ -84,18 +85,18 @@ def _stored_reports(
     key = course.key
     rerun = f"run `sync-assets sync --course {key or course.uuid}`, or add --fresh"
     runs = io_manager.stored("course_runs")
-    enrolments = io_manager.stored("enrolments", key) if key else None
+    enrolments = io_manager.stored_outcome("enrolments", key) if key else None
     if runs is None or enrolments is None:
         raise ExplainError(f"no stored enrolment report for course {course.uuid} yet: {rerun}")
-    if enrolments.columns == [FAILURE_COLUMN]:
+    if not isinstance(enrolments, Computed):
+        reason = enrolments.reason if isinstance(enrolments, Failed) else "unchanged"
         raise ExplainError(
-            f"the last sync of course {course.uuid} stored no report, it failed: "
-            f"{enrolments[FAILURE_COLUMN][0]}; {rerun}"
+            f"the last sync of course {course.uuid} stored no report, it failed: {reason}; {rerun}"
         )
     fetched = stored_input(instance, "enrolments", key)
     return (
         runs.filter(pl.col("course_uuid") == course.uuid).select(list(contract.COURSE_RUN_SCHEMA)),
-        enrolments.select(list(contract.ENROLMENT_SCHEMA)),
+        enrolments.frame.select(list(contract.ENROLMENT_SCHEMA)),
         fetched.at,
         fetched.run_id,
     )
@@ -111,8 +112,8 @@ def last_applied(instance: dg.DagsterInstance, key: str | None) -> LastApplied |
     ).records
     for record in records:
         materialization = record.asset_materialization
-        status = materialization.metadata.get("status") if materialization else None
-        if status is not None and status.value == "applied":
+        status = materialization.metadata.get(fact_names.STATUS) if materialization else None
+        if status is not None and status.value == fact_names.STATUS_APPLIED:
             return LastApplied(
                 datetime.fromtimestamp(record.timestamp, UTC),
                 record.run_id,
@@ -164,9 +165,10 @@ async def _fresh_reports(
     fetched_runs = await steps.fetch_course_runs(client, engine)
     runs = fetched_runs.runs.filter(pl.col("course_uuid") == course.uuid)
     reports = await steps.fetch_enrolments(client, fetched_runs.runs, [course.uuid])
-    if course.uuid in reports.failed:
-        raise ExplainError(f"course {course.uuid}: {reports.failed[course.uuid]}")
-    return runs.select(list(contract.COURSE_RUN_SCHEMA)), reports.by_course[course.uuid]
+    failure = reports.failure(course.uuid)
+    if failure:
+        raise ExplainError(f"course {course.uuid}: {failure}")
+    return runs.select(list(contract.COURSE_RUN_SCHEMA)), reports.frames()[course.uuid]
 
 
 def _of_achievement(

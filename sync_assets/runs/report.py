@@ -12,6 +12,7 @@ from typing import Any
 
 import dagster as dg
 
+from sync_assets.sync import fact_names
 from sync_assets.wording import counted
 
 API_ASSETS = ("course_runs", "enrolments", "linked_memberships")
@@ -72,37 +73,42 @@ def read_sync_run(events: list[dg.DagsterEvent], report: SyncReport) -> None:
         if name in API_ASSETS:
             # A step's request counts sit on each of its partitions: count them once per step.
             api_by_asset[name] = (
-                _value(metadata, "api_requests"),
-                _value(metadata, "api_not_modified_304"),
+                _value(metadata, fact_names.API_REQUESTS),
+                _value(metadata, fact_names.API_NOT_MODIFIED),
             )
         if name == "course_runs":
-            report.unknown_courses = list(_value(metadata, "unknown_course_list", []))
+            report.unknown_courses = list(_value(metadata, fact_names.UNKNOWN_COURSE_LIST, []))
         if name == "enrolments" and materialization.partition:
-            quarantined[materialization.partition] = _value(metadata, "quarantined_records")
+            quarantined[materialization.partition] = _value(
+                metadata, fact_names.QUARANTINED_RECORDS
+            )
         if name == "linked_memberships" and materialization.partition:
             linking = {
-                "memberships_kept": _value(metadata, "kept_fetched_unlinked"),
-                "ambiguous_total": _value(metadata, "ambiguous_emails_total"),
-                "link_conflicts_total": _value(metadata, "link_conflicts_total"),
+                "memberships_kept": _value(metadata, fact_names.KEPT_FETCHED_UNLINKED),
+                "ambiguous_total": _value(metadata, fact_names.AMBIGUOUS_EMAILS_TOTAL),
+                "link_conflicts_total": _value(metadata, fact_names.LINK_CONFLICTS_TOTAL),
             }
             course = materialization.partition
-            if _value(metadata, "ambiguous_emails"):
-                report.ambiguous_emails[course] = _value(metadata, "ambiguous_email_users", [])
-            if _value(metadata, "link_conflicts"):
-                report.link_conflicts[course] = _value(metadata, "link_conflict_users", [])
+            if _value(metadata, fact_names.AMBIGUOUS_EMAILS):
+                report.ambiguous_emails[course] = _value(
+                    metadata, fact_names.AMBIGUOUS_EMAIL_USERS, []
+                )
+            if _value(metadata, fact_names.LINK_CONFLICTS):
+                report.link_conflicts[course] = _value(metadata, fact_names.LINK_CONFLICT_USERS, [])
         if name == "activity_progress" and materialization.partition:
             report.courses.append(
                 CourseLine(
                     course=materialization.partition,
-                    status=_value(metadata, "status", "?"),
-                    title=_value(metadata, "course_title", ""),
-                    course_uuid=_value(metadata, "course_uuid", ""),
-                    links_made=_value(metadata, "links_made"),
-                    created=_value(metadata, "achievements_created"),
-                    updated=_value(metadata, "achievements_updated"),
-                    completed=_value(metadata, "achievements_completed"),
-                    dropped=_value(metadata, "achievements_dropped"),
-                    note=_value(metadata, "refused", "") or _value(metadata, "error", ""),
+                    status=_value(metadata, fact_names.STATUS, "?"),
+                    title=_value(metadata, fact_names.COURSE_TITLE, ""),
+                    course_uuid=_value(metadata, fact_names.COURSE_UUID, ""),
+                    links_made=_value(metadata, fact_names.LINKS_MADE),
+                    created=_value(metadata, fact_names.ACHIEVEMENTS_CREATED),
+                    updated=_value(metadata, fact_names.ACHIEVEMENTS_UPDATED),
+                    completed=_value(metadata, fact_names.ACHIEVEMENTS_COMPLETED),
+                    dropped=_value(metadata, fact_names.ACHIEVEMENTS_DROPPED),
+                    note=_value(metadata, fact_names.REFUSED, "")
+                    or _value(metadata, fact_names.ERROR, ""),
                 )
             )
     for line in report.courses:
@@ -166,7 +172,7 @@ def format_report(report: SyncReport) -> str:
         )
 
     out = [line(header), line(tuple("-" * width for width in widths)), *map(line, rows)]
-    skipped = sum(1 for course in report.courses if course.status == "unchanged")
+    skipped = sum(1 for course in report.courses if course.status == fact_names.STATUS_UNCHANGED)
     if skipped:
         out.append(
             f"{skipped} skipped as unchanged: reports and platform side as at their last "

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sync_assets.partners_api.client import PartnersApiClient
 from sync_assets.platform.tables import activities, future_learn_memberships, users
 from sync_assets.sync import steps
+from sync_assets.sync.outcomes import Failed
 
 UPDATED, UNCHANGED, NOT_LINKED, NOT_ENROLLED = "updated", "unchanged", "not linked", "not enrolled"
 USER_ID = re.compile(r"^\S{1,255}$")
@@ -57,7 +58,7 @@ class ResyncFailed(ResyncError, RuntimeError):
 class ResyncResult:
     course_uuid: str
     outcomes: dict[str, str] = field(default_factory=dict)  # user id → outcome
-    outcome: steps.CourseOutcome | None = None
+    outcome: steps.CourseWrite | None = None
 
 
 def validate_request(engine: Engine, course_uuid: str, user_ids: list[str]) -> str:
@@ -116,39 +117,32 @@ async def resync_learners(
     activity_id = validate_request(engine, course_uuid, chosen)
     runs = await steps.fetch_course_runs(client, engine)
     fetched = await steps.fetch_enrolments(client, runs.runs, [course_uuid])
-    if course_uuid in fetched.failed:
-        raise ResyncFailed(f"course {course_uuid}: {fetched.failed[course_uuid]}")
-    enrolments = fetched.by_course[course_uuid]
-    linked_by_course, stats = await steps.link_memberships(client, engine, fetched.by_course, now)
-    if course_uuid in stats.failed_courses:
-        raise ResyncFailed(f"course {course_uuid}: {stats.failed_courses[course_uuid]}")
+    failure = fetched.failure(course_uuid)
+    if failure:
+        raise ResyncFailed(f"course {course_uuid}: {failure}")
+    enrolments = fetched.frames()[course_uuid]
+    linked_by_course, _ = await steps.link_memberships(
+        client, engine, {course_uuid: enrolments}, now
+    )
+    linking = linked_by_course[course_uuid]
+    if isinstance(linking, Failed):
+        raise ResyncFailed(f"course {course_uuid}: {linking.reason}")
     is_chosen = pl.col("user_id").is_in(chosen)
     others = pl.col("write") & ~is_chosen
-    linked = linked_by_course[course_uuid].with_columns(
+    linked = linking.frame.with_columns(
         user_id=pl.when(others).then(None).otherwise("user_id"),
         linked_at=pl.when(others).then(None).otherwise("linked_at"),
         new_link=pl.col("new_link") & is_chosen,
     )
-    latest = steps.choose_latest({course_uuid: enrolments}, {course_uuid: linked}, runs.runs)[
-        course_uuid
-    ].filter(is_chosen)
+    latest = steps.choose_latest(course_uuid, enrolments, linked, runs.runs).filter(is_chosen)
     if latest.is_empty():
         raise NoEnrolmentsError(
             f"Could not find any enrolments for users {{users}} on course {course_uuid}", chosen
         )
     outcome = steps.sync_course(
         engine,
-        course_uuid,
-        activity_id,
-        enrolments,
-        latest,
-        linked,
-        now=now,
-        previous_count=None,
-        breaker=steps.CircuitBreaker(),
-        dry_run=False,
-        dagster_run_id=dagster_run_id,
-        record_course_state=False,
+        steps.CourseInputs(course_uuid, activity_id, enrolments, latest, linked),
+        steps.WriteOptions(now, dagster_run_id=dagster_run_id, record_course_state=False),
     )
     changed = set(outcome.changes["user_id"])
     enrolled = set(latest["user_id"])

@@ -9,10 +9,12 @@ is anything else that needs the same path (the on-demand resync).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Protocol
 
 import polars as pl
 import sqlalchemy as sa
@@ -29,6 +31,7 @@ from sync_assets.partners_api.client import (
     or_failure,
 )
 from sync_assets.platform import change_tracking, sync_store, transactions
+from sync_assets.pseudonyms import pseudonym
 from sync_assets.rules.achievements import achievement_changes
 from sync_assets.rules.latest_enrolment import latest_enrolments
 from sync_assets.rules.linking import (
@@ -39,9 +42,18 @@ from sync_assets.rules.linking import (
     match_memberships,
 )
 from sync_assets.rules.programmes import CSA, assign_programmes, csa_auto_enrolments
-from sync_assets.settings import course_lock_timeout_seconds
+from sync_assets.settings import course_lock_timeout_seconds, pseudonym_key
+from sync_assets.sync import fact_names
+from sync_assets.sync.outcomes import Computed, Failed, Outcome, Outcomes, Unchanged
+from sync_assets.wording import counted
 
 UTC_TIME = pl.Datetime("us", "UTC")
+
+
+class Logger(Protocol):
+    def warning(self, msg: str) -> None: ...
+
+
 COURSE_RUNS_SCHEMA = {
     **contract.COURSE_RUN_SCHEMA,
     "known": pl.Boolean,
@@ -112,17 +124,47 @@ async def fetch_course_runs(client: PartnersApiClient, engine: Engine) -> Course
 # --- enrolments ------------------------------------------------------------------------------
 
 
+# Stamped on a course's frames: what it is computed from, for the progress step to record with
+# the course's write (change_tracking), so a later night can skip the course.
+REPORT_FINGERPRINT = "report_fingerprint"
+LINKING_GENERATION = "linking_generation"
+
+
+@dataclass(frozen=True)
+class QuarantinePolicy:
+    """When a course's report is refused for the share of its records quarantined."""
+
+    max_share: float = 0.1
+    allowed_courses: frozenset[str] = frozenset()  # applied however many are quarantined
+
+
 @dataclass(frozen=True)
 class CourseEnrolments:
-    by_course: dict[str, pl.DataFrame]  # every course that did not fail and was not skipped
+    # Each course: its reports as one frame (stamped with their fingerprint), failed, or
+    # unchanged (its reports are the ones it was last synced from, see `fetch_enrolments`).
+    outcomes: dict[str, Outcome]
     quarantine: pl.DataFrame
     unchanged_runs: frozenset[str]
     changed_runs: frozenset[str]
-    failed: dict[str, str] = field(default_factory=dict)  # course → why
-    # Each course's reports as served (change_tracking.report_fingerprint), failed ones aside.
-    report_fingerprints: dict[str, str] = field(default_factory=dict)
-    # Courses whose reports are the ones they were last synced from (see `fetch_enrolments`).
-    skipped: frozenset[str] = frozenset()
+
+    def frames(self) -> dict[str, pl.DataFrame]:
+        """The frames of the courses that were fetched and read (neither failed nor skipped)."""
+        return {c: o.frame for c, o in self.outcomes.items() if isinstance(o, Computed)}
+
+    def failure(self, course: str) -> str | None:
+        outcome = self.outcomes.get(course)
+        return outcome.reason if isinstance(outcome, Failed) else None
+
+    def summary(self) -> str:
+        kinds = Counter(type(outcome) for outcome in self.outcomes.values())
+        return (
+            f"{counted(len(self.outcomes), 'course')}: "
+            f"{counted(len(self.changed_runs), 'report')} changed, "
+            f"{len(self.unchanged_runs)} unchanged (304), "
+            f"{counted(self.quarantine.height, 'record')} quarantined, "
+            f"{counted(kinds[Failed], 'course')} failed, "
+            f"{kinds[Unchanged]} skipped as unchanged"
+        )
 
 
 async def fetch_enrolments(
@@ -130,12 +172,14 @@ async def fetch_enrolments(
     runs: pl.DataFrame,
     courses: Iterable[str],
     skip_if_reports: Mapping[str, str] | None = None,
+    policy: QuarantinePolicy | None = None,
 ) -> CourseEnrolments:
-    """Every report of the courses' runs, each requested once, split by course.
+    """Every report of the courses' runs, each requested once, as one outcome per course.
 
     `skip_if_reports`: course → the report fingerprint it was last synced from, for courses whose
     platform side has not changed since. A course whose reports still have that fingerprint is
-    skipped: not parsed (its 304s are not even decoded), and named in `skipped`.
+    skipped (`Unchanged`): not parsed (its 304s are not even decoded). With a `policy`, a course
+    whose report is mostly quarantined is refused (`quarantine_refusal`).
     """
     wanted = sorted(set(courses))
     skip_if_reports = skip_if_reports or {}
@@ -145,10 +189,7 @@ async def fetch_enrolments(
         for (course,), rows in course_runs.partition_by("course_uuid", as_dict=True).items()
     }
     fetch = or_failure(client.enrolment_report)
-    failed: dict[str, str] = {}
-    fingerprints: dict[str, str] = {}
-    skipped: set[str] = set()
-    records: list[pl.DataFrame] = []
+    outcomes: dict[str, Outcome] = {}
     quarantine: list[pl.DataFrame] = []
     unchanged: set[str] = set()
     changed: set[str] = set()
@@ -162,7 +203,7 @@ async def fetch_enrolments(
         except Exception as error:  # anything unforeseen in one course's requests costs it alone
             if isinstance(error, PartnersApiError) and error.fatal:
                 raise  # refused credentials: no course can be fetched
-            failed[course] = f"reports: {error_line(error)}"
+            outcomes[course] = Failed(f"reports: {error_line(error)}")
             return
         errors = [
             (run, answer)
@@ -170,53 +211,113 @@ async def fetch_enrolments(
             if isinstance(answer, PartnersApiError)
         ]
         if errors:
-            failed[course] = f"report of run {errors[0][0]}: {errors[0][1]}"
+            outcomes[course] = Failed(f"report of run {errors[0][0]}: {errors[0][1]}")
             return
         fingerprint = change_tracking.report_fingerprint(
             runs, {report.run_uuid: report.digest for report in reports}
         )
-        unchanged_since_synced = skip_if_reports.get(course) == fingerprint
+        facts = {
+            fact_names.RUNS: len(reports),
+            fact_names.REPORTS_UNCHANGED: sum(report.not_modified for report in reports),
+        }
+        if skip_if_reports.get(course) == fingerprint:
+            unchanged.update(report.run_uuid for report in reports if report.not_modified)
+            changed.update(report.run_uuid for report in reports if not report.not_modified)
+            outcomes[course] = Unchanged(facts)
+            return
         parsed: list[Fetched] = []
-        if not unchanged_since_synced:
-            for report in reports:
-                try:
-                    parsed.append(report.parse())
-                except Exception as error:  # any body, however hostile, costs its course only
-                    # Its pages may be 304s of a cached body: tomorrow would fail on it again.
-                    await client.forget(report.page_urls)
-                    failed[course] = (
-                        f"report of run {report.run_uuid}: {contract.unreadable_body(error)}"
-                    )
-                    return
+        for report in reports:
+            try:
+                parsed.append(report.parse())
+            except Exception as error:  # any body, however hostile, costs its course only
+                # Its pages may be 304s of a cached body: tomorrow would fail on it again.
+                await client.forget(report.page_urls)
+                why = f"report of run {report.run_uuid}: {contract.unreadable_body(error)}"
+                outcomes[course] = Failed(why)
+                return
         unchanged.update(report.run_uuid for report in reports if report.not_modified)
         changed.update(report.run_uuid for report in reports if not report.not_modified)
-        fingerprints[course] = fingerprint
-        if unchanged_since_synced:
-            skipped.add(course)
-            return
-        for fetched in parsed:
-            records.append(fetched.records.with_columns(course_uuid=pl.lit(course)))
-            quarantine.append(fetched.quarantine)
+        outcomes[course] = _course_report(course, parsed, fingerprint, facts, policy)
+        quarantine.extend(fetched.quarantine for fetched in parsed)
 
     await client.fan_out(one_course, wanted)
-    with_course = (
-        pl.concat(records)
-        if records
-        else pl.DataFrame(schema={**contract.ENROLMENT_SCHEMA, "course_uuid": pl.String})
-    )
-    records.clear()
-    by_course = split_by_course(
-        with_course, [c for c in wanted if c not in failed and c not in skipped]
-    )
     return CourseEnrolments(
-        by_course,
+        {course: outcomes[course] for course in wanted},
         pl.concat(quarantine) if quarantine else contract.empty_quarantine(),
         frozenset(unchanged),
         frozenset(changed),
-        failed,
-        fingerprints,
-        frozenset(skipped),
     )
+
+
+def _course_report(
+    course: str,
+    parsed: list[Fetched],
+    fingerprint: str,
+    facts: dict[str, Any],
+    policy: QuarantinePolicy | None,
+) -> Computed | Failed:
+    """One course's reports as one frame, or its refusal for too much quarantined."""
+    frame = (
+        pl.concat([fetched.records for fetched in parsed])
+        if parsed
+        else pl.DataFrame(schema=contract.ENROLMENT_SCHEMA)
+    )
+    quarantined = (
+        pl.concat([fetched.quarantine for fetched in parsed])
+        if parsed
+        else contract.empty_quarantine()
+    )
+    facts = {
+        **facts,
+        fact_names.MEMBERSHIPS: frame["membership_uuid"].n_unique(),
+        fact_names.QUARANTINED_RECORDS: quarantined.height,
+        fact_names.QUARANTINED: quarantine_reasons(quarantined),
+    }
+    refusal = (
+        quarantine_refusal(
+            quarantined,
+            frame.height,
+            policy.max_share,
+            allowed=course in policy.allowed_courses,
+        )
+        if policy
+        else None
+    )
+    if refusal:
+        return Failed(refusal, {**facts, fact_names.STATUS: fact_names.STATUS_REFUSED})
+    return Computed(frame, {REPORT_FINGERPRINT: fingerprint}, facts)
+
+
+def quarantine_reasons(quarantine: pl.DataFrame) -> dict[str, int]:
+    """How many records were quarantined for each reason."""
+    if quarantine.is_empty():
+        return {}
+    return dict(quarantine.group_by("reason").len().sort("reason").iter_rows())
+
+
+def courses_to_skip(engine: Engine, runs: pl.DataFrame, courses: list[str]) -> dict[str, str]:
+    """Course → the report fingerprint it was last synced from, for each course whose platform
+    side is what it was then (change_tracking): `fetch_enrolments` skips a course whose reports
+    still have that fingerprint."""
+    generation = change_tracking.refresh_linking_state(engine)
+    activity_of = dict(
+        runs.filter("known").select("course_uuid", "activity_id").unique().iter_rows()
+    )
+    with engine.connect() as connection:
+        states = sync_store.last_course_states(connection, courses)
+        summaries = change_tracking.achievement_summaries(
+            connection, {activity_of[c] for c in states if c in activity_of}
+        )
+    return {
+        course: state.report_fingerprint
+        for course, state in states.items()
+        if course in activity_of
+        and state.report_fingerprint
+        and state.platform_fingerprint
+        == change_tracking.platform_fingerprint(
+            activity_of[course], summaries.get(activity_of[course]), generation
+        )
+    }
 
 
 def quarantine_refusal(
@@ -257,7 +358,6 @@ class LinkingStats:
     relinked_locally: int = 0
     unlinked: int = 0
     kept_unlinked: int = 0  # memberships fetched now, kept before any course is applied
-    failed_courses: dict[str, str] = field(default_factory=dict)  # a look-up failed for good
     quarantine: pl.DataFrame = field(default_factory=contract.empty_quarantine)
     # Left unlinked: one external id, the email of several users (rules.linking.AMBIGUOUS_SCHEMA).
     ambiguous: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=AMBIGUOUS_SCHEMA))
@@ -266,17 +366,26 @@ class LinkingStats:
     # The generation of what linking read (change_tracking): the links are as of it.
     linking_generation: int = 0
 
+    def summary(self) -> str:
+        return (
+            f"{counted(self.memberships, 'membership')}: {self.already_linked} linked before, "
+            f"{self.looked_up} looked up ({self.gone} gone), "
+            f"{self.linked_by_id} linked by id, {self.linked_by_email} by email, "
+            f"{self.relinked_locally} relinked without a request"
+        )
+
 
 async def link_memberships(
     client: PartnersApiClient,
     engine: Engine,
     enrolments_by_course: Mapping[str, pl.DataFrame],
     now: datetime,
-) -> tuple[dict[str, pl.DataFrame], LinkingStats]:
+) -> tuple[dict[str, Computed | Failed], LinkingStats]:
     """Step one for many courses at once: each unknown membership is fetched once, ever (R2).
 
     Memberships fetched before and still unlinked are matched again locally (a teacher may have
-    joined the platform since), without another request.
+    joined the platform since), without another request. A course with a membership whose
+    look-up failed for good fails; the others come back stamped with the linking generation.
     """
     if not enrolments_by_course:
         # Every course was skipped as unchanged (or failed): nothing to link, so the platform
@@ -285,8 +394,6 @@ async def link_memberships(
         return {}, LinkingStats()
     all_uuids = sorted(
         set().union(*(set(frame["membership_uuid"]) for frame in enrolments_by_course.values()))
-        if enrolments_by_course
-        else set()
     )
     with engine.connect() as connection:
         existing = sync_store.linked_memberships(connection, all_uuids)
@@ -333,17 +440,13 @@ async def link_memberships(
             _conform(existing, write=False),
         ]
     )
-    course_memberships = (
-        pl.concat(
-            [
-                frame.select("membership_uuid").unique().with_columns(course_uuid=pl.lit(course))
-                for course, frame in enrolments_by_course.items()
-            ],
-            how="vertical_relaxed",
-        ).sort("membership_uuid")
-        if enrolments_by_course
-        else pl.DataFrame(schema={"membership_uuid": pl.String, "course_uuid": pl.String})
-    )
+    course_memberships = pl.concat(
+        [
+            frame.select("membership_uuid").unique().with_columns(course_uuid=pl.lit(course))
+            for course, frame in enrolments_by_course.items()
+        ],
+        how="vertical_relaxed",
+    ).sort("membership_uuid")
     # Ordered by sorting the two-column frame before the join: sorting the joined frame after it
     # copied every column, the largest allocation of the step on a million memberships.
     with_course = course_memberships.join(
@@ -357,6 +460,8 @@ async def link_memberships(
     )
     first_time = new_links.join(fetched.found.select("membership_uuid"), on="membership_uuid")
     by_method = dict(first_time.group_by("matched_by").len().iter_rows())
+    ambiguous = ambiguous_emails(candidates, users)
+    conflicts = link_conflicts(stored_links, users)
     stats = LinkingStats(
         memberships=len(all_uuids),
         already_linked=existing.height,
@@ -368,13 +473,45 @@ async def link_memberships(
         relinked_locally=relinked.height,
         unlinked=len(all_uuids) - existing.height - new_links.height,
         kept_unlinked=kept,
-        failed_courses=failed_courses,
         quarantine=fetched.quarantine,
-        ambiguous=ambiguous_emails(candidates, users),
-        conflicts=link_conflicts(stored_links, users),
+        ambiguous=ambiguous,
+        conflicts=conflicts,
         linking_generation=generation,
     )
-    return by_course, stats
+    stamps = {LINKING_GENERATION: str(generation)}
+    outcomes: dict[str, Computed | Failed] = {
+        course: Computed(frame, stamps, _linking_facts(frame, ambiguous, conflicts))
+        for course, frame in by_course.items()
+    }
+    return outcomes | {course: Failed(why) for course, why in failed_courses.items()}, stats
+
+
+def _linking_facts(
+    frame: pl.DataFrame, ambiguous: pl.DataFrame, conflicts: pl.DataFrame
+) -> dict[str, Any]:
+    """One course's links, and what linking left for the platform team in it, users as
+    pseudonyms. `ambiguous`: memberships whose external id is the email of several users (not
+    linked); `conflicts`: stored links the external id disagrees with (kept, not re-pointed)."""
+    memberships = frame.select("membership_uuid")
+    ambiguous = ambiguous.join(memberships, on="membership_uuid")
+    conflicts = conflicts.join(memberships, on="membership_uuid")
+    key = pseudonym_key()
+    return {
+        fact_names.LINKED: frame.filter(pl.col("user_id").is_not_null()).height,
+        fact_names.LINKS_MADE: frame.filter(pl.col("new_link")).height,
+        fact_names.UNLINKED: frame.filter(pl.col("user_id").is_null()).height,
+        fact_names.AMBIGUOUS_EMAILS: ambiguous.height,
+        fact_names.AMBIGUOUS_EMAIL_USERS: [
+            [pseudonym(user, key) for user in users] for users in ambiguous["user_ids"].to_list()
+        ],
+        fact_names.LINK_CONFLICTS: conflicts.height,
+        fact_names.LINK_CONFLICT_USERS: [
+            {"linked": pseudonym(linked, key), "external_id_names": pseudonym(matching, key)}
+            for linked, matching in conflicts.select(
+                "linked_user_id", "matching_user_id"
+            ).iter_rows()
+        ],
+    }
 
 
 def _courses_with_failed_lookups(
@@ -454,27 +591,42 @@ def _conform(frame: pl.DataFrame, *, write: bool) -> pl.DataFrame:
 
 
 def choose_latest(
-    enrolments_by_course: Mapping[str, pl.DataFrame],
-    linked_by_course: Mapping[str, pl.DataFrame],
-    runs: pl.DataFrame,
-) -> dict[str, pl.DataFrame]:
-    return {
-        course: latest_enrolments(
-            enrolments,
-            linked_by_course.get(course, pl.DataFrame(schema=LINKED_SCHEMA)).filter(
-                pl.col("user_id").is_not_null()
-            ),
-            runs,
-        ).with_columns(course_uuid=pl.lit(course))
-        for course, enrolments in enrolments_by_course.items()
-    }
+    course: str, enrolments: pl.DataFrame, linked: pl.DataFrame, runs: pl.DataFrame
+) -> pl.DataFrame:
+    """Each linked user's latest enrolment on the course, across runs and memberships."""
+    return latest_enrolments(
+        enrolments, linked.filter(pl.col("user_id").is_not_null()), runs
+    ).with_columns(course_uuid=pl.lit(course))
+
+
+def latest_outcomes(
+    courses: Iterable[str], enrolments: Outcomes, linked: Outcomes, runs: pl.DataFrame
+) -> Iterator[tuple[str, Computed | Failed]]:
+    """Step two's first half, course by course: one course's rules failing stops no other.
+
+    What each frame is computed from (its report's fingerprint, the linking generation) travels
+    with it, for the progress step to record with the course's write.
+    """
+    for course in courses:
+        report, links = enrolments[course], linked[course]
+        assert isinstance(report, Computed) and isinstance(links, Computed)
+        try:
+            frame = choose_latest(course, report.frame, links.frame, runs)
+        except Exception as error:
+            yield course, Failed(f"latest enrolments: {error_line(error)}")
+            continue
+        facts = {
+            fact_names.LEARNERS: frame.height,
+            fact_names.DUPLICATE_ROWS: frame.height - frame["user_id"].n_unique(),
+        }
+        yield course, Computed(frame, {**report.stamps, **links.stamps}, facts)
 
 
 # --- step two: achievements (R7–R12) -----------------------------------------------------------
 
 
 @dataclass
-class CourseOutcome:
+class CourseWrite:
     """What one course's sync did (or, in a dry run, would do)."""
 
     course_uuid: str
@@ -501,6 +653,34 @@ class CourseOutcome:
         return self.changes.filter(
             (pl.col("state") == state) & (pl.col("previous_state").fill_null("enrolled") != state)
         ).height
+
+    def facts(self, dry_run: bool) -> dict[str, Any]:
+        """What a course's partition of activity_progress shows."""
+        applied = self.applied
+        if self.refused:
+            status = fact_names.STATUS_REFUSED
+        else:
+            status = fact_names.STATUS_DRY_RUN if dry_run else fact_names.STATUS_APPLIED
+        return {
+            fact_names.STATUS: status,
+            fact_names.ENROLMENTS: self.enrolments,
+            fact_names.LEARNERS: self.learners,
+            fact_names.LINKS_MADE: self.links_made,
+            fact_names.ACHIEVEMENTS_CREATED: self.created,
+            fact_names.ACHIEVEMENTS_UPDATED: self.updated,
+            fact_names.ACHIEVEMENTS_COMPLETED: self.became("complete"),
+            fact_names.ACHIEVEMENTS_DROPPED: self.became("dropped"),
+            "transitions_written": applied.transitions if applied else 0,
+            "completion_events_written": applied.completion_events if applied else 0,
+            "programme_enrolments_written": applied.enrolments if applied else 0,
+            "rows_written": applied.rows_written if applied else 0,
+            # Planned from a state another writer had already changed: not written.
+            "stale_changes_not_written": applied.stale if applied else 0,
+            fact_names.SQL_STATEMENTS: self.sql_statements,
+            fact_names.PLAN_SECONDS: round(self.plan_seconds, 4),
+            fact_names.WRITE_SECONDS: round(self.write_seconds, 4),
+            **({fact_names.REFUSED: self.refused} if self.refused else {}),
+        }
 
 
 @dataclass(frozen=True)
@@ -558,81 +738,151 @@ def plan_course(
     return batch, changes
 
 
+@dataclass(frozen=True)
+class CourseInputs:
+    """One course's inputs to its write: its report, its latest enrolments, its links."""
+
+    course_uuid: str
+    activity_id: str
+    enrolments: pl.DataFrame
+    latest: pl.DataFrame
+    linked: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How courses are written: the same for every course of a run."""
+
+    now: datetime
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    dry_run: bool = False
+    dagster_run_id: str | None = None
+    # Record the report's size and fingerprints (the breaker's reference; skipping unchanged
+    # courses): not for a resync of chosen learners, which applies part of a course.
+    record_course_state: bool = True
+    lock_timeout_seconds: float | None = None  # default: course_lock_timeout_seconds()
+
+
 def sync_course(
     engine: Engine,
-    course: str,
-    activity_id: str,
-    enrolments: pl.DataFrame,
-    latest: pl.DataFrame,
-    linked: pl.DataFrame,
+    course: CourseInputs,
+    options: WriteOptions,
     *,
-    now: datetime,
-    previous_count: int | None,
-    breaker: CircuitBreaker,
-    dry_run: bool,
-    dagster_run_id: str | None,
-    record_course_state: bool = True,
-    lock_timeout_seconds: float | None = None,
-    applied_from: AppliedFrom | None = None,
     previous: sync_store.CourseState | None = None,
-) -> CourseOutcome:
+    applied_from: AppliedFrom | None = None,
+) -> CourseWrite:
     """Plan one course and, unless refused or dry, commit it in one transaction.
 
     The plan and its writes happen under the course's writer lock (`transactions`): a writer that
     overlaps with another plans from what the other committed, so nothing is applied twice. A
     writer that cannot get the lock in time raises `CourseBusyError`.
 
-    With `record_course_state`, the transaction also records the report's size (the circuit
-    breaker's reference) and, given `applied_from`, the fingerprints a later night compares to
-    skip the course: its reports' and the platform side's as this write leaves it. Only what
-    differs from `previous` is written (R13).
+    With `options.record_course_state`, the transaction also records the report's size (the
+    circuit breaker's reference, compared with `previous`) and, given `applied_from`, the
+    fingerprints a later night compares to skip the course: its reports' and the platform side's
+    as this write leaves it. Only what differs from `previous` is written (R13).
     """
-    if dry_run:
+    if options.dry_run:
         with engine.connect() as connection:
-            return _plan_outcome(connection, course, activity_id, enrolments, latest, linked, now)[
-                1
-            ]
+            return _plan_write(connection, course, options.now)[1]
     timeout = (
-        course_lock_timeout_seconds() if lock_timeout_seconds is None else lock_timeout_seconds
+        course_lock_timeout_seconds()
+        if options.lock_timeout_seconds is None
+        else options.lock_timeout_seconds
     )
     with transactions.course_write_transaction(
-        engine, course, timeout_seconds=timeout
+        engine, course.course_uuid, timeout_seconds=timeout
     ) as connection:
         started = time.perf_counter()
-        batch, outcome = _plan_outcome(
-            connection, course, activity_id, enrolments, latest, linked, now
-        )
+        batch, write = _plan_write(connection, course, options.now)
         planned = time.perf_counter()
-        outcome.plan_seconds = planned - started
-        outcome.refused = breaker.refusal(course, previous_count, enrolments.height)
-        if outcome.refused:
-            return outcome
-        if previous is None and previous_count is not None:
-            previous = sync_store.CourseState(previous_count)
+        write.plan_seconds = planned - started
+        write.refused = options.breaker.refusal(
+            course.course_uuid,
+            previous.enrolment_count if previous else None,
+            course.enrolments.height,
+        )
+        if write.refused:
+            return write
         with counting_statements(engine) as statements:
             new_links = change_tracking.links_to_write(connection, batch.memberships)
-            outcome.applied = sync_store.write_course_sync(
-                connection, batch, dagster_run_id=dagster_run_id
+            write.applied = sync_store.write_course_sync(
+                connection, batch, dagster_run_id=options.dagster_run_id
             )
             change_tracking.account_links(connection, new_links)
-            if record_course_state:
+            if options.record_course_state:
                 state = _state_after(
-                    connection, activity_id, enrolments.height, applied_from, outcome.applied
+                    connection,
+                    course.activity_id,
+                    course.enrolments.height,
+                    applied_from,
+                    write.applied,
                 )
                 if state != previous:
                     sync_store.record_course_state(
                         connection,
-                        course,
+                        course.course_uuid,
                         state.enrolment_count,
-                        dagster_run_id,
+                        options.dagster_run_id,
                         report_fingerprint=state.report_fingerprint,
                         platform_fingerprint=state.platform_fingerprint,
                     )
-                    outcome.applied.course_state = 1
+                    write.applied.course_state = 1
             failpoints.reached("activity_progress.before_course_commit")
-    outcome.write_seconds = time.perf_counter() - planned
-    outcome.sql_statements = statements[0]
-    return outcome
+    write.write_seconds = time.perf_counter() - planned
+    write.sql_statements = statements[0]
+    return write
+
+
+def progress_outcomes(
+    engine: Engine,
+    courses: list[str],
+    activity_of: Mapping[str, str],
+    inputs: tuple[Outcomes, Outcomes, Outcomes],
+    options: WriteOptions,
+    log: Logger,
+) -> Iterator[tuple[str, Computed | Failed]]:
+    """Step two's second half, course by course: each course's achievement changes, written in
+    its own transaction. `inputs`: the enrolments, latest enrolments and links of each course.
+    One course failing (or refused by the breaker) stops no other."""
+    enrolments, latest, linked = inputs
+    with engine.connect() as connection:
+        previous = sync_store.last_course_states(connection, courses)
+    for course in courses:
+        if course not in activity_of:
+            yield course, Failed("no activity knows this course any more (R1)")
+            continue
+        stamped = latest[course]
+        assert isinstance(stamped, Computed)
+        try:
+            write = sync_course(
+                engine,
+                CourseInputs(
+                    course,
+                    activity_of[course],
+                    enrolments.frame(course),
+                    stamped.frame,
+                    linked.frame(course),
+                ),
+                options,
+                previous=previous.get(course),
+                applied_from=AppliedFrom.of(stamped.stamps),
+            )
+        except Exception as error:  # one course failing must not stop the others
+            yield course, Failed(error_line(error))  # stored and sent: one line, no email
+            continue
+        if write.applied is not None and write.applied.stale:
+            log.warning(
+                f"course {course}: {write.applied.stale} achievement changes not written: "
+                "another writer changed them after they were planned"
+            )
+        if write.applied is not None and write.applied.rows_written:
+            failpoints.reached("activity_progress.after_course_commit")
+        facts = write.facts(options.dry_run)
+        if write.refused:
+            yield course, Failed(write.refused, facts)
+        else:
+            yield course, Computed(write.changes, facts=facts)
 
 
 @dataclass(frozen=True)
@@ -642,6 +892,13 @@ class AppliedFrom:
 
     report_fingerprint: str
     linking_generation: int
+
+    @classmethod
+    def of(cls, stamps: Mapping[str, str]) -> AppliedFrom | None:
+        """What a course's latest enrolments were computed from, if their stamps say."""
+        if REPORT_FINGERPRINT not in stamps or LINKING_GENERATION not in stamps:
+            return None
+        return cls(stamps[REPORT_FINGERPRINT], int(stamps[LINKING_GENERATION]))
 
 
 def _state_after(
@@ -667,22 +924,18 @@ def _state_after(
     )
 
 
-def _plan_outcome(
-    connection: Connection,
-    course: str,
-    activity_id: str,
-    enrolments: pl.DataFrame,
-    latest: pl.DataFrame,
-    linked: pl.DataFrame,
-    now: datetime,
-) -> tuple[sync_store.CourseSyncBatch, CourseOutcome]:
-    batch, _ = plan_course(connection, course, activity_id, latest, linked, now)
-    return batch, CourseOutcome(
-        course_uuid=course,
-        activity_id=activity_id,
-        enrolments=enrolments.height,
-        learners=latest.height,
-        links_made=linked.filter(pl.col("new_link")).height,
+def _plan_write(
+    connection: Connection, course: CourseInputs, now: datetime
+) -> tuple[sync_store.CourseSyncBatch, CourseWrite]:
+    batch, _ = plan_course(
+        connection, course.course_uuid, course.activity_id, course.latest, course.linked, now
+    )
+    return batch, CourseWrite(
+        course_uuid=course.course_uuid,
+        activity_id=course.activity_id,
+        enrolments=course.enrolments.height,
+        learners=course.latest.height,
+        links_made=course.linked.filter(pl.col("new_link")).height,
         changes=batch.achievement_changes,  # only what is written: it is kept for every course
     )
 

@@ -32,6 +32,7 @@ from sync_assets_tests.conftest import sqlite_only
 from .conftest import World
 
 CATALOGUE = {c["future_learn_course_uuid"] for c in load_catalogue()}
+ASSET_NAMES = [key.to_user_string() for key in PARTITIONED_ASSETS]
 A = "3f2a9c1d-0000-4000-8000-00000000000a"
 B = "3f2a9c1d-7777-4000-8000-00000000000b"  # shares A's first 8 digits
 C = "c0ffee00-1111-4000-8000-00000000000c"
@@ -124,7 +125,7 @@ def test_bare_uuid_partitions_are_migrated_with_what_they_store(world: World) ->
         store = io_manager._store()
         old_values = {
             (asset, course): pl.read_parquet(store.local_path(f"{asset}/{course}.parquet"))
-            for asset in PARTITIONED_ASSETS
+            for asset in ASSET_NAMES
             for course in courses
         }
         with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
@@ -135,7 +136,7 @@ def test_bare_uuid_partitions_are_migrated_with_what_they_store(world: World) ->
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]),
                 limit=1,
             ).records
-            for asset in PARTITIONED_ASSETS
+            for asset in ASSET_NAMES
             for key in keys
         }
 
@@ -147,7 +148,7 @@ def test_bare_uuid_partitions_are_migrated_with_what_they_store(world: World) ->
     assert sorted(mapping.values()) == courses
     for key, course in mapping.items():
         assert key.startswith(slugify(titles[course]))
-        for asset in PARTITIONED_ASSETS:
+        for asset in ASSET_NAMES:
             old = old_values[(asset, course)]
             assert pl.read_parquet(store.local_path(f"{asset}/{key}.parquet")).equals(old)
             # Moved, not copied: no learner's data is left under a key no partition has.
@@ -161,9 +162,9 @@ def test_bare_uuid_partitions_are_migrated_with_what_they_store(world: World) ->
     # What an earlier release's migration left (it copied, never deleted) goes on the next
     # check; a bare-uuid partition that still exists keeps what it stores.
     course, other = courses[0], courses[1]
-    asset = dg.AssetKey(PARTITIONED_ASSETS[0])
-    left_behind = f"{PARTITIONED_ASSETS[0]}/{course}.parquet"
-    store.copy(f"{PARTITIONED_ASSETS[0]}/{world.key(course)}.parquet", left_behind)
+    asset = PARTITIONED_ASSETS[0]
+    left_behind = f"{ASSET_NAMES[0]}/{course}.parquet"
+    store.copy(f"{ASSET_NAMES[0]}/{world.key(course)}.parquet", left_behind)
     with dg.DagsterInstance.get() as instance:
         with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
             course_partitions_sensor(context)
@@ -172,7 +173,7 @@ def test_bare_uuid_partitions_are_migrated_with_what_they_store(world: World) ->
         instance.add_dynamic_partitions(course_partitions.name, [other])
         io_manager.copy_partition(asset, world.key(other), other)
         remove_retired_bare_uuid_objects(instance, io_manager)
-        assert store.exists(f"{PARTITIONED_ASSETS[0]}/{other}.parquet")
+        assert store.exists(f"{ASSET_NAMES[0]}/{other}.parquet")
         io_manager.delete_partition(asset, other)
         instance.delete_dynamic_partition(course_partitions.name, other)
 

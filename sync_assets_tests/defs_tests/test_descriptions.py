@@ -10,7 +10,7 @@ import pytest
 from dagster._core.definitions.freshness import TimeWindowFreshnessPolicy
 
 from sync_assets.definitions import build_definitions
-from sync_assets.defs.sync.assets import kinds
+from sync_assets.defs.sync.assets import configured, sync_assets_list
 from sync_assets.platform.database import database_kind
 from sync_assets.settings import platform_database_url
 
@@ -97,11 +97,29 @@ def test_assets_have_kinds_owners_code_references_and_a_freshness_policy(
 def test_the_database_kind_follows_the_configured_database(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Read when the definitions are built, not when the module is imported."""
+
+    def kinds_of(asset: str) -> set[str]:
+        [built] = [a for a in configured(sync_assets_list) if a.key == dg.AssetKey(asset)]
+        return set(built.specs_by_key[built.key].kinds)
+
     monkeypatch.setenv("PLATFORM_DATABASE_URL", "postgresql://sync@db.internal:5432/platform")
-    assert kinds(database=True) == {"polars", "parquet", "postgres"}
+    assert kinds_of("activity_progress") == {"polars", "parquet", "postgres"}
     monkeypatch.setenv("PLATFORM_DATABASE_URL", "sqlite:////srv/platform.sqlite3")
-    assert kinds(database=True) == {"polars", "parquet", "sqlite"}
-    assert kinds(database=False) == {"polars", "parquet"}
+    assert kinds_of("activity_progress") == {"polars", "parquet", "sqlite"}
+    assert kinds_of("latest_enrolments") == {"polars", "parquet"}
+
+
+def test_backfills_are_chunked_as_the_environment_says_when_definitions_are_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SYNC_ASSETS_COURSES_PER_RUN", "7")
+    policies = {a.key.to_user_string(): a.backfill_policy for a in configured(sync_assets_list)}
+    assert policies.pop("course_runs") is None  # not partitioned
+    assert set(policies.values()) == {dg.BackfillPolicy.multi_run(max_partitions_per_run=7)}
+    monkeypatch.delenv("SYNC_ASSETS_COURSES_PER_RUN")
+    policies = {a.key.to_user_string(): a.backfill_policy for a in configured(sync_assets_list)}
+    assert policies["enrolments"] == dg.BackfillPolicy.single_run()
 
 
 def test_code_references_link_to_the_repository_when_it_is_configured(

@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from sync_assets.defs.sync.metadata import pseudonym
 from sync_assets.platform.demo_catalogue import load_catalogue
+from sync_assets.pseudonyms import pseudonym
 from sync_assets.simulator.datasets import GeneratedDataset, generate
 
 from .conftest import MEMBERSHIP, World, make_world

@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 from dagster._serdes import serialize_value
 
-from sync_assets.defs.sync.metadata import pseudonym
+from sync_assets.pseudonyms import pseudonym
 from sync_assets.settings import (
     PSEUDONYM_KEY,
     PSEUDONYM_KEY_FILE,
@@ -101,7 +101,7 @@ def test_a_local_key_is_made_once_private_and_the_same_in_every_process(tmp_path
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if k != PSEUDONYM_KEY}
     env |= {"SYNC_ASSETS_DATA_DIR": str(data), "SYNC_ASSETS_PROFILE": "local"}
-    code = "from sync_assets.defs.sync.metadata import pseudonym; print(pseudonym('100042'))"
+    code = "from sync_assets.pseudonyms import pseudonym; print(pseudonym('100042'))"
     # Started together on an empty folder: they race to make the key, and must all use one.
     processes = [
         subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from sync_assets.cli import main
-from sync_assets.defs.sync.metadata import pseudonym
 from sync_assets.platform.demo_catalogue import load_catalogue
+from sync_assets.pseudonyms import pseudonym
 
 from .conftest import World
 

@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from sync_assets.defs.sync.metadata import pseudonym
 from sync_assets.explain.explanation import explain
 from sync_assets.explain.inputs import SCHEMAS, Course, ExplainInputs, LastApplied
 from sync_assets.explain.render import as_markdown, as_text
+from sync_assets.pseudonyms import pseudonym
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
 NOW = T + timedelta(days=200)

@@ -695,9 +695,8 @@ def test_a_cached_report_that_cannot_be_parsed_is_forgotten(tmp_path: Path) -> N
         second = run(sync_night(first=False))
         third = run(sync_night(first=False))
     assert first.not_modified is False
-    assert second.failed == {
-        course: f"report of run {RUN}: course_enrolments_report for {RUN}: "
-        "expected a JSON array, got dict"
-    }
-    assert third.failed == second.failed
+    assert second.failure(course) == (
+        f"report of run {RUN}: course_enrolments_report for {RUN}: expected a JSON array, got dict"
+    )
+    assert third.failure(course) == second.failure(course)
     assert ["if-none-match" in request for request in api.seen] == [False, True, False]

@@ -23,6 +23,7 @@ from sync_assets.defs.certificates.jobs import certificate_job, daily_certificat
 from sync_assets.defs.resync.jobs import resync_learners_job
 from sync_assets.defs.sync.jobs import futurelearn_sync_job
 from sync_assets.settings import alert_settings
+from sync_assets.sync import fact_names
 from sync_assets.wording import counted
 
 ALERTS_PER_TICK = 20
@@ -62,7 +63,7 @@ def failed_run(instance: dg.DagsterInstance, run_id: str) -> FailedRun | None:
         failure = event.step_failure_data
         user = failure.user_failure_data
         if user is not None:
-            listed = user.metadata.get("failed_courses")
+            listed = user.metadata.get(fact_names.FAILED_COURSES)
             if listed is not None and isinstance(listed.value, dict):
                 courses.update({str(key): str(why) for key, why in listed.value.items()})
             step_errors.append(user.description or "")

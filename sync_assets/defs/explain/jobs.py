@@ -5,9 +5,9 @@ from pydantic import Field
 
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.storage import PartitionedParquetIOManager
-from sync_assets.defs.sync.metadata import pseudonym
 from sync_assets.explain.load import ExplainError, explain_learner
 from sync_assets.explain.render import as_markdown
+from sync_assets.pseudonyms import pseudonym
 from sync_assets.settings import ConfigurationError
 
 EXPLAIN_TAGS = {"sync_assets/kind": "explain"}

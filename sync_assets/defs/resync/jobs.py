@@ -9,9 +9,9 @@ from pydantic import Field
 
 from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
-from sync_assets.defs.sync.metadata import pseudonym
 from sync_assets.error_text import error_line
 from sync_assets.partners_api.client import run
+from sync_assets.pseudonyms import pseudonym
 from sync_assets.sync.resync import ResyncError, resync_learners
 
 RESYNC_TAGS = {"sync_assets/kind": "resync"}

@@ -7,66 +7,38 @@ Step one (linking) is upstream of step two (progress) in the lineage itself. Eve
 asset runs all its requested course partitions in one step (single-run backfill), so the nightly
 run makes each Partners API request once and fetches each new membership once, whatever the
 number of courses; a rerun of one course partition from the UI touches only that course.
+
+Each asset is a declaration over a step of sync/steps.py; `CourseStep` (course_step.py) is all
+that stands between a step's `{course uuid: Outcome}` and Dagster's partitions.
 """
 
 # No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
-import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from sync_assets import failpoints
 from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
-from sync_assets.defs.storage import (
-    CourseFailed,
-    CourseFailure,
-    CourseUnchanged,
-    PartitionFrames,
-    PartitionSpool,
-    StampedFrame,
-)
+from sync_assets.defs.storage import StoredOutcomes
 from sync_assets.defs.sync.columns import asset_column_schema
-from sync_assets.defs.sync.failures import (
-    fail_run_if_last,
-    failed_metadata,
-    record_failed_partitions,
-)
-from sync_assets.defs.sync.metadata import (
-    add_partition_metadata,
-    frame_metadata,
-    linking_problems_metadata,
-    reasons,
-    rss_after_course,
-    run_peak_memory_metadata,
-)
+from sync_assets.defs.sync.course_step import CourseStep, api_metadata
+from sync_assets.defs.sync.metadata import frame_metadata
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
-from sync_assets.defs.sync.provenance import report_stale_inputs
 from sync_assets.error_text import error_line
 from sync_assets.markdown import markdown_text
 from sync_assets.partners_api.client import run
-from sync_assets.platform import change_tracking, sync_store, transactions
 from sync_assets.platform.database import database_kind
 from sync_assets.settings import courses_per_run, platform_database_url
-from sync_assets.sync import steps
+from sync_assets.sync import fact_names, steps
 from sync_assets.wording import counted
 
-# Backfills of many courses run as few runs as memory allows: one step serves every course of
-# its run. A backfill from the UI is chunked as the nightly schedule is, by
-# SYNC_ASSETS_COURSES_PER_RUN.
-warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
-BACKFILL_POLICY = (
-    dg.BackfillPolicy.single_run()
-    if courses_per_run() is None
-    else dg.BackfillPolicy.multi_run(max_partitions_per_run=courses_per_run())
-)
 GROUP = "futurelearn_sync"
 UNKNOWN_COURSES_CHECK = "unknown_courses_reported"
 ONE_LATEST_CHECK = "one_latest_enrolment_per_user_and_course"
@@ -75,71 +47,31 @@ OWNERS = ["team:learning-platform"]
 # The nightly sync runs at 02:00 London; a day and two hours without a materialisation means a
 # night was missed (or failed for every course), not that a run was slow.
 NIGHTLY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
+# Backfills of many courses run as few runs as memory allows: one step serves every course of its
+# run. Chunked when the definitions are built (`configured`), by SYNC_ASSETS_COURSES_PER_RUN.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+# The assets that read or write the platform database: their kinds name it too, once the
+# definitions are built (`configured`) and the database is known.
+USES_DATABASE = frozenset({"course_runs", "linked_memberships", "activity_progress"})
 
 
-def kinds(*, database: bool) -> set[str]:
-    """Kind tags: frames in polars, stored as parquet, and the platform database if it is used."""
-    return {"polars", "parquet", *([database_kind(platform_database_url())] if database else [])}
-
-
-def shown_in_ui(asset: str, *, database: bool) -> dict[str, Any]:
+def shown_in_ui(asset: str) -> dict[str, Any]:
     """Every sync asset's kinds, owners and column descriptions (before any materialisation)."""
     return {
-        "kinds": kinds(database=database),
+        "kinds": {"polars", "parquet"},
         "owners": OWNERS,
         "metadata": asset_column_schema(asset),
     }
 
 
-_NO_CHANGES = pl.DataFrame(schema=sync_store.ACHIEVEMENT_CHANGE_SCHEMA)
-# Stamped on a course's frames (`StampedFrame`): what it is computed from, for activity_progress
-# to record with the course's write (change_tracking).
-REPORT_FINGERPRINT = "report_fingerprint"
-LINKING_GENERATION = "linking_generation"
-UNCHANGED = "unchanged"  # a course's status when skipped as unchanged
-
-
-def unchanged_metadata() -> dict[str, str]:
-    return {
-        "status": UNCHANGED,
-        "note": "skipped as unchanged: its reports and the platform side are those of its last "
-        "successful sync (nothing read, parsed or written for it)",
-    }
-
-
-def _api_metadata(metrics: Any) -> dict[str, Any]:
-    figures = metrics.as_dict()
-    return {
-        "api_requests": figures["requests"],
-        "api_not_modified_304": figures["not_modified_304"],
-        "api_retries": figures["retries"],
-        "api_bytes": figures["bytes_received"],
-        "api_requests_by_status": dg.MetadataValue.json(figures["by_endpoint_and_status"]),
-    }
-
-
-def course_keys(partition_keys: list[str], course_runs: pl.DataFrame) -> CourseKeys:
-    """The course each partition of the run stands for (see `partitions`)."""
-    return CourseKeys.resolve(
+def partition_table(partition_keys: list[str], course_runs: pl.DataFrame) -> str:
+    """Markdown: each course partition's key, course uuid and title now, by title."""
+    keys = CourseKeys.resolve(
         partition_keys,
         course_runs["course_uuid"].unique(),
         known=set(course_runs.filter("known")["course_uuid"]),
     )
-
-
-def unresolved_keys(partition_keys: list[str], keys: CourseKeys) -> dict[str, str]:
-    """Partitions whose course FutureLearn no longer lists: failed, with why."""
-    return {
-        key: "no course FutureLearn lists now has a uuid starting with this key's suffix "
-        "(the course was withdrawn, or its digits are ambiguous)"
-        for key in partition_keys
-        if keys.uuid(key) is None
-    }
-
-
-def partition_table(partition_keys: list[str], course_runs: pl.DataFrame) -> str:
-    """Markdown: each course partition's key, course uuid and title now, by title."""
-    keys = course_keys(partition_keys, course_runs)
     titles = steps.course_titles(course_runs)
     rows = sorted(
         (titles.get(keys.uuid(key) or "", ""), key, keys.uuid(key) or "(no such course now)")
@@ -151,18 +83,11 @@ def partition_table(partition_keys: list[str], course_runs: pl.DataFrame) -> str
     return "\n".join(lines)
 
 
-def course_metadata(course_uuid: str | None, titles: dict[str, str]) -> dict[str, str]:
-    """Which course a partition is: the uuid ↔ key ↔ title mapping, on every materialisation."""
-    if course_uuid is None:
-        return {}
-    return {"course_uuid": course_uuid, "course_title": titles.get(course_uuid, "")}
-
-
 @dg.asset(
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     description="Every FutureLearn course run (one request), marked known or not (R1).",
-    **shown_in_ui("course_runs", database=True),  # which courses the platform knows
+    **shown_in_ui("course_runs"),
     check_specs=[
         dg.AssetCheckSpec(
             UNKNOWN_COURSES_CHECK,
@@ -189,6 +114,7 @@ def course_runs(
         f"{counted(runs.height, 'run')} of {counted(runs['course_uuid'].n_unique(), 'course')}; "
         f"{len(fetched.known_course_uuids())} known, {unknown.height} unknown and not ignored"
     )
+    partitions = list(context.instance.get_dynamic_partitions(course_partitions.name))
     yield dg.Output(
         runs,
         metadata={
@@ -196,17 +122,15 @@ def course_runs(
             "courses": runs["course_uuid"].n_unique(),
             "known_courses": len(fetched.known_course_uuids()),
             "unknown_courses": unknown.height,
-            "unknown_course_list": dg.MetadataValue.json(
+            fact_names.UNKNOWN_COURSE_LIST: dg.MetadataValue.json(
                 [{"uuid": uuid, "title": title} for uuid, title in unknown.iter_rows()]
             ),
             "not_modified": fetched.not_modified,
-            "course_partitions": dg.MetadataValue.md(
-                partition_table(
-                    list(context.instance.get_dynamic_partitions(course_partitions.name)), runs
-                )
+            "course_partitions": dg.MetadataValue.md(partition_table(partitions, runs)),
+            fact_names.QUARANTINED: dg.MetadataValue.json(
+                steps.quarantine_reasons(fetched.quarantine)
             ),
-            "quarantined": dg.MetadataValue.json(reasons(fetched.quarantine)),
-            **_api_metadata(metrics),
+            **api_metadata(metrics),
         },
     )
     yield dg.AssetCheckResult(
@@ -225,33 +149,6 @@ def course_runs(
             "count": unknown.height,
         },
     )
-
-
-def unchanged_platform_courses(
-    engine: Any, course_runs: pl.DataFrame, courses: list[str]
-) -> dict[str, str]:
-    """Course → the report fingerprint it was last synced from, for each course whose platform
-    side is what it was then (change_tracking); a course whose reports still have that
-    fingerprint is skipped as unchanged."""
-    generation = change_tracking.refresh_linking_state(engine)
-    activity_of = dict(
-        course_runs.filter("known").select("course_uuid", "activity_id").unique().iter_rows()
-    )
-    with engine.connect() as connection:
-        states = sync_store.last_course_states(connection, courses)
-        summaries = change_tracking.achievement_summaries(
-            connection, {activity_of[c] for c in states if c in activity_of}
-        )
-    return {
-        course: state.report_fingerprint
-        for course, state in states.items()
-        if course in activity_of
-        and state.report_fingerprint
-        and state.platform_fingerprint
-        == change_tracking.platform_fingerprint(
-            activity_of[course], summaries.get(activity_of[course]), generation
-        )
-    }
 
 
 class EnrolmentsConfig(dg.Config):
@@ -277,10 +174,10 @@ class EnrolmentsConfig(dg.Config):
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=BACKFILL_POLICY,
+    backfill_policy=SINGLE_RUN,
     description="Enrolment reports of every run of the course, as one frame. Records that "
     "break the contract are quarantined with their reason; a course with too many is refused.",
-    **shown_in_ui("enrolments", database=False),
+    **shown_in_ui("enrolments"),
 )
 def enrolments(
     context: dg.AssetExecutionContext,
@@ -288,205 +185,94 @@ def enrolments(
     course_runs: pl.DataFrame,
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
-):  # yields {course partition: frame, CourseFailure or CourseUnchanged}
-    report_stale_inputs(context, ("course_runs",), context.partition_keys)
-    keys = course_keys(context.partition_keys, course_runs)
-    titles = steps.course_titles(course_runs)
-    unresolved = unresolved_keys(context.partition_keys, keys)
-    courses = [keys.uuid_of_key[key] for key in context.partition_keys if key not in unresolved]
+):
+    step = CourseStep(context, course_runs, stale_inputs=("course_runs",))
     skip_if_reports = (
-        unchanged_platform_courses(platform_database.engine, course_runs, courses)
+        steps.courses_to_skip(platform_database.engine, course_runs, step.courses)
         if config.skip_unchanged
         else {}
+    )
+    policy = steps.QuarantinePolicy(
+        config.max_quarantine_share, step.course_uuids(config.allow_quarantine_courses)
     )
 
     async def fetch():
         async with partners_api.client() as client:
-            fetched = await steps.fetch_enrolments(client, course_runs, courses, skip_if_reports)
-            return fetched, client.metrics
+            return await steps.fetch_enrolments(
+                client, course_runs, step.courses, skip_if_reports, policy
+            ), client.metrics
 
     started = time.perf_counter()
     fetched, metrics = run(fetch())
-    api_seconds = time.perf_counter() - started
-    refused: dict[str, str] = {}
-    key_of = keys.key_of_uuid
-    for course in sorted(fetched.skipped):
-        course_run_uuids = set(course_runs.filter(pl.col("course_uuid") == course)["run_uuid"])
-        add_partition_metadata(
-            context,
-            {
-                **course_metadata(course, titles),
-                **unchanged_metadata(),
-                "runs": len(course_run_uuids),
-                "reports_unchanged_304": len(course_run_uuids & fetched.unchanged_runs),
-            },
-            key_of[course],
-        )
-    for course, frame in fetched.by_course.items():
-        course_run_uuids = set(course_runs.filter(pl.col("course_uuid") == course)["run_uuid"])
-        quarantined = fetched.quarantine.filter(pl.col("source").is_in(list(course_run_uuids)))
-        refusal = steps.quarantine_refusal(
-            quarantined,
-            frame.height,
-            config.max_quarantine_share,
-            allowed=bool({course, key_of[course]} & set(config.allow_quarantine_courses)),
-        )
-        if refusal:
-            refused[key_of[course]] = refusal
-            context.log.error(f"course {key_of[course]}: {refusal}")
-        add_partition_metadata(
-            context,
-            {
-                **course_metadata(course, titles),
-                **frame_metadata(frame),
-                **({"status": "refused", "error": refusal} if refusal else {}),
-                "runs": len(course_run_uuids),
-                "reports_unchanged_304": len(course_run_uuids & fetched.unchanged_runs),
-                "memberships": frame["membership_uuid"].n_unique(),
-                "quarantined_records": quarantined.height,
-                "quarantined": dg.MetadataValue.json(reasons(quarantined)),
-            },
-            key_of[course],
-        )
-    failed = {key_of[course]: why for course, why in fetched.failed.items()} | unresolved
-    for key, why in failed.items():
-        context.log.error(f"course {key}: {why}")
-        add_partition_metadata(
-            context, {**course_metadata(keys.uuid(key), titles), **failed_metadata(why)}, key
-        )
-    context.log.info(
-        f"{counted(len(context.partition_keys), 'course')}: "
-        f"{counted(len(fetched.changed_runs), 'report')} changed, "
-        f"{len(fetched.unchanged_runs)} unchanged (304), "
-        f"{counted(fetched.quarantine.height, 'record')} quarantined, "
-        f"{counted(len(failed), 'course')} failed, "
-        f"{len(fetched.skipped)} skipped as unchanged"
+    seconds = time.perf_counter() - started
+    context.log.info(fetched.summary())
+    step.record(fetched.outcomes.items(), one_by_one=False)
+    yield step.output(
+        {**api_metadata(metrics, seconds), fact_names.SKIPPED_UNCHANGED: step.unchanged_count}
     )
-    by_key: dict[str, StampedFrame | CourseUnchanged] = {
-        key_of[course]: StampedFrame(
-            frame, {REPORT_FINGERPRINT: fetched.report_fingerprints[course]}
-        )
-        for course, frame in fetched.by_course.items()
-    }
-    by_key |= {key_of[course]: CourseUnchanged() for course in fetched.skipped}
-    yield dg.Output(
-        {**by_key, **failures({**failed, **refused})},
-        metadata={
-            **_api_metadata(metrics),
-            "api_seconds": round(api_seconds, 3),
-            "skipped_unchanged": len(fetched.skipped),
-            **run_peak_memory_metadata(),
-        },
-    )
-    record_failed_partitions(context, {**failed, **refused}, {})
-    fail_run_if_last(context, {**failed, **refused})
+    step.finish()
 
 
 @dg.asset(
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=BACKFILL_POLICY,
+    backfill_policy=SINGLE_RUN,
     description="Step one: memberships of the course's enrolments and the users they belong to "
     "(R2–R4). Each unknown membership is fetched once, ever.",
-    **shown_in_ui("linked_memberships", database=True),  # stores look-ups, matches users
+    **shown_in_ui("linked_memberships"),
 )
 def linked_memberships(
     context: dg.AssetExecutionContext,
-    enrolments: PartitionFrames,
+    enrolments: StoredOutcomes,
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
-):  # yields {course partition: frame or CourseFailure}
-    report_stale_inputs(context, ("enrolments",), list(enrolments))
-    upstream_failed = enrolments.failures()
-    unchanged = enrolments.unchanged()
+):
+    # Linking is the same whatever names the courses have: the step sees partition keys.
+    step = CourseStep(context, None, {"enrolments": enrolments}, stale_inputs=("enrolments",))
+    reports = step.inputs["enrolments"].frames(step.courses)
 
     async def link():
         async with partners_api.client() as client:
-            result = await steps.link_memberships(
-                client, platform_database.engine, enrolments.succeeded(), datetime.now(UTC)
+            linked = await steps.link_memberships(
+                client, platform_database.engine, reports, datetime.now(UTC)
             )
-            return result, client.metrics
+            return linked, client.metrics
 
     started = time.perf_counter()
     try:
-        (by_course, stats), metrics = run(link())
+        (outcomes, stats), metrics = run(link())
     except Exception as error:
-        # Linking binds learners' emails: Dagster would keep the whole error (a database's later
-        # lines quote the failing row) in the event log. One redacted line names each course.
-        why = f"linking: {error_line(error)}"
-        linking = sorted(enrolments.succeeded())
-        raise dg.Failure(
-            description=f"{counted(len(linking), 'course')} not linked: {why}",
-            metadata={
-                "failed_courses": dg.MetadataValue.json(
-                    {**upstream_failed, **dict.fromkeys(linking, why)}
-                )
-            },
-        ) from None
-    api_seconds = time.perf_counter() - started  # look-ups dominate; matching is in here too
-    for course, frame in by_course.items():
-        course_memberships = frame.select("membership_uuid")
-        ambiguous = stats.ambiguous.join(course_memberships, on="membership_uuid")
-        conflicts = stats.conflicts.join(course_memberships, on="membership_uuid")
-        add_partition_metadata(
-            context,
-            {
-                **frame_metadata(frame),
-                "linked": frame.filter(pl.col("user_id").is_not_null()).height,
-                "links_made": frame.filter(pl.col("new_link")).height,
-                "unlinked": frame.filter(pl.col("user_id").is_null()).height,
-                **linking_problems_metadata(ambiguous, conflicts),
-            },
-            course,
-        )
-    failed = {**upstream_failed, **stats.failed_courses}
-    for course, why in stats.failed_courses.items():
-        context.log.error(f"course {course}: {why}")
-        add_partition_metadata(context, failed_metadata(why), course)
-    for course in sorted(unchanged):
-        add_partition_metadata(context, unchanged_metadata(), course)
-    context.log.info(
-        f"{counted(stats.memberships, 'membership')}: {stats.already_linked} linked before, "
-        f"{stats.looked_up} looked up ({stats.gone} gone), "
-        f"{stats.linked_by_id} linked by id, {stats.linked_by_email} by email, "
-        f"{stats.relinked_locally} relinked without a request"
-    )
-    stamp = {LINKING_GENERATION: str(stats.linking_generation)}
-    yield dg.Output(
+        step.fail_every_course(f"linking: {error_line(error)}")
+    seconds = time.perf_counter() - started  # look-ups dominate; matching is in here too
+    context.log.info(stats.summary())
+    step.record(outcomes.items(), one_by_one=False)
+    yield step.output(
         {
-            **{course: StampedFrame(frame, stamp) for course, frame in by_course.items()},
-            **failures(failed),
-            **{course: CourseUnchanged() for course in unchanged},
-        },
-        metadata={
             "memberships": stats.memberships,
             "already_linked": stats.already_linked,
-            "looked_up": stats.looked_up,
+            fact_names.LOOKED_UP: stats.looked_up,
             "gone_404": stats.gone,
             "linked_by_id": stats.linked_by_id,
             "linked_by_email": stats.linked_by_email,
             "relinked_locally": stats.relinked_locally,
-            "kept_fetched_unlinked": stats.kept_unlinked,
-            "ambiguous_emails_total": stats.ambiguous.height,
-            "link_conflicts_total": stats.conflicts.height,
-            "quarantined": dg.MetadataValue.json(reasons(stats.quarantine)),
-            **_api_metadata(metrics),
-            "api_seconds": round(api_seconds, 3),
-            **run_peak_memory_metadata(),
-        },
+            fact_names.KEPT_FETCHED_UNLINKED: stats.kept_unlinked,
+            fact_names.AMBIGUOUS_EMAILS_TOTAL: stats.ambiguous.height,
+            fact_names.LINK_CONFLICTS_TOTAL: stats.conflicts.height,
+            fact_names.QUARANTINED: steps.quarantine_reasons(stats.quarantine),
+            **api_metadata(metrics, seconds),
+        }
     )
-    record_failed_partitions(context, stats.failed_courses, upstream_failed)
-    fail_run_if_last(context, failed)
+    step.finish()
 
 
 @dg.asset(
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=BACKFILL_POLICY,
+    backfill_policy=SINGLE_RUN,
     description="Step two: each linked user's latest enrolment on the course, across runs and "
     "memberships (R5–R6).",
-    **shown_in_ui("latest_enrolments", database=False),
+    **shown_in_ui("latest_enrolments"),
     check_specs=[
         dg.AssetCheckSpec(
             ONE_LATEST_CHECK,
@@ -498,69 +284,33 @@ def linked_memberships(
 )
 def latest_enrolments(
     context: dg.AssetExecutionContext,
-    enrolments: PartitionFrames,
-    linked_memberships: PartitionFrames,
+    enrolments: StoredOutcomes,
+    linked_memberships: StoredOutcomes,
     course_runs: pl.DataFrame,
 ):
-    report_stale_inputs(context, ("course_runs", "enrolments"), list(enrolments))
-    keys = course_keys(list(enrolments), course_runs)
-    titles = steps.course_titles(course_runs)
-    upstream_failed = {
-        **unresolved_keys(list(enrolments), keys),
-        **enrolments.failures(),
-        **linked_memberships.failures(),
-    }
-    unchanged = enrolments.unchanged()
-    failed: dict[str, str] = {}
-    by_course: dict[str, StampedFrame | CourseFailure | CourseUnchanged] = {}
-    duplicates = 0
-    for key in enrolments:
-        if key in upstream_failed:
-            by_course[key] = CourseFailure(upstream_failed[key])
-            continue
-        course = keys.uuid_of_key[key]
-        if key in unchanged:
-            by_course[key] = CourseUnchanged()
-            add_partition_metadata(
-                context, {**course_metadata(course, titles), **unchanged_metadata()}, key
-            )
-            continue
-        try:
-            frame = steps.choose_latest(
-                {course: enrolments[key]}, {course: linked_memberships[key]}, course_runs
-            )[course]
-        except Exception as error:  # one course's rules failing must not stop the others
-            why = f"latest enrolments: {error_line(error)}"
-            context.log.error(f"course {key}: {why}")
-            add_partition_metadata(
-                context, {**course_metadata(course, titles), **failed_metadata(why)}, key
-            )
-            failed[key] = why
-            by_course[key] = CourseFailure(why)
-            continue
-        # What the frame is computed from travels with it, for activity_progress to record.
-        by_course[key] = StampedFrame(
-            frame, {**enrolments.stamps(key), **linked_memberships.stamps(key)}
-        )
-        duplicates += frame.height - frame["user_id"].n_unique()
-        add_partition_metadata(
-            context,
-            {
-                **course_metadata(course, titles),
-                **frame_metadata(frame),
-                "learners": frame.height,
-                **rss_after_course(),
-            },
-            key,
-        )
-    yield dg.Output(by_course, metadata=run_peak_memory_metadata())
+    step = CourseStep(
+        context,
+        course_runs,
+        {"enrolments": enrolments, "linked_memberships": linked_memberships},
+        stale_inputs=("course_runs", "enrolments"),
+    )
+    step.record(
+        steps.latest_outcomes(
+            step.courses,
+            step.inputs["enrolments"],
+            step.inputs["linked_memberships"],
+            course_runs,
+        ),
+        one_by_one=True,
+    )
+    yield step.output()
+    duplicates = sum(facts.get(fact_names.DUPLICATE_ROWS, 0) for facts in step.facts.values())
     yield dg.AssetCheckResult(
         check_name=ONE_LATEST_CHECK,
         passed=duplicates == 0,
-        metadata={"courses": len(by_course), "duplicate_rows": duplicates},
+        metadata={"courses": step.course_count, "duplicate_rows": duplicates},
     )
-    record_failed_partitions(context, failed, upstream_failed)
-    fail_run_if_last(context, {**upstream_failed, **failed})
+    step.finish()
 
 
 class ProgressConfig(dg.Config):
@@ -579,12 +329,12 @@ class ProgressConfig(dg.Config):
     pool=pools.PLATFORM_WRITES,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=BACKFILL_POLICY,
+    backfill_policy=SINGLE_RUN,
     description="Step two: achievements' progress and state written from the latest enrolments "
     "(R7–R12), with links, transitions and completion events, one transaction per course. "
     "To rerun a course with fresh data, launch the job futurelearn_sync for its partition: "
     "materialising this asset alone re-applies the reports stored by an earlier run, and says so.",
-    **shown_in_ui("activity_progress", database=True),
+    **shown_in_ui("activity_progress"),
     freshness_policy=NIGHTLY_FRESHNESS,
     check_specs=[
         dg.AssetCheckSpec(
@@ -601,113 +351,56 @@ class ProgressConfig(dg.Config):
 def activity_progress(
     context: dg.AssetExecutionContext,
     config: ProgressConfig,
-    latest_enrolments: PartitionFrames,
-    linked_memberships: PartitionFrames,
-    enrolments: PartitionFrames,
+    latest_enrolments: StoredOutcomes,
+    linked_memberships: StoredOutcomes,
+    enrolments: StoredOutcomes,
     course_runs: pl.DataFrame,
     platform_database: PlatformDatabase,
 ):
-    engine = platform_database.engine
-    now = datetime.now(UTC)
+    step = CourseStep(
+        context,
+        course_runs,
+        {
+            "enrolments": enrolments,
+            "latest_enrolments": latest_enrolments,
+            "linked_memberships": linked_memberships,
+        },
+        stale_inputs=("course_runs", "enrolments"),
+    )
+    breaker = steps.CircuitBreaker(
+        config.max_shrink_share, step.course_uuids(config.allow_shrink_courses)
+    )
+    options = steps.WriteOptions(
+        datetime.now(UTC), breaker, config.dry_run, dagster_run_id=context.run.run_id
+    )
     activity_of = dict(
         course_runs.filter("known").select("course_uuid", "activity_id").unique().iter_rows()
     )
-    report_stale_inputs(context, ("course_runs", "enrolments"), list(latest_enrolments))
-    keys = course_keys(list(latest_enrolments), course_runs)
-    titles = steps.course_titles(course_runs)
-    allowed = {keys.uuid(course) or course for course in config.allow_shrink_courses}
-    breaker = steps.CircuitBreaker(config.max_shrink_share, frozenset(allowed))
-    with engine.connect() as connection:
-        previous = sync_store.last_course_states(connection, keys.uuid_of_key.values())
-    unchanged = latest_enrolments.unchanged()
-    tally: Counter[str] = Counter()
-    failures: dict[str, str] = {}
-    refused: dict[str, str] = {}
-    unresolved = unresolved_keys(list(latest_enrolments), keys)
-
-    def sync_one(key: str) -> tuple[steps.CourseOutcome | None, str | None]:
-        if key in unresolved:
-            return None, unresolved[key]
-        course = keys.uuid_of_key[key]
-        if course not in activity_of:
-            return None, "no activity knows this course any more (R1)"
-        try:
-            outcome = steps.sync_course(
-                engine,
-                course,
-                activity_of[course],
-                enrolments[key],
-                latest_enrolments[key],
-                linked_memberships[key],
-                now=now,
-                previous_count=previous[course].enrolment_count if course in previous else None,
-                breaker=breaker,
-                dry_run=config.dry_run,
-                dagster_run_id=context.run.run_id,
-                applied_from=applied_from(latest_enrolments.stamps(key)),
-                previous=previous.get(course),
-            )
-        except CourseFailed as error:  # an earlier step failed it; already logged there
-            return None, error.reason
-        except transactions.CourseBusyError as error:
-            context.log.warning(f"course {key}: {error}")
-            return None, str(error)
-        except Exception as error:  # one course failing must not stop the others
-            why = error_line(error)  # stored and sent: one line, no email
-            context.log.error(f"course {key}: {why}")
-            return None, why
-        if outcome.applied is not None and outcome.applied.stale:
-            context.log.warning(
-                f"course {key}: {outcome.applied.stale} achievement changes not written: "
-                "another writer changed them after they were planned"
-            )
-        if outcome.applied is not None and outcome.applied.rows_written:
-            failpoints.reached("activity_progress.after_course_commit")
-        return outcome, None
-
-    # Each course's changes go to disk as soon as they are made: held all together they were
-    # the largest value in the step (~440 MiB on `large`), growing through the write loop.
-    with tempfile.TemporaryDirectory(prefix="activity_progress-") as spool_dir:
-        changes = PartitionSpool(Path(spool_dir))
-        for course in sorted(latest_enrolments):
-            if course in unchanged:
-                changes.add(course, CourseUnchanged())
-                add_partition_metadata(
-                    context,
-                    {**course_metadata(keys.uuid(course), titles), **unchanged_metadata()},
-                    course,
-                )
-                tally["skipped"] += 1
-                continue
-            outcome, failure = sync_one(course)
-            if failure:
-                failures[course] = failure
-            frame = outcome.changes if outcome else _NO_CHANGES
-            changes.add(course, frame)
-            add_partition_metadata(
-                context,
-                {
-                    **course_metadata(keys.uuid(course), titles),
-                    **frame_metadata(frame),
-                    **_outcome_metadata(outcome, failure, config),
-                    **rss_after_course(),
-                },
-                course,
-            )
-            if outcome:
-                tally.update(_outcome_counts(outcome))
-                if outcome.refused:
-                    refused[course] = outcome.refused
-        context.log.info(progress_summary(tally, len(failures), config.dry_run))
-        yield dg.Output(
-            changes,
-            metadata={
-                "dry_run": config.dry_run,
-                "failed": len(failures),
-                "skipped_unchanged": tally["skipped"],
-                **run_peak_memory_metadata(),
-            },
-        )
+    inputs = (
+        step.inputs["enrolments"],
+        step.inputs["latest_enrolments"],
+        step.inputs["linked_memberships"],
+    )
+    step.record(
+        steps.progress_outcomes(
+            platform_database.engine, step.courses, activity_of, inputs, options, context.log
+        ),
+        one_by_one=True,
+    )
+    refused = {
+        key: facts[fact_names.REFUSED]
+        for key, facts in step.facts.items()
+        if fact_names.REFUSED in facts
+    }
+    failed = len(step.upstream_failed) + len(step.failed) - len(refused)
+    context.log.info(progress_summary(progress_tally(step), failed, config.dry_run))
+    yield step.output(
+        {
+            fact_names.DRY_RUN: config.dry_run,
+            "failed": failed,
+            fact_names.SKIPPED_UNCHANGED: step.unchanged_count,
+        }
+    )
     yield dg.AssetCheckResult(
         check_name=SHRINK_CHECK,
         passed=not refused,
@@ -716,57 +409,25 @@ def activity_progress(
         "with the allow_shrink_courses config (or `sync-assets sync --allow-shrink UUID`).",
         metadata={"refused": dg.MetadataValue.json(refused)},
     )
-    upstream_failed = latest_enrolments.failures()
-    own = {course: why for course, why in failures.items() if course not in upstream_failed}
-    record_failed_partitions(
-        context,
-        {**own, **refused},
-        {course: why for course, why in failures.items() if course in upstream_failed},
-    )
-    fail_run_if_last(context, {**failures, **refused})
+    step.finish()
 
 
-def failures(failed: dict[str, str]) -> dict[str, CourseFailure]:
-    return {course: CourseFailure(why) for course, why in failed.items()}
-
-
-def _outcome_metadata(
-    outcome: steps.CourseOutcome | None, failure: str | None, config: ProgressConfig
-) -> dict[str, Any]:
-    if outcome is None:
-        return {"status": "failed", "error": failure or ""}
-    applied = outcome.applied
-    status = "refused" if outcome.refused else "dry run" if config.dry_run else "applied"
-    return {
-        "status": status,
-        "enrolments": outcome.enrolments,
-        "learners": outcome.learners,
-        "links_made": outcome.links_made,
-        "achievements_created": outcome.created,
-        "achievements_updated": outcome.updated,
-        "achievements_completed": outcome.became("complete"),
-        "achievements_dropped": outcome.became("dropped"),
-        "transitions_written": applied.transitions if applied else 0,
-        "completion_events_written": applied.completion_events if applied else 0,
-        "programme_enrolments_written": applied.enrolments if applied else 0,
-        "rows_written": applied.rows_written if applied else 0,
-        # Planned from a state another writer had already changed: not written.
-        "stale_changes_not_written": applied.stale if applied else 0,
-        "sql_statements": outcome.sql_statements,
-        "plan_seconds": round(outcome.plan_seconds, 4),
-        "write_seconds": round(outcome.write_seconds, 4),
-        **({"refused": outcome.refused} if outcome.refused else {}),
-    }
-
-
-def _outcome_counts(outcome: steps.CourseOutcome) -> Counter[str]:
-    return Counter(
-        courses=1,
-        changed=int(not outcome.changes.is_empty()),
-        created=outcome.created,
-        updated=outcome.updated,
-        completed=outcome.became("complete"),
-    )
+def progress_tally(step: CourseStep) -> Counter[str]:
+    """What the progress step did, added up over the courses it synced (refused included)."""
+    tally: Counter[str] = Counter(skipped=step.unchanged_count)
+    for facts in step.facts.values():
+        if fact_names.ACHIEVEMENTS_CREATED not in facts:
+            continue  # not synced: failed, or skipped as unchanged
+        created = facts[fact_names.ACHIEVEMENTS_CREATED]
+        updated = facts[fact_names.ACHIEVEMENTS_UPDATED]
+        tally.update(
+            courses=1,
+            changed=int(created + updated > 0),
+            created=created,
+            updated=updated,
+            completed=facts[fact_names.ACHIEVEMENTS_COMPLETED],
+        )
+    return tally
 
 
 def progress_summary(tally: Counter[str], failed: int, dry_run: bool) -> str:
@@ -789,13 +450,6 @@ def progress_summary(tally: Counter[str], failed: int, dry_run: bool) -> str:
     return line + (f"; {counted(failed, 'course')} failed" if failed else "")
 
 
-def applied_from(stamps: dict[str, str]) -> steps.AppliedFrom | None:
-    """What a course's latest enrolments were computed from, if they say (`StampedFrame`)."""
-    if REPORT_FINGERPRINT not in stamps or LINKING_GENERATION not in stamps:
-        return None
-    return steps.AppliedFrom(stamps[REPORT_FINGERPRINT], int(stamps[LINKING_GENERATION]))
-
-
 sync_assets_list = [
     course_runs,
     enrolments,
@@ -803,3 +457,34 @@ sync_assets_list = [
     latest_enrolments,
     activity_progress,
 ]
+
+
+def partitioned_sync_assets(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetKey]:
+    """The course-partitioned assets among `assets`: what a course partition's data is."""
+    return [asset.key for asset in assets if asset.partitions_def == course_partitions]
+
+
+def configured(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
+    """The sync's assets as the environment sets them, read when the definitions are built:
+    backfills chunked by SYNC_ASSETS_COURSES_PER_RUN, and the platform database's kind."""
+    per_run = courses_per_run()
+    policy = (
+        dg.BackfillPolicy.single_run()
+        if per_run is None
+        else dg.BackfillPolicy.multi_run(max_partitions_per_run=per_run)
+    )
+    database = database_kind(platform_database_url())
+    chunked = [
+        asset.with_attributes(backfill_policy=policy) if asset.partitions_def else asset
+        for asset in assets
+    ]
+    return list(
+        dg.map_asset_specs(
+            lambda spec: (
+                spec.merge_attributes(kinds={database})
+                if spec.key.to_user_string() in USES_DATABASE
+                else spec
+            ),
+            chunked,
+        )
+    )

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
-
-from sync_assets.defs.sync.metadata import add_partition_metadata
 
 # The steps that ask FutureLearn; what comes after them is computed from what they stored.
 FETCHING_ASSETS = ("course_runs", "enrolments")
@@ -66,14 +65,16 @@ def stored_input(instance: dg.DagsterInstance, asset: str, partition: str | None
 
 def report_stale_inputs(
     context: dg.AssetExecutionContext, inputs: tuple[str, ...], partitions: list[str]
-) -> None:
+) -> dict[str, dict[str, Any]]:
     """Say, for each course, which stored inputs this step used instead of fetching them.
 
-    Adds it to each course's metadata; nothing when the run fetched everything itself.
+    Logs it, tags the run, and returns it as each course's metadata; nothing when the run
+    fetched everything itself.
     """
     stale = inputs_not_fetched_in_run(context, inputs)
+    notes: dict[str, dict[str, Any]] = {}
     if not stale:
-        return
+        return notes
     for partition in partitions:
         used = [
             stored_input(context.instance, asset, partition if asset != "course_runs" else None)
@@ -84,12 +85,12 @@ def report_stale_inputs(
             f"course {partition}: nothing was requested from FutureLearn for it in this run; "
             f"it uses {described}. To sync it with fresh data, {FRESH_RERUN}."
         )
-        add_partition_metadata(
-            context,
-            {"fresh_from_futurelearn": False, "inputs_from_earlier_runs": described},
-            partition,
-        )
+        notes[partition] = {
+            "fresh_from_futurelearn": False,
+            "inputs_from_earlier_runs": described,
+        }
     context.instance.add_run_tags(
         context.run.run_id,
         {"sync_assets/inputs": f"stored {', '.join(stale)} reused, not fetched in this run"},
     )
+    return notes

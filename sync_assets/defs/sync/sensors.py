@@ -6,6 +6,7 @@ import dagster as dg
 
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.storage import PartitionedParquetIOManager
+from sync_assets.defs.sync.assets import partitioned_sync_assets, sync_assets_list
 from sync_assets.defs.sync.partitions import (
     CourseKeys,
     PartitionChanges,
@@ -18,7 +19,7 @@ from sync_assets.sync import steps
 from sync_assets.wording import counted
 
 # The partitioned assets whose stored values follow a partition to its new key.
-PARTITIONED_ASSETS = ("enrolments", "linked_memberships", "latest_enrolments", "activity_progress")
+PARTITIONED_ASSETS = partitioned_sync_assets(sync_assets_list)
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,7 @@ def apply_partition_update(
     if changes.add:
         instance.add_dynamic_partitions(course_partitions.name, sorted(changes.add))
     for old_key, new_key in sorted(changes.replace.items()):
-        for asset in PARTITIONED_ASSETS:
-            asset_key = dg.AssetKey(asset)
+        for asset_key in PARTITIONED_ASSETS:
             if not io_manager.copy_partition(asset_key, old_key, new_key):
                 continue
             instance.report_runless_asset_event(
@@ -98,8 +98,7 @@ def remove_retired_bare_uuid_objects(
     an earlier release (which copied and never deleted) or one cut short left behind. Only bare
     uuids: no release makes such keys now, so a partition being added meanwhile is never one."""
     partitions = set(instance.get_dynamic_partitions(course_partitions.name))
-    for asset in PARTITIONED_ASSETS:
-        asset_key = dg.AssetKey(asset)
+    for asset_key in PARTITIONED_ASSETS:
         for key in io_manager.stored_partitions(asset_key):
             if is_bare_uuid(key) and key not in partitions:
                 io_manager.delete_partition(asset_key, key)

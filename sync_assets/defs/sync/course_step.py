@@ -1,0 +1,342 @@
+"""The one adapter between the sync's per-course steps (sync/steps.py) and Dagster.
+
+A step works on course uuids and returns an `Outcome` per course (sync/outcomes.py). Dagster
+sees course partitions: this module turns partition keys into uuids and back (here only), skips
+what an earlier step failed or left unchanged, shows each course's outcome as its partition's
+metadata, stores the outcomes, marks failed courses' partitions failed, and fails the run at the
+last step it executes. Every use of Dagster's internals by a sync step is here, pinned by
+sync_assets_tests/defs_tests/test_course_step.py, checked on Dagster 1.13.27:
+
+- `add_partition_metadata` feeds the step's metadata accumulator directly (Dagster's own call
+  lists every dynamic partition on each call: courses² a step);
+- `record_failed_partitions` reports the events a failed step would have left for a partition,
+  because one step serves every course of its run (upstream issue 21072);
+- `_runs_a_later_step` reads the run's asset graph from the job (`job_def.asset_layer`).
+
+Why failed courses' partitions are reported this way: one step serves every course partition of
+its run, and Dagster records a materialisation for each of them as soon as the step's output is
+stored, whatever happened to each course (and a step that raises after its output still counts as
+all materialised). So after the output, each failed course's partition gets what a failed step
+would have left: a planned materialisation with none after it, then a failure event with the
+reason. The run then ends failed (the last step of the sync that the run executes raises, naming
+the courses), and Dagster's partition status counts those partitions as failed and the asset's
+health as degraded; a later successful sync of the course makes it materialised again.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
+import os
+import resource
+import tempfile
+import weakref
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import dagster as dg
+import polars as pl
+from dagster._core.definitions.events import (
+    AssetMaterializationFailure,
+    AssetMaterializationFailureReason,
+    AssetMaterializationFailureType,
+)
+from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
+
+from sync_assets.defs.storage import OutcomeSpool, StoredOutcomes
+from sync_assets.defs.sync.metadata import frame_metadata
+from sync_assets.defs.sync.partitions import CourseKeys
+from sync_assets.defs.sync.provenance import report_stale_inputs
+from sync_assets.partners_api.metrics import ApiMetrics
+from sync_assets.sync import fact_names
+from sync_assets.sync.outcomes import Computed, Failed, Outcome, Unchanged
+from sync_assets.sync.steps import course_titles
+from sync_assets.wording import counted
+
+UNCHANGED_NOTE = (
+    "skipped as unchanged: its reports and the platform side are those of its last successful "
+    "sync (nothing read, parsed or written for it)"
+)
+WITHDRAWN = (
+    "no course FutureLearn lists now has a uuid starting with this key's suffix (the course was "
+    "withdrawn, or its digits are ambiguous)"
+)
+
+
+class CourseStep:
+    """One sync step over the course partitions of its run, as Dagster sees it.
+
+    Build it with the step's partitioned inputs (as the IO manager loads them, by partition
+    key); hand `courses` and `inputs` (by course uuid) to the step; pass what the step returns to
+    `output`, yield that, then call `finish`.
+    """
+
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext,
+        course_runs: pl.DataFrame | None,
+        inputs: Mapping[str, StoredOutcomes] | None = None,
+        *,
+        stale_inputs: tuple[str, ...] = (),
+    ) -> None:
+        """`course_runs` None: the step is the same whatever the courses are (linking), and
+        sees each course by its partition key."""
+        self._context = context
+        partition_keys = list(context.partition_keys)
+        for key, notes in report_stale_inputs(context, stale_inputs, partition_keys).items():
+            add_partition_metadata(context, notes, key)
+        if course_runs is None:
+            self._uuid_of: dict[str, str | None] = {key: key for key in partition_keys}
+            self._key_of = {key: key for key in partition_keys}
+            self._titles: dict[str, str] = {}
+            self._named_by_uuid = False
+        else:
+            keys = CourseKeys.resolve(
+                partition_keys,
+                course_runs["course_uuid"].unique(),
+                known=set(course_runs.filter("known")["course_uuid"]),
+            )
+            self._key_of = keys.key_of_uuid
+            self._uuid_of = {key: keys.uuid(key) for key in partition_keys}
+            self._titles = course_titles(course_runs)
+            self._named_by_uuid = True
+        inputs = inputs or {}
+        # What an earlier step failed or left unchanged is passed on, not given to this step.
+        self._upstream_failed: dict[str, str] = {}
+        for stored in inputs.values():
+            for key, why in stored.failures().items():
+                self._upstream_failed.setdefault(key, why)
+        self._upstream_unchanged = {
+            key
+            for stored in inputs.values()
+            for key in stored.unchanged()
+            if key not in self._upstream_failed
+        }
+        passed_on = self._upstream_failed.keys() | self._upstream_unchanged
+        self.courses = sorted(
+            uuid for key, uuid in self._uuid_of.items() if uuid is not None and key not in passed_on
+        )
+        uuid_of_key = {key: uuid for key, uuid in self._uuid_of.items() if uuid is not None}
+        self.inputs = {name: stored.renamed(uuid_of_key) for name, stored in inputs.items()}
+        self._spool_dir = tempfile.TemporaryDirectory(prefix=f"{context.asset_key.path[-1]}-")
+        self._spool = OutcomeSpool(Path(self._spool_dir.name))
+        self.failed: dict[str, str] = {}  # partition key → why, failed by this step
+        self.facts: dict[str, Mapping[str, Any]] = {}  # partition key → its outcome's facts
+        self._unchanged: set[str] = set()
+
+    @property
+    def course_count(self) -> int:
+        return len(self._uuid_of)
+
+    @property
+    def upstream_failed(self) -> dict[str, str]:
+        return dict(self._upstream_failed)
+
+    @property
+    def unchanged_count(self) -> int:
+        """Courses skipped as unchanged, by this step or an earlier one (after `output`)."""
+        return len(self._unchanged)
+
+    def course_uuids(self, names: Iterable[str]) -> frozenset[str]:
+        """The courses `names` give as uuids or partition keys (config lists either)."""
+        return frozenset(self._uuid_of.get(name) or name.lower() for name in names)
+
+    def record(self, outcomes: Iterable[tuple[str, Outcome]], *, one_by_one: bool) -> None:
+        """Record each course's outcome as it comes: stored, and shown on its partition. Then
+        what the step did not compute: failed or unchanged upstream, or a key naming no course.
+
+        `one_by_one`: the step computes its courses one after another, so the memory after each
+        is worth showing on its partition (not for a step that computes every course at once).
+        """
+        for course, outcome in outcomes:
+            self._record(self._key_of[course], outcome, per_course_memory=one_by_one)
+        for key, uuid in sorted(self._uuid_of.items()):
+            if key in self._upstream_failed:
+                self._record(key, Failed(self._upstream_failed[key]))
+            elif key in self._upstream_unchanged:
+                self._record(key, Unchanged())
+            elif uuid is None:
+                self._record(key, Failed(WITHDRAWN))
+
+    def output(self, metadata: Mapping[str, Any] | None = None) -> dg.Output:
+        """The step's output (every course, as recorded), with the step's own figures."""
+        return dg.Output(
+            self._spool, metadata={**_as_metadata(metadata or {}), **run_peak_memory_metadata()}
+        )
+
+    def fail_every_course(self, why: str) -> NoReturn:
+        """Fail the step for every course of the run, with one line (a step-wide error such as
+        the database refusing the linking writes: its later lines may quote learners' rows)."""
+        computed = sorted(self._key_of[course] for course in self.courses)
+        raise dg.Failure(
+            description=f"{counted(len(computed), 'course')} not linked: {why}",
+            metadata={
+                fact_names.FAILED_COURSES: dg.MetadataValue.json(
+                    {**self._upstream_failed, **dict.fromkeys(computed, why)}
+                )
+            },
+        ) from None
+
+    def _record(self, key: str, outcome: Outcome, *, per_course_memory: bool = False) -> None:
+        uuid = self._uuid_of[key]
+        shown: dict[str, Any] = (
+            {fact_names.COURSE_UUID: uuid, fact_names.COURSE_TITLE: self._titles.get(uuid, "")}
+            if uuid is not None and self._named_by_uuid
+            else {}
+        )
+        if isinstance(outcome, Computed):
+            shown |= frame_metadata(outcome.frame)
+        elif isinstance(outcome, Failed):
+            shown |= {fact_names.STATUS: fact_names.STATUS_FAILED, fact_names.ERROR: outcome.reason}
+            if key not in self._upstream_failed:
+                self.failed[key] = outcome.reason
+                self._context.log.error(f"course {key}: {outcome.reason}")
+        else:
+            shown |= {
+                fact_names.STATUS: fact_names.STATUS_UNCHANGED,
+                fact_names.NOTE: UNCHANGED_NOTE,
+            }
+            self._unchanged.add(key)
+        shown |= outcome.facts
+        if per_course_memory:
+            shown |= rss_after_course()
+        self.facts[key] = outcome.facts
+        add_partition_metadata(self._context, _as_metadata(shown), key)
+        self._spool.add(key, outcome)
+
+    def finish(self) -> None:
+        """After the output is stored: failed partitions, and the run failed if this is the last
+        step of the sync it executes (naming every course that failed in it)."""
+        self._spool_dir.cleanup()
+        record_failed_partitions(self._context, self.failed, self._upstream_failed)
+        failed = {**self._upstream_failed, **self.failed}
+        if failed and not _runs_a_later_step(self._context):
+            raise dg.Failure(
+                description=f"{len(failed)} course(s) not synced: "
+                + "; ".join(f"{course}: {why}" for course, why in sorted(failed.items())),
+                metadata={fact_names.FAILED_COURSES: dg.MetadataValue.json(dict(failed))},
+            )
+
+
+def _as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Facts as Dagster metadata: lists and dicts as JSON, the rest as they are."""
+    return {
+        name: dg.MetadataValue.json(value) if isinstance(value, list | dict) else value
+        for name, value in values.items()
+    }
+
+
+def api_metadata(metrics: ApiMetrics, seconds: float | None = None) -> dict[str, Any]:
+    """A step's Partners API figures (once per step, on each of its partitions)."""
+    figures = metrics.as_dict()
+    return {
+        fact_names.API_REQUESTS: figures["requests"],
+        fact_names.API_NOT_MODIFIED: figures["not_modified_304"],
+        fact_names.API_RETRIES: figures["retries"],
+        fact_names.API_BYTES: figures["bytes_received"],
+        fact_names.API_REQUESTS_BY_STATUS: dg.MetadataValue.json(figures["by_endpoint_and_status"]),
+        **({fact_names.API_SECONDS: round(seconds, 3)} if seconds is not None else {}),
+    }
+
+
+def run_peak_memory_metadata() -> dict[str, float]:
+    """The run's peak resident memory so far, on the step's output (so on each of its courses).
+
+    The sync's steps serve every course of the run at once, so this is a figure of the run, the
+    same on all its partitions: compare it across runs (a command executing several runs starts
+    the count afresh for each, see runs/execution.py). Per course, see `rss_after_course`.
+    """
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {fact_names.RUN_PEAK_RSS: round(peak_kib / 1024, 1)}
+
+
+def rss_after_course() -> dict[str, float]:
+    """Resident memory now, just after a course was processed: plotted by partition in the UI,
+    it shows memory growing (or not) as a run works through its courses. Linux only."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return {}
+    size = resident_pages * os.sysconf("SC_PAGE_SIZE")
+    return {fact_names.RSS_AFTER_COURSE: round(size / 2**20, 1)}
+
+
+# --- Dagster internals (pinned by test_course_step.py) ----------------------------------------
+
+# Each step's partition keys, computed once per step (see add_partition_metadata).
+_STEP_PARTITIONS: weakref.WeakKeyDictionary[Any, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def add_partition_metadata(
+    context: dg.AssetExecutionContext, metadata: dict[str, Any], partition_key: str
+) -> None:
+    """`context.add_asset_metadata(metadata, partition_key=…)`, with its check done once a step.
+
+    Dagster's own call checks the key against the step's partitions by listing every dynamic
+    partition from the instance, on each call: a step that adds metadata to each of its courses
+    pays courses² (measured in benchmarks/analysis.md). Here the step's keys are listed once and
+    the metadata goes to the same accumulator Dagster's call feeds (a private attribute).
+    """
+    step = context.op_execution_context._step_execution_context
+    keys = _STEP_PARTITIONS.get(step)
+    if keys is None:
+        keys = _STEP_PARTITIONS[step] = frozenset(context.partition_keys)
+    if partition_key not in keys:
+        raise dg.DagsterInvariantViolationError(
+            f"Attempted to add metadata for partition key '{partition_key}' that is not being "
+            "targeted."
+        )
+    step._metadata_accumulator = step._metadata_accumulator.with_additional_asset_metadata(
+        asset_key=context.assets_def.key, partition_key=partition_key, metadata=metadata
+    )
+
+
+def record_failed_partitions(
+    context: dg.AssetExecutionContext, failed: Mapping[str, str], upstream_failed: Mapping[str, str]
+) -> None:
+    """Mark each failed course's partition of this step's asset as failed in this run.
+
+    Call after the step's output is stored. `failed` are the courses this step failed (why);
+    `upstream_failed` those an earlier step failed, recorded here as failed upstream.
+    """
+    run = context.run
+    step_key = str(context.op_execution_context.node_handle)  # an asset step is keyed by its op
+    for partition, why in sorted({**upstream_failed, **failed}.items()):
+        planned = DagsterEvent.build_asset_materialization_planned_event(
+            run.job_name,
+            step_key,
+            AssetMaterializationPlannedData(context.asset_key, partition=partition),
+        )
+        context.instance.report_dagster_event(planned, run_id=run.run_id)
+        failure = DagsterEvent.build_asset_failed_to_materialize_event(
+            run.job_name,
+            step_key,
+            AssetMaterializationFailure(
+                asset_key=context.asset_key,
+                partition=partition,
+                failure_type=AssetMaterializationFailureType.FAILED,
+                reason=(
+                    AssetMaterializationFailureReason.FAILED_TO_MATERIALIZE
+                    if partition in failed
+                    else AssetMaterializationFailureReason.UPSTREAM_FAILED_TO_MATERIALIZE
+                ),
+                description=why,
+                metadata={fact_names.STATUS: fact_names.STATUS_FAILED, fact_names.ERROR: why},
+            ),
+        )
+        context.instance.report_dagster_event(failure, run_id=run.run_id)
+
+
+def _runs_a_later_step(context: dg.AssetExecutionContext) -> bool:
+    """Whether this run executes an asset downstream of this step's (a run may select some
+    assets only), read from the job's own asset graph."""
+    layer = context.job_def.asset_layer
+    selected = set(context.run.asset_selection or layer.selected_asset_keys)
+    seen: set[dg.AssetKey] = set()
+    to_visit = [context.asset_key]
+    while to_visit:
+        for child in layer.get(to_visit.pop()).child_keys:
+            if child in selected:
+                return True
+            if child not in seen and layer.has(child):
+                seen.add(child)
+                to_visit.append(child)
+    return False
