@@ -293,18 +293,11 @@ class PartnersApiClient:
         await self._cached.aclose()  # closes the wire below it too
         await self._storage.close()
 
-    # --- the four endpoints --------------------------------------------------------------------
+    # --- the three endpoints a sync reads (SPEC §2 has a fourth, one course run: unused) --------
 
     async def course_runs(self) -> Fetched:
         answers = await self._get_answers("/partners/course_runs", "course_runs", None)
         return await self._parse_pages(answers, "course_runs", None, contract.parse_course_runs)
-
-    async def course_run(self, run_uuid: str) -> Fetched:
-        path = f"/partners/course_runs/{run_uuid}"
-        answer = await self._get(self._cached.get, path, "course_run", run_uuid)
-        if answer.body is None:
-            raise PartnersApiError("course_run", run_uuid, "not found (404)")
-        return await self._parse_pages([answer], "course_run", run_uuid, contract.parse_course_run)
 
     async def enrolments(self, run_uuid: str) -> Fetched:
         endpoint = "course_enrolments_report"

@@ -32,14 +32,6 @@ def test_course_runs_fixture() -> None:
     assert first["weeks_count"] == 4
 
 
-def test_course_run_fixture() -> None:
-    parsed = contract.parse_course_run(recorded_body("course_run_one"))
-    assert parsed.records.select("run_uuid", "course_uuid").row(0) == (
-        "545ba924-9e73-4a30-bd54-4fb7dee8b913",
-        "3ce9a624-6cc7-4d23-8f5f-95162e360178",
-    )
-
-
 def test_enrolments_report_fixture() -> None:
     body = recorded_body("course_enrolments_report")
     parsed = contract.parse_enrolments(body, "545ba924-9e73-4a30-bd54-4fb7dee8b913")
