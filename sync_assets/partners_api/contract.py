@@ -376,8 +376,3 @@ def parse_memberships(answers: list[tuple[str, Any]]) -> Parsed:
         pl.DataFrame(rejected, schema=QUARANTINE_SCHEMA, orient="row"),
         unreadable,
     )
-
-
-def parse_membership(body: Any, membership_uuid: str) -> Parsed:
-    """One organisation membership; a body without its uuid is quarantined."""
-    return parse_memberships([(membership_uuid, body)])

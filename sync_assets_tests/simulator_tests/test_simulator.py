@@ -10,7 +10,7 @@ import jwt
 import polars as pl
 import pytest
 
-from sync_assets.platform.demo_catalogue import future_learn_course_uuids
+from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets.simulator.app import (
     SIMULATOR_CONSUMER_KEY,
     SIMULATOR_CONSUMER_SECRET,
@@ -178,7 +178,7 @@ def test_control_endpoints_drive_a_separate_simulator() -> None:
 
 def test_demo_dataset_matches_the_catalogue() -> None:
     dataset = generate("demo")
-    catalogue = set(future_learn_course_uuids())
+    catalogue = {course["future_learn_course_uuid"] for course in load_catalogue()}
     known = dataset.courses.filter("known")
     unknown = dataset.courses.filter(~pl.col("known"))
     assert set(known["course_uuid"]) <= catalogue
