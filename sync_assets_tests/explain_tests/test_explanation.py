@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from sync_assets.defs.sync.metadata import pseudonym
-from sync_assets.explain import inputs
+from sync_assets.explain import inputs as explain_inputs
 from sync_assets.explain.explanation import explain
 from sync_assets.explain.inputs import Course, ExplainInputs, LastApplied
 from sync_assets.explain.render import as_markdown, as_text
@@ -36,12 +36,12 @@ PRIMARY = "prog-primary"
 # ExplainInputs' frames by name, each with the schema `load` reads it in.
 SCHEMAS = {
     "users": sync_store.USERS_SCHEMA,
-    "memberships": inputs.MEMBERSHIP_SCHEMA,
+    "memberships": explain_inputs.MEMBERSHIP_SCHEMA,
     "runs": contract.COURSE_RUN_SCHEMA,
     "enrolments": contract.ENROLMENT_SCHEMA,
     "achievement": sync_store.ACHIEVEMENT_SCHEMA,
-    "transitions": inputs.TRANSITION_SCHEMA,
-    "completion_events": inputs.EVENT_SCHEMA,
+    "transitions": explain_inputs.TRANSITION_SCHEMA,
+    "completion_events": explain_inputs.EVENT_SCHEMA,
     "programme_enrolments": sync_store.ENROLMENT_SCHEMA,
     "activity_programmes": sync_store.ACTIVITY_PROGRAMMES_SCHEMA,
 }
