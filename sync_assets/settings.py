@@ -269,8 +269,6 @@ HTTP_CACHE_URL = "SYNC_ASSETS_HTTP_CACHE_URL"
 # The Redis password apart from the URL: the URL can then sit in a ConfigMap, the password in a
 # Secret. A password in the URL, if any, wins (redis-py's rule for URL options).
 HTTP_CACHE_PASSWORD = "SYNC_ASSETS_HTTP_CACHE_PASSWORD"
-# redis-py URL options that turn certificate checks off, with the values that do.
-_UNVERIFIED_TLS_OPTIONS = ("ssl_cert_reqs", "ssl_check_hostname")
 _FALSE_WORDS = ("0", "F", "FALSE", "N", "NO")  # redis-py's to_bool
 
 

@@ -11,7 +11,6 @@ from datetime import datetime
 
 import polars as pl
 
-from sync_assets.partners_api import contract
 from sync_assets.platform import sync_store
 
 UTC_TIME = pl.Datetime("us", "UTC")
@@ -78,16 +77,3 @@ class ExplainInputs:
 
 def empty(schema: dict) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
-
-
-SCHEMAS = {
-    "users": sync_store.USERS_SCHEMA,
-    "memberships": MEMBERSHIP_SCHEMA,
-    "runs": contract.COURSE_RUN_SCHEMA,
-    "enrolments": contract.ENROLMENT_SCHEMA,
-    "achievement": sync_store.ACHIEVEMENT_SCHEMA,
-    "transitions": TRANSITION_SCHEMA,
-    "completion_events": EVENT_SCHEMA,
-    "programme_enrolments": sync_store.ENROLMENT_SCHEMA,
-    "activity_programmes": sync_store.ACTIVITY_PROGRAMMES_SCHEMA,
-}

@@ -111,17 +111,6 @@ class Fetched:
 
 
 @dataclass(frozen=True)
-class Reports:
-    """Enrolment reports of several runs, stacked."""
-
-    records: pl.DataFrame
-    quarantine: pl.DataFrame
-    unchanged_runs: frozenset[str]
-    changed_runs: frozenset[str]
-    failed_runs: dict[str, str] = field(default_factory=dict)  # run → why, after every retry
-
-
-@dataclass(frozen=True)
 class RawReport:
     """One run's report as it came: each page's digest, and what is needed to parse it later.
 
@@ -293,26 +282,11 @@ class PartnersApiClient:
         await self._cached.aclose()  # closes the wire below it too
         await self._storage.close()
 
-    # --- the four endpoints --------------------------------------------------------------------
+    # --- the three endpoints a sync reads (SPEC §2 has a fourth, one course run: unused) --------
 
     async def course_runs(self) -> Fetched:
         answers = await self._get_answers("/partners/course_runs", "course_runs", None)
         return await self._parse_pages(answers, "course_runs", None, contract.parse_course_runs)
-
-    async def course_run(self, run_uuid: str) -> Fetched:
-        path = f"/partners/course_runs/{run_uuid}"
-        answer = await self._get(self._cached.get, path, "course_run", run_uuid)
-        if answer.body is None:
-            raise PartnersApiError("course_run", run_uuid, "not found (404)")
-        return await self._parse_pages([answer], "course_run", run_uuid, contract.parse_course_run)
-
-    async def enrolments(self, run_uuid: str) -> Fetched:
-        endpoint = "course_enrolments_report"
-        path = f"/partners/course_runs/{run_uuid}/course_enrolments_report"
-        answers = await self._get_answers(path, endpoint, run_uuid)
-        return await self._parse_pages(
-            answers, endpoint, run_uuid, lambda body: contract.parse_enrolments(body, run_uuid)
-        )
 
     async def enrolment_report(self, run_uuid: str) -> RawReport:
         """A run's report, every page, unparsed (see `RawReport`); parse it with `.parse()`."""
@@ -325,34 +299,6 @@ class PartnersApiClient:
             tuple(a.digest for a in answers),
             all(a.not_modified for a in answers),
             tuple(a.url for a in answers),
-        )
-
-    async def enrolments_for_runs(self, run_uuids: Iterable[str]) -> Reports:
-        """Every run's report; a run that fails for good is named in `failed_runs`, not raised,
-        so that it costs its own course only."""
-        requested = list(dict.fromkeys(run_uuids))
-        answers = await self._map(or_failure(self.enrolments), requested)
-        failed = {
-            run: str(answer)
-            for run, answer in zip(requested, answers, strict=True)
-            if isinstance(answer, PartnersApiError)
-        }
-        runs = [run for run in requested if run not in failed]
-        fetched = [answer for answer in answers if not isinstance(answer, PartnersApiError)]
-        return Reports(
-            records=pl.concat([f.records for f in fetched])
-            if fetched
-            else _empty(contract.ENROLMENT_SCHEMA),
-            quarantine=pl.concat([f.quarantine for f in fetched])
-            if fetched
-            else contract.empty_quarantine(),
-            unchanged_runs=frozenset(
-                run for run, f in zip(runs, fetched, strict=True) if f.not_modified
-            ),
-            changed_runs=frozenset(
-                run for run, f in zip(runs, fetched, strict=True) if not f.not_modified
-            ),
-            failed_runs=failed,
         )
 
     async def memberships(self, membership_uuids: Iterable[str]) -> Memberships:

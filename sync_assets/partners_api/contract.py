@@ -317,12 +317,6 @@ def parse_course_runs(body: Any) -> Parsed:
     return Parsed(records, pl.concat([rejected, quarantine]))
 
 
-def parse_course_run(body: Any) -> Parsed:
-    if not isinstance(body, dict):
-        raise ContractError(f"course_run: expected a JSON object, got {type(body).__name__}")
-    return parse_course_runs([body])
-
-
 def membership_record(body: Any, membership_uuid: str) -> tuple[dict | None, tuple | None]:
     """One organisation membership as a record, or a quarantine row with its reason."""
     endpoint = "organisation_membership"
@@ -382,8 +376,3 @@ def parse_memberships(answers: list[tuple[str, Any]]) -> Parsed:
         pl.DataFrame(rejected, schema=QUARANTINE_SCHEMA, orient="row"),
         unreadable,
     )
-
-
-def parse_membership(body: Any, membership_uuid: str) -> Parsed:
-    """One organisation membership; a body without its uuid is quarantined."""
-    return parse_memberships([(membership_uuid, body)])

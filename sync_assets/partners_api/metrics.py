@@ -32,11 +32,6 @@ class ApiMetrics:
             if endpoint in (None, seen_endpoint) and status in (None, seen_status)
         )
 
-    def merge(self, other: ApiMetrics) -> None:
-        self.requests.update(other.requests)
-        self.retries.update(other.retries)
-        self.bytes_received += other.bytes_received
-
     def as_dict(self) -> dict[str, object]:
         """Flat and JSON-friendly, for asset metadata and summaries (no uuids, no tokens)."""
         return {

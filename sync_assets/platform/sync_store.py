@@ -552,18 +552,6 @@ def programme_structure(connection: Connection) -> pl.DataFrame:
     return _read(connection, statement, PROGRAMME_STRUCTURE_SCHEMA)
 
 
-def last_enrolment_counts(connection: Connection, course_uuids: Iterable[str]) -> dict[str, int]:
-    """The circuit breaker's reference: each course's report size at its last successful sync."""
-    table = course_sync_state
-    counts: dict[str, int] = {}
-    for chunk in chunks(_distinct(course_uuids)):
-        statement = sa.select(table.c.course_uuid, table.c.enrolment_count).where(
-            table.c.course_uuid.in_(chunk)
-        )
-        counts.update((course, count) for course, count in connection.execute(statement))
-    return counts
-
-
 @dataclass(frozen=True)
 class CourseState:
     """A course's last successful sync: its report's size and what it was applied from."""

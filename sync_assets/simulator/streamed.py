@@ -249,9 +249,6 @@ class StreamedDataset(GeneratedDataset):
             }
         )
 
-    def course_index(self, course_uuid: str) -> int:
-        return self.courses["course_uuid"].index_of(course_uuid)
-
     def user_blocks(self, block: int = 500_000) -> Iterator[pl.DataFrame]:
         """The platform users to seed (id, email, forgotten), `block` learners at a time."""
         for start in range(0, self.learners.count, block):

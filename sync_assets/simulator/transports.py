@@ -41,7 +41,7 @@ def _to_httpx(request: httpx.Request, response: SimulatedResponse) -> httpx.Resp
     )
 
 
-class SimulatorTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
+class SimulatorTransport(httpx.AsyncBaseTransport):
     """Answers httpx requests from the simulator in this process: no socket, same behaviour."""
 
     def __init__(self, simulator: PartnersApiSimulator) -> None:
@@ -53,14 +53,6 @@ class SimulatorTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
             response = self.simulator.handle(_to_simulated(request))
             if response.latency_ms:
                 await asyncio.sleep(response.latency_ms / 1000)
-        return _to_httpx(request, response)
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        request.read()
-        with self.simulator.in_flight():
-            response = self.simulator.handle(_to_simulated(request))
-            if response.latency_ms:
-                time.sleep(response.latency_ms / 1000)
         return _to_httpx(request, response)
 
 

@@ -13,9 +13,12 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
+from sync_assets.explain import inputs as explain_inputs
 from sync_assets.explain.explanation import explain
-from sync_assets.explain.inputs import SCHEMAS, Course, ExplainInputs, LastApplied
+from sync_assets.explain.inputs import Course, ExplainInputs, LastApplied
 from sync_assets.explain.render import as_markdown, as_text
+from sync_assets.partners_api import contract
+from sync_assets.platform import sync_store
 from sync_assets.pseudonyms import pseudonym
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
@@ -30,6 +33,18 @@ COURSE = Course(
 )
 RUNS = {"run-a": T, "run-b": T + timedelta(days=60), "run-c": T + timedelta(days=120)}
 PRIMARY = "prog-primary"
+# ExplainInputs' frames by name, each with the schema `load` reads it in.
+SCHEMAS = {
+    "users": sync_store.USERS_SCHEMA,
+    "memberships": explain_inputs.MEMBERSHIP_SCHEMA,
+    "runs": contract.COURSE_RUN_SCHEMA,
+    "enrolments": contract.ENROLMENT_SCHEMA,
+    "achievement": sync_store.ACHIEVEMENT_SCHEMA,
+    "transitions": explain_inputs.TRANSITION_SCHEMA,
+    "completion_events": explain_inputs.EVENT_SCHEMA,
+    "programme_enrolments": sync_store.ENROLMENT_SCHEMA,
+    "activity_programmes": sync_store.ACTIVITY_PROGRAMMES_SCHEMA,
+}
 
 
 def frame(name: str, rows: list[dict]) -> pl.DataFrame:

@@ -24,6 +24,8 @@ from sync_assets.partners_api.client import (
     ClientSettings,
     PartnersApiClient,
     PartnersApiError,
+    RawReport,
+    or_failure,
     run,
 )
 from sync_assets.simulator.app import (
@@ -60,8 +62,35 @@ def settings(base_url: str, tmp_path: Path | None = None, **overrides) -> Client
 
 
 async def fetch_report(client_settings: ClientSettings, run_uuid: str = RUN):
+    """The run's report read as a sync reads it (`steps.fetch_enrolments`): `enrolment_report`,
+    a 304's cached body left undecoded until the report is parsed."""
     async with PartnersApiClient(client_settings) as client:
-        return await client.enrolments(run_uuid), client
+        return (await client.enrolment_report(run_uuid)).parse(), client
+
+
+async def reports(
+    client: PartnersApiClient, runs: list[str]
+) -> dict[str, RawReport | PartnersApiError]:
+    """Every run's report as a sync asks for them (`steps.fetch_enrolments`): `concurrency` at a
+    time, a run that fails for good answered with its error, not raised."""
+    answers = await client.fan_out(or_failure(client.enrolment_report), runs)
+    return dict(zip(runs, answers, strict=True))
+
+
+def changed_runs(answers: dict[str, RawReport | PartnersApiError]) -> set[str]:
+    return {
+        run_uuid
+        for run_uuid, answer in answers.items()
+        if isinstance(answer, RawReport) and not answer.not_modified
+    }
+
+
+def failed_runs(answers: dict[str, RawReport | PartnersApiError]) -> dict[str, str]:
+    return {
+        run_uuid: str(answer)
+        for run_uuid, answer in answers.items()
+        if isinstance(answer, PartnersApiError)
+    }
 
 
 @pytest.mark.parametrize(
@@ -158,7 +187,7 @@ def test_unchanged_report_is_a_304_served_from_the_kept_body_in_another_process(
             f"    s = ClientSettings({base_url!r}, {SIMULATOR_CONSUMER_KEY!r}, "
             f"{SIMULATOR_CONSUMER_SECRET!r}, cache_url={cache!r})\n"
             "    async with PartnersApiClient(s) as c:\n"
-            f"        f = await c.enrolments({RUN!r})\n"
+            f"        f = (await c.enrolment_report({RUN!r})).parse()\n"
             "        print(json.dumps({'rows': f.records.height, 'not_modified': f.not_modified,"
             " 'ratios': f.records['steps_completed_ratio'].to_list()}))\n"
             "run(main())\n"
@@ -181,15 +210,18 @@ def test_changed_report_is_fetched_again(tmp_path: Path) -> None:
 
         async def all_reports():
             async with PartnersApiClient(client_settings) as client:
-                return await client.enrolments_for_runs(runs)
+                return await reports(client, runs)
 
         first = run(all_reports())
         moved = simulator.advance_day()
         second = run(all_reports())
-    assert len(first.changed_runs) == len(runs)
-    assert len(second.changed_runs) == moved["changed_reports"]
-    assert second.unchanged_runs | second.changed_runs == set(runs)
-    assert second.records.height == dataset.enrolments.height
+    assert changed_runs(first) == set(runs)
+    assert len(changed_runs(second)) == moved["changed_reports"]
+    assert failed_runs(second) == {} and second.keys() == set(runs)
+    # Unchanged reports' 304 bodies decoded only now, from the cache.
+    assert sum(report.parse().records.height for report in second.values()) == (
+        dataset.enrolments.height
+    )
 
 
 def test_the_day_after_a_change_an_unchanged_report_is_one_304(tmp_path: Path) -> None:
@@ -200,7 +232,7 @@ def test_the_day_after_a_change_an_unchanged_report_is_one_304(tmp_path: Path) -
 
         async def all_reports():
             async with PartnersApiClient(settings(server.base_url, tmp_path)) as client:
-                return await client.enrolments_for_runs(runs)
+                return await reports(client, runs)
 
         run(all_reports())
         changed = simulator.advance_day()["changed_reports"]
@@ -210,7 +242,7 @@ def test_the_day_after_a_change_an_unchanged_report_is_one_304(tmp_path: Path) -
         third = run(all_reports())
     # hishel alone kept yesterday's replaced entries: those reports cost a 304 and a 200.
     assert changed and simulator.requests(REPORT) == len(runs)
-    assert simulator.requests(REPORT, 200) == len(third.changed_runs)
+    assert simulator.requests(REPORT, 200) == len(changed_runs(third))
 
 
 def test_pagination_is_followed(tmp_path: Path) -> None:
@@ -421,7 +453,7 @@ def two_nights_behind_a_next_link(link: str, tmp_path: Path):
 
         async def report():
             async with PartnersApiClient(settings(api.base_url, tmp_path)) as client:
-                return await client.enrolments_for_runs([RUN])
+                return await reports(client, [RUN])
 
         return run(report()), run(report()), lure, api, ports
 
@@ -438,13 +470,12 @@ def two_nights_behind_a_next_link(link: str, tmp_path: Path):
 def test_a_next_link_to_another_origin_is_not_requested(
     link: str, origin: str, tmp_path: Path
 ) -> None:
-    reports, again, lure, api, ports = two_nights_behind_a_next_link(link, tmp_path)
-    why = reports.failed_runs[RUN]
-    assert why == (
-        f"Partners API {REPORT} {RUN}: next link points to another origin "
+    first, again, lure, api, ports = two_nights_behind_a_next_link(link, tmp_path)
+    assert failed_runs(first) == {
+        RUN: f"Partners API {REPORT} {RUN}: next link points to another origin "
         f"({origin.format(**ports)}), not requested"
-    )
-    assert again.failed_runs == reports.failed_runs
+    }
+    assert failed_runs(again) == failed_runs(first)
     assert lure.seen == []  # not a request, so not a token
     assert [request["path"] for request in api.seen] == [REPORT_PATH, REPORT_PATH]
     # The first page's cached copy (its headers hold the link) was dropped: asked afresh.
@@ -465,10 +496,11 @@ def test_a_next_link_either_parser_reads_otherwise_costs_its_course_and_its_cach
 ) -> None:
     """Seen from outside: such links raised out of the enrolments step (every course failed) and
     stayed cached, so every later night failed on the same 304."""
-    reports, again, lure, api, _ = two_nights_behind_a_next_link(link, tmp_path)
-    assert reports.failed_runs[RUN].startswith(f"Partners API {REPORT} {RUN}: next link ")
-    assert reports.failed_runs[RUN].endswith(", not requested")
-    assert again.failed_runs == reports.failed_runs
+    first, again, lure, api, _ = two_nights_behind_a_next_link(link, tmp_path)
+    why = failed_runs(first)[RUN]
+    assert why.startswith(f"Partners API {REPORT} {RUN}: next link ")
+    assert why.endswith(", not requested")
+    assert failed_runs(again) == failed_runs(first)
     assert lure.seen == []
     assert "if-none-match" not in api.seen[1]  # the cached page holding the link was dropped
 
@@ -483,10 +515,11 @@ def test_a_next_link_on_the_same_origin_is_followed(tmp_path: Path) -> None:
 
         async def report():
             async with PartnersApiClient(settings(api.base_url, tmp_path)) as client:
-                return await client.enrolments_for_runs([RUN])
+                return await reports(client, [RUN])
 
-        reports = run(report())
-    assert reports.failed_runs == {} and reports.changed_runs == {RUN}
+        answers = run(report())
+    assert failed_runs(answers) == {} and changed_runs(answers) == {RUN}
+    assert answers[RUN].pages == ([], [], [])  # the three pages, in order
     assert [request["path"] for request in api.seen] == [REPORT_PATH, page_two, "/third"]
 
 
@@ -596,13 +629,13 @@ def test_a_body_past_the_cap_stops_being_read_and_is_not_retried(path: str, tmp_
         async def fetch():
             async with PartnersApiClient(options) as client:
                 if path == "report":
-                    return await client.enrolments_for_runs([RUN])
-                return await client.memberships([MEMBERSHIPS[0]])
+                    return failed_runs(await reports(client, [RUN]))
+                return (await client.memberships([MEMBERSHIPS[0]])).failed
 
         started = time.monotonic()
-        answer = run(fetch())
+        failed = run(fetch())
         elapsed = time.monotonic() - started
-    why = answer.failed_runs[RUN] if path == "report" else answer.failed[MEMBERSHIPS[0]]
+    why = failed[RUN if path == "report" else MEMBERSHIPS[0]]
     assert why.endswith("body larger than 1,048,576 bytes (FL_PARTNERS_MAX_BODY_BYTES), not read")
     assert elapsed < 10  # not read on to the request's deadline
     assert sent[0] < 16 * cap  # once (not retried), and not much past the cap (socket buffers)
@@ -639,15 +672,15 @@ def test_a_compressed_body_past_the_cap_is_refused_before_it_is_inflated(
 
         async def fetch():
             async with PartnersApiClient(options) as client:
-                return await client.enrolments_for_runs([RUN])
+                return await reports(client, [RUN])
 
         tracemalloc.start()
         try:
-            answer = run(fetch())
+            answers = run(fetch())
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert answer.failed_runs[RUN].endswith(
+    assert failed_runs(answers)[RUN].endswith(
         "body larger than 1,048,576 bytes (FL_PARTNERS_MAX_BODY_BYTES), not read"
     )
     assert peak < 64 * 1024**2  # never the 256 MiB it inflates to
@@ -660,11 +693,12 @@ def test_a_compressed_report_under_the_cap_is_read(tmp_path: Path) -> None:
 
         async def fetch():
             async with PartnersApiClient(options) as client:
-                return await client.enrolments_for_runs([RUN])
+                return await reports(client, [RUN])
 
-        answer = run(fetch())
-    assert answer.failed_runs == {}
-    assert answer.changed_runs == {RUN}
+        answers = run(fetch())
+    assert failed_runs(answers) == {}
+    assert changed_runs(answers) == {RUN}
+    assert answers[RUN].pages == ([],)  # inflated, and read to the report
 
 
 def test_a_cached_report_that_cannot_be_parsed_is_forgotten(tmp_path: Path) -> None:

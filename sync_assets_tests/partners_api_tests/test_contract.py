@@ -32,14 +32,6 @@ def test_course_runs_fixture() -> None:
     assert first["weeks_count"] == 4
 
 
-def test_course_run_fixture() -> None:
-    parsed = contract.parse_course_run(recorded_body("course_run_one"))
-    assert parsed.records.select("run_uuid", "course_uuid").row(0) == (
-        "545ba924-9e73-4a30-bd54-4fb7dee8b913",
-        "3ce9a624-6cc7-4d23-8f5f-95162e360178",
-    )
-
-
 def test_enrolments_report_fixture() -> None:
     body = recorded_body("course_enrolments_report")
     parsed = contract.parse_enrolments(body, "545ba924-9e73-4a30-bd54-4fb7dee8b913")
@@ -56,8 +48,8 @@ def test_enrolments_report_fixture() -> None:
 
 
 def test_membership_fixture() -> None:
-    parsed = contract.parse_membership(
-        recorded_body("organisation_membership"), "8e89c1b4-d5c0-4208-b4ad-52928f37ab3f"
+    parsed = contract.parse_memberships(
+        [("8e89c1b4-d5c0-4208-b4ad-52928f37ab3f", recorded_body("organisation_membership"))]
     )
     assert parsed.records.row(0, named=True) == {
         "membership_uuid": "8e89c1b4-d5c0-4208-b4ad-52928f37ab3f",
@@ -147,7 +139,7 @@ def test_not_an_array_is_a_contract_error() -> None:
 
 
 def test_membership_without_uuid_is_quarantined() -> None:
-    parsed = contract.parse_membership({"external_learner_id": "a@b.c"}, "m-1")
+    parsed = contract.parse_memberships([("m-1", {"external_learner_id": "a@b.c"})])
     assert parsed.records.is_empty()
     assert parsed.quarantine.select("record_uuid", "reason").row(0) == ("m-1", "no membership uuid")
     # Quarantine never carries the learner's external id.
@@ -155,7 +147,7 @@ def test_membership_without_uuid_is_quarantined() -> None:
 
 
 def test_membership_with_numeric_external_id() -> None:
-    parsed = contract.parse_membership({"uuid": M_GOOD, "external_learner_id": 123}, M_GOOD)
+    parsed = contract.parse_memberships([(M_GOOD, {"uuid": M_GOOD, "external_learner_id": 123})])
     assert parsed.records["external_learner_id"].item() == "123"
 
 
@@ -176,7 +168,7 @@ def test_membership_with_numeric_external_id() -> None:
     ],
 )
 def test_hostile_membership_answers_are_quarantined(answer: dict, reason: str) -> None:
-    parsed = contract.parse_membership(answer, M_GOOD)
+    parsed = contract.parse_memberships([(M_GOOD, answer)])
     assert parsed.records.is_empty()
     assert parsed.quarantine["reason"].to_list() == [reason]
     assert "x" * 50 not in str(parsed.quarantine.to_dicts())

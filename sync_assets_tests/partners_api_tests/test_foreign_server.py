@@ -91,7 +91,7 @@ def test_client_reads_a_foreign_server(foreign_server: str, tmp_path) -> None:
 
     async def fetch():
         async with PartnersApiClient(client_settings) as client:
-            return await client.enrolments(RUN), client
+            return (await client.enrolment_report(RUN)).parse(), client
 
     first, client = run(fetch())
     second, again = run(fetch())

@@ -27,6 +27,11 @@ from sync_assets.simulator.app import (
 )
 from sync_assets.simulator.datasets import generate, load
 from sync_assets.simulator.transports import serving
+from sync_assets_tests.partners_api_tests.test_client_http import (
+    changed_runs,
+    failed_runs,
+    reports,
+)
 from sync_assets_tests.processes import free_port, start, stop
 
 if TYPE_CHECKING:
@@ -52,8 +57,9 @@ def settings(base_url: str, cache_url: str) -> ClientSettings:
 
 
 async def fetch_report(client_settings: ClientSettings):
+    """As a sync reads it: see test_client_http.fetch_report."""
     async with PartnersApiClient(client_settings) as client:
-        return await client.enrolments(RUN)
+        return (await client.enrolment_report(RUN)).parse()
 
 
 def closed_port() -> int:
@@ -89,7 +95,7 @@ def test_redis_keeps_no_credentials(redis_cache: RedisCache) -> None:
         async def fetch():
             async with PartnersApiClient(settings(base_url, redis_cache.url)) as client:
                 await client.course_runs()
-                await client.enrolments(RUN)
+                await client.enrolment_report(RUN)
                 return client.auth.token()
 
         token = run(fetch())
@@ -107,7 +113,7 @@ def test_a_changed_report_replaces_its_entry(redis_cache: RedisCache) -> None:
 
         async def all_reports():
             async with PartnersApiClient(settings(base_url, redis_cache.url)) as client:
-                return await client.enrolments_for_runs(runs)
+                return await reports(client, runs)
 
         run(all_reports())
         for _day in range(3):
@@ -116,8 +122,8 @@ def test_a_changed_report_replaces_its_entry(redis_cache: RedisCache) -> None:
             fetched = run(all_reports())
             # One request a report: one that changed yesterday is a plain 304 today.
             assert simulator.requests(REPORT) == len(runs)
-            assert len(fetched.changed_runs) == simulator.requests(REPORT, 200)
-            assert len(fetched.changed_runs) == moved["changed_reports"]
+            assert len(changed_runs(fetched)) == simulator.requests(REPORT, 200)
+            assert len(changed_runs(fetched)) == moved["changed_reports"]
     # Memory is bounded by the reports, not by the days: one entry a report URL.
     indexes = [key for key in redis_cache.stored_keys() if b":idx:" in key]
     assert len(indexes) == len(runs)
@@ -134,11 +140,11 @@ def test_with_redis_down_requests_go_uncached_with_one_warning(
 
         async def all_reports():
             async with PartnersApiClient(settings(base_url, down)) as client:
-                return await client.enrolments_for_runs(runs)
+                return await reports(client, runs)
 
         first = run(all_reports())
         second = run(all_reports())  # the next step of the run, with a client of its own
-    assert first.changed_runs == second.changed_runs == set(runs) and not first.failed_runs
+    assert changed_runs(first) == changed_runs(second) == set(runs) and not failed_runs(first)
     assert simulator.requests(REPORT, 200) == 2 * len(runs)
     [warning] = caplog.records  # nothing else: no traceback per failed lookup or write
     assert warning.name == cache.__name__ and warning.levelno == logging.WARNING

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -10,7 +11,7 @@ import jwt
 import polars as pl
 import pytest
 
-from sync_assets.platform.demo_catalogue import future_learn_course_uuids
+from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets.simulator.app import (
     SIMULATOR_CONSUMER_KEY,
     SIMULATOR_CONSUMER_SECRET,
@@ -96,12 +97,24 @@ def test_refused_tokens_get_401(sandbox_http, headers: dict) -> None:
     assert client.get("/partners/course_runs", headers=headers).status_code == 401
 
 
+def in_process_gets(
+    simulator: PartnersApiSimulator, base_url: str, path: str, times: int = 1
+) -> list[httpx.Response]:
+    """`path` asked `times` in turn through the in-process transport, as the client asks it
+    (asynchronously: the transport answers nothing else)."""
+
+    async def get() -> list[httpx.Response]:
+        transport = SimulatorTransport(simulator)
+        async with httpx.AsyncClient(base_url=base_url, transport=transport) as client:
+            return [await client.get(path, headers=token()) for _ in range(times)]
+
+    return asyncio.run(get())
+
+
 def test_in_process_transport_is_the_same_simulator() -> None:
     simulator = PartnersApiSimulator(generate("demo"))
-    with httpx.Client(
-        base_url=IN_PROCESS_BASE_URL, transport=SimulatorTransport(simulator)
-    ) as client:
-        runs = client.get("/partners/course_runs", headers=token()).json()
+    [answer] = in_process_gets(simulator, IN_PROCESS_BASE_URL, "/partners/course_runs")
+    runs = answer.json()
     # hrefs are built from the base URL the request came to.
     assert runs[0]["href"] == f"{IN_PROCESS_BASE_URL}/partners/course_runs/{runs[0]['uuid']}"
     assert simulator.requests("course_runs", 200) == 1
@@ -134,8 +147,7 @@ def test_faults_are_deterministic_and_counted() -> None:
     outcomes = []
     for _ in range(2):
         simulator = PartnersApiSimulator(load("sandbox"), faults=plan)
-        with httpx.Client(base_url="http://sim", transport=SimulatorTransport(simulator)) as client:
-            statuses = [client.get("/partners/course_runs", headers=token()) for _ in range(20)]
+        statuses = in_process_gets(simulator, "http://sim", "/partners/course_runs", times=20)
         outcomes.append([r.status_code for r in statuses])
         assert statuses[1].status_code == 429 and statuses[1].headers["Retry-After"] == "7"
         assert simulator.requests("course_runs", 503) == outcomes[-1].count(503)
@@ -178,7 +190,7 @@ def test_control_endpoints_drive_a_separate_simulator() -> None:
 
 def test_demo_dataset_matches_the_catalogue() -> None:
     dataset = generate("demo")
-    catalogue = set(future_learn_course_uuids())
+    catalogue = {course["future_learn_course_uuid"] for course in load_catalogue()}
     known = dataset.courses.filter("known")
     unknown = dataset.courses.filter(~pl.col("known"))
     assert set(known["course_uuid"]) <= catalogue

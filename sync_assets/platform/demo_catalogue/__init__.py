@@ -93,10 +93,6 @@ def load_catalogue() -> list[dict[str, Any]]:
     return json.loads(CATALOGUE_FILE.read_text())
 
 
-def future_learn_course_uuids() -> list[str]:
-    return [course["future_learn_course_uuid"] for course in load_catalogue()]
-
-
 def _future_learn_activity(course: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": course["slug"],
@@ -180,11 +176,6 @@ def seed_demo_catalogue(connection: Connection) -> SeededCatalogue:
         groupings=len(grouping_rows),
         programme_activities=len(links),
     )
-
-
-def catalogue_frame() -> pl.DataFrame:
-    """The FutureLearn courses of the catalogue as a frame (for the simulator and tests)."""
-    return pl.DataFrame([_future_learn_activity(course) for course in load_catalogue()])
 
 
 def seed_users(connection: Connection, people: pl.DataFrame) -> int:
