@@ -1,0 +1,140 @@
+"""The private Dagster APIs the package relies on: the behaviour of each pinned (Dagster 1.13.27).
+
+sync_assets/runs/dagster_internals.py wraps each private API `runs/` needs in a function whose
+docstring names the behaviour relied on; each test below is named after that behaviour, so a
+Dagster upgrade that changes one fails here, not in an end-to-end test three layers away. The runs
+are of a code location of two small jobs (two_jobs_location.py), so a failure is Dagster's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+import sync_assets
+from sync_assets.runs.dagster_internals import (
+    InProcessCodeLocation,
+    code_location_in_this_process,
+    create_run_of_code_location_job,
+    execute_run_in_this_process,
+    submit_run_to_coordinator,
+)
+
+PACKAGE = Path(sync_assets.__file__).resolve().parent
+PROJECT = PACKAGE.parent
+MODULE = "sync_assets_tests.runs_tests.two_jobs_location"
+LOCATION = "two_jobs"
+# The tag the UI's job page filters its Runs tab by (repository @ code location).
+REPOSITORY_TAG = ".dagster/repository"
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def location(instance: dg.DagsterInstance) -> Iterator[InProcessCodeLocation]:
+    with code_location_in_this_process(instance, MODULE, str(PROJECT), LOCATION) as location:
+        yield location
+
+
+def _events(instance: dg.DagsterInstance, run_id: str) -> list[dg.EventLogEntry]:
+    return list(instance.all_logs(run_id))
+
+
+# --- each private API's behaviour -----------------------------------------------------------------
+
+
+def test_an_in_process_workspace_load_target_serves_the_module_in_this_process_under_its_name(
+    location: InProcessCodeLocation,
+) -> None:
+    """`code_location_in_this_process`: the module's Definitions, imported here, are the location's
+    one repository, under the location name given (the name runs carry and the UI matches)."""
+    import sys
+
+    assert location.location.name == LOCATION
+    (repository,) = location.location.get_repositories().values()
+    assert repository.name == "__repository__"
+    assert {job.name for job in repository.get_all_jobs()} >= {"succeeds", "fails"}
+    assert MODULE in sys.modules  # loaded in this process, not by a code server
+
+
+def test_a_run_created_from_the_location_job_carries_its_origins_snapshot_and_repository_tag(
+    instance: dg.DagsterInstance, location: InProcessCodeLocation
+) -> None:
+    """`create_run_of_code_location_job`: what the UI lists under the job, can re-execute without
+    a "different version" warning, and what a run coordinator accepts."""
+    from sync_assets_tests.runs_tests.two_jobs_location import defs
+
+    run = create_run_of_code_location_job(
+        location, instance, "succeeds", {"loggers": {}}, {"ours": "a tag"}
+    )
+    stored = instance.get_run_by_id(run.run_id)
+    assert stored is not None and stored.status == dg.DagsterRunStatus.NOT_STARTED
+    assert stored.remote_job_origin is not None
+    assert stored.remote_job_origin.location_name == LOCATION
+    assert stored.job_code_origin is not None
+    assert stored.job_code_origin.repository_origin.code_pointer.module == MODULE
+    listed = instance.get_runs(dg.RunsFilter(tags={REPOSITORY_TAG: f"__repository__@{LOCATION}"}))
+    assert [listed_run.run_id for listed_run in listed] == [run.run_id]
+    assert stored.tags["ours"] == "a tag"
+    assert stored.tags["from_the_job"] == "a tag of the job's own"
+    assert stored.run_config == {"loggers": {}}
+    assert stored.job_snapshot_id == defs.resolve_job_def("succeeds").get_job_snapshot_id()
+    assert stored.execution_plan_snapshot_id is not None
+
+
+def test_a_created_run_executes_in_this_process_with_its_events_under_its_id(
+    instance: dg.DagsterInstance, location: InProcessCodeLocation
+) -> None:
+    """`execute_run_in_this_process`: the run is not launched elsewhere; with the in-process
+    executor its steps run in this very process (the peak memory a run reports is this process's),
+    the run ends SUCCESS, and its events are the instance's under the run's id."""
+    run = create_run_of_code_location_job(location, instance, "succeeds", {}, {})
+    execute_run_in_this_process(instance, run)
+    ended = instance.get_run_by_id(run.run_id)
+    assert ended is not None and ended.status == dg.DagsterRunStatus.SUCCESS
+    messages = [entry.user_message for entry in _events(instance, run.run_id)]
+    assert f"executed in process {os.getpid()}" in messages
+    types = {e.dagster_event.event_type for e in _events(instance, run.run_id) if e.dagster_event}
+    assert {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.RUN_SUCCESS} <= types
+
+
+def test_a_created_run_whose_step_fails_ends_failed_without_raising(
+    instance: dg.DagsterInstance, location: InProcessCodeLocation
+) -> None:
+    """`execute_run_in_this_process`: a failed step does not raise out of the call (the command
+    then reports the run from its event log)."""
+    run = create_run_of_code_location_job(location, instance, "fails", {}, {})
+    execute_run_in_this_process(instance, run)  # raises nothing
+    ended = instance.get_run_by_id(run.run_id)
+    assert ended is not None and ended.status == dg.DagsterRunStatus.FAILURE
+    (failure,) = [
+        entry.dagster_event
+        for entry in _events(instance, run.run_id)
+        if entry.dagster_event
+        and entry.dagster_event.event_type == dg.DagsterEventType.STEP_FAILURE
+    ]
+    assert failure.step_key == "fail"
+
+
+def test_a_run_submitted_with_the_in_process_workspace_is_queued_and_not_launched() -> None:
+    """`submit_run_to_coordinator`: with a QueuedRunCoordinator the run waits, QUEUED, for the
+    daemon; nothing is launched from this process."""
+    coordinator = {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}
+    queued = {"run_coordinator": coordinator}
+    with dg.instance_for_test(overrides=queued) as instance:
+        assert isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
+        with code_location_in_this_process(instance, MODULE, str(PROJECT), LOCATION) as location:
+            run = create_run_of_code_location_job(location, instance, "succeeds", {}, {})
+            submit_run_to_coordinator(location, instance, run.run_id)
+        submitted = instance.get_run_by_id(run.run_id)
+        assert submitted is not None and submitted.status == dg.DagsterRunStatus.QUEUED
+        types = {e.dagster_event_type for e in _events(instance, run.run_id)}
+        assert dg.DagsterEventType.RUN_STARTING not in types
