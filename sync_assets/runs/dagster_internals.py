@@ -4,7 +4,9 @@ Dagster has no public API to create a run of a code location's job as its own la
 the job's snapshot, execution plan, remote origin and code origin), to execute such a run in this
 process, or to load a code location in this process. Each function here names the Dagster
 behaviour it relies on, and sync_assets_tests/runs_tests/test_dagster_internals.py pins each one:
-an upgrade that changes one fails the test named after it.
+an upgrade that changes one fails the test named after it. The same test checks that no other
+module of the package imports `dagster._…` or reads a private attribute of a Dagster object, but
+the assets' adapter, sync_assets/defs/sync/course_step.py.
 """
 
 from __future__ import annotations
