@@ -4,13 +4,12 @@ Runs are created from the code location as Dagster's own launchers create them (
 execution plan, remote origin), so a run started by `sync-assets` shows under its job in the UI
 with its code origin, and can be re-executed from there. It then either executes in this process
 or is queued through the instance's run coordinator for the daemon's run launcher (`--submit`),
-as the schedule's runs are.
+as the schedule's runs are. The private Dagster APIs this takes are in `dagster_internals`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -20,16 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.selector import JobSubsetSelector
-from dagster._core.execution.api import execute_run
-from dagster._core.remote_origin import InProcessCodeLocationOrigin
-from dagster._core.remote_representation.code_location import CodeLocation
-from dagster._core.run_coordinator import QueuedRunCoordinator
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
-from dagster._utils.hosted_user_process import recon_job_from_origin
 
+from sync_assets.runs.dagster_internals import (
+    InProcessCodeLocation,
+    code_location_in_this_process,
+    create_run_of_code_location_job,
+    execute_run_in_this_process,
+    submit_run_to_coordinator,
+)
 from sync_assets.runs.instance import cli_run_tags, submitted_run_tags
 from sync_assets.settings import ConfigurationError, project_dir
 
@@ -69,50 +66,16 @@ class FinishedRun:
 class CodeLocationRuns:
     """Runs of the `sync_assets` code location's jobs on one instance."""
 
-    def __init__(self, instance: dg.DagsterInstance, location: CodeLocation, workspace) -> None:
+    def __init__(self, instance: dg.DagsterInstance, location: InProcessCodeLocation) -> None:
         self.instance = instance
         self._location = location
-        self._workspace = workspace
-        self._repository = next(iter(location.get_repositories().values()))
 
     def create(
         self, job_name: str, run_config: Mapping[str, Any], tags: Mapping[str, str]
     ) -> dg.DagsterRun:
         """A run of `job_name` recorded in the instance, not yet started."""
-        remote_job = self._location.get_job(
-            JobSubsetSelector(
-                location_name=LOCATION_NAME,
-                repository_name=self._repository.name,
-                job_name=job_name,
-                op_selection=None,
-            )
-        )
-        plan = self._location.get_execution_plan(
-            remote_job,
-            run_config,
-            step_keys_to_execute=None,
-            known_state=None,
-            instance=self.instance,
-        )
-        return self.instance.create_run(
-            job_name=job_name,
-            run_id=None,
-            run_config=run_config,
-            resolved_op_selection=None,
-            step_keys_to_execute=None,
-            op_selection=None,
-            status=None,
-            root_run_id=None,
-            parent_run_id=None,
-            tags={**remote_job.tags, **tags},
-            job_snapshot=remote_job.job_snapshot,
-            execution_plan_snapshot=plan.execution_plan_snapshot,
-            parent_job_snapshot=remote_job.parent_job_snapshot,
-            remote_job_origin=remote_job.get_remote_origin(),
-            job_code_origin=remote_job.get_python_origin(),
-            asset_selection=None,
-            asset_check_selection=None,
-            asset_graph=self._repository.asset_graph,
+        return create_run_of_code_location_job(
+            self._location, self.instance, job_name, run_config, tags
         )
 
     def execute(
@@ -131,7 +94,7 @@ class CodeLocationRuns:
         follower.start()
         _reset_peak_memory()
         try:
-            execute_run(recon_job_from_origin(run.job_code_origin), run, self.instance)
+            execute_run_in_this_process(self.instance, run)
         finally:
             done.set()
             follower.join(timeout=5)
@@ -139,14 +102,14 @@ class CodeLocationRuns:
 
     def submit(self, job_name: str, run_config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """Create a run and queue it for the daemon, as the schedule's runs are queued."""
-        if not isinstance(self.instance.run_coordinator, QueuedRunCoordinator):
+        if not isinstance(self.instance.run_coordinator, dg.QueuedRunCoordinator):
             raise ConfigurationError(
                 "--submit",
                 "the Dagster instance does not queue runs: set run_coordinator to "
                 "QueuedRunCoordinator in $DAGSTER_HOME/dagster.yaml and run dagster-daemon",
             )
         run = self.create(job_name, run_config, {**tags, **submitted_run_tags()})
-        self.instance.submit_run(run.run_id, self._workspace)
+        submit_run_to_coordinator(self._location, self.instance, run.run_id)
         return run.run_id
 
     def wait(self, run_ids: list[str], say: Callable[[str], None]) -> list[FinishedRun]:
@@ -206,17 +169,10 @@ def _reset_peak_memory() -> None:
 @contextmanager
 def code_location_runs(instance: dg.DagsterInstance) -> Iterator[CodeLocationRuns]:
     """The code location loaded in this process, under the name the deployment gives it."""
-    origin = InProcessCodeLocationOrigin(
-        LoadableTargetOrigin(
-            executable_path=sys.executable,
-            module_name=DEFINITIONS_MODULE,
-            working_directory=str(project_dir()),
-        ),
-        location_name=LOCATION_NAME,
-    )
-    with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as workspace:
-        location = workspace.create_request_context().get_code_location(LOCATION_NAME)
-        yield CodeLocationRuns(instance, location, workspace)
+    with code_location_in_this_process(
+        instance, DEFINITIONS_MODULE, str(project_dir()), LOCATION_NAME
+    ) as location:
+        yield CodeLocationRuns(instance, location)
 
 
 def _follow_steps(

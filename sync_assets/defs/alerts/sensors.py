@@ -15,8 +15,6 @@ import json
 from datetime import UTC, datetime
 
 import dagster as dg
-from dagster._core.event_api import EventLogCursor
-from dagster._core.events import DagsterEventType
 
 from sync_assets.alerts import AlertNotDelivered, FailedRun, failure_alert, post_alert
 from sync_assets.defs.certificates.jobs import certificate_job, daily_certificates_job
@@ -49,12 +47,12 @@ def failed_run(instance: dg.DagsterInstance, run_id: str) -> FailedRun | None:
     run_error = ""
     failed_at = None
     for entry in instance.all_logs(
-        run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
+        run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
     ):
         event = entry.dagster_event
         if event is None:
             continue
-        if event.event_type == DagsterEventType.RUN_FAILURE:
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE:
             data = event.job_failure_data
             run_error = (data.error.message if data and data.error else event.message) or ""
             failed_at = _iso(entry.timestamp)
@@ -84,7 +82,7 @@ def _iso(timestamp: float) -> str:
 
 
 def _latest_failure_id(instance: dg.DagsterInstance) -> int:
-    newest = instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1)
+    newest = instance.fetch_run_status_changes(dg.DagsterEventType.RUN_FAILURE, limit=1)
     return newest.records[0].storage_id if newest.records else 0
 
 
@@ -113,11 +111,11 @@ def run_failure_alert_sensor() -> dg.SensorDefinition | None:
                 cursor=json.dumps({"after": after}),
             )
         after = json.loads(context.cursor)["after"]
+        since = dg.RunStatusChangeRecordsFilter(
+            dg.DagsterEventType.RUN_FAILURE, after_storage_id=after
+        )
         failures = context.instance.fetch_run_status_changes(
-            DagsterEventType.RUN_FAILURE,
-            limit=ALERTS_PER_TICK,
-            cursor=EventLogCursor.from_storage_id(after).to_string(),
-            ascending=True,
+            since, limit=ALERTS_PER_TICK, ascending=True
         ).records
         sent = 0
         problem = None

@@ -1,0 +1,139 @@
+"""The private Dagster APIs that `runs/` needs, and only those (checked with Dagster 1.13.27).
+
+Dagster has no public API to create a run of a code location's job as its own launchers do (with
+the job's snapshot, execution plan, remote origin and code origin), to execute such a run in this
+process, or to load a code location in this process. Each function here names the Dagster
+behaviour it relies on, and sync_assets_tests/runs_tests/test_dagster_internals.py pins each one:
+an upgrade that changes one fails the test named after it. The same test checks that no other
+module of the package imports `dagster._…` or reads a private attribute of a Dagster object, but
+the assets' adapter, sync_assets/defs/sync/course_step.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+from dagster._core.definitions.selector import JobSubsetSelector
+from dagster._core.execution.api import execute_run
+from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.remote_representation.code_location import CodeLocation
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+from dagster._utils.hosted_user_process import recon_job_from_origin
+
+
+@dataclass(frozen=True)
+class InProcessCodeLocation:
+    """A code location loaded in this process, and the workspace that loaded it (opaque to the
+    callers: they pass it back to the functions below)."""
+
+    name: str
+    location: CodeLocation
+    workspace: WorkspaceProcessContext
+
+
+@contextmanager
+def code_location_in_this_process(
+    instance: dg.DagsterInstance, module_name: str, working_directory: str, location_name: str
+) -> Iterator[InProcessCodeLocation]:
+    """The Definitions of `module_name` loaded in this process as the code location
+    `location_name`, for as long as the context is open.
+
+    Relies on (Dagster 1.13.27): a `WorkspaceProcessContext` over an `InProcessWorkspaceLoadTarget`
+    of an `InProcessCodeLocationOrigin` imports the module in this process (no gRPC server) and
+    serves it under the given location name, with the module's Definitions as its one repository.
+    """
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(
+            executable_path=sys.executable,
+            module_name=module_name,
+            working_directory=working_directory,
+        ),
+        location_name=location_name,
+    )
+    with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as workspace:
+        location = workspace.create_request_context().get_code_location(location_name)
+        yield InProcessCodeLocation(name=location_name, location=location, workspace=workspace)
+
+
+def create_run_of_code_location_job(
+    code_location: InProcessCodeLocation,
+    instance: dg.DagsterInstance,
+    job_name: str,
+    run_config: Mapping[str, Any],
+    tags: Mapping[str, str],
+) -> dg.DagsterRun:
+    """A run of `job_name` recorded in the instance, NOT_STARTED, as Dagster's own launchers (the
+    UI's Launch Run, schedules and sensors) create it.
+
+    Relies on (Dagster 1.13.27): `CodeLocation.get_job(JobSubsetSelector)` and
+    `get_execution_plan` give the remote job and its plan; `DagsterInstance.create_run` with the
+    remote job's snapshot, plan snapshot, remote origin and Python origin records a run that the
+    UI lists under its job (run storage tags it `.dagster/repository` = `__repository__@<location>`
+    from the remote origin), with the job snapshot id of the location's job (re-executing it from
+    the UI raises no "different version" warning), and that a run coordinator accepts
+    (`submit_run` requires both origins).
+    """
+    repository = next(iter(code_location.location.get_repositories().values()))
+    remote_job = code_location.location.get_job(
+        JobSubsetSelector(
+            location_name=code_location.name,
+            repository_name=repository.name,
+            job_name=job_name,
+            op_selection=None,
+        )
+    )
+    plan = code_location.location.get_execution_plan(
+        remote_job, run_config, step_keys_to_execute=None, known_state=None, instance=instance
+    )
+    return instance.create_run(
+        job_name=job_name,
+        run_id=None,
+        run_config=run_config,
+        resolved_op_selection=None,
+        step_keys_to_execute=None,
+        op_selection=None,
+        status=None,
+        root_run_id=None,
+        parent_run_id=None,
+        tags={**remote_job.tags, **tags},
+        job_snapshot=remote_job.job_snapshot,
+        execution_plan_snapshot=plan.execution_plan_snapshot,
+        parent_job_snapshot=remote_job.parent_job_snapshot,
+        remote_job_origin=remote_job.get_remote_origin(),
+        job_code_origin=remote_job.get_python_origin(),
+        asset_selection=None,
+        asset_check_selection=None,
+        asset_graph=repository.asset_graph,
+    )
+
+
+def execute_run_in_this_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
+    """Execute a created (NOT_STARTED) run in this process, returning when it has ended.
+
+    Relies on (Dagster 1.13.27): `execute_run(recon_job_from_origin(run.job_code_origin), run,
+    instance)` rebuilds the job from the run's code origin and executes it here, not through the
+    run launcher: with the jobs' `in_process_executor` every step runs in this process (so the
+    process's peak memory is the run's); it records every event under the run's id, ends the run
+    SUCCESS or FAILURE, and does not raise when a step fails (`raise_on_error=False`).
+    """
+    assert run.job_code_origin is not None, "a run created from a code location has one"
+    execute_run(recon_job_from_origin(run.job_code_origin), run, instance)
+
+
+def submit_run_to_coordinator(
+    code_location: InProcessCodeLocation, instance: dg.DagsterInstance, run_id: str
+) -> None:
+    """Hand a created run to the instance's run coordinator, as a schedule's run is handed.
+
+    Relies on (Dagster 1.13.27): `DagsterInstance.submit_run` takes the workspace the run's code
+    location was loaded in; with a `QueuedRunCoordinator` it marks the run QUEUED and launches
+    nothing (the daemon dequeues it).
+    """
+    instance.submit_run(run_id, code_location.workspace)
