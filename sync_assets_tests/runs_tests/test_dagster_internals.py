@@ -143,16 +143,9 @@ def test_a_run_submitted_with_the_in_process_workspace_is_queued_and_not_launche
 
 
 # --- nobody else uses Dagster's private APIs ------------------------------------------------------
-
-# The two modules that may: this one for runs/, and the assets' adapter (issue 31).
+# The two modules that may: this one for runs/, and the assets' adapter.
 DAGSTER_ADAPTERS = frozenset(
     {"sync_assets/runs/dagster_internals.py", "sync_assets/defs/sync/course_step.py"}
-)
-# TEMPORARY: until the assets' adapter (sync_assets/defs/sync/course_step.py) merges, these two
-# still import `dagster._…` (failures.py) or read private attributes of Dagster's step context
-# (metadata.py). Remove both at that merge: the test below fails while an entry is no longer needed.
-TEMPORARY_UNTIL_COURSE_STEP_MERGES = frozenset(
-    {"sync_assets/defs/sync/failures.py", "sync_assets/defs/sync/metadata.py"}
 )
 # Namedtuple's (and SQLAlchemy Row's) documented API, private only in name.
 PUBLIC_UNDERSCORE_NAMES = frozenset({"_asdict", "_replace", "_fields", "_make", "_field_defaults"})
@@ -251,8 +244,9 @@ def _private_uses() -> dict[str, list[str]]:
 def test_no_module_but_the_two_adapters_uses_a_private_dagster_api() -> None:
     """Dagster's private modules and the private attributes of its objects are used only in
     runs/dagster_internals.py and defs/sync/course_step.py, so an upgrade touches those alone."""
-    allowed = DAGSTER_ADAPTERS | TEMPORARY_UNTIL_COURSE_STEP_MERGES
-    elsewhere = {path: found for path, found in _private_uses().items() if path not in allowed}
+    elsewhere = {
+        path: found for path, found in _private_uses().items() if path not in DAGSTER_ADAPTERS
+    }
     assert elsewhere == {}
 
 
@@ -273,11 +267,3 @@ def test_the_check_sees_each_kind_of_private_use() -> None:
         "line 5: ._step_execution_context",
         "line 6: ._metadata_accumulator",
     ]
-
-
-def test_the_temporary_allowlist_holds_only_files_that_still_need_it() -> None:
-    """Each TEMPORARY_UNTIL_COURSE_STEP_MERGES entry still uses a private Dagster API; once the
-    assets' adapter has taken it over, this fails until the entry is removed."""
-    uses = _private_uses()
-    stale = sorted(path for path in TEMPORARY_UNTIL_COURSE_STEP_MERGES if path not in uses)
-    assert stale == [], f"remove {stale} from TEMPORARY_UNTIL_COURSE_STEP_MERGES"
