@@ -3,8 +3,8 @@
 The real demo in a folder of its own, then its instance served by the real `dagster-webserver`
 and `dagster-daemon` (the demo's dagster.yaml queues runs: the daemon launches them), with the
 Partners API simulator's demo dataset over loopback HTTP behind a proxy that can spoil answers.
-Playwright drives the system Chromium through what the README tells an operator to do, and the
-platform tables say whether it did what it should. A screenshot of every check goes to
+Playwright drives the system Chromium through what docs/operations.md tells an operator to do,
+and the platform tables say whether it did what it should. A screenshot of every check goes to
 SYNC_ASSETS_SCREENSHOT_DIR (default artifacts/ui-screenshots/), and one of the page a check
 failed on, so CI keeps what the browser saw.
 
@@ -342,8 +342,8 @@ def test_an_operator_finds_reruns_and_sees_failed_courses_in_the_ui(page, demo: 
                 expect(page.get_by_title(other, exact=True)).to_have_count(0)
 
     with checks.check("d-rerun-launched"):
-        # README, S1: Jobs → futurelearn_sync → Materialize all…, find the course by a word of
-        # its title, select its partition, Launch run.
+        # docs/operations.md, S1: Jobs → futurelearn_sync → Materialize all…, find the course by
+        # a word of its title, select its partition, Launch run.
         _open(page, "/locations/sync_assets/jobs/futurelearn_sync")
         page.get_by_role("button", name="Materialize all…").click()
         dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize 5 assets")
