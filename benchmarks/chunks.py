@@ -47,6 +47,7 @@ from benchmarks.harness import (
 )
 from sync_assets.simulator.datasets import GeneratedDataset, generate, load
 from sync_assets.simulator.streamed import StreamedDataset
+from sync_assets.sync import fact_names
 
 
 def run_peaks(dagster_home: Path) -> list[dict[str, Any]]:
@@ -64,8 +65,8 @@ def run_peaks(dagster_home: Path) -> list[dict[str, Any]]:
                     continue
                 materialization = event.event_specific_data.materialization
                 metadata = materialization.metadata
-                if "run_peak_rss_mib" in metadata:
-                    peak = max(peak, metadata["run_peak_rss_mib"].value)
+                if fact_names.RUN_PEAK_RSS in metadata:
+                    peak = max(peak, metadata[fact_names.RUN_PEAK_RSS].value)
                 if materialization.partition:
                     courses.add(materialization.partition)
             stats = instance.get_run_stats(run.run_id)
@@ -119,10 +120,10 @@ def chunk_courses(dagster_home: Path) -> dict[str, Any]:
             materialization = event.event_specific_data.materialization
             metadata = {k: v.value for k, v in materialization.metadata.items()}
             name = materialization.asset_key.to_user_string()
-            if name == "enrolments" and "course_uuid" in metadata:
-                courses[metadata["course_uuid"]] = metadata.get("dagster/row_count", 0)
+            if name == "enrolments" and fact_names.COURSE_UUID in metadata:
+                courses[metadata[fact_names.COURSE_UUID]] = metadata.get(fact_names.ROW_COUNT, 0)
             if name == "linked_memberships":
-                looked_up = max(looked_up, metadata.get("looked_up", 0))
+                looked_up = max(looked_up, metadata.get(fact_names.LOOKED_UP, 0))
     return {"courses": courses, "looked_up": looked_up}
 
 

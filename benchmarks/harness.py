@@ -49,6 +49,7 @@ from sync_assets.rules.linking import email_keys
 from sync_assets.simulator.app import SIMULATOR_CONSUMER_KEY, SIMULATOR_CONSUMER_SECRET
 from sync_assets.simulator.datasets import GeneratedDataset, generate
 from sync_assets.simulator.streamed import StreamedDataset
+from sync_assets.sync import fact_names
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -293,18 +294,20 @@ def run_metadata(dagster_home: Path) -> dict[str, float]:
                 materialization = event.event_specific_data.materialization
                 metadata = {k: v.value for k, v in materialization.metadata.items()}
                 name = materialization.asset_key.to_user_string()
-                if "api_seconds" in metadata:
-                    api_steps[name] = metadata["api_seconds"]  # once per step
-                if "run_peak_rss_mib" in metadata:
+                if fact_names.API_SECONDS in metadata:
+                    api_steps[name] = metadata[fact_names.API_SECONDS]  # once per step
+                if fact_names.RUN_PEAK_RSS in metadata:
                     figures["peak_rss_mib"] = max(
-                        figures["peak_rss_mib"], metadata["run_peak_rss_mib"]
+                        figures["peak_rss_mib"], metadata[fact_names.RUN_PEAK_RSS]
                     )
-                if name == "enrolments" and "skipped_unchanged" in metadata:
-                    figures["skipped_unchanged"] = metadata["skipped_unchanged"]  # the step's
+                if name == "enrolments" and fact_names.SKIPPED_UNCHANGED in metadata:
+                    figures["skipped_unchanged"] = metadata[
+                        fact_names.SKIPPED_UNCHANGED
+                    ]  # the step's
                 if name == "activity_progress":
-                    figures["plan_seconds"] += metadata.get("plan_seconds", 0.0)
-                    figures["write_seconds"] += metadata.get("write_seconds", 0.0)
-                    figures["sql_statements"] += metadata.get("sql_statements", 0)
+                    figures["plan_seconds"] += metadata.get(fact_names.PLAN_SECONDS, 0.0)
+                    figures["write_seconds"] += metadata.get(fact_names.WRITE_SECONDS, 0.0)
+                    figures["sql_statements"] += metadata.get(fact_names.SQL_STATEMENTS, 0)
         figures["api_seconds"] = sum(api_steps.values())
         figures["steps_seconds"] = steps
     return figures

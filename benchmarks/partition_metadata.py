@@ -4,7 +4,7 @@
 
 `context.add_asset_metadata(..., partition_key=k)` checks `k` against the step's partitions by
 listing every dynamic partition from the instance, on each call; a step that adds metadata to
-each of its N course partitions pays that N times (`defs.sync.metadata.add_partition_metadata`
+each of its N course partitions pays that N times (`defs.sync.course_step.add_partition_metadata`
 lists them once a step). This times the check itself, on a real (SQLite) instance with N
 dynamic partitions, and reports it per call and per sync (N calls in each of 4 steps).
 """

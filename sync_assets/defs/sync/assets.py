@@ -8,7 +8,7 @@ asset runs all its requested course partitions in one step (single-run backfill)
 run makes each Partners API request once and fetches each new membership once, whatever the
 number of courses; a rerun of one course partition from the UI touches only that course.
 
-Each asset is a declaration over a step of sync/steps.py; `CourseStep` (course_step.py) is all
+Each asset is a declaration over a step of sync/steps/; `CourseStep` (course_step.py) is all
 that stands between a step's `{course uuid: Outcome}` and Dagster's partitions.
 """
 

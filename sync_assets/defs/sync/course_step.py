@@ -1,4 +1,4 @@
-"""The one adapter between the sync's per-course steps (sync/steps.py) and Dagster.
+"""The one adapter between the sync's per-course steps (sync/steps/) and Dagster.
 
 A step works on course uuids and returns an `Outcome` per course (sync/outcomes.py). Dagster
 sees course partitions: this module turns partition keys into uuids and back (here only), skips
@@ -65,8 +65,8 @@ class CourseStep:
     """One sync step over the course partitions of its run, as Dagster sees it.
 
     Build it with the step's partitioned inputs (as the IO manager loads them, by partition
-    key); hand `courses` and `inputs` (by course uuid) to the step; pass what the step returns to
-    `output`, yield that, then call `finish`.
+    key); hand `courses` and `inputs` (by course uuid) to the step; `record` the outcomes it
+    returns, yield `output()`, then call `finish`.
     """
 
     def __init__(
@@ -77,8 +77,9 @@ class CourseStep:
         *,
         stale_inputs: tuple[str, ...] = (),
     ) -> None:
-        """`course_runs` None: the step is the same whatever the courses are (linking), and
-        sees each course by its partition key."""
+        """`course_runs` None: for a step that needs no course identity (linking matches
+        memberships, whichever course they are in). Its `courses` are then the partition keys
+        themselves, and its partitions show no course uuid or title."""
         self._context = context
         partition_keys = list(context.partition_keys)
         for key, notes in report_stale_inputs(context, stale_inputs, partition_keys).items():
@@ -112,7 +113,7 @@ class CourseStep:
         }
         passed_on = self._upstream_failed.keys() | self._upstream_unchanged
         self.courses = sorted(
-            uuid for key, uuid in self._uuid_of.items() if uuid is not None and key not in passed_on
+            {uuid for key, uuid in self._uuid_of.items() if uuid and key not in passed_on}
         )
         uuid_of_key = {key: uuid for key, uuid in self._uuid_of.items() if uuid is not None}
         self.inputs = {name: stored.renamed(uuid_of_key) for name, stored in inputs.items()}
@@ -132,7 +133,7 @@ class CourseStep:
 
     @property
     def unchanged_count(self) -> int:
-        """Courses skipped as unchanged, by this step or an earlier one (after `output`)."""
+        """Courses skipped as unchanged, by this step or an earlier one (after `record`)."""
         return len(self._unchanged)
 
     def course_uuids(self, names: Iterable[str]) -> frozenset[str]:

@@ -1,0 +1,257 @@
+"""The enrolments step: every report of the courses' runs, requested once, as one outcome per
+course (a frame stamped with its reports' fingerprint, failed, refused, or unchanged since its last
+successful sync and skipped)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+from sqlalchemy.engine import Engine
+
+from sync_assets.error_text import error_line
+from sync_assets.partners_api import contract
+from sync_assets.partners_api.client import (
+    Fetched,
+    PartnersApiClient,
+    PartnersApiError,
+    or_failure,
+)
+from sync_assets.platform import change_tracking, sync_store
+from sync_assets.sync import fact_names
+from sync_assets.sync.outcomes import Computed, Failed, Outcome, Unchanged
+from sync_assets.wording import counted
+
+# Stamped on a course's report: its fingerprint, for the progress step to record with the
+# course's write (change_tracking), so a later night can skip the course.
+REPORT_FINGERPRINT = "report_fingerprint"
+
+
+@dataclass(frozen=True)
+class QuarantinePolicy:
+    """When a course's report is refused for the share of its records quarantined."""
+
+    max_share: float = 0.1
+    allowed_courses: frozenset[str] = frozenset()  # applied however many are quarantined
+
+
+@dataclass(frozen=True)
+class CourseEnrolments:
+    # Each course: its reports as one frame (stamped with their fingerprint), failed, or
+    # unchanged (its reports are the ones it was last synced from, see `fetch_enrolments`).
+    outcomes: dict[str, Outcome]
+    quarantine: pl.DataFrame
+    unchanged_runs: frozenset[str]
+    changed_runs: frozenset[str]
+
+    def frames(self) -> dict[str, pl.DataFrame]:
+        """The frames of the courses that were fetched and read (neither failed nor skipped)."""
+        return {c: o.frame for c, o in self.outcomes.items() if isinstance(o, Computed)}
+
+    def failure(self, course: str) -> str | None:
+        outcome = self.outcomes.get(course)
+        return outcome.reason if isinstance(outcome, Failed) else None
+
+    def summary(self) -> str:
+        kinds = Counter(type(outcome) for outcome in self.outcomes.values())
+        return (
+            f"{counted(len(self.outcomes), 'course')}: "
+            f"{counted(len(self.changed_runs), 'report')} changed, "
+            f"{len(self.unchanged_runs)} unchanged (304), "
+            f"{counted(self.quarantine.height, 'record')} quarantined, "
+            f"{counted(kinds[Failed], 'course')} failed, "
+            f"{kinds[Unchanged]} skipped as unchanged"
+        )
+
+
+async def fetch_enrolments(
+    client: PartnersApiClient,
+    runs: pl.DataFrame,
+    courses: Iterable[str],
+    skip_if_reports: Mapping[str, str] | None = None,
+    policy: QuarantinePolicy | None = None,
+) -> CourseEnrolments:
+    """Every report of the courses' runs, each requested once, as one outcome per course.
+
+    `skip_if_reports`: course → the report fingerprint it was last synced from, for courses whose
+    platform side has not changed since. A course whose reports still have that fingerprint is
+    skipped (`Unchanged`): not parsed (its 304s are not even decoded). With a `policy`, a course
+    whose report is mostly quarantined is refused (`quarantine_refusal`).
+    """
+    wanted = sorted(set(courses))
+    skip_if_reports = skip_if_reports or {}
+    course_runs = runs.filter(pl.col("course_uuid").is_in(wanted))
+    runs_of = {
+        course: list(rows.select("run_uuid", "start_time").iter_rows())
+        for (course,), rows in course_runs.partition_by("course_uuid", as_dict=True).items()
+    }
+    fetched: dict[str, _CourseFetch] = {}
+
+    async def one_course(course: str) -> None:
+        # Course by course, `concurrency` courses at a time: a skipped course's unparsed pages
+        # are dropped as soon as its last report is in.
+        fetched[course] = await _fetch_course(
+            client, course, runs_of.get(course, []), skip_if_reports.get(course), policy
+        )
+
+    await client.fan_out(one_course, wanted)
+    quarantine = [part for course in wanted for part in fetched[course].quarantine]
+    return CourseEnrolments(
+        {course: fetched[course].outcome for course in wanted},
+        pl.concat(quarantine) if quarantine else contract.empty_quarantine(),
+        frozenset().union(*(f.unchanged_runs for f in fetched.values())),
+        frozenset().union(*(f.changed_runs for f in fetched.values())),
+    )
+
+
+@dataclass(frozen=True)
+class _CourseFetch:
+    outcome: Outcome
+    quarantine: list[pl.DataFrame] = field(default_factory=list)
+    unchanged_runs: frozenset[str] = frozenset()  # answered 304
+    changed_runs: frozenset[str] = frozenset()
+
+
+async def _fetch_course(
+    client: PartnersApiClient,
+    course: str,
+    runs: list[tuple[str, datetime]],
+    skip_if_fingerprint: str | None,
+    policy: QuarantinePolicy | None,
+) -> _CourseFetch:
+    """One course's reports, each run's requested once: its outcome, and how they were served."""
+    try:
+        reports = [await or_failure(client.enrolment_report)(run) for run, _ in runs]
+    except Exception as error:  # anything unforeseen in one course's requests costs it alone
+        if isinstance(error, PartnersApiError) and error.fatal:
+            raise  # refused credentials: no course can be fetched
+        return _CourseFetch(Failed(f"reports: {error_line(error)}"))
+    errors = [
+        (run, answer)
+        for (run, _), answer in zip(runs, reports, strict=True)
+        if isinstance(answer, PartnersApiError)
+    ]
+    if errors:
+        return _CourseFetch(Failed(f"report of run {errors[0][0]}: {errors[0][1]}"))
+    fingerprint = change_tracking.report_fingerprint(
+        runs, {report.run_uuid: report.digest for report in reports}
+    )
+    facts = {
+        fact_names.RUNS: len(reports),
+        fact_names.REPORTS_UNCHANGED: sum(report.not_modified for report in reports),
+    }
+    served = {
+        "unchanged_runs": frozenset(r.run_uuid for r in reports if r.not_modified),
+        "changed_runs": frozenset(r.run_uuid for r in reports if not r.not_modified),
+    }
+    if skip_if_fingerprint == fingerprint:
+        return _CourseFetch(Unchanged(facts), **served)
+    parsed: list[Fetched] = []
+    for report in reports:
+        try:
+            parsed.append(report.parse())
+        except Exception as error:  # any body, however hostile, costs its course only
+            # Its pages may be 304s of a cached body: tomorrow would fail on it again.
+            await client.forget(report.page_urls)
+            why = f"report of run {report.run_uuid}: {contract.unreadable_body(error)}"
+            return _CourseFetch(Failed(why))
+    outcome = _course_report(course, parsed, fingerprint, facts, policy)
+    return _CourseFetch(outcome, [fetched.quarantine for fetched in parsed], **served)
+
+
+def _course_report(
+    course: str,
+    parsed: list[Fetched],
+    fingerprint: str,
+    facts: dict[str, Any],
+    policy: QuarantinePolicy | None,
+) -> Computed | Failed:
+    """One course's reports as one frame, or its refusal for too much quarantined."""
+    frame = (
+        pl.concat([fetched.records for fetched in parsed])
+        if parsed
+        else pl.DataFrame(schema=contract.ENROLMENT_SCHEMA)
+    )
+    quarantined = (
+        pl.concat([fetched.quarantine for fetched in parsed])
+        if parsed
+        else contract.empty_quarantine()
+    )
+    facts = {
+        **facts,
+        fact_names.MEMBERSHIPS: frame["membership_uuid"].n_unique(),
+        fact_names.QUARANTINED_RECORDS: quarantined.height,
+        fact_names.QUARANTINED: quarantine_reasons(quarantined),
+    }
+    refusal = (
+        quarantine_refusal(
+            quarantined,
+            frame.height,
+            policy.max_share,
+            allowed=course in policy.allowed_courses,
+        )
+        if policy
+        else None
+    )
+    if refusal:
+        return Failed(refusal, {**facts, fact_names.STATUS: fact_names.STATUS_REFUSED})
+    return Computed(frame, {REPORT_FINGERPRINT: fingerprint}, facts)
+
+
+def quarantine_reasons(quarantine: pl.DataFrame) -> dict[str, int]:
+    """How many records were quarantined for each reason."""
+    if quarantine.is_empty():
+        return {}
+    return dict(quarantine.group_by("reason").len().sort("reason").iter_rows())
+
+
+def courses_to_skip(engine: Engine, runs: pl.DataFrame, courses: list[str]) -> dict[str, str]:
+    """Course → the report fingerprint it was last synced from, for each course whose platform
+    side is what it was then (change_tracking): `fetch_enrolments` skips a course whose reports
+    still have that fingerprint."""
+    generation = change_tracking.refresh_linking_state(engine)
+    activity_of = dict(
+        runs.filter("known").select("course_uuid", "activity_id").unique().iter_rows()
+    )
+    with engine.connect() as connection:
+        states = sync_store.last_course_states(connection, courses)
+        summaries = change_tracking.achievement_summaries(
+            connection, {activity_of[c] for c in states if c in activity_of}
+        )
+    return {
+        course: state.report_fingerprint
+        for course, state in states.items()
+        if course in activity_of
+        and state.report_fingerprint
+        and state.platform_fingerprint
+        == change_tracking.platform_fingerprint(
+            activity_of[course], summaries.get(activity_of[course]), generation
+        )
+    }
+
+
+def quarantine_refusal(
+    quarantined: pl.DataFrame, valid: int, max_share: float, *, allowed: bool = False
+) -> str | None:
+    """Why a course is not applied from the valid part of a report mostly quarantined, or None.
+
+    Like the shrink breaker: a report whose records are largely unreadable is more likely an API
+    fault than a truth, and applying the fraction left would move learners on partial data.
+    """
+    total = quarantined.height + valid
+    if allowed or total == 0:
+        return None
+    share = quarantined.height / total
+    if share <= max_share:
+        return None
+    reason = quarantined.group_by("reason").len().sort("len", "reason", descending=[True, False])
+    top = reason["reason"][0]
+    return (
+        f"refused: {quarantined.height} of {total} records of its report quarantined "
+        f"({share:.0%} > {max_share:.0%}), most often: {top}; rerun with "
+        "--allow-quarantine for this course to apply the rest"
+    )

@@ -1,0 +1,323 @@
+"""Step one (R2–R4): memberships linked to platform users, each unknown membership fetched once,
+ever, for every course of a run at once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+from sqlalchemy.engine import Engine
+
+from sync_assets import failpoints
+from sync_assets.partners_api import contract
+from sync_assets.partners_api.client import (
+    Memberships,
+    PartnersApiClient,
+)
+from sync_assets.platform import change_tracking, sync_store, transactions
+from sync_assets.pseudonyms import pseudonym
+from sync_assets.rules.linking import (
+    AMBIGUOUS_SCHEMA,
+    CONFLICT_SCHEMA,
+    ambiguous_emails,
+    link_conflicts,
+    match_memberships,
+)
+from sync_assets.settings import pseudonym_key
+from sync_assets.sync import fact_names
+from sync_assets.sync.outcomes import Computed, Failed
+from sync_assets.wording import counted
+
+UTC_TIME = pl.Datetime("us", "UTC")
+# Stamped on a course's links: the linking generation they were made under (change_tracking).
+LINKING_GENERATION = "linking_generation"
+# The linking step's output, stored between steps: links only. External learner ids (emails) are
+# personal data; what the API said is written to the platform database by the linking step itself
+# (keep_fetched_memberships) and never reaches asset storage.
+LINKED_SCHEMA = {
+    "membership_uuid": pl.String,
+    "user_id": pl.String,  # a usable link (user not forgotten), or null
+    "new_link": pl.Boolean,  # linked by this sync
+    "write": pl.Boolean,  # a row for future_learn_memberships
+    "fetched_at": UTC_TIME,
+    "linked_at": UTC_TIME,
+    "gone_at": UTC_TIME,
+}
+MEMBERSHIP_ROW_COLUMNS = ["membership_uuid", "user_id", "fetched_at", "linked_at", "gone_at"]
+
+
+@dataclass
+class LinkingStats:
+    memberships: int = 0
+    already_linked: int = 0
+    looked_up: int = 0
+    found: int = 0
+    gone: int = 0
+    linked_by_id: int = 0
+    linked_by_email: int = 0
+    relinked_locally: int = 0
+    unlinked: int = 0
+    kept_unlinked: int = 0  # memberships fetched now, kept before any course is applied
+    quarantine: pl.DataFrame = field(default_factory=contract.empty_quarantine)
+    # Left unlinked: one external id, the email of several users (rules.linking.AMBIGUOUS_SCHEMA).
+    ambiguous: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=AMBIGUOUS_SCHEMA))
+    # Stored links R3 disagrees with, kept as they are (rules.linking.CONFLICT_SCHEMA).
+    conflicts: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=CONFLICT_SCHEMA))
+    # The generation of what linking read (change_tracking): the links are as of it.
+    linking_generation: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{counted(self.memberships, 'membership')}: {self.already_linked} linked before, "
+            f"{self.looked_up} looked up ({self.gone} gone), "
+            f"{self.linked_by_id} linked by id, {self.linked_by_email} by email, "
+            f"{self.relinked_locally} relinked without a request"
+        )
+
+
+async def link_memberships(
+    client: PartnersApiClient,
+    engine: Engine,
+    enrolments_by_course: Mapping[str, pl.DataFrame],
+    now: datetime,
+) -> tuple[dict[str, Computed | Failed], LinkingStats]:
+    """Step one for many courses at once: each unknown membership is fetched once, ever (R2).
+
+    Memberships fetched before and still unlinked are matched again locally (a teacher may have
+    joined the platform since), without another request. A course with a membership whose
+    look-up failed for good fails; the others come back stamped with the linking generation.
+    """
+    if not enrolments_by_course:
+        # Every course was skipped as unchanged (or failed): nothing to link, so the platform
+        # check is not made again. On `large` it reads ~1M links; the enrolments step has just
+        # made it, and a change since is seen by the next night's check, as any later change is.
+        return {}, LinkingStats()
+    all_uuids = sorted(
+        set().union(*(set(frame["membership_uuid"]) for frame in enrolments_by_course.values()))
+    )
+    with engine.connect() as connection:
+        existing = sync_store.linked_memberships(connection, all_uuids)
+        to_fetch = sync_store.memberships_to_look_up(connection, all_uuids)
+        unlinked_before = sync_store.unlinked_fetched_memberships(connection, all_uuids)
+        stored_links = sync_store.linked_with_external_ids(connection, all_uuids)
+    fetched = await client.memberships(to_fetch)
+    failpoints.reached("linking.after_lookups")
+    kept = keep_fetched_memberships(engine, fetched, now)
+    candidates = pl.concat(
+        [
+            fetched.found.select("membership_uuid", "external_learner_id"),
+            unlinked_before.select("membership_uuid", "external_learner_id"),
+        ]
+    )
+    generation, users = _users_to_match(engine, candidates, stored_links)
+    new_links = match_memberships(candidates, users)
+    linked_now = new_links.select("membership_uuid", "user_id")
+    every, relinked = _membership_rows(fetched, unlinked_before, existing, linked_now, now)
+    failed_courses = _courses_with_failed_lookups(enrolments_by_course, fetched.failed)
+    by_course = _rows_by_course(every, enrolments_by_course, failed_courses)
+    first_time = new_links.join(fetched.found.select("membership_uuid"), on="membership_uuid")
+    by_method = dict(first_time.group_by("matched_by").len().iter_rows())
+    ambiguous = ambiguous_emails(candidates, users)
+    conflicts = link_conflicts(stored_links, users)
+    stats = LinkingStats(
+        memberships=len(all_uuids),
+        already_linked=existing.height,
+        looked_up=len(to_fetch),
+        found=fetched.found.height,
+        gone=len(fetched.gone),
+        linked_by_id=by_method.get("id", 0),
+        linked_by_email=by_method.get("email", 0),
+        relinked_locally=relinked,
+        unlinked=len(all_uuids) - existing.height - new_links.height,
+        kept_unlinked=kept,
+        quarantine=fetched.quarantine,
+        ambiguous=ambiguous,
+        conflicts=conflicts,
+        linking_generation=generation,
+    )
+    stamps = {LINKING_GENERATION: str(generation)}
+    outcomes: dict[str, Computed | Failed] = {
+        course: Computed(frame, stamps, _linking_facts(frame, ambiguous, conflicts))
+        for course, frame in by_course.items()
+    }
+    return outcomes | {course: Failed(why) for course, why in failed_courses.items()}, stats
+
+
+def _users_to_match(
+    engine: Engine, candidates: pl.DataFrame, stored_links: pl.DataFrame
+) -> tuple[int, pl.DataFrame]:
+    """The linking generation now, and the platform users the external ids may name.
+
+    Users new since the keys were refreshed are matched too; a change linking depends on moves
+    the linking generation on (see change_tracking), so no course is skipped past it.
+    """
+    generation = change_tracking.refresh_linking_state(engine)
+    external_ids = pl.concat(
+        [candidates["external_learner_id"], stored_links["external_learner_id"]]
+    )
+    with engine.connect() as connection:
+        users = sync_store.users_matching(connection, external_ids.drop_nulls().to_list())
+    return generation, users
+
+
+def _membership_rows(
+    fetched: Memberships,
+    unlinked_before: pl.DataFrame,
+    existing: pl.DataFrame,
+    linked_now: pl.DataFrame,
+    now: datetime,
+) -> tuple[pl.DataFrame, int]:
+    """Every membership of the run as LINKED_SCHEMA rows, and how many were relinked locally.
+
+    Only new links are left to write with their course: what was fetched is already stored.
+    """
+    fetched_rows = fetched.found.join(linked_now, on="membership_uuid", how="left").with_columns(
+        fetched_at=pl.lit(now, UTC_TIME),
+        linked_at=pl.when(pl.col("user_id").is_not_null()).then(pl.lit(now, UTC_TIME)),
+    )
+    gone_rows = pl.DataFrame(
+        {"membership_uuid": fetched.gone, "gone_at": [now] * len(fetched.gone)},
+        schema={"membership_uuid": pl.String, "gone_at": UTC_TIME},
+    )
+    relinked = unlinked_before.select("membership_uuid").join(linked_now, on="membership_uuid")
+    relinked = relinked.with_columns(linked_at=pl.lit(now, UTC_TIME))
+    is_linked = pl.col("user_id").is_not_null()
+    every = pl.concat(
+        [
+            _conform(fetched_rows.filter(is_linked), write=True),
+            _conform(relinked, write=True),
+            _conform(fetched_rows.filter(~is_linked), write=False),
+            _conform(gone_rows, write=False),
+            _conform(existing, write=False),
+        ]
+    )
+    return every, relinked.height
+
+
+def _rows_by_course(
+    every: pl.DataFrame,
+    enrolments_by_course: Mapping[str, pl.DataFrame],
+    failed_courses: Mapping[str, str],
+) -> dict[str, pl.DataFrame]:
+    """Each course's memberships' rows (failed courses aside), in one join and one split."""
+    course_memberships = pl.concat(
+        [
+            frame.select("membership_uuid").unique().with_columns(course_uuid=pl.lit(course))
+            for course, frame in enrolments_by_course.items()
+        ],
+        how="vertical_relaxed",
+    ).sort("membership_uuid")
+    # Ordered by sorting the two-column frame before the join: sorting the joined frame after it
+    # copied every column, the largest allocation of the step on a million memberships.
+    with_course = course_memberships.join(
+        every, on="membership_uuid", how="inner", maintain_order="left"
+    )
+    del course_memberships
+    return split_by_course(
+        with_course.select("course_uuid", *every.columns),
+        [course for course in enrolments_by_course if course not in failed_courses],
+    )
+
+
+def _linking_facts(
+    frame: pl.DataFrame, ambiguous: pl.DataFrame, conflicts: pl.DataFrame
+) -> dict[str, Any]:
+    """One course's links, and what linking left for the platform team in it, users as
+    pseudonyms. `ambiguous`: memberships whose external id is the email of several users (not
+    linked); `conflicts`: stored links the external id disagrees with (kept, not re-pointed)."""
+    memberships = frame.select("membership_uuid")
+    ambiguous = ambiguous.join(memberships, on="membership_uuid")
+    conflicts = conflicts.join(memberships, on="membership_uuid")
+    key = pseudonym_key()
+    return {
+        fact_names.LINKED: frame.filter(pl.col("user_id").is_not_null()).height,
+        fact_names.LINKS_MADE: frame.filter(pl.col("new_link")).height,
+        fact_names.UNLINKED: frame.filter(pl.col("user_id").is_null()).height,
+        fact_names.AMBIGUOUS_EMAILS: ambiguous.height,
+        fact_names.AMBIGUOUS_EMAIL_USERS: [
+            [pseudonym(user, key) for user in users] for users in ambiguous["user_ids"].to_list()
+        ],
+        fact_names.LINK_CONFLICTS: conflicts.height,
+        fact_names.LINK_CONFLICT_USERS: [
+            {"linked": pseudonym(linked, key), "external_id_names": pseudonym(matching, key)}
+            for linked, matching in conflicts.select(
+                "linked_user_id", "matching_user_id"
+            ).iter_rows()
+        ],
+    }
+
+
+def _courses_with_failed_lookups(
+    enrolments_by_course: Mapping[str, pl.DataFrame], failed: Mapping[str, str]
+) -> dict[str, str]:
+    """Each course with a membership whose look-up failed for good, and the first such failure."""
+    if not failed:
+        return {}
+    courses = {}
+    for course, frame in enrolments_by_course.items():
+        hit = sorted(set(frame["membership_uuid"]) & failed.keys())
+        if hit:
+            courses[course] = (
+                f"look-up of {len(hit)} membership(s) failed, e.g. {hit[0]}: {failed[hit[0]]}"
+            )
+    return courses
+
+
+def keep_fetched_memberships(engine: Engine, fetched: Memberships, now: datetime) -> int:
+    """Store what the API said of each membership looked up, before anything else can fail.
+
+    Fetched, not linked: links are written with the course they serve, in its transaction. A
+    course refused by the circuit breaker, a failed course or a dry run still keeps what was
+    fetched, so no membership is ever asked about twice (R2).
+    """
+    rows = pl.concat(
+        [
+            fetched.found.select(
+                "membership_uuid",
+                "external_learner_id",
+                "learner_uuid",
+                pl.lit(now, UTC_TIME).alias("fetched_at"),
+            ),
+            pl.DataFrame(
+                {"membership_uuid": fetched.gone, "gone_at": [now] * len(fetched.gone)},
+                schema={"membership_uuid": pl.String, "gone_at": UTC_TIME},
+            ),
+        ],
+        how="diagonal",
+    )
+    if rows.is_empty():
+        return 0
+    with transactions.write_transaction(engine) as connection:
+        return sync_store.upsert_memberships(connection, rows)
+
+
+def split_by_course(frame: pl.DataFrame, courses: Iterable[str]) -> dict[str, pl.DataFrame]:
+    """One frame per course (without its `course_uuid` column), every course present.
+
+    One pass over the rows: a filter per course would cost courses × rows, which on a thousand
+    courses and millions of enrolments is most of the run.
+    """
+    parts = frame.partition_by("course_uuid", as_dict=True, include_key=False, maintain_order=True)
+    empty = frame.clear().drop("course_uuid")
+    return {course: parts.get((course,), empty) for course in courses}
+
+
+def _conform(frame: pl.DataFrame, *, write: bool) -> pl.DataFrame:
+    """Any subset of LINKED_SCHEMA's columns, as the whole schema (missing columns null)."""
+    return (
+        frame.with_columns(
+            [
+                pl.lit(None, dtype).alias(name)
+                for name, dtype in LINKED_SCHEMA.items()
+                if name not in frame.columns
+            ]
+        )
+        .with_columns(
+            write=pl.lit(write),
+            new_link=pl.lit(write) & pl.col("user_id").is_not_null(),
+        )
+        .select([pl.col(name).cast(dtype) for name, dtype in LINKED_SCHEMA.items()])
+    )
