@@ -15,8 +15,6 @@ import dagster as dg
 from sync_assets.sync import fact_names
 from sync_assets.wording import counted
 
-API_ASSETS = ("course_runs", "enrolments", "linked_memberships")
-
 
 @dataclass
 class CourseLine:
@@ -70,7 +68,7 @@ def read_sync_run(events: list[dg.DagsterEvent], report: SyncReport) -> None:
         materialization = event.event_specific_data.materialization
         name = materialization.asset_key.to_user_string()
         metadata = dict(materialization.metadata)
-        if name in API_ASSETS:
+        if fact_names.API_REQUESTS in metadata:  # a step that asks the Partners API
             # A step's request counts sit on each of its partitions: count them once per step.
             api_by_asset[name] = (
                 _value(metadata, fact_names.API_REQUESTS),
