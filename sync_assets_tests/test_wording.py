@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from sync_assets.defs.certificates.sensors import idle_message
-from sync_assets.defs.sync.assets import progress_summary
+from sync_assets.sync.steps import progress_summary
 from sync_assets.wording import counted
 
 

@@ -8,4 +8,4 @@ same Partners API quota at once.
 """
 
 PARTNERS_API = "partners_api"  # steps that call the Partners API
-PLATFORM_WRITES = "platform_db"  # steps that write progress or certificates
+PLATFORM_DB = "platform_db"  # steps that write progress or certificates

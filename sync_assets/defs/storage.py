@@ -91,15 +91,19 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         name = self._whole_key(dg.AssetKey(asset))
         return _read(store, name) if store.exists(name) else None
 
-    def stored_outcome(self, asset: str, partition: str) -> Outcome | None:
-        """What the last step that made one partition of an asset stored for it, or None.
+    def stored_outcome(self, asset: str, partition: str) -> Computed | Failed | None:
+        """What the last step that computed one partition of an asset stored for it, or None.
 
-        For readers outside a run (`sync-assets explain`): a course skipped as unchanged reads as
-        its last frame, which is what the next step of a run would use.
+        For readers outside a run (`sync-assets explain`): a course skipped as unchanged since
+        reads as its last frame, which is what the next step of a run would use.
         """
         store = self._store()
         name = self._partition_key(dg.AssetKey(asset), partition)
-        return StoredOutcomes(store, {partition: name})[partition] if store.exists(name) else None
+        if not store.exists(name):
+            return None
+        outcome = StoredOutcomes(store, {partition: name})[partition]
+        assert not isinstance(outcome, Unchanged)  # a marker is stored beside, never here
+        return outcome
 
     def handle_output(
         self, context: dg.OutputContext, obj: pl.DataFrame | Mapping[str, Outcome]
@@ -209,6 +213,10 @@ class StoredOutcomes(Outcomes):
             return Unchanged  # a marker: its folder says what it is
         notes = self._footer(name)
         return _KINDS.get(notes.get(_OUTCOME_NOTE, ""), Computed)
+
+    def stamps(self, name: str) -> dict[str, str]:
+        """A computed outcome's stamps, from its footer alone (none for the other kinds)."""
+        return _stamps(self._footer(name)) if self.kind(name) is Computed else {}
 
     def __getitem__(self, name: str) -> Outcome:
         kind = self.kind(name)

@@ -47,7 +47,7 @@ from sync_assets.platform.tables import (
 from sync_assets.rules.linking import email_key
 from sync_assets.runs.courses import course_uuid_argument
 from sync_assets.sync import fact_names, steps
-from sync_assets.sync.outcomes import Computed, Failed
+from sync_assets.sync.outcomes import Failed
 
 # How far back to look for the last materialisation that applied the course (not a dry run, not
 # a failed or refused course): a few nights of reruns at most.
@@ -88,10 +88,10 @@ def _stored_reports(
     enrolments = io_manager.stored_outcome("enrolments", key) if key else None
     if runs is None or enrolments is None:
         raise ExplainError(f"no stored enrolment report for course {course.uuid} yet: {rerun}")
-    if not isinstance(enrolments, Computed):
-        reason = enrolments.reason if isinstance(enrolments, Failed) else "unchanged"
+    if isinstance(enrolments, Failed):
         raise ExplainError(
-            f"the last sync of course {course.uuid} stored no report, it failed: {reason}; {rerun}"
+            f"the last sync of course {course.uuid} stored no report, it failed: "
+            f"{enrolments.reason}; {rerun}"
         )
     fetched = stored_input(instance, "enrolments", key)
     return (

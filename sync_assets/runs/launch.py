@@ -31,6 +31,7 @@ from sync_assets.runs.report import (
     run_failures,
 )
 from sync_assets.settings import ConfigurationError, courses_per_run
+from sync_assets.sync import fact_names
 
 __all__ = ["course_uuid_argument"]  # re-exported: where the commands have always found it
 
@@ -125,7 +126,7 @@ def launch_sync(
     )
     for run in finished:
         read_sync_run(run.events, report)
-    report.courses.sort(key=lambda line: line.course)
+    report.courses.sort(key=lambda line: line.partition_key)
     return report
 
 
@@ -183,7 +184,7 @@ def launch_resync(
     outcomes: dict[str, str] = {}
     if finished.success:
         # The metadata names users by pseudonym, in the order given: map them back by position.
-        listed = output_metadata(finished.events).get("outcomes", [])
+        listed = output_metadata(finished.events).get(fact_names.RESYNC_OUTCOMES, [])
         by_position = {entry["position"]: entry["outcome"] for entry in listed}
         unique = dict.fromkeys(user_ids)  # as the resync itself takes them
         outcomes = {user: by_position[i + 1] for i, user in enumerate(unique)}

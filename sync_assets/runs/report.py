@@ -18,7 +18,7 @@ from sync_assets.wording import counted
 
 @dataclass
 class CourseLine:
-    course: str  # the partition key
+    partition_key: str
     status: str
     title: str = ""
     course_uuid: str = ""
@@ -96,7 +96,7 @@ def read_sync_run(events: list[dg.DagsterEvent], report: SyncReport) -> None:
         if name == "activity_progress" and materialization.partition:
             report.courses.append(
                 CourseLine(
-                    course=materialization.partition,
+                    partition_key=materialization.partition,
                     status=_value(metadata, fact_names.STATUS, "?"),
                     title=_value(metadata, fact_names.COURSE_TITLE, ""),
                     course_uuid=_value(metadata, fact_names.COURSE_UUID, ""),
@@ -110,7 +110,7 @@ def read_sync_run(events: list[dg.DagsterEvent], report: SyncReport) -> None:
                 )
             )
     for line in report.courses:
-        line.quarantined = quarantined.get(line.course, line.quarantined)
+        line.quarantined = quarantined.get(line.partition_key, line.quarantined)
     report.requests += sum(requests for requests, _ in api_by_asset.values())
     report.not_modified += sum(not_modified for _, not_modified in api_by_asset.values())
     for name, count in linking.items():
@@ -156,7 +156,12 @@ def format_report(report: SyncReport) -> str:
     )
     counts = ("links_made", "created", "updated", "completed", "dropped", "quarantined")
     rows = [
-        (line.course, _short(line.title), line.status, *(str(getattr(line, n)) for n in counts))
+        (
+            line.partition_key,
+            _short(line.title),
+            line.status,
+            *(str(getattr(line, n)) for n in counts),
+        )
         for line in report.courses
     ]
     totals = [sum(getattr(line, name) for line in report.courses) for name in counts]
@@ -192,7 +197,7 @@ def format_report(report: SyncReport) -> str:
     notes = [line for line in report.courses if line.note]
     if notes:
         out.append(f"Courses not applied, and why ({len(notes)}):")
-        out += [f"  {line.course} ({line.course_uuid}): {line.note}" for line in notes]
+        out += [f"  {line.partition_key} ({line.course_uuid}): {line.note}" for line in notes]
     if report.certificates:
         out.append(format_certificates(report.certificates))
     out.append(f"Time: {report.seconds:.1f} s; Dagster run(s): {', '.join(report.run_ids)}")
@@ -232,15 +237,19 @@ def _linking_problems(report: SyncReport) -> list[str]:
 
 
 def format_certificates(figures: dict[str, Any]) -> str:
-    numbers = figures.get("numbers_by_programme") or {}
+    numbers = figures.get(fact_names.NUMBERS_BY_PROGRAMME) or {}
     issued = ", ".join(
         f"{programme} {min(given)}–{max(given)}" for programme, given in sorted(numbers.items())
     )
+
+    def figure(name: str, noun: str) -> str:
+        return counted(figures.get(name, 0), noun)
+
     return (
-        f"Certificates: {counted(figures.get('events_handled', 0), 'completion event')} handled, "
-        f"{counted(figures.get('enrolments_moved_to_pending', 0), 'enrolment')} moved to pending, "
-        f"{counted(figures.get('notifications_written', 0), 'notification')} written, "
-        f"{counted(figures.get('certificates_issued', 0), 'certificate')} issued"
+        f"Certificates: {figure(fact_names.EVENTS_HANDLED, 'completion event')} handled, "
+        f"{figure(fact_names.ENROLMENTS_MOVED_TO_PENDING, 'enrolment')} moved to pending, "
+        f"{figure(fact_names.NOTIFICATIONS_WRITTEN, 'notification')} written, "
+        f"{figure(fact_names.CERTIFICATES_ISSUED, 'certificate')} issued"
         + (f" ({issued})." if issued else ".")
     )
 

@@ -65,4 +65,16 @@ PLAN_SECONDS = "plan_seconds"
 WRITE_SECONDS = "write_seconds"
 SQL_STATEMENTS = "sql_statements"
 DRY_RUN = "dry_run"
+TRANSITIONS_WRITTEN = "transitions_written"
+COMPLETION_EVENTS_WRITTEN = "completion_events_written"
+
+# Certificate jobs (C1–C4), once per op.
+EVENTS_HANDLED = "events_handled"
+ENROLMENTS_MOVED_TO_PENDING = "enrolments_moved_to_pending"
+NOTIFICATIONS_WRITTEN = "notifications_written"
+CERTIFICATES_ISSUED = "certificates_issued"
+NUMBERS_BY_PROGRAMME = "numbers_by_programme"  # {programme: [certificate numbers]}
+
+# Resync (S2): each chosen learner's outcome, by position and pseudonym.
+RESYNC_OUTCOMES = "outcomes"
 DUPLICATE_ROWS = "duplicate_rows"  # users with two rows in a course: must be none (R6)

@@ -27,10 +27,15 @@ class Computed:
 
 @dataclass(frozen=True)
 class Failed:
-    """A course the step could not compute, and why (one line, no personal data)."""
+    """A course the step could not compute, and why (one line, no personal data).
+
+    `expected`: a failure that is no fault (another writer holds the course and applies it):
+    logged as a warning, not an error.
+    """
 
     reason: str
     facts: Mapping[str, Any] = field(default_factory=dict)
+    expected: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,22 +82,6 @@ class Outcomes(Mapping[str, Outcome]):
     def frames(self, courses: Iterable[str] | None = None) -> FramesView:
         """The frames of `courses` (default: every computed course), read when asked for."""
         return FramesView(self, sorted(self.computed() if courses is None else courses))
-
-
-class InMemoryOutcomes(Outcomes):
-    """Outcomes already in memory (a step's own, or a test's)."""
-
-    def __init__(self, outcomes: Mapping[str, Outcome]) -> None:
-        self._outcomes = dict(outcomes)
-
-    def __getitem__(self, course: str) -> Outcome:
-        return self._outcomes[course]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._outcomes)
-
-    def __len__(self) -> int:
-        return len(self._outcomes)
 
 
 class FramesView(Mapping[str, pl.DataFrame]):

@@ -6,6 +6,7 @@ from pydantic import Field
 from sync_assets.defs import pools
 from sync_assets.defs.resources import PlatformDatabase
 from sync_assets.platform import certificate_store
+from sync_assets.sync import fact_names
 
 CERTIFICATE_TAGS = {"sync_assets/kind": "certificates"}
 # Op results are small counts, stored as JSON (defs/op_outputs.py), not in the parquet store.
@@ -19,7 +20,7 @@ class CompletionEventsConfig(dg.Config):
 
 
 @dg.op(
-    pool=pools.PLATFORM_WRITES,
+    pool=pools.PLATFORM_DB,
     description="C1 and C3 for each event, its effects and its marking in one transaction.",
     out=OP_RESULTS,
 )
@@ -50,10 +51,10 @@ def handle_completion_events(
         batch.handled,
         metadata={
             "events_requested": len(event_ids),
-            "events_handled": batch.handled,
+            fact_names.EVENTS_HANDLED: batch.handled,
             "events_already_handled": batch.skipped,
-            "enrolments_moved_to_pending": batch.moved_to_pending,
-            "notifications_written": batch.notifications_written,
+            fact_names.ENROLMENTS_MOVED_TO_PENDING: batch.moved_to_pending,
+            fact_names.NOTIFICATIONS_WRITTEN: batch.notifications_written,
             "events_needing_nothing": dg.MetadataValue.json(needed_nothing),
             "why": dg.MetadataValue.json(batch.details),
             "refused_transitions": dg.MetadataValue.json(batch.refused),
@@ -62,7 +63,7 @@ def handle_completion_events(
 
 
 @dg.op(
-    pool=pools.PLATFORM_WRITES,
+    pool=pools.PLATFORM_DB,
     description="C2: pending for seven days and not flagged → complete, numbered in turn.",
     out=OP_RESULTS,
 )
@@ -76,8 +77,8 @@ def complete_due_certificates(
     return dg.Output(
         total,
         metadata={
-            "certificates_issued": total,
-            "numbers_by_programme": dg.MetadataValue.json(certified.completed),
+            fact_names.CERTIFICATES_ISSUED: total,
+            fact_names.NUMBERS_BY_PROGRAMME: dg.MetadataValue.json(certified.completed),
             "refused": dg.MetadataValue.json(certified.refused),
         },
     )

@@ -12,6 +12,7 @@ from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.error_text import error_line
 from sync_assets.partners_api.client import run
 from sync_assets.pseudonyms import pseudonym
+from sync_assets.sync import fact_names
 from sync_assets.sync.resync import ResyncError, resync_learners
 
 RESYNC_TAGS = {"sync_assets/kind": "resync"}
@@ -23,7 +24,7 @@ class ResyncConfig(dg.Config):
 
 
 @dg.op(
-    pool=pools.PLATFORM_WRITES,
+    pool=pools.PLATFORM_DB,
     description="Both steps of the sync for the chosen learners of one course, nobody else.",
     out=dg.Out(io_manager_key="op_io_manager"),
 )
@@ -66,12 +67,12 @@ def resync_learners_op(
     return dg.Output(
         outcomes,
         metadata={
-            "outcomes": dg.MetadataValue.json(outcomes),
+            fact_names.RESYNC_OUTCOMES: dg.MetadataValue.json(outcomes),
             "counts": dg.MetadataValue.json(dict(Counter(result.outcomes.values()))),
-            "transitions_written": applied.transitions if applied else 0,
-            "completion_events_written": applied.completion_events if applied else 0,
-            "api_requests": metrics.total_requests,
-            "api_not_modified_304": metrics.not_modified,
+            fact_names.TRANSITIONS_WRITTEN: applied.transitions if applied else 0,
+            fact_names.COMPLETION_EVENTS_WRITTEN: applied.completion_events if applied else 0,
+            fact_names.API_REQUESTS: metrics.total_requests,
+            fact_names.API_NOT_MODIFIED: metrics.not_modified,
         },
     )
 

@@ -15,7 +15,6 @@ that stands between a step's `{course uuid: Outcome}` and Dagster's partitions.
 # No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
 import time
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,9 +27,9 @@ from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.storage import StoredOutcomes
 from sync_assets.defs.sync.columns import asset_column_schema
-from sync_assets.defs.sync.course_step import CourseStep, api_metadata
+from sync_assets.defs.sync.course_step import CourseStep, api_metadata, partition_table
 from sync_assets.defs.sync.metadata import frame_metadata
-from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
+from sync_assets.defs.sync.partitions import course_partitions
 from sync_assets.error_text import error_line
 from sync_assets.markdown import markdown_text
 from sync_assets.partners_api.client import run
@@ -63,24 +62,6 @@ def shown_in_ui(asset: str) -> dict[str, Any]:
         "owners": OWNERS,
         "metadata": asset_column_schema(asset),
     }
-
-
-def partition_table(partition_keys: list[str], course_runs: pl.DataFrame) -> str:
-    """Markdown: each course partition's key, course uuid and title now, by title."""
-    keys = CourseKeys.resolve(
-        partition_keys,
-        course_runs["course_uuid"].unique(),
-        known=set(course_runs.filter("known")["course_uuid"]),
-    )
-    titles = steps.course_titles(course_runs)
-    rows = sorted(
-        (titles.get(keys.uuid(key) or "", ""), key, keys.uuid(key) or "(no such course now)")
-        for key in partition_keys
-    )
-    lines = ["| title | partition key | course uuid |", "| --- | --- | --- |"]
-    # The title is the API's: escaped, so it cannot add a column, a link or an image.
-    lines += [f"| {markdown_text(title)} | `{key}` | `{uuid}` |" for title, key, uuid in rows]
-    return "\n".join(lines)
 
 
 @dg.asset(
@@ -326,7 +307,7 @@ class ProgressConfig(dg.Config):
 
 
 @dg.asset(
-    pool=pools.PLATFORM_WRITES,
+    pool=pools.PLATFORM_DB,
     group_name=GROUP,
     partitions_def=course_partitions,
     backfill_policy=SINGLE_RUN,
@@ -373,9 +354,6 @@ def activity_progress(
     options = steps.WriteOptions(
         datetime.now(UTC), breaker, config.dry_run, dagster_run_id=context.run.run_id
     )
-    activity_of = dict(
-        course_runs.filter("known").select("course_uuid", "activity_id").unique().iter_rows()
-    )
     inputs = (
         step.inputs["enrolments"],
         step.inputs["latest_enrolments"],
@@ -383,17 +361,14 @@ def activity_progress(
     )
     step.record(
         steps.progress_outcomes(
-            platform_database.engine, step.courses, activity_of, inputs, options, context.log
+            platform_database.engine, step.courses, course_runs, inputs, options, context.log
         ),
         one_by_one=True,
     )
-    refused = {
-        key: facts[fact_names.REFUSED]
-        for key, facts in step.facts.items()
-        if fact_names.REFUSED in facts
-    }
+    refused = step.facts_named(fact_names.REFUSED)
     failed = len(step.upstream_failed) + len(step.failed) - len(refused)
-    context.log.info(progress_summary(progress_tally(step), failed, config.dry_run))
+    tally = steps.progress_tally(step.facts.values(), step.unchanged_count)
+    context.log.info(steps.progress_summary(tally, failed, config.dry_run))
     yield step.output(
         {
             fact_names.DRY_RUN: config.dry_run,
@@ -410,44 +385,6 @@ def activity_progress(
         metadata={"refused": dg.MetadataValue.json(refused)},
     )
     step.finish()
-
-
-def progress_tally(step: CourseStep) -> Counter[str]:
-    """What the progress step did, added up over the courses it synced (refused included)."""
-    tally: Counter[str] = Counter(skipped=step.unchanged_count)
-    for facts in step.facts.values():
-        if fact_names.ACHIEVEMENTS_CREATED not in facts:
-            continue  # not synced: failed, or skipped as unchanged
-        created = facts[fact_names.ACHIEVEMENTS_CREATED]
-        updated = facts[fact_names.ACHIEVEMENTS_UPDATED]
-        tally.update(
-            courses=1,
-            changed=int(created + updated > 0),
-            created=created,
-            updated=updated,
-            completed=facts[fact_names.ACHIEVEMENTS_COMPLETED],
-        )
-    return tally
-
-
-def progress_summary(tally: Counter[str], failed: int, dry_run: bool) -> str:
-    """The step's one log line: how many courses were synced, and what changed in them.
-
-    A night on which nothing changed says so, instead of a row of zeros.
-    """
-    synced = counted(tally["courses"], "course") + (" checked" if dry_run else " synced")
-    if not tally["changed"]:
-        line = f"{synced}, nothing {'would change' if dry_run else 'changed'}"
-    else:
-        verb = "would change" if dry_run else "changed"
-        line = (
-            f"{synced}: achievements {verb} in {counted(tally['changed'], 'course')} "
-            f"({tally['created']} created, {tally['updated']} updated, "
-            f"{tally['completed']} completed)"
-        )
-    if tally["skipped"]:
-        line += f"; {counted(tally['skipped'], 'course')} skipped as unchanged"
-    return line + (f"; {counted(failed, 'course')} failed" if failed else "")
 
 
 sync_assets_list = [

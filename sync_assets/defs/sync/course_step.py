@@ -10,7 +10,9 @@ sync_assets_tests/defs_tests/test_course_step.py, checked on Dagster 1.13.27:
 - `add_partition_metadata` feeds the step's metadata accumulator directly (Dagster's own call
   lists every dynamic partition on each call: courses² a step);
 - `record_failed_partitions` reports the events a failed step would have left for a partition,
-  because one step serves every course of its run (upstream issue 21072);
+  because one step serves every course of its run (upstream issue 21072); the open-source event
+  log storages keep the planned event and drop the failure event (the reason is in the
+  partition's metadata instead);
 - `_runs_a_later_step` reads the run's asset graph from the job (`job_def.asset_layer`).
 
 Why failed courses' partitions are reported this way: one step serves every course partition of
@@ -18,9 +20,10 @@ its run, and Dagster records a materialisation for each of them as soon as the s
 stored, whatever happened to each course (and a step that raises after its output still counts as
 all materialised). So after the output, each failed course's partition gets what a failed step
 would have left: a planned materialisation with none after it, then a failure event with the
-reason. The run then ends failed (the last step of the sync that the run executes raises, naming
-the courses), and Dagster's partition status counts those partitions as failed and the asset's
-health as degraded; a later successful sync of the course makes it materialised again.
+reason (which the open-source storages drop). The run then ends failed (the last step of the sync
+that the run executes raises, naming the courses), and Dagster's partition status counts those
+partitions as failed and the asset's health as degraded; a later successful sync of the course
+makes it materialised again.
 """
 
 # No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
@@ -29,6 +32,7 @@ import resource
 import tempfile
 import weakref
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -45,15 +49,20 @@ from sync_assets.defs.storage import OutcomeSpool, StoredOutcomes
 from sync_assets.defs.sync.metadata import frame_metadata
 from sync_assets.defs.sync.partitions import CourseKeys
 from sync_assets.defs.sync.provenance import report_stale_inputs
+from sync_assets.markdown import markdown_text
 from sync_assets.partners_api.metrics import ApiMetrics
 from sync_assets.sync import fact_names
 from sync_assets.sync.outcomes import Computed, Failed, Outcome, Unchanged
-from sync_assets.sync.steps import course_titles
+from sync_assets.sync.steps import COURSE_UUID, course_titles
 from sync_assets.wording import counted
 
 UNCHANGED_NOTE = (
     "skipped as unchanged: its reports and the platform side are those of its last successful "
     "sync (nothing read, parsed or written for it)"
+)
+UNSTAMPED = (
+    "its stored report names no course (stored by an earlier version): sync the course with "
+    "fresh data (the job futurelearn_sync for its partition)"
 )
 WITHDRAWN = (
     "no course FutureLearn lists now has a uuid starting with this key's suffix (the course was "
@@ -77,29 +86,21 @@ class CourseStep:
         *,
         stale_inputs: tuple[str, ...] = (),
     ) -> None:
-        """`course_runs` None: for a step that needs no course identity (linking matches
-        memberships, whichever course they are in). Its `courses` are then the partition keys
-        themselves, and its partitions show no course uuid or title."""
+        """`course_runs` None: for a step that needs no more of a course than its report (linking
+        matches memberships, whichever course they are in): each key's course is the one its
+        stored report is stamped with, and its partitions show no course uuid or title."""
         self._context = context
-        partition_keys = list(context.partition_keys)
+        partition_keys = sorted(context.partition_keys)
         for key, notes in report_stale_inputs(context, stale_inputs, partition_keys).items():
             add_partition_metadata(context, notes, key)
-        if course_runs is None:
-            self._uuid_of: dict[str, str | None] = {key: key for key in partition_keys}
-            self._key_of = {key: key for key in partition_keys}
-            self._titles: dict[str, str] = {}
-            self._named_by_uuid = False
-        else:
-            keys = CourseKeys.resolve(
-                partition_keys,
-                course_runs["course_uuid"].unique(),
-                known=set(course_runs.filter("known")["course_uuid"]),
-            )
-            self._key_of = keys.key_of_uuid
-            self._uuid_of = {key: keys.uuid(key) for key in partition_keys}
-            self._titles = course_titles(course_runs)
-            self._named_by_uuid = True
         inputs = inputs or {}
+        named = (
+            _named_by_stamps(partition_keys, next(iter(inputs.values())))
+            if course_runs is None
+            else _named_by_runs(partition_keys, course_runs)
+        )
+        self._uuid_of, self._key_of, self._titles = named.uuid_of, named.key_of, named.titles
+        self._named_by_uuid, self._unresolved = named.shown, named.unresolved
         # What an earlier step failed or left unchanged is passed on, not given to this step.
         self._upstream_failed: dict[str, str] = {}
         for stored in inputs.values():
@@ -112,8 +113,11 @@ class CourseStep:
             if key not in self._upstream_failed
         }
         passed_on = self._upstream_failed.keys() | self._upstream_unchanged
-        self.courses = sorted(
-            {uuid for key, uuid in self._uuid_of.items() if uuid and key not in passed_on}
+        # In partition key order (by title), as the courses are shown and written.
+        self.courses = list(
+            dict.fromkeys(
+                uuid for key, uuid in self._uuid_of.items() if uuid and key not in passed_on
+            )
         )
         uuid_of_key = {key: uuid for key, uuid in self._uuid_of.items() if uuid is not None}
         self.inputs = {name: stored.renamed(uuid_of_key) for name, stored in inputs.items()}
@@ -136,6 +140,10 @@ class CourseStep:
         """Courses skipped as unchanged, by this step or an earlier one (after `record`)."""
         return len(self._unchanged)
 
+    def facts_named(self, name: str) -> dict[str, Any]:
+        """Each partition whose outcome has the fact `name`, and its value (after `record`)."""
+        return {key: facts[name] for key, facts in self.facts.items() if name in facts}
+
     def course_uuids(self, names: Iterable[str]) -> frozenset[str]:
         """The courses `names` give as uuids or partition keys (config lists either)."""
         return frozenset(self._uuid_of.get(name) or name.lower() for name in names)
@@ -155,7 +163,7 @@ class CourseStep:
             elif key in self._upstream_unchanged:
                 self._record(key, Unchanged())
             elif uuid is None:
-                self._record(key, Failed(WITHDRAWN))
+                self._record(key, Failed(self._unresolved))
 
     def output(self, metadata: Mapping[str, Any] | None = None) -> dg.Output:
         """The step's output (every course, as recorded), with the step's own figures."""
@@ -189,7 +197,8 @@ class CourseStep:
             shown |= {fact_names.STATUS: fact_names.STATUS_FAILED, fact_names.ERROR: outcome.reason}
             if key not in self._upstream_failed:
                 self.failed[key] = outcome.reason
-                self._context.log.error(f"course {key}: {outcome.reason}")
+                log = self._context.log.warning if outcome.expected else self._context.log.error
+                log(f"course {key}: {outcome.reason}")
         else:
             shown |= {
                 fact_names.STATUS: fact_names.STATUS_UNCHANGED,
@@ -212,9 +221,51 @@ class CourseStep:
         if failed and not _runs_a_later_step(self._context):
             raise dg.Failure(
                 description=f"{len(failed)} course(s) not synced: "
-                + "; ".join(f"{course}: {why}" for course, why in sorted(failed.items())),
+                + "; ".join(f"{key}: {why}" for key, why in sorted(failed.items())),
                 metadata={fact_names.FAILED_COURSES: dg.MetadataValue.json(dict(failed))},
             )
+
+
+@dataclass(frozen=True)
+class _Named:
+    """Which course each partition key of a step names, and how that is shown."""
+
+    uuid_of: dict[str, str | None]  # partition key → course uuid (None: names no course)
+    key_of: dict[str, str]  # course uuid → partition key
+    titles: dict[str, str]  # course uuid → title now
+    shown: bool  # the uuid and title go on each partition's metadata
+    unresolved: str  # why a key that names no course fails
+
+
+def _named_by_runs(partition_keys: list[str], course_runs: pl.DataFrame) -> _Named:
+    """Each key's course among those FutureLearn lists (see `partitions`)."""
+    keys = CourseKeys.resolve(
+        partition_keys,
+        course_runs["course_uuid"].unique(),
+        known=set(course_runs.filter("known")["course_uuid"]),
+    )
+    uuid_of = {key: keys.uuid(key) for key in partition_keys}
+    return _Named(uuid_of, keys.key_of_uuid, course_titles(course_runs), True, WITHDRAWN)
+
+
+def _named_by_stamps(partition_keys: list[str], reports: StoredOutcomes) -> _Named:
+    """Each key's course as its stored report is stamped with (failed or unchanged: none)."""
+    uuid_of = {key: reports.stamps(key).get(COURSE_UUID) for key in partition_keys}
+    key_of = {uuid: key for key, uuid in uuid_of.items() if uuid}
+    return _Named(uuid_of, key_of, {}, False, UNSTAMPED)
+
+
+def partition_table(partition_keys: list[str], course_runs: pl.DataFrame) -> str:
+    """Markdown: each course partition's key, course uuid and title now, by title."""
+    named = _named_by_runs(partition_keys, course_runs)
+    rows = sorted(
+        (named.titles.get(uuid or "", ""), key, uuid or "(no such course now)")
+        for key, uuid in named.uuid_of.items()
+    )
+    lines = ["| title | partition key | course uuid |", "| --- | --- | --- |"]
+    # The title is the API's: escaped, so it cannot add a column, a link or an image.
+    lines += [f"| {markdown_text(title)} | `{key}` | `{uuid}` |" for title, key, uuid in rows]
+    return "\n".join(lines)
 
 
 def _as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:

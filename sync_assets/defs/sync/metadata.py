@@ -15,6 +15,7 @@ import polars as pl
 from sync_assets.defs.sync.columns import PERSONAL, table_schema
 from sync_assets.pseudonyms import pseudonym
 from sync_assets.settings import pseudonym_key
+from sync_assets.sync import fact_names
 
 PSEUDONYMISED = ("user_id",)
 PREVIEW_ROWS = 10
@@ -59,7 +60,7 @@ def preview(frame: pl.DataFrame, rows: int = PREVIEW_ROWS) -> dg.TableMetadataVa
 def frame_metadata(frame: pl.DataFrame) -> dict[str, Any]:
     """Row count, column schema and a preview, for one asset partition."""
     return {
-        "dagster/row_count": frame.height,
+        fact_names.ROW_COUNT: frame.height,
         "dagster/column_schema": column_schema(frame),
         "preview": preview(frame),
     }

@@ -9,51 +9,35 @@ writes in `platform/sync_store`. The Dagster assets are declarations over these
 names below are what those callers use.
 """
 
-from sync_assets.sync.steps.course_runs import (
-    COURSE_RUNS_SCHEMA,
-    CourseRuns,
-    course_titles,
-    fetch_course_runs,
-)
+from sync_assets.sync.steps.course_runs import COURSE_RUNS_SCHEMA, course_titles, fetch_course_runs
 from sync_assets.sync.steps.enrolments import (
-    REPORT_FINGERPRINT,
-    CourseEnrolments,
+    COURSE_UUID,
     QuarantinePolicy,
     courses_to_skip,
     fetch_enrolments,
     quarantine_reasons,
-    quarantine_refusal,
 )
 from sync_assets.sync.steps.latest import choose_latest, latest_outcomes
-from sync_assets.sync.steps.linking import (
-    LINKED_SCHEMA,
-    LINKING_GENERATION,
-    LinkingStats,
-    link_memberships,
-)
+from sync_assets.sync.steps.linking import LINKED_SCHEMA, link_memberships
 from sync_assets.sync.steps.progress import (
-    AppliedFrom,
     CircuitBreaker,
     CourseInputs,
     CourseWrite,
     WriteOptions,
     plan_course,
     progress_outcomes,
+    progress_summary,
+    progress_tally,
     sync_course,
 )
 
 __all__ = [
     "COURSE_RUNS_SCHEMA",
+    "COURSE_UUID",
     "LINKED_SCHEMA",
-    "LINKING_GENERATION",
-    "REPORT_FINGERPRINT",
-    "AppliedFrom",
     "CircuitBreaker",
-    "CourseEnrolments",
     "CourseInputs",
-    "CourseRuns",
     "CourseWrite",
-    "LinkingStats",
     "QuarantinePolicy",
     "WriteOptions",
     "choose_latest",
@@ -65,7 +49,8 @@ __all__ = [
     "link_memberships",
     "plan_course",
     "progress_outcomes",
+    "progress_summary",
+    "progress_tally",
     "quarantine_reasons",
-    "quarantine_refusal",
     "sync_course",
 ]

@@ -63,3 +63,8 @@ async def fetch_course_runs(client: PartnersApiClient, engine: Engine) -> Course
         .select(list(COURSE_RUNS_SCHEMA))
     )
     return CourseRuns(runs, fetched.quarantine, fetched.not_modified)
+
+
+def activities_of(runs: pl.DataFrame) -> dict[str, str]:
+    """Each known course's platform activity (R1)."""
+    return dict(runs.filter("known").select("course_uuid", "activity_id").unique().iter_rows())

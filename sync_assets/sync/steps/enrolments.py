@@ -24,11 +24,14 @@ from sync_assets.partners_api.client import (
 from sync_assets.platform import change_tracking, sync_store
 from sync_assets.sync import fact_names
 from sync_assets.sync.outcomes import Computed, Failed, Outcome, Unchanged
+from sync_assets.sync.steps.course_runs import activities_of
 from sync_assets.wording import counted
 
 # Stamped on a course's report: its fingerprint, for the progress step to record with the
 # course's write (change_tracking), so a later night can skip the course.
 REPORT_FINGERPRINT = "report_fingerprint"
+# Stamped on it too: the course it is of, for a step that knows no more of the course (linking).
+COURSE_UUID = "course_uuid"
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,7 @@ def _course_report(
     )
     if refusal:
         return Failed(refusal, {**facts, fact_names.STATUS: fact_names.STATUS_REFUSED})
-    return Computed(frame, {REPORT_FINGERPRINT: fingerprint}, facts)
+    return Computed(frame, {REPORT_FINGERPRINT: fingerprint, COURSE_UUID: course}, facts)
 
 
 def quarantine_reasons(quarantine: pl.DataFrame) -> dict[str, int]:
@@ -214,9 +217,7 @@ def courses_to_skip(engine: Engine, runs: pl.DataFrame, courses: list[str]) -> d
     side is what it was then (change_tracking): `fetch_enrolments` skips a course whose reports
     still have that fingerprint."""
     generation = change_tracking.refresh_linking_state(engine)
-    activity_of = dict(
-        runs.filter("known").select("course_uuid", "activity_id").unique().iter_rows()
-    )
+    activity_of = activities_of(runs)
     with engine.connect() as connection:
         states = sync_store.last_course_states(connection, courses)
         summaries = change_tracking.achievement_summaries(

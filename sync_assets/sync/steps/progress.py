@@ -4,7 +4,8 @@ transaction, under the course's writer lock."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,8 +23,10 @@ from sync_assets.rules.programmes import CSA, assign_programmes, csa_auto_enrolm
 from sync_assets.settings import course_lock_timeout_seconds
 from sync_assets.sync import fact_names
 from sync_assets.sync.outcomes import Computed, Failed, Outcomes
+from sync_assets.sync.steps.course_runs import activities_of
 from sync_assets.sync.steps.enrolments import REPORT_FINGERPRINT
 from sync_assets.sync.steps.linking import LINKING_GENERATION, MEMBERSHIP_ROW_COLUMNS
+from sync_assets.wording import counted
 
 
 class Logger(Protocol):
@@ -75,8 +78,8 @@ class CourseWrite:
             fact_names.ACHIEVEMENTS_UPDATED: self.updated,
             fact_names.ACHIEVEMENTS_COMPLETED: self.became("complete"),
             fact_names.ACHIEVEMENTS_DROPPED: self.became("dropped"),
-            "transitions_written": applied.transitions if applied else 0,
-            "completion_events_written": applied.completion_events if applied else 0,
+            fact_names.TRANSITIONS_WRITTEN: applied.transitions if applied else 0,
+            fact_names.COMPLETION_EVENTS_WRITTEN: applied.completion_events if applied else 0,
             "programme_enrolments_written": applied.enrolments if applied else 0,
             "rows_written": applied.rows_written if applied else 0,
             # Planned from a state another writer had already changed: not written.
@@ -236,7 +239,7 @@ def sync_course(
 def progress_outcomes(
     engine: Engine,
     courses: list[str],
-    activity_of: Mapping[str, str],
+    runs: pl.DataFrame,
     inputs: tuple[Outcomes, Outcomes, Outcomes],
     options: WriteOptions,
     log: Logger,
@@ -245,6 +248,7 @@ def progress_outcomes(
     its own transaction. `inputs`: the enrolments, latest enrolments and links of each course.
     One course failing (or refused by the breaker) stops no other."""
     enrolments, latest, linked = inputs
+    activity_of = activities_of(runs)
     with engine.connect() as connection:
         previous = sync_store.last_course_states(connection, courses)
     for course in courses:
@@ -267,6 +271,9 @@ def progress_outcomes(
                 previous=previous.get(course),
                 applied_from=AppliedFrom.of(stamped.stamps),
             )
+        except transactions.CourseBusyError as error:  # the other writer applies it
+            yield course, Failed(str(error), expected=True)
+            continue
         except Exception as error:  # one course failing must not stop the others
             yield course, Failed(error_line(error))  # stored and sent: one line, no email
             continue
@@ -352,3 +359,41 @@ def counting_statements(engine: Engine) -> Iterator[list[int]]:
         yield count
     finally:
         sa.event.remove(engine, "before_cursor_execute", seen)
+
+
+def progress_tally(facts_of_courses: Iterable[Mapping[str, Any]], skipped: int) -> Counter[str]:
+    """What the progress step did, added up over the courses it synced (refused included)."""
+    tally: Counter[str] = Counter(skipped=skipped)
+    for facts in facts_of_courses:
+        if fact_names.ACHIEVEMENTS_CREATED not in facts:
+            continue  # not synced: failed, or skipped as unchanged
+        created = facts[fact_names.ACHIEVEMENTS_CREATED]
+        updated = facts[fact_names.ACHIEVEMENTS_UPDATED]
+        tally.update(
+            courses=1,
+            changed=int(created + updated > 0),
+            created=created,
+            updated=updated,
+            completed=facts[fact_names.ACHIEVEMENTS_COMPLETED],
+        )
+    return tally
+
+
+def progress_summary(tally: Counter[str], failed: int, dry_run: bool) -> str:
+    """The step's one log line: how many courses were synced, and what changed in them.
+
+    A night on which nothing changed says so, instead of a row of zeros.
+    """
+    synced = counted(tally["courses"], "course") + (" checked" if dry_run else " synced")
+    if not tally["changed"]:
+        line = f"{synced}, nothing {'would change' if dry_run else 'changed'}"
+    else:
+        verb = "would change" if dry_run else "changed"
+        line = (
+            f"{synced}: achievements {verb} in {counted(tally['changed'], 'course')} "
+            f"({tally['created']} created, {tally['updated']} updated, "
+            f"{tally['completed']} completed)"
+        )
+    if tally["skipped"]:
+        line += f"; {counted(tally['skipped'], 'course')} skipped as unchanged"
+    return line + (f"; {counted(failed, 'course')} failed" if failed else "")
