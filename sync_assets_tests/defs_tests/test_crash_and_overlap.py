@@ -475,7 +475,8 @@ def test_a_course_held_too_long_by_another_writer_is_given_up_in_one_line(
         # Named by its partition key: the title's slug, then the start of the uuid.
         key_end = f"-{held.replace('-', '')[:8]}: "
         assert error.startswith("error: activity_progress: 1 course(s) not synced: ")
-        assert key_end in error
+        # The reason in its own words, right after the key (no exception type before it).
+        assert f"{key_end}another sync held course {held} " in error
         assert error.endswith(
             f"another sync held course {held} for more than 1 s; not applied by this run "
             "(the other writer applies it)"

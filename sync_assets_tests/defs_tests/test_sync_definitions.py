@@ -165,6 +165,16 @@ def test_first_sync_metadata_and_checks_then_unknown_courses_ignored(
     assert world.sync().exit_code == 0
     events = _run_events(world)
     _assert_metadata_is_informative_and_holds_no_personal_data(world, events)
+    # Courses are written one after another in partition-key order (by title), as the summary
+    # lists them: the completion events' ids follow it (the certificate jobs handle them so).
+    key_of_course = {uuid: key for key, uuid in world.partitions().items()}
+    key_of_activity = {
+        row["id"]: key_of_course.get(row["future_learn_course_uuid"])
+        for row in world.table("activities")
+    }
+    events_in_id_order = sorted(world.table("completion_events"), key=lambda row: row["id"])
+    written = [key_of_activity[row["activity_id"]] for row in events_in_id_order]
+    assert written and written == sorted(written)
     unknown = sorted(set(world.dataset.runs["course_uuid"]) - CATALOGUE)
     warning = _check(events, "unknown_courses_reported")
     assert not warning.passed and warning.severity == dg.AssetCheckSeverity.WARN
