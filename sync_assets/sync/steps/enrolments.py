@@ -128,7 +128,8 @@ async def _fetch_course(
 ) -> _CourseFetch:
     """One course's reports, each run's requested once: its outcome, and how they were served."""
     try:
-        reports = [await or_failure(client.enrolment_report)(run) for run, _ in runs]
+        fetch = or_failure(client.enrolment_report)
+        reports = [await fetch(run) for run, _ in runs]
     except Exception as error:  # anything unforeseen in one course's requests costs it alone
         if isinstance(error, PartnersApiError) and error.fatal:
             raise  # refused credentials: no course can be fetched

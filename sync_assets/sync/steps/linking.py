@@ -99,9 +99,12 @@ async def link_memberships(
         # check is not made again. On `large` it reads ~1M links; the enrolments step has just
         # made it, and a change since is seen by the next night's check, as any later change is.
         return {}, LinkingStats()
-    all_uuids = sorted(
-        set().union(*(set(frame["membership_uuid"]) for frame in enrolments_by_course.values()))
-    )
+    # Each report is read once (a stored input is read from storage each time it is asked for):
+    # linking needs its memberships only.
+    memberships_of = {
+        course: frame["membership_uuid"].unique() for course, frame in enrolments_by_course.items()
+    }
+    all_uuids = sorted(set().union(*(set(uuids) for uuids in memberships_of.values())))
     with engine.connect() as connection:
         existing = sync_store.linked_memberships(connection, all_uuids)
         to_fetch = sync_store.memberships_to_look_up(connection, all_uuids)
@@ -120,8 +123,8 @@ async def link_memberships(
     new_links = match_memberships(candidates, users)
     linked_now = new_links.select("membership_uuid", "user_id")
     every, relinked = _membership_rows(fetched, unlinked_before, existing, linked_now, now)
-    failed_courses = _courses_with_failed_lookups(enrolments_by_course, fetched.failed)
-    by_course = _rows_by_course(every, enrolments_by_course, failed_courses)
+    failed_courses = _courses_with_failed_lookups(memberships_of, fetched.failed)
+    by_course = _rows_by_course(every, memberships_of, failed_courses)
     first_time = new_links.join(fetched.found.select("membership_uuid"), on="membership_uuid")
     by_method = dict(first_time.group_by("matched_by").len().iter_rows())
     ambiguous = ambiguous_emails(candidates, users)
@@ -203,14 +206,14 @@ def _membership_rows(
 
 def _rows_by_course(
     every: pl.DataFrame,
-    enrolments_by_course: Mapping[str, pl.DataFrame],
+    memberships_of: Mapping[str, pl.Series],
     failed_courses: Mapping[str, str],
 ) -> dict[str, pl.DataFrame]:
     """Each course's memberships' rows (failed courses aside), in one join and one split."""
     course_memberships = pl.concat(
         [
-            frame.select("membership_uuid").unique().with_columns(course_uuid=pl.lit(course))
-            for course, frame in enrolments_by_course.items()
+            uuids.to_frame().with_columns(course_uuid=pl.lit(course))
+            for course, uuids in memberships_of.items()
         ],
         how="vertical_relaxed",
     ).sort("membership_uuid")
@@ -222,7 +225,7 @@ def _rows_by_course(
     del course_memberships
     return split_by_course(
         with_course.select("course_uuid", *every.columns),
-        [course for course in enrolments_by_course if course not in failed_courses],
+        [course for course in memberships_of if course not in failed_courses],
     )
 
 
@@ -255,14 +258,14 @@ def _linking_facts(
 
 
 def _courses_with_failed_lookups(
-    enrolments_by_course: Mapping[str, pl.DataFrame], failed: Mapping[str, str]
+    memberships_of: Mapping[str, pl.Series], failed: Mapping[str, str]
 ) -> dict[str, str]:
     """Each course with a membership whose look-up failed for good, and the first such failure."""
     if not failed:
         return {}
     courses = {}
-    for course, frame in enrolments_by_course.items():
-        hit = sorted(set(frame["membership_uuid"]) & failed.keys())
+    for course, uuids in memberships_of.items():
+        hit = sorted(set(uuids) & failed.keys())
         if hit:
             courses[course] = (
                 f"look-up of {len(hit)} membership(s) failed, e.g. {hit[0]}: {failed[hit[0]]}"
