@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -108,9 +108,11 @@ def run_ages(instance: dg.DagsterInstance) -> list[RunAge]:
 
 
 def _ended(record: dg.RunRecord) -> datetime:
+    """When the run ended (a run that never started: when it was last updated), in UTC."""
     if record.end_time is not None:
-        return datetime.fromtimestamp(record.end_time, tz=record.update_timestamp.tzinfo)
-    return record.update_timestamp
+        return datetime.fromtimestamp(record.end_time, tz=UTC)
+    updated = record.update_timestamp
+    return updated if updated.tzinfo else updated.replace(tzinfo=UTC)
 
 
 def prune(
