@@ -12,14 +12,15 @@ import pytest
 from click.testing import CliRunner
 
 from sync_assets.cli import main
+from sync_assets.definitions import defs
 from sync_assets.defs.op_outputs import FOLDER as OP_OUTPUTS
 from sync_assets.defs.retention.jobs import prune_run_history_job, sync_check_keys
 from sync_assets.defs.retention.schedules import weekly_prune
-from sync_assets.defs.sync.assets import partitioned_sync_assets, sync_assets_list
+from sync_assets.defs.sync.assets import course_runs, partitioned_sync_assets, sync_assets_list
 from sync_assets.defs.sync.partitions import first_run_of_night
 from sync_assets.object_storage import ObjectStore
 from sync_assets.retention import RunAge, prune, runs_to_delete
-from sync_assets.settings import storage_url
+from sync_assets.settings import ConfigurationError, check_settings, storage_url
 from sync_assets_tests.conftest import sqlite_only
 
 from .conftest import World
@@ -166,20 +167,27 @@ def test_prune_command_says_what_it_deletes_and_a_dry_run_deletes_nothing(world:
     assert world.sync().exit_code == 0
     assert world.sync().exit_code == 0
     with dg.DagsterInstance.get() as instance:
+        # course_runs materialised alone, as from the UI: its run holds that asset's latest
+        # materialisation and its check's latest evaluation, and no partition's.
+        resources = {name: defs.resources[name] for name in ("partners_api", "platform_database")}
+        assert dg.materialize([course_runs], instance=instance, resources=resources).success
         runs = len(instance.get_runs())
-    # All but the last sync run, which holds every partition's latest materialisation.
-    older = runs - 1
+    # All but the last sync run (every partition's latest) and the run of course_runs alone.
+    older = runs - 2
     dry = CliRunner().invoke(main, ["prune", "--older-than", "0", "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert dry.output.startswith(f"Would delete {older} runs finished before "), dry.output
-    assert "kept 1 older run holding a latest materialisation" in dry.output
+    assert "kept 2 older runs holding a latest materialisation" in dry.output
     with dg.DagsterInstance.get() as instance:
         assert len(instance.get_runs()) == runs
     done = CliRunner().invoke(main, ["prune", "--older-than", "0"])
     assert done.exit_code == 0, done.output
     assert done.output.startswith(f"Deleted {older} runs finished before "), done.output
     with dg.DagsterInstance.get() as instance:
-        assert [run.job_name for run in instance.get_runs()] == ["futurelearn_sync"]
+        assert [run.job_name for run in instance.get_runs()] == [
+            "__ephemeral_asset_job__",
+            "futurelearn_sync",
+        ]
     again = CliRunner().invoke(main, ["prune", "--older-than", "0"])
     assert again.output.startswith("Deleted 0 runs finished before "), again.output
 
@@ -203,3 +211,20 @@ def test_the_weekly_schedule_prunes_with_the_default_retention(world: World) -> 
         assert metadata["retention_days"].value == 90
         assert metadata["runs_deleted"].value == 0
         assert len(instance.get_runs()) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("SYNC_ASSETS_RETENTION_DAYS", "0", "must be positive"),
+        ("SYNC_ASSETS_RETENTION_DAYS", "ninety", "expected a number"),
+        ("SYNC_ASSETS_PARTITION_PREVIEWS", "maybe", "expected 1 or 0"),
+    ],
+)
+def test_a_bad_retention_or_preview_setting_fails_at_load_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as raised:
+        check_settings()
+    assert str(raised.value).startswith(f"{name}: {problem}")
