@@ -228,3 +228,25 @@ def _held(marker: Path, not_pid: str | None = None) -> str | None:
     if len(text.split()) != 2 or text.split()[1] == not_pid:
         return None
     return text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_on_an_instance_that_retries_step_failures_our_jobs_still_are_not(world: World) -> None:
+    """Dagster's default retries a run that failed at a step; the jobs say not to, whatever
+    instance they run on (an operator's own, the local one with run retries turned on)."""
+    with world.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE completion_events")
+    overrides = {"run_retries": {"enabled": True, "max_retries": 1}}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        assert instance.run_retries_retry_on_asset_or_op_failure  # Dagster's default
+        result = (
+            build_definitions()
+            .resolve_job_def("certificate_job")
+            .execute_in_process(instance=instance, raise_on_error=False)
+        )
+        run = instance.get_run_by_id(result.run_id)
+    assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+    assert run.tags["dagster/will_retry"] == "false"
+    for job in ("futurelearn_sync", "daily_certificates_job", "resync_learners_job"):
+        tags = build_definitions().resolve_job_def(job).tags
+        assert tags["dagster/retry_on_asset_or_op_failure"] == "false", job
