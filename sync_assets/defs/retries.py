@@ -48,9 +48,10 @@ def retry_if_transient(
         f"transient platform database error; retry {attempt} of {DATABASE_RETRIES.max_retries} "
         f"in {wait:.1f} s: {error_line(error)}"
     )
+    # The event log keeps the one line above, not the driver's text (it may quote statements).
     raise dg.RetryRequested(
         max_retries=DATABASE_RETRIES.max_retries, seconds_to_wait=wait
-    ) from error
+    ) from None
 
 
 @contextmanager
