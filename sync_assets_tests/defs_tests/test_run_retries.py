@@ -66,6 +66,7 @@ class Daemon:
     log: Path
     cursor: str | None = None  # the alert sensor's
     earlier_runs: frozenset[str] = frozenset()  # runs of the module's earlier tests
+    alerting: dg.Definitions | None = None  # the code location with this test's webhook
 
     def submit_sync(self, run_config: dict | None = None) -> str:
         """Every course in one sync run, queued for the daemon as the schedule's runs are."""
@@ -99,7 +100,8 @@ class Daemon:
         return [run.run_id for run in reversed(runs) if run.run_id not in self.earlier_runs]
 
     def alert_tick(self) -> Tick:
-        tick = _tick(build_definitions(), self.instance, self.cursor)
+        assert self.alerting is not None
+        tick = _tick(self.alerting, self.instance, self.cursor)
         self.cursor = tick.cursor
         return tick
 
@@ -158,6 +160,7 @@ def daemon(
     daemon = running_daemon
     monkeypatch.setenv("SYNC_ASSETS_ALERT_WEBHOOK_URL", receiver.url)
     daemon.earlier_runs = frozenset(run.run_id for run in daemon.instance.get_runs())
+    daemon.alerting = build_definitions()
     daemon.cursor = None
     daemon.alert_tick()
     yield daemon
