@@ -25,6 +25,7 @@ from pydantic import Field
 
 from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
+from sync_assets.defs.retries import retry_if_transient, transient_errors_retried
 from sync_assets.defs.storage import StoredOutcomes
 from sync_assets.defs.sync.columns import asset_column_schema
 from sync_assets.defs.sync.course_step import CourseStep, api_metadata, partition_table
@@ -88,7 +89,8 @@ def course_runs(
         async with partners_api.client() as client:
             return await steps.fetch_course_runs(client, platform_database.engine), client.metrics
 
-    fetched, metrics = run(fetch())
+    with transient_errors_retried(context):  # it reads the activities' course uuids
+        fetched, metrics = run(fetch())
     runs = fetched.runs
     unknown = fetched.unknown_courses(partners_api.ignored_course_uuids())
     context.log.info(
@@ -168,11 +170,12 @@ def enrolments(
     platform_database: PlatformDatabase,
 ):
     step = CourseStep(context, course_runs, stale_inputs=("course_runs",))
-    skip_if_reports = (
-        steps.courses_to_skip(platform_database.engine, course_runs, step.courses)
-        if config.skip_unchanged
-        else {}
-    )
+    with transient_errors_retried(context):
+        skip_if_reports = (
+            steps.courses_to_skip(platform_database.engine, course_runs, step.courses)
+            if config.skip_unchanged
+            else {}
+        )
     policy = steps.QuarantinePolicy(
         config.max_quarantine_share, step.course_uuids(config.allow_quarantine_courses)
     )
@@ -224,6 +227,7 @@ def linked_memberships(
     try:
         (outcomes, stats), metrics = run(link())
     except Exception as error:
+        retry_if_transient(context, error)  # what it stored is kept: a retry asks nothing again
         step.fail_every_course(f"linking: {error_line(error)}")
     seconds = time.perf_counter() - started  # look-ups dominate; matching is in here too
     context.log.info(stats.summary())
@@ -359,12 +363,15 @@ def activity_progress(
         step.inputs["latest_enrolments"],
         step.inputs["linked_memberships"],
     )
-    step.record(
-        steps.progress_outcomes(
-            platform_database.engine, step.courses, course_runs, inputs, options, context.log
-        ),
-        one_by_one=True,
-    )
+    # A course's own write failing fails that course; what fails the whole step (reading the
+    # courses' last states) is retried if transient: committed courses then find nothing to do.
+    with transient_errors_retried(context):
+        step.record(
+            steps.progress_outcomes(
+                platform_database.engine, step.courses, course_runs, inputs, options, context.log
+            ),
+            one_by_one=True,
+        )
     refused = step.facts_named(fact_names.REFUSED)
     failed = len(step.upstream_failed) + len(step.failed) - len(refused)
     tally = steps.progress_tally(step.facts.values(), step.unchanged_count)
