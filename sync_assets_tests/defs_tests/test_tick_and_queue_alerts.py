@@ -21,8 +21,12 @@ from sync_assets.definitions import build_definitions
 from sync_assets.runs.dagster_internals import InProcessCodeLocation, code_location_in_this_process
 from sync_assets.runs.execution import code_location_runs
 from sync_assets.tick_alerts import Tick, Watched, read_ticks
-from sync_assets_tests.defs_tests.test_failure_alerts import TOKEN, Receiver, receiver  # noqa: F401
 from sync_assets_tests.defs_tests.watched_location import FAILING
+
+from . import test_failure_alerts
+from .test_failure_alerts import TOKEN, Receiver
+
+receiver = test_failure_alerts.receiver  # the loopback webhook fixture
 
 PROJECT = Path(__file__).resolve().parents[2]
 MODULE = "sync_assets_tests.defs_tests.watched_location"
@@ -60,7 +64,7 @@ class Daemon:
 
 @pytest.fixture
 def daemon(
-    receiver: Receiver,  # noqa: F811
+    receiver: Receiver,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Daemon]:
@@ -78,7 +82,7 @@ def daemon(
 
 def test_the_first_failed_tick_of_each_streak_is_alerted_once_and_a_refused_one_later(
     daemon: Daemon,
-    receiver: Receiver,  # noqa: F811
+    receiver: Receiver,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -121,16 +125,18 @@ def test_the_first_failed_tick_of_each_streak_is_alerted_once_and_a_refused_one_
 
 
 def test_a_tick_still_running_is_read_again_and_one_abandoned_is_passed_over() -> None:
-    started = Tick(2, 20.0, "STARTED")
     watched = Watched(tick_id=1, timestamp=10.0)
-    assert read_ticks(watched, [started]) == []  # it may yet fail: read again next time
-    failed = Tick(3, 30.0, "FAILURE", "boom")
-    [step] = read_ticks(watched, [failed, started])
+    assert read_ticks(watched, [Tick(2, 20.0, "STARTED")]) == []  # it may yet fail
+    [step] = read_ticks(watched, [Tick(2, 20.0, "FAILURE", "boom")])  # and it did
+    assert step.alert and step.watched == Watched(2, 20.0, True)
+
+    abandoned, failed = Tick(2, 20.0, "STARTED"), Tick(3, 30.0, "FAILURE", "boom")
+    [step] = read_ticks(watched, [failed, abandoned])
     assert step.tick == failed and step.alert and step.watched == Watched(3, 30.0, True)
 
 
 def test_a_run_queued_longer_than_the_setting_is_alerted_once(
-    receiver: Receiver,  # noqa: F811
+    receiver: Receiver,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
