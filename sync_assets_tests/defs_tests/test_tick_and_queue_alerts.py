@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import freeze_time
 from dagster._daemon.sensor import execute_sensor_iteration
+from dagster._scheduler.scheduler import launch_scheduled_runs
 
 from sync_assets.definitions import build_definitions
 from sync_assets.runs.dagster_internals import InProcessCodeLocation, code_location_in_this_process
@@ -38,28 +39,37 @@ QUEUED = {
 
 @dataclass
 class Daemon:
-    """The sensor daemon's iterations over the watched location, half a minute apart."""
+    """The sensor and schedule daemons' iterations over the watched location, half a minute
+    apart; a file named after a sensor or schedule in `failing` makes it fail."""
 
     instance: dg.DagsterInstance
     location: InProcessCodeLocation
     failing: Path
     now: datetime
+    schedule_times: dict = field(default_factory=dict)
 
     def iterate(self, times: int = 1) -> None:
+        logger = logging.getLogger("daemon")
         for _ in range(times):
             self.now += timedelta(seconds=31)
             with freeze_time(self.now):
                 list(
-                    execute_sensor_iteration(
-                        self.location.workspace, logging.getLogger("sensor daemon"), None, None
+                    launch_scheduled_runs(
+                        self.location.workspace, logger, self.now, self.schedule_times
                     )
                 )
+                list(execute_sensor_iteration(self.location.workspace, logger, None, None))
 
-    def reasons(self, sensor: str) -> list[str]:
-        """The skip reasons (or errors) of `sensor`'s ticks, oldest first."""
-        [state] = [s for s in self.instance.all_instigator_state() if s.name == sensor]
-        ticks = self.instance.get_ticks(state.instigator_origin_id, state.selector_id)
-        return [t.skip_reason or (t.error.message if t.error else "") for t in reversed(ticks)]
+    def ticks(self, name: str) -> list:
+        """The ticks of the sensor or schedule `name`, oldest first."""
+        [state] = [s for s in self.instance.all_instigator_state() if s.name == name]
+        return list(
+            reversed(self.instance.get_ticks(state.instigator_origin_id, state.selector_id))
+        )
+
+    def reasons(self, name: str) -> list[str]:
+        """The skip reasons (or errors) of the ticks of `name`, oldest first."""
+        return [t.skip_reason or (t.error.message if t.error else "") for t in self.ticks(name)]
 
 
 @pytest.fixture
@@ -70,13 +80,13 @@ def daemon(
 ) -> Iterator[Daemon]:
     monkeypatch.setenv("SYNC_ASSETS_ALERT_WEBHOOK_URL", receiver.url)
     monkeypatch.setenv("SYNC_ASSETS_UI_URL", "https://dagster.example.org/")
-    monkeypatch.setenv(FAILING, str(tmp_path / "failing"))
+    monkeypatch.setenv(FAILING, str(tmp_path))
     sys.modules.pop(MODULE, None)  # its alert sensors are defined as the environment says now
     with (
         dg.instance_for_test() as instance,
         code_location_in_this_process(instance, MODULE, str(PROJECT), LOCATION) as location,
     ):
-        yield Daemon(instance, location, tmp_path / "failing", datetime.now(UTC))
+        yield Daemon(instance, location, tmp_path, datetime.now(UTC))
     sys.modules.pop(MODULE, None)
 
 
@@ -87,7 +97,7 @@ def test_the_first_failed_tick_of_each_streak_is_alerted_once_and_a_refused_one_
 ) -> None:
     caplog.set_level(logging.DEBUG)
     daemon.iterate()  # the alert sensor starts watching
-    daemon.failing.touch()
+    (daemon.failing / "catalogue_sensor").touch()
     daemon.iterate(2)  # the catalogue sensor fails; the alert sensor has read it by the second
     [alert] = receiver.bodies
     assert alert["kind"] == "sensor" and alert["name"] == "catalogue_sensor"
@@ -101,13 +111,13 @@ def test_the_first_failed_tick_of_each_streak_is_alerted_once_and_a_refused_one_
     assert len(receiver.bodies) == 1
     assert daemon.reasons("catalogue_sensor")[-1].startswith("dagster._core.errors.SensorExecution")
 
-    daemon.failing.unlink()
+    (daemon.failing / "catalogue_sensor").unlink()
     daemon.iterate(2)  # it works again: the streak ends, nothing is sent
     assert len(receiver.bodies) == 1
 
     # A new streak is news; the webhook refuses it once, and gets it on the next tick.
     receiver.statuses = [503]
-    daemon.failing.touch()
+    (daemon.failing / "catalogue_sensor").touch()
     daemon.iterate(2)
     assert receiver.statuses == []  # refused by now
     daemon.iterate()
@@ -122,6 +132,19 @@ def test_the_first_failed_tick_of_each_streak_is_alerted_once_and_a_refused_one_
     said = json.dumps(receiver.bodies) + caplog.text
     said += " ".join(daemon.reasons("tick_failure_alert_sensor"))
     assert TOKEN not in said and "jane.doe" not in json.dumps(receiver.bodies)
+
+
+def test_a_schedule_that_fails_is_alerted_once_with_its_error(
+    daemon: Daemon, receiver: Receiver
+) -> None:
+    daemon.iterate()
+    (daemon.failing / "catalogue_schedule").touch()
+    daemon.iterate(6)  # three minutes: three ticks of the schedule fail, one streak
+    [alert] = receiver.bodies
+    assert alert["kind"] == "schedule" and alert["name"] == "catalogue_schedule"
+    assert alert["error"] == "RuntimeError: the catalogue could not be read for [email]"
+    assert alert["url"].endswith("/locations/__repository__@watched/schedules/catalogue_schedule")
+    assert sum(tick.is_failure for tick in daemon.ticks("catalogue_schedule")) >= 2
 
 
 def test_a_tick_still_running_is_read_again_and_one_abandoned_is_passed_over() -> None:
