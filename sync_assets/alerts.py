@@ -63,8 +63,8 @@ def failure_alert(run: FailedRun, ui_url: str | None) -> dict[str, object]:
         "failed_at": run.failed_at,
         "failed_steps": run.failed_steps,
         "failed_course_count": len(courses),
-        "failed_courses": [{"partition": key, "reason": shorten(why, 300)} for key, why in courses][
-            :COURSES_LISTED
+        "failed_courses": [
+            {"partition": key, "reason": shorten(why, 300)} for key, why in courses[:COURSES_LISTED]
         ],
         "error": shorten(run.error, ERROR_CHARS),
         "run_url": link,
