@@ -12,7 +12,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from sync_assets.defs.alerts.queue import queued_run_alert_sensor
 from sync_assets.defs.alerts.sensors import run_failure_alert_sensor
+from sync_assets.defs.alerts.ticks import tick_failure_alert_sensor
 from sync_assets.defs.certificates.jobs import certificate_job, daily_certificates_job
 from sync_assets.defs.certificates.schedules import daily_certificates
 from sync_assets.defs.certificates.sensors import completion_events_sensor
@@ -71,7 +73,7 @@ def with_code_references(assets: Sequence[dg.AssetsDefinition]) -> list[dg.Asset
 
 def build_definitions() -> dg.Definitions:
     """The code location as the environment configures it (read again by tests that change it)."""
-    alerts = run_failure_alert_sensor()
+    alerts = [run_failure_alert_sensor(), tick_failure_alert_sensor(), queued_run_alert_sensor()]
     return dg.Definitions(
         assets=with_code_references(configured(sync_assets_list)),
         jobs=[
@@ -82,7 +84,11 @@ def build_definitions() -> dg.Definitions:
             explain_learner_job,
         ],
         schedules=[nightly_futurelearn_sync, daily_certificates],
-        sensors=[course_partitions_sensor, completion_events_sensor, *([alerts] if alerts else [])],
+        sensors=[
+            course_partitions_sensor,
+            completion_events_sensor,
+            *(sensor for sensor in alerts if sensor is not None),
+        ],
         resources=_resources(),
     )
 

@@ -17,7 +17,7 @@ from sync_assets.settings import platform_database_url
 
 @pytest.fixture
 def every_definition(monkeypatch: pytest.MonkeyPatch) -> dg.Definitions:
-    """The real code location, with the optional alert sensor defined too."""
+    """The real code location, with the optional alert sensors defined too."""
     monkeypatch.setenv("SYNC_ASSETS_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hooks/T0-secret")
     monkeypatch.delenv("SYNC_ASSETS_GIT_URL", raising=False)
     monkeypatch.delenv("SYNC_ASSETS_GIT_BRANCH", raising=False)
@@ -66,6 +66,8 @@ def test_every_definition_describes_itself(every_definition: dg.Definitions) -> 
         "course_partitions_sensor",
         "completion_events_sensor",
         "run_failure_alert_sensor",
+        "tick_failure_alert_sensor",
+        "queued_run_alert_sensor",
     }
     assert sum(len(graph.get(key).assets_def.check_specs) for key in graph.get_all_asset_keys())
 
