@@ -43,9 +43,14 @@ UNKNOWN_COURSES_CHECK = "unknown_courses_reported"
 ONE_LATEST_CHECK = "one_latest_enrolment_per_user_and_course"
 SHRINK_CHECK = "enrolment_report_not_shrunk"
 OWNERS = ["team:learning-platform"]
-# The nightly sync runs at 02:00 London; a day and two hours without a materialisation means a
-# night was missed (or failed for every course), not that a run was slow.
-NIGHTLY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
+# The nightly sync starts at 02:00 London. Fresh from 06:00 London when a course was applied (or
+# skipped as unchanged) since midnight: a run applying no course records no materialisation
+# (`output_unless_none_applied`), so a missed night and a night on which every course failed are
+# late until a course is applied. A cron deadline in London's time keeps to 06:00 across clock
+# changes, where a fixed window would drift by an hour.
+NIGHTLY_FRESHNESS = dg.FreshnessPolicy.cron(
+    deadline_cron="0 6 * * *", lower_bound_delta=timedelta(hours=6), timezone="Europe/London"
+)
 # Backfills of many courses run as few runs as memory allows: one step serves every course of its
 # run. Chunked when the definitions are built (`configured`), by SYNC_ASSETS_COURSES_PER_RUN.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
@@ -369,7 +374,8 @@ def activity_progress(
     failed = len(step.upstream_failed) + len(step.failed) - len(refused)
     tally = steps.progress_tally(step.facts.values(), step.unchanged_count)
     context.log.info(steps.progress_summary(tally, failed, config.dry_run))
-    yield step.output(
+    # No output (so no materialisation) when every course failed: freshness sees the night late.
+    yield from step.output_unless_none_applied(
         {
             fact_names.DRY_RUN: config.dry_run,
             "failed": failed,
