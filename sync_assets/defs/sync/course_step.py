@@ -23,7 +23,8 @@ would have left: a planned materialisation with none after it, then a failure ev
 reason (which the open-source storages drop). The run then ends failed (the last step of the sync
 that the run executes raises, naming the courses), and Dagster's partition status counts those
 partitions as failed and the asset's health as degraded; a later successful sync of the course
-makes it materialised again.
+makes it materialised again. The last step yields no output at all when its run applied no
+course (`output_unless_none_applied`): a materialisation would make the asset look fresh.
 """
 
 # No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
