@@ -14,7 +14,6 @@ that stands between a step's `{course uuid: Outcome}` and Dagster's partitions.
 
 # No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
 import time
-import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,10 +50,6 @@ OWNERS = ["team:learning-platform"]
 NIGHTLY_FRESHNESS = dg.FreshnessPolicy.cron(
     deadline_cron="0 6 * * *", lower_bound_delta=timedelta(hours=6), timezone="Europe/London"
 )
-# Backfills of many courses run as few runs as memory allows: one step serves every course of its
-# run. Chunked when the definitions are built (`configured`), by SYNC_ASSETS_COURSES_PER_RUN.
-warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
-SINGLE_RUN = dg.BackfillPolicy.single_run()
 # The assets that read or write the platform database: their kinds name it too, once the
 # definitions are built (`configured`) and the database is known.
 USES_DATABASE = frozenset({"course_runs", "linked_memberships", "activity_progress"})
@@ -160,7 +155,6 @@ class EnrolmentsConfig(dg.Config):
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
     description="Enrolment reports of every run of the course, as one frame. Records that "
     "break the contract are quarantined with their reason; a course with too many is refused.",
     **shown_in_ui("enrolments"),
@@ -203,7 +197,6 @@ def enrolments(
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
     description="Step one: memberships of the course's enrolments and the users they belong to "
     "(R2–R4). Each unknown membership is fetched once, ever.",
     **shown_in_ui("linked_memberships"),
@@ -255,7 +248,6 @@ def linked_memberships(
 @dg.asset(
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
     description="Step two: each linked user's latest enrolment on the course, across runs and "
     "memberships (R5–R6).",
     **shown_in_ui("latest_enrolments"),
@@ -315,7 +307,6 @@ class ProgressConfig(dg.Config):
     pool=pools.PLATFORM_DB,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
     description="Step two: achievements' progress and state written from the latest enrolments "
     "(R7–R12), with links, transitions and completion events, one transaction per course. "
     "To rerun a course with fresh data, launch the job futurelearn_sync for its partition: "
@@ -409,7 +400,12 @@ def partitioned_sync_assets(assets: Sequence[dg.AssetsDefinition]) -> list[dg.As
 
 def configured(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
     """The sync's assets as the environment sets them, read when the definitions are built:
-    backfills chunked by SYNC_ASSETS_COURSES_PER_RUN, and the platform database's kind."""
+    backfills chunked by SYNC_ASSETS_COURSES_PER_RUN, and the platform database's kind.
+
+    Backfills of many courses run as few runs as memory allows (one step serves every course of
+    its run): the partitioned assets' backfill policy is set here only, not in their decorators
+    (where the parameter is beta in Dagster 1.13 and warns).
+    """
     per_run = courses_per_run()
     policy = (
         dg.BackfillPolicy.single_run()
