@@ -14,7 +14,6 @@ that stands between a step's `{course uuid: Outcome}` and Dagster's partitions.
 
 # No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
 import time
-import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,13 +43,14 @@ UNKNOWN_COURSES_CHECK = "unknown_courses_reported"
 ONE_LATEST_CHECK = "one_latest_enrolment_per_user_and_course"
 SHRINK_CHECK = "enrolment_report_not_shrunk"
 OWNERS = ["team:learning-platform"]
-# The nightly sync runs at 02:00 London; a day and two hours without a materialisation means a
-# night was missed (or failed for every course), not that a run was slow.
-NIGHTLY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
-# Backfills of many courses run as few runs as memory allows: one step serves every course of its
-# run. Chunked when the definitions are built (`configured`), by SYNC_ASSETS_COURSES_PER_RUN.
-warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
-SINGLE_RUN = dg.BackfillPolicy.single_run()
+# The nightly sync starts at 02:00 London. Fresh from 06:00 London when a course was applied (or
+# skipped as unchanged) since midnight: a run applying no course records no materialisation
+# (`output_unless_none_applied`), so a missed night and a night on which every course failed are
+# late until a course is applied. A cron deadline in London's time keeps to 06:00 across clock
+# changes, where a fixed window would drift by an hour.
+NIGHTLY_FRESHNESS = dg.FreshnessPolicy.cron(
+    deadline_cron="0 6 * * *", lower_bound_delta=timedelta(hours=6), timezone="Europe/London"
+)
 # The assets that read or write the platform database: their kinds name it too, once the
 # definitions are built (`configured`) and the database is known.
 USES_DATABASE = frozenset({"course_runs", "linked_memberships", "activity_progress"})
@@ -157,7 +157,6 @@ class EnrolmentsConfig(dg.Config):
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
     description="Enrolment reports of every run of the course, as one frame. Records that "
     "break the contract are quarantined with their reason; a course with too many is refused.",
     **shown_in_ui("enrolments"),
@@ -201,7 +200,6 @@ def enrolments(
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
     description="Step one: memberships of the course's enrolments and the users they belong to "
     "(R2–R4). Each unknown membership is fetched once, ever.",
     **shown_in_ui("linked_memberships"),
@@ -254,7 +252,6 @@ def linked_memberships(
 @dg.asset(
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
     description="Step two: each linked user's latest enrolment on the course, across runs and "
     "memberships (R5–R6).",
     **shown_in_ui("latest_enrolments"),
@@ -314,7 +311,6 @@ class ProgressConfig(dg.Config):
     pool=pools.PLATFORM_DB,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
     description="Step two: achievements' progress and state written from the latest enrolments "
     "(R7–R12), with links, transitions and completion events, one transaction per course. "
     "To rerun a course with fresh data, launch the job futurelearn_sync for its partition: "
@@ -376,7 +372,8 @@ def activity_progress(
     failed = len(step.upstream_failed) + len(step.failed) - len(refused)
     tally = steps.progress_tally(step.facts.values(), step.unchanged_count)
     context.log.info(steps.progress_summary(tally, failed, config.dry_run))
-    yield step.output(
+    # No output (so no materialisation) when every course failed: freshness sees the night late.
+    yield from step.output_unless_none_applied(
         {
             fact_names.DRY_RUN: config.dry_run,
             "failed": failed,
@@ -410,7 +407,12 @@ def partitioned_sync_assets(assets: Sequence[dg.AssetsDefinition]) -> list[dg.As
 
 def configured(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
     """The sync's assets as the environment sets them, read when the definitions are built:
-    backfills chunked by SYNC_ASSETS_COURSES_PER_RUN, and the platform database's kind."""
+    backfills chunked by SYNC_ASSETS_COURSES_PER_RUN, and the platform database's kind.
+
+    Backfills of many courses run as few runs as memory allows (one step serves every course of
+    its run): the partitioned assets' backfill policy is set here only, not in their decorators
+    (where the parameter is beta in Dagster 1.13 and warns).
+    """
     per_run = courses_per_run()
     policy = (
         dg.BackfillPolicy.single_run()
