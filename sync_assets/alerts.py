@@ -38,7 +38,7 @@ def run_url(ui_url: str | None, run_id: str) -> str | None:
     return f"{ui_url.rstrip('/')}/runs/{run_id}" if ui_url else None
 
 
-def _shorten(text: str, limit: int) -> str:
+def shorten(text: str, limit: int) -> str:
     """`text` cut to `limit`, and redacted: an alert leaves the deployment, so it carries no
     email whatever error it quotes (reasons stored by older releases included)."""
     text = redact(text.strip())
@@ -54,7 +54,7 @@ def failure_alert(run: FailedRun, ui_url: str | None) -> dict[str, object]:
         headline += f": {counted(len(courses), 'course')} not synced"
     elif run.failed_steps:
         headline += f" in {', '.join(run.failed_steps)}"
-    details = [_shorten(run.error, 300)] if run.error else []
+    details = [shorten(run.error, 300)] if run.error else []
     return {
         "text": "\n".join([headline, *details, *([link] if link else [])]),
         "job": run.job,
@@ -64,9 +64,9 @@ def failure_alert(run: FailedRun, ui_url: str | None) -> dict[str, object]:
         "failed_steps": run.failed_steps,
         "failed_course_count": len(courses),
         "failed_courses": [
-            {"partition": key, "reason": _shorten(why, 300)} for key, why in courses
-        ][:COURSES_LISTED],
-        "error": _shorten(run.error, ERROR_CHARS),
+            {"partition": key, "reason": shorten(why, 300)} for key, why in courses[:COURSES_LISTED]
+        ],
+        "error": shorten(run.error, ERROR_CHARS),
         "run_url": link,
     }
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import warnings
 
 import click
 import sqlalchemy as sa
@@ -76,8 +75,6 @@ _API_HINT = "; check FL_PARTNERS_URL and that the Partners API answers, then run
 @click.option("--verbose", is_flag=True, help="On an unexpected failure, show the whole trace")
 def main(verbose: bool) -> None:
     """Keep the platform's teacher progress in step with FutureLearn's Partners API."""
-    # Dagster's notices about its own beta parameters are for its developers, not our operators.
-    warnings.filterwarnings("ignore", message=r"Parameter `\w+` of .* is currently in beta")
 
 
 @main.group()

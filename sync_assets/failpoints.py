@@ -1,11 +1,13 @@
 """Named points where a test can stop the process: to kill it for real, or to hold it there.
 
 Inert unless `SYNC_ASSETS_FAILPOINT` names the point reached. Then the process writes the point's
-name to the file `SYNC_ASSETS_FAILPOINT_MARKER` and waits for as long as that file exists:
+name and its process id (`linking.after_lookups 4242`) to the file `SYNC_ASSETS_FAILPOINT_MARKER`
+and waits for as long as that file exists:
 
 - a crash test sends SIGKILL while it waits, with whatever transaction, lock or Dagster run it
   has open still open, as a power cut would leave them;
-- an overlap test lets another process run into it, then deletes the file to let it go on.
+- an overlap test lets another process run into it, then deletes the file to let it go on;
+- a test of a process it did not start (a run worker the daemon launched) kills it by its id.
 
 A monkeypatch could not show what a real process leaves behind; this does.
 """
@@ -39,6 +41,6 @@ def reached(point: str) -> None:
     marker = Path(os.environ.get(MARKER) or "")
     if not marker.name:
         raise RuntimeError(f"{FAILPOINT} is set without {MARKER}")
-    marker.write_text(point)
+    marker.write_text(f"{point} {os.getpid()}")
     while marker.exists():  # until killed, or let go
         time.sleep(0.05)

@@ -5,9 +5,9 @@ deployment) and its op outputs (op_outputs/<run id>/ beside the assets). Asset v
 history (the IO manager keeps one object per asset and course, overwritten each night) and stay.
 
 Never deleted: a run not finished (queued or in progress), and a run holding the latest
-materialisation of an asset partition (or of an unpartitioned asset), the latest evaluation of an
-asset check, or a partition's latest failed attempt: the UI and the sync read those (a course's
-last successful sync, its failed status and reason, what `explain` shows).
+materialisation of an asset partition (or of an unpartitioned asset), a partition's latest
+observation or failed attempt, or the latest evaluation of an asset check: the UI and the sync
+read those (a course's last successful sync, its failed status and reason, what `explain` shows).
 """
 
 from __future__ import annotations
@@ -66,23 +66,28 @@ def latest_holders(
     instance: dg.DagsterInstance, check_keys: Iterable[dg.AssetCheckKey]
 ) -> frozenset[str]:
     """Runs holding the latest materialisation of an asset or asset partition, a partition's
-    latest failed attempt (a planned materialisation with none after it), or an asset check's
-    latest evaluation."""
+    latest observation (a run that applied no course records its outcomes so) or latest failed
+    attempt (a planned materialisation with none after it), or an asset check's latest
+    evaluation."""
     storage = instance.event_log_storage
     held: set[str] = set()
     for asset_key in instance.get_asset_keys():
         latest = instance.get_latest_materialization_event(asset_key)
         if latest is not None:
             held.add(latest.run_id)
-        storage_ids = instance.get_latest_storage_id_by_partition(
-            asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION
-        )
-        if storage_ids:
-            records = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(storage_ids.values())),
-                limit=len(storage_ids),
-            ).records
-            held.update(record.run_id for record in records)
+        for event_type, fetch in (
+            (dg.DagsterEventType.ASSET_MATERIALIZATION, instance.fetch_materializations),
+            (dg.DagsterEventType.ASSET_OBSERVATION, instance.fetch_observations),
+        ):
+            storage_ids = instance.get_latest_storage_id_by_partition(asset_key, event_type)
+            if storage_ids:
+                records = fetch(
+                    dg.AssetRecordsFilter(
+                        asset_key=asset_key, storage_ids=list(storage_ids.values())
+                    ),
+                    limit=len(storage_ids),
+                ).records
+                held.update(record.run_id for record in records)
         attempts = (
             storage.get_latest_asset_partition_materialization_attempts_without_materializations(
                 asset_key

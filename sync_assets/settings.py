@@ -75,6 +75,7 @@ def check_settings() -> None:
     partners_api_settings()
     git_code_references()
     alert_settings()
+    alert_queued_minutes()
     courses_per_run()
     retention_days()
     partition_previews()
@@ -417,6 +418,12 @@ def alert_settings() -> AlertSettings | None:
         raise ConfigurationError(ALERT_WEBHOOK_SETTING, "expected an http(s) URL")
     require_https_in_deployment(webhook, ALERT_WEBHOOK_SETTING)
     return AlertSettings(webhook, ui_url)
+
+
+def alert_queued_minutes() -> float:
+    """SYNC_ASSETS_ALERT_QUEUED_MINUTES: how long a run may wait in the queue before it is
+    alerted. An hour: the nightly sync's chunks queue behind each other for minutes, not hours."""
+    return _positive("SYNC_ASSETS_ALERT_QUEUED_MINUTES", float, 60.0)
 
 
 def is_loopback_host(host: str | None) -> bool:

@@ -63,6 +63,14 @@ def read_sync_run(events: list[dg.DagsterEvent], report: SyncReport) -> None:
     # Per step, repeated on each of its partitions: taken once per run, then added up over runs.
     linking: dict[str, int] = {}
     for event in events:
+        if event.is_asset_observation:
+            # A run that applied no course records its courses' outcomes as observations.
+            observation = event.asset_observation_data.asset_observation
+            if observation.asset_key == dg.AssetKey("activity_progress") and observation.partition:
+                report.courses.append(
+                    _course_line(observation.partition, dict(observation.metadata))
+                )
+            continue
         if not event.is_step_materialization:
             continue
         materialization = event.event_specific_data.materialization
@@ -94,21 +102,7 @@ def read_sync_run(events: list[dg.DagsterEvent], report: SyncReport) -> None:
             if _value(metadata, fact_names.LINK_CONFLICTS):
                 report.link_conflicts[course] = _value(metadata, fact_names.LINK_CONFLICT_USERS, [])
         if name == "activity_progress" and materialization.partition:
-            report.courses.append(
-                CourseLine(
-                    partition_key=materialization.partition,
-                    status=_value(metadata, fact_names.STATUS, "?"),
-                    title=_value(metadata, fact_names.COURSE_TITLE, ""),
-                    course_uuid=_value(metadata, fact_names.COURSE_UUID, ""),
-                    links_made=_value(metadata, fact_names.LINKS_MADE),
-                    created=_value(metadata, fact_names.ACHIEVEMENTS_CREATED),
-                    updated=_value(metadata, fact_names.ACHIEVEMENTS_UPDATED),
-                    completed=_value(metadata, fact_names.ACHIEVEMENTS_COMPLETED),
-                    dropped=_value(metadata, fact_names.ACHIEVEMENTS_DROPPED),
-                    note=_value(metadata, fact_names.REFUSED, "")
-                    or _value(metadata, fact_names.ERROR, ""),
-                )
-            )
+            report.courses.append(_course_line(materialization.partition, metadata))
     for line in report.courses:
         line.quarantined = quarantined.get(line.partition_key, line.quarantined)
     report.requests += sum(requests for requests, _ in api_by_asset.values())
@@ -116,6 +110,22 @@ def read_sync_run(events: list[dg.DagsterEvent], report: SyncReport) -> None:
     for name, count in linking.items():
         setattr(report, name, getattr(report, name) + count)
     report.failures += run_failures(events)
+
+
+def _course_line(partition_key: str, metadata: dict[str, Any]) -> CourseLine:
+    """A course's line of the summary, from its activity_progress partition's metadata."""
+    return CourseLine(
+        partition_key=partition_key,
+        status=_value(metadata, fact_names.STATUS, "?"),
+        title=_value(metadata, fact_names.COURSE_TITLE, ""),
+        course_uuid=_value(metadata, fact_names.COURSE_UUID, ""),
+        links_made=_value(metadata, fact_names.LINKS_MADE),
+        created=_value(metadata, fact_names.ACHIEVEMENTS_CREATED),
+        updated=_value(metadata, fact_names.ACHIEVEMENTS_UPDATED),
+        completed=_value(metadata, fact_names.ACHIEVEMENTS_COMPLETED),
+        dropped=_value(metadata, fact_names.ACHIEVEMENTS_DROPPED),
+        note=_value(metadata, fact_names.REFUSED, "") or _value(metadata, fact_names.ERROR, ""),
+    )
 
 
 def run_failures(events: list[dg.DagsterEvent], *, steps_only: bool = False) -> list[str]:

@@ -42,7 +42,7 @@ def test_metadata_added_per_partition_lands_on_that_partitions_materialisation()
     """Relies on `context.op_execution_context._step_execution_context._metadata_accumulator`
     (`with_additional_asset_metadata`): what Dagster's `add_asset_metadata` feeds."""
 
-    @dg.asset(partitions_def=COURSES, backfill_policy=dg.BackfillPolicy.single_run())
+    @dg.asset(partitions_def=COURSES)
     def per_course(context: dg.AssetExecutionContext):
         for key in context.partition_keys:
             add_partition_metadata(context, {"course_seen": key}, key)
@@ -81,7 +81,7 @@ def test_partitions_reported_failed_after_the_output_count_as_failed() -> None:
     open-source event log storages (`can_store_asset_failure_events` is False): the reason
     reaches the UI through the partition's metadata instead."""
 
-    @dg.asset(partitions_def=COURSES, backfill_policy=dg.BackfillPolicy.single_run())
+    @dg.asset(partitions_def=COURSES)
     def some_fail(context: dg.AssetExecutionContext):
         yield dg.Output(None)
         record_failed_partitions(context, {"course-b": "b broke"}, {"course-c": "upstream"})

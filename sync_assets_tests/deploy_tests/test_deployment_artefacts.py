@@ -599,6 +599,8 @@ def test_the_production_instance_loads_on_postgresql(
         assert instance.run_monitoring_enabled
         assert instance.run_monitoring_max_runtime_seconds == 21600
         assert instance.run_retries_enabled
+        # A crashed run is retried; one that failed at a step is not (it would fail again).
+        assert not instance.run_retries_retry_on_asset_or_op_failure
         concurrency = instance.get_concurrency_config()
         assert concurrency.pool_config.pool_granularity.value == "run"
         assert concurrency.pool_config.default_pool_limit == 1
@@ -633,7 +635,11 @@ def policies(instance: dg.DagsterInstance) -> dict:
             instance.run_monitoring_poll_interval_seconds,
             instance.run_monitoring_settings.get("free_slots_after_run_end_seconds"),
         ),
-        "retries": (instance.run_retries_enabled, instance.run_retries_max_retries),
+        "retries": (
+            instance.run_retries_enabled,
+            instance.run_retries_max_retries,
+            instance.run_retries_retry_on_asset_or_op_failure,
+        ),
         "compute_logs": type(instance.compute_log_manager).__name__,
         "telemetry": instance.telemetry_enabled,
     }

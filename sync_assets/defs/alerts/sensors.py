@@ -5,6 +5,9 @@ only grow), rather than `@run_failure_sensor`: the cursor is ours to advance one
 at a time, so a webhook that is down delays alerts instead of losing them, and each failure is
 posted once (at least once if the process dies between a POST and the tick's end).
 
+A run the daemon will retry (`dagster/will_retry`: its process died) raises no alert: its retry
+does, if it fails too (the retry is tagged as Dagster decides for it, not as its parent was).
+
 Defined only when SYNC_ASSETS_ALERT_WEBHOOK_URL is set; the URL is read from the environment
 when a tick posts, never from run config, and appears in no log line, skip reason or metadata.
 """
@@ -12,6 +15,7 @@ when a tick posts, never from run config, and appears in no log line, skip reaso
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -25,6 +29,10 @@ from sync_assets.sync import fact_names
 from sync_assets.wording import counted
 
 ALERTS_PER_TICK = 20
+WILL_RETRY_TAG = "dagster/will_retry"
+# Dagster tags a failed run will_retry just after storing its failure: a failure younger than
+# this without the tag waits for the next tick; an older one is taken as not retried.
+RETRY_DECISION_SECONDS = 60
 # Runs of these jobs, and of the UI's ad hoc asset jobs (Materialize…), are this location's.
 OUR_JOBS = frozenset(
     job.name
@@ -86,6 +94,17 @@ def _latest_failure_id(instance: dg.DagsterInstance) -> int:
     return newest.records[0].storage_id if newest.records else 0
 
 
+def _will_retry(instance: dg.DagsterInstance, record: dg.EventLogRecord) -> bool | None:
+    """Whether the daemon will retry this failed run; None while Dagster has not said yet."""
+    run = instance.get_run_by_id(record.run_id)
+    tag = None if run is None else run.tags.get(WILL_RETRY_TAG)
+    if tag is not None:
+        return tag == "true"
+    if instance.run_retries_enabled and time.time() - record.timestamp < RETRY_DECISION_SECONDS:
+        return None
+    return False
+
+
 def run_failure_alert_sensor() -> dg.SensorDefinition | None:
     """The sensor, or None (not defined) when no webhook is configured."""
     if alert_settings() is None:
@@ -120,7 +139,11 @@ def run_failure_alert_sensor() -> dg.SensorDefinition | None:
         sent = 0
         problem = None
         for record in failures:
-            run = failed_run(context.instance, record.run_id)
+            retry = _will_retry(context.instance, record)
+            if retry is None:
+                problem = f"waiting for Dagster to decide whether run {record.run_id} is retried"
+                break
+            run = None if retry else failed_run(context.instance, record.run_id)
             if run is not None and is_ours(run.job):
                 try:
                     post_alert(settings.webhook_url, failure_alert(run, settings.ui_url))

@@ -5,10 +5,13 @@ from pydantic import Field
 
 from sync_assets.defs import pools
 from sync_assets.defs.resources import PlatformDatabase
+from sync_assets.defs.retries import NO_RUN_RETRY_ON_STEP_FAILURE, transient_errors_retried
 from sync_assets.platform import certificate_store
 from sync_assets.sync import fact_names
 
-CERTIFICATE_TAGS = {"sync_assets/kind": "certificates"}
+# A run that fails for its data is not run again (the daemon's run retry is for a run whose
+# process died); a transient database error retries the step (defs/retries.py).
+CERTIFICATE_TAGS = {"sync_assets/kind": "certificates", **NO_RUN_RETRY_ON_STEP_FAILURE}
 # Op results are small counts, stored as JSON (defs/op_outputs.py), not in the parquet store.
 OP_RESULTS = dg.Out(io_manager_key="op_io_manager")
 
@@ -31,10 +34,12 @@ def handle_completion_events(
 ) -> dg.Output[int]:
     engine = platform_database.engine
     event_ids = config.event_ids
-    if not event_ids:
-        with engine.connect() as connection:
-            event_ids = certificate_store.pending_event_ids(connection)
-    batch = certificate_store.handle_completion_events(engine, event_ids)
+    # Each chunk of events commits with its marking: a retry finds those handled and skips them.
+    with transient_errors_retried(context):
+        if not event_ids:
+            with engine.connect() as connection:
+                event_ids = certificate_store.pending_event_ids(connection)
+        batch = certificate_store.handle_completion_events(engine, event_ids)
     for refusal in batch.refused:
         context.log.warning(refusal)
     context.log.info(
@@ -70,7 +75,8 @@ def handle_completion_events(
 def complete_due_certificates(
     context: dg.OpExecutionContext, platform_database: PlatformDatabase, handled: int
 ) -> dg.Output[int]:
-    certified = certificate_store.complete_due_certificates(platform_database.engine)
+    with transient_errors_retried(context):  # numbers are given in the transaction that commits
+        certified = certificate_store.complete_due_certificates(platform_database.engine)
     for refusal in certified.refused:
         context.log.info(refusal)
     total = sum(len(numbers) for numbers in certified.completed.values())

@@ -9,13 +9,14 @@ from pydantic import Field
 
 from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
+from sync_assets.defs.retries import NO_RUN_RETRY_ON_STEP_FAILURE, retry_if_transient
 from sync_assets.error_text import error_line
 from sync_assets.partners_api.client import run
 from sync_assets.pseudonyms import pseudonym
 from sync_assets.sync import fact_names
 from sync_assets.sync.resync import ResyncError, resync_learners
 
-RESYNC_TAGS = {"sync_assets/kind": "resync"}
+RESYNC_TAGS = {"sync_assets/kind": "resync", **NO_RUN_RETRY_ON_STEP_FAILURE}
 
 
 class ResyncConfig(dg.Config):
@@ -53,6 +54,7 @@ def resync_learners_op(
     except ResyncError as error:  # its text is kept in the event log: users by pseudonym
         raise dg.Failure(description=error.describe(by_position(config.user_ids))) from None
     except Exception as error:  # a database error's full text quotes statements and values
+        retry_if_transient(context, error)  # the course's write is one transaction
         raise dg.Failure(description=f"resync failed: {error_line(error)}") from None
     applied = result.outcome.applied if result.outcome else None
     context.log.info(

@@ -14,7 +14,6 @@ that stands between a step's `{course uuid: Outcome}` and Dagster's partitions.
 
 # No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
 import time
-import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +24,7 @@ from pydantic import Field
 
 from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
+from sync_assets.defs.retries import retry_if_transient, transient_errors_retried
 from sync_assets.defs.storage import StoredOutcomes
 from sync_assets.defs.sync.columns import asset_column_schema
 from sync_assets.defs.sync.course_step import CourseStep, api_metadata, partition_table
@@ -43,13 +43,14 @@ UNKNOWN_COURSES_CHECK = "unknown_courses_reported"
 ONE_LATEST_CHECK = "one_latest_enrolment_per_user_and_course"
 SHRINK_CHECK = "enrolment_report_not_shrunk"
 OWNERS = ["team:learning-platform"]
-# The nightly sync runs at 02:00 London; a day and two hours without a materialisation means a
-# night was missed (or failed for every course), not that a run was slow.
-NIGHTLY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
-# Backfills of many courses run as few runs as memory allows: one step serves every course of its
-# run. Chunked when the definitions are built (`configured`), by SYNC_ASSETS_COURSES_PER_RUN.
-warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
-SINGLE_RUN = dg.BackfillPolicy.single_run()
+# The nightly sync starts at 02:00 London. Fresh from 06:00 London when a course was applied (or
+# skipped as unchanged) since midnight: a run applying no course records no materialisation
+# (`output_unless_none_applied`), so a missed night and a night on which every course failed are
+# late until a course is applied. A cron deadline in London's time keeps to 06:00 across clock
+# changes, where a fixed window would drift by an hour.
+NIGHTLY_FRESHNESS = dg.FreshnessPolicy.cron(
+    deadline_cron="0 6 * * *", lower_bound_delta=timedelta(hours=6), timezone="Europe/London"
+)
 # The assets that read or write the platform database: their kinds name it too, once the
 # definitions are built (`configured`) and the database is known.
 USES_DATABASE = frozenset({"course_runs", "linked_memberships", "activity_progress"})
@@ -88,7 +89,8 @@ def course_runs(
         async with partners_api.client() as client:
             return await steps.fetch_course_runs(client, platform_database.engine), client.metrics
 
-    fetched, metrics = run(fetch())
+    with transient_errors_retried(context):  # it reads the activities' course uuids
+        fetched, metrics = run(fetch())
     runs = fetched.runs
     unknown = fetched.unknown_courses(partners_api.ignored_course_uuids())
     context.log.info(
@@ -163,7 +165,6 @@ class EnrolmentsConfig(dg.Config):
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
     description="Enrolment reports of every run of the course, as one frame. Records that "
     "break the contract are quarantined with their reason; a course with too many is refused.",
     **shown_in_ui("enrolments"),
@@ -176,11 +177,12 @@ def enrolments(
     platform_database: PlatformDatabase,
 ):
     step = CourseStep(context, course_runs, stale_inputs=("course_runs",))
-    skip_if_reports = (
-        steps.courses_to_skip(platform_database.engine, course_runs, step.courses)
-        if config.skip_unchanged
-        else {}
-    )
+    with transient_errors_retried(context):
+        skip_if_reports = (
+            steps.courses_to_skip(platform_database.engine, course_runs, step.courses)
+            if config.skip_unchanged
+            else {}
+        )
     policy = steps.QuarantinePolicy(
         config.max_quarantine_share, step.course_uuids(config.allow_quarantine_courses)
     )
@@ -206,7 +208,6 @@ def enrolments(
     pool=pools.PARTNERS_API,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
     description="Step one: memberships of the course's enrolments and the users they belong to "
     "(R2–R4). Each unknown membership is fetched once, ever.",
     **shown_in_ui("linked_memberships"),
@@ -232,6 +233,7 @@ def linked_memberships(
     try:
         (outcomes, stats), metrics = run(link())
     except Exception as error:
+        retry_if_transient(context, error)  # what it stored is kept: a retry asks nothing again
         step.fail_every_course(f"linking: {error_line(error)}")
     seconds = time.perf_counter() - started  # look-ups dominate; matching is in here too
     context.log.info(stats.summary())
@@ -258,7 +260,6 @@ def linked_memberships(
 @dg.asset(
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
     description="Step two: each linked user's latest enrolment on the course, across runs and "
     "memberships (R5–R6).",
     **shown_in_ui("latest_enrolments"),
@@ -318,7 +319,6 @@ class ProgressConfig(dg.Config):
     pool=pools.PLATFORM_DB,
     group_name=GROUP,
     partitions_def=course_partitions,
-    backfill_policy=SINGLE_RUN,
     description="Step two: achievements' progress and state written from the latest enrolments "
     "(R7–R12), with links, transitions and completion events, one transaction per course. "
     "To rerun a course with fresh data, launch the job futurelearn_sync for its partition: "
@@ -367,17 +367,21 @@ def activity_progress(
         step.inputs["latest_enrolments"],
         step.inputs["linked_memberships"],
     )
-    step.record(
-        steps.progress_outcomes(
-            platform_database.engine, step.courses, course_runs, inputs, options, context.log
-        ),
-        one_by_one=True,
-    )
+    # A course's own write failing fails that course; what fails the whole step (reading the
+    # courses' last states) is retried if transient: committed courses then find nothing to do.
+    with transient_errors_retried(context):
+        step.record(
+            steps.progress_outcomes(
+                platform_database.engine, step.courses, course_runs, inputs, options, context.log
+            ),
+            one_by_one=True,
+        )
     refused = step.facts_named(fact_names.REFUSED)
     failed = len(step.upstream_failed) + len(step.failed) - len(refused)
     tally = steps.progress_tally(step.facts.values(), step.unchanged_count)
     context.log.info(steps.progress_summary(tally, failed, config.dry_run))
-    yield step.output(
+    # No output (so no materialisation) when every course failed: freshness sees the night late.
+    yield from step.output_unless_none_applied(
         {
             fact_names.DRY_RUN: config.dry_run,
             "failed": failed,
@@ -411,7 +415,12 @@ def partitioned_sync_assets(assets: Sequence[dg.AssetsDefinition]) -> list[dg.As
 
 def configured(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
     """The sync's assets as the environment sets them, read when the definitions are built:
-    backfills chunked by SYNC_ASSETS_COURSES_PER_RUN, and the platform database's kind."""
+    backfills chunked by SYNC_ASSETS_COURSES_PER_RUN, and the platform database's kind.
+
+    Backfills of many courses run as few runs as memory allows (one step serves every course of
+    its run): the partitioned assets' backfill policy is set here only, not in their decorators
+    (where the parameter is beta in Dagster 1.13 and warns).
+    """
     per_run = courses_per_run()
     policy = (
         dg.BackfillPolicy.single_run()

@@ -23,7 +23,8 @@ would have left: a planned materialisation with none after it, then a failure ev
 reason (which the open-source storages drop). The run then ends failed (the last step of the sync
 that the run executes raises, naming the courses), and Dagster's partition status counts those
 partitions as failed and the asset's health as degraded; a later successful sync of the course
-makes it materialised again.
+makes it materialised again. The last step yields no output at all when its run applied no
+course (`output_unless_none_applied`): a materialisation would make the asset look fresh.
 """
 
 # No `from __future__ import annotations`: Dagster reads the `context` annotations at runtime.
@@ -31,7 +32,7 @@ import os
 import resource
 import tempfile
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -126,6 +127,7 @@ class CourseStep:
         self._spool = OutcomeSpool(Path(self._spool_dir.name))
         self.failed: dict[str, str] = {}  # partition key → why, failed by this step
         self.facts: dict[str, Mapping[str, Any]] = {}  # partition key → its outcome's facts
+        self._shown: dict[str, dict[str, Any]] = {}  # partition key → its outcome, as shown
         self._unchanged: set[str] = set()
         self._previews = partition_previews()
 
@@ -173,6 +175,25 @@ class CourseStep:
             self._spool, metadata={**_as_metadata(metadata or {}), **run_peak_memory_metadata()}
         )
 
+    def output_unless_none_applied(
+        self, metadata: Mapping[str, Any] | None = None
+    ) -> Iterator[dg.Output | dg.AssetObservation]:
+        """The step's output if the run applied a course (or skipped one as unchanged: nothing
+        to apply); if every course failed, no output, so no materialisation is recorded, and
+        each course's outcome goes on its partition as an observation (the UI's partition view
+        and the summary show it); `finish` then fails the run.
+
+        For the last step: its asset's freshness policy reads the last materialisation, and
+        an output records one for every course of the run, failed or not (upstream 21072), so a
+        night on which every course failed would look fresh.
+        """
+        failed = self._upstream_failed.keys() | self.failed.keys()
+        if any(key not in failed for key in self._shown):
+            yield self.output(metadata)
+            return
+        for key, shown in sorted(self._shown.items()):
+            yield dg.AssetObservation(self._context.asset_key, partition=key, metadata=shown)
+
     def fail_every_course(self, why: str) -> NoReturn:
         """Fail the step for every course of the run, with one line (a step-wide error such as
         the database refusing the linking writes: its later lines may quote learners' rows)."""
@@ -211,7 +232,8 @@ class CourseStep:
         if per_course_memory:
             shown |= rss_after_course()
         self.facts[key] = outcome.facts
-        add_partition_metadata(self._context, _as_metadata(shown), key)
+        self._shown[key] = _as_metadata(shown)
+        add_partition_metadata(self._context, self._shown[key], key)
         self._spool.add(key, outcome)
 
     def finish(self) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from sync_assets.defs.retries import NO_RUN_RETRY_ON_STEP_FAILURE
 from sync_assets.defs.sync.assets import sync_assets_list
 
-NIGHTLY_SYNC_TAGS = {"sync_assets/kind": "nightly-sync"}
+# A night with a refused course fails its run once (the daemon's run retry is for a run whose
+# process died); a transient database error retries the step (defs/retries.py).
+NIGHTLY_SYNC_TAGS = {"sync_assets/kind": "nightly-sync", **NO_RUN_RETRY_ON_STEP_FAILURE}
 
 # In process: each step of the multiprocess executor costs seconds to start, and these five run
 # in sequence; the fan-out that matters (API requests) is inside the steps.
