@@ -1,12 +1,12 @@
 """Event-log bytes per night, before and after retention (issue 32), and after a simulated year.
 
     python -m benchmarks.event_log --workload teachcomputing --courses-per-run 3 --nights 3 \
-        --json benchmarks/results/event_log/teachcomputing.json
+        --before 149ea76 --json benchmarks/results/event_log/teachcomputing-sqlite.json
 
 Two variants, each with its own simulator process (the same workload and seed, so the same
 days), platform database and Dagster home (SQLite, the embedded default):
 
-- `before`: the code at `--before` (default: the commit this branch started from), run from a
+- `before`: the code at `--before` (a commit without this work), run from a
   `git archive` of it: a preview table and a column schema on every computed partition's event,
   and `course_runs`' table of every course partition in every chunk run;
 - `after`: this checkout with its defaults (no previews, the table once a night).
@@ -166,7 +166,11 @@ def main() -> None:
     parser.add_argument("--workload", default="teachcomputing")
     parser.add_argument("--courses-per-run", type=int, default=3)
     parser.add_argument("--nights", type=int, default=3)
-    parser.add_argument("--before", default="3a790a5", help="the commit measured as `before`")
+    parser.add_argument(
+        "--before",
+        required=True,
+        help="the commit measured as `before`: one without issue 32's retention (149ea76)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     variants = {}
