@@ -116,7 +116,9 @@ def test_partitions_follow_the_known_courses() -> None:
     assert withdrawn.retire == [] and withdrawn.add == {}
     unmapped = partition_changes([key_a, key_c], [C], {A: "Course A", C: "Course C"}, [A, C])
     assert unmapped.retire == [key_a] and unmapped.add == {}
-    # B is known and shares A's first 8 digits: A's old key may still be A's, and is kept.
+    # B is known and shares A's first 8 digits: A's old key may still name a known course, and
+    # is kept, whether A is known too or not.
+    assert partition_changes([key_a], [A, B], {}, [A, B]).retire == []
     assert partition_changes([key_a], [B], {}, [A, B]).retire == []
     assert partition_changes([key_a, "no-digits"], [], {}, [A]).retire == []
     assert partition_changes([key_a, "no-digits"], [C], {}, [A, C]).retire == [key_a, "no-digits"]
