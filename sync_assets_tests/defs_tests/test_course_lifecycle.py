@@ -216,4 +216,5 @@ def test_the_sensor_requests_new_partitions_with_a_run_and_retires_unknown_ones(
     [failure] = [event for event in queued.all_events if event.is_step_failure]
     assert failure.step_key == "enrolments"
     message = failure.step_failure_data.error.message
-    assert "Nonexistent partition keys" in message and retired in message
+    assert f"Nonexistent partition keys: ['{retired}']" in message
+    assert "retired after the run was queued" in message
