@@ -101,6 +101,11 @@ def test_a_withdrawn_course_is_reported_not_failed_and_its_achievements_stay(
             ),
             limit=1,
         ).records
+        [runs] = instance.fetch_materializations(dg.AssetKey("course_runs"), limit=1).records
+    listed = runs.asset_materialization.metadata["withdrawn_course_list"].value
+    # Every known course FutureLearn lists no runs for (the catalogue has more than it lists).
+    assert course in [entry["uuid"] for entry in listed]
+    assert not {entry["uuid"] for entry in listed} & set(world.dataset.runs["course_uuid"])
     metadata = record.asset_materialization.metadata
     assert metadata["status"].value == "withdrawn"
     assert metadata["course_uuid"].value == course
