@@ -8,8 +8,9 @@ the run-level retry (deploy/dagster.yaml) is for a run worker that crashed.
 
 A retry is safe: each course commits in a transaction of its own and a write that finds nothing
 changed writes nothing (R13), certificate events are handled once, and memberships looked up are
-kept (R2). Per-course failures (a course whose write failed, refused, busy) are recorded as the
-course's outcome and raised at the end of the run's last step, never retried.
+kept (R2). A course's own write is written again after a transient error within the step
+(`sync.steps.progress`); per-course failures (a write that failed otherwise, refused, busy) are
+recorded as the course's outcome and raised at the end of the run's last step, never retried.
 """
 
 from __future__ import annotations

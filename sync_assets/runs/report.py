@@ -204,6 +204,21 @@ def format_report(report: SyncReport) -> str:
         out.append(f"Unknown courses (R1), not synced ({len(report.unknown_courses)}):")
         out += [f"  {course['uuid']}  {course['title']}" for course in report.unknown_courses]
     out += _linking_problems(report)
+    withdrawn = [line for line in report.courses if line.status == fact_names.STATUS_WITHDRAWN]
+    if withdrawn:
+        courses = counted(len(withdrawn), "known course")
+        out.append(
+            f"Withdrawn (R1): FutureLearn lists no runs for {courses}; nothing synced, "
+            "achievements left as they are:"
+        )
+        out += [f"  {line.partition_key} ({line.course_uuid})" for line in withdrawn]
+    gone = [line for line in report.courses if line.status == fact_names.STATUS_NO_LONGER_KNOWN]
+    if gone:
+        out.append(
+            f"No longer known (R1): no activity has the uuid of {counted(len(gone), 'course')} "
+            "any more; not synced, its partition is retired at the next check:"
+        )
+        out += [f"  {line.partition_key}" for line in gone]
     notes = [line for line in report.courses if line.note]
     if notes:
         out.append(f"Courses not applied, and why ({len(notes)}):")

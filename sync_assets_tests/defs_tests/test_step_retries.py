@@ -91,3 +91,28 @@ def test_a_step_that_fails_for_good_is_not_retried(world: World) -> None:
     assert [event for event in result.all_events if event.event_type == RETRIED] == []
     [failure] = [event for event in result.all_events if event.is_step_failure]
     assert "completion_events" in failure.step_failure_data.error.message  # its own words
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.postgres
+def test_a_course_whose_connection_drops_before_its_commit_is_written_again(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first course's writes are sent, then the server ends the connection (a failover): the
+    course is written again at once, in the same step, and the night is applied whole."""
+    marker = tmp_path / "failpoint"
+    monkeypatch.setenv(failpoints.FAILPOINT, "activity_progress.before_course_commit")
+    monkeypatch.setenv(failpoints.MARKER, str(marker))
+    monkeypatch.setattr(failpoints, "_passed", set())
+    dropper = _drop_connection_at_failpoint(world, marker)
+
+    result = world.sync()
+
+    dropper.join(timeout=10)
+    assert not marker.exists()  # the failpoint was reached, and the connection dropped there
+    assert result.exit_code == 0, result.output
+    assert "not applied" not in result.output
+    with dg.DagsterInstance.get() as instance:
+        [run] = instance.get_runs(dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
+        said = " ".join(entry.message for entry in instance.all_logs(run.run_id))
+    assert "transient platform database error, written again (attempt 2 of 4)" in said

@@ -185,6 +185,9 @@ def test_dry_run_writes_nothing_but_what_it_fetched(world: World) -> None:
     assert f"The {len(memberships)} memberships looked up were kept" in result.output
     total = next(line for line in result.output.splitlines() if line.startswith("total"))
     assert int(total.split()[4]) == len(expected_achievements(world.dataset))  # "created"
+    # Nothing applied, so nothing materialised: the asset is not made fresh by a dry run.
+    assert set(world.partition_status("activity_progress").values()) == {None}
+    assert set(world.partition_status("latest_enrolments").values()) == {"MATERIALIZED"}
 
 
 def _install_failure(engine: Engine, activity: str) -> None:

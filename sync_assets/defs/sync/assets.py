@@ -102,7 +102,7 @@ def course_runs(
     # copy is a row per course in the event log).
     first = first_run_of_night(context.run.tags, partitions)
     catalogue = (
-        {"course_partitions": dg.MetadataValue.md(partition_table(partitions, runs))}
+        {"course_partitions": dg.MetadataValue.md(partition_table(partitions, runs, fetched.known))}
         if first
         else {}
     )
@@ -117,6 +117,9 @@ def course_runs(
                 [{"uuid": uuid, "title": title} for uuid, title in unknown.iter_rows()]
             ),
             "not_modified": fetched.not_modified,
+            fact_names.WITHDRAWN_COURSE_LIST: dg.MetadataValue.json(
+                [{"uuid": uuid, "title": title} for uuid, title in fetched.withdrawn().items()]
+            ),
             fact_names.QUARANTINED: dg.MetadataValue.json(
                 steps.quarantine_reasons(fetched.quarantine)
             ),
@@ -176,8 +179,13 @@ def enrolments(
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
 ):
-    step = CourseStep(context, course_runs, stale_inputs=("course_runs",))
     with transient_errors_retried(context):
+        step = CourseStep(
+            context,
+            course_runs,
+            known=steps.known_courses(platform_database.engine),
+            stale_inputs=("course_runs",),
+        )
         skip_if_reports = (
             steps.courses_to_skip(platform_database.engine, course_runs, step.courses)
             if config.skip_unchanged
@@ -277,11 +285,15 @@ def latest_enrolments(
     enrolments: StoredOutcomes,
     linked_memberships: StoredOutcomes,
     course_runs: pl.DataFrame,
+    platform_database: PlatformDatabase,
 ):
+    with transient_errors_retried(context):
+        known = steps.known_courses(platform_database.engine)  # which courses are withdrawn
     step = CourseStep(
         context,
         course_runs,
         {"enrolments": enrolments, "linked_memberships": linked_memberships},
+        known=known,
         stale_inputs=("course_runs", "enrolments"),
     )
     step.record(
@@ -325,6 +337,8 @@ class ProgressConfig(dg.Config):
     "materialising this asset alone re-applies the reports stored by an earlier run, and says so.",
     **shown_in_ui("activity_progress"),
     freshness_policy=NIGHTLY_FRESHNESS,
+    # A run that applies nothing (every course failed, or a dry run) records no materialisation.
+    output_required=False,
     check_specs=[
         dg.AssetCheckSpec(
             SHRINK_CHECK,
@@ -346,6 +360,8 @@ def activity_progress(
     course_runs: pl.DataFrame,
     platform_database: PlatformDatabase,
 ):
+    with transient_errors_retried(context):
+        known = steps.known_courses(platform_database.engine)
     step = CourseStep(
         context,
         course_runs,
@@ -354,6 +370,7 @@ def activity_progress(
             "latest_enrolments": latest_enrolments,
             "linked_memberships": linked_memberships,
         },
+        known=known,
         stale_inputs=("course_runs", "enrolments"),
     )
     breaker = steps.CircuitBreaker(
@@ -380,13 +397,15 @@ def activity_progress(
     failed = len(step.upstream_failed) + len(step.failed) - len(refused)
     tally = steps.progress_tally(step.facts.values(), step.unchanged_count)
     context.log.info(steps.progress_summary(tally, failed, config.dry_run))
-    # No output (so no materialisation) when every course failed: freshness sees the night late.
+    # No output (so no materialisation) when every course failed, nor for a dry run: freshness
+    # then sees the night late, and the stored outputs stay those of the last real write.
     yield from step.output_unless_none_applied(
         {
             fact_names.DRY_RUN: config.dry_run,
             "failed": failed,
             fact_names.SKIPPED_UNCHANGED: step.unchanged_count,
-        }
+        },
+        wrote=not config.dry_run,
     )
     yield dg.AssetCheckResult(
         check_name=SHRINK_CHECK,

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, Protocol
 
 import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from sync_assets import failpoints
 from sync_assets.error_text import error_line
 from sync_assets.platform import change_tracking, sync_store, transactions
+from sync_assets.platform.transient import is_transient
 from sync_assets.rules.achievements import achievement_changes
 from sync_assets.rules.programmes import CSA, assign_programmes, csa_auto_enrolments
 from sync_assets.settings import course_lock_timeout_seconds
@@ -27,6 +30,11 @@ from sync_assets.sync.steps.course_runs import activities_of
 from sync_assets.sync.steps.enrolments import REPORT_FINGERPRINT
 from sync_assets.sync.steps.linking import LINKING_GENERATION, MEMBERSHIP_ROW_COLUMNS
 from sync_assets.wording import counted
+
+# A course's write after a transient database error: up to three more times, within ~1, ~2, ~4 s
+# (random, exponential); a restart or failover that lasts longer fails the course, and the run.
+COURSE_WRITE_ATTEMPTS = 4
+COURSE_RETRY_SECONDS = 1.0
 
 
 class Logger(Protocol):
@@ -257,19 +265,25 @@ def progress_outcomes(
             continue
         stamped = latest[course]
         assert isinstance(stamped, Computed)
+        course_inputs = CourseInputs(
+            course,
+            activity_of[course],
+            enrolments.frame(course),
+            stamped.frame,
+            linked.frame(course),
+        )
         try:
-            write = sync_course(
-                engine,
-                CourseInputs(
-                    course,
-                    activity_of[course],
-                    enrolments.frame(course),
-                    stamped.frame,
-                    linked.frame(course),
+            write = _retrying_transient(
+                partial(
+                    sync_course,
+                    engine,
+                    course_inputs,
+                    options,
+                    previous=previous.get(course),
+                    applied_from=AppliedFrom.of(stamped.stamps),
                 ),
-                options,
-                previous=previous.get(course),
-                applied_from=AppliedFrom.of(stamped.stamps),
+                course,
+                log,
             )
         except transactions.CourseBusyError as error:  # the other writer applies it
             yield course, Failed(str(error), expected=True)
@@ -289,6 +303,25 @@ def progress_outcomes(
             yield course, Failed(write.refused, facts)
         else:
             yield course, Computed(write.changes, facts=facts)
+
+
+def _retrying_transient(write: Callable[[], CourseWrite], course: str, log: Logger) -> CourseWrite:
+    """The course's write, again after a transient database error (a connection dropped by a
+    restart or failover, a deadlock, a serialization failure): its transaction was rolled back
+    whole, so writing it again is safe; a blip costs seconds, not the course's night. Anything
+    else, and a transient error that persists, is the caller's to record."""
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        wait=wait_random_exponential(multiplier=COURSE_RETRY_SECONDS, max=4 * COURSE_RETRY_SECONDS),
+        stop=stop_after_attempt(COURSE_WRITE_ATTEMPTS),
+        before_sleep=lambda state: log.warning(
+            f"course {course}: transient platform database error, written again "
+            f"(attempt {state.attempt_number + 1} of {COURSE_WRITE_ATTEMPTS}): "
+            f"{error_line(state.outcome.exception())}"
+        ),
+        reraise=True,
+    )
+    return retrying(write)
 
 
 @dataclass(frozen=True)
