@@ -484,3 +484,34 @@ def explain(course: str, user_id: str, fresh: bool, as_json: bool) -> None:
         click.echo(json.dumps(explanation.to_dict(), indent=2, ensure_ascii=False))
     else:
         click.echo(as_text(explanation))
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    "days",
+    required=True,
+    type=click.IntRange(min=0),
+    help="Delete the history of runs that finished more than DAYS days ago",
+    metavar="DAYS",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing")
+def prune(days: int, dry_run: bool) -> None:
+    """Delete run history (runs, event logs, compute logs, op outputs) older than DAYS days.
+
+    Never a queued or running run, nor one holding the latest materialisation of an asset
+    partition, a partition's latest failed attempt or an asset check's latest evaluation. Asset
+    values stay. Idempotent; the weekly schedule does the same with SYNC_ASSETS_RETENTION_DAYS.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from sync_assets.defs.retention.jobs import sync_check_keys
+    from sync_assets.retention import prune as prune_history
+    from sync_assets.runs.instance import open_instance
+
+    check_settings()
+    with open_instance(say=click.echo) as instance:
+        report = prune_history(
+            instance, timedelta(days=days), datetime.now(UTC), sync_check_keys(), dry_run=dry_run
+        )
+    click.echo(report.summary())

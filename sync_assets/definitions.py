@@ -22,6 +22,8 @@ from sync_assets.defs.explain.jobs import explain_learner_job
 from sync_assets.defs.op_outputs import JsonOpOutputIOManager
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.resync.jobs import resync_learners_job
+from sync_assets.defs.retention.jobs import prune_run_history_job
+from sync_assets.defs.retention.schedules import weekly_prune
 from sync_assets.defs.storage import PartitionedParquetIOManager
 from sync_assets.defs.sync.assets import configured, sync_assets_list
 from sync_assets.defs.sync.jobs import futurelearn_sync_job
@@ -93,8 +95,9 @@ def build_definitions() -> dg.Definitions:
             daily_certificates_job,
             resync_learners_job,
             explain_learner_job,
+            prune_run_history_job,
         ],
-        schedules=[nightly_futurelearn_sync, daily_certificates],
+        schedules=[nightly_futurelearn_sync, daily_certificates, weekly_prune],
         sensors=[
             course_partitions_sensor,
             completion_events_sensor,

@@ -77,6 +77,8 @@ def check_settings() -> None:
     alert_settings()
     alert_queued_minutes()
     courses_per_run()
+    retention_days()
+    partition_previews()
     course_lock_timeout_seconds()
     http_cache_url()
     pseudonym_key()
@@ -188,6 +190,25 @@ def courses_per_run() -> int | None:
     Bounds a run's memory by the chunk, not the catalogue; the runs queue and share the pools.
     """
     return _positive("SYNC_ASSETS_COURSES_PER_RUN", int, None)
+
+
+def retention_days() -> int:
+    """SYNC_ASSETS_RETENTION_DAYS: run history older than this many days is pruned weekly."""
+    return _positive("SYNC_ASSETS_RETENTION_DAYS", int, 90)
+
+
+PARTITION_PREVIEWS = "SYNC_ASSETS_PARTITION_PREVIEWS"
+
+
+def partition_previews() -> bool:
+    """SYNC_ASSETS_PARTITION_PREVIEWS: each computed course partition's event carries a preview
+    of its first rows (off by default: it is most of a night's event log)."""
+    raw = os.environ.get(PARTITION_PREVIEWS, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigurationError(PARTITION_PREVIEWS, f"expected 1 or 0 (true or false), got {raw!r}")
 
 
 def course_lock_timeout_seconds() -> float:

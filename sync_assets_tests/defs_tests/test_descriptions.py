@@ -57,8 +57,13 @@ def test_every_definition_describes_itself(every_definition: dg.Definitions) -> 
         "daily_certificates_job",
         "resync_learners_job",
         "explain_learner_job",
+        "prune_run_history",
     }
-    assert {s.name for s in schedules} == {"nightly_futurelearn_sync", "daily_certificates"}
+    assert {s.name for s in schedules} == {
+        "nightly_futurelearn_sync",
+        "daily_certificates",
+        "weekly_prune_run_history",
+    }
     assert {s.name for s in sensors} == {
         "course_partitions_sensor",
         "completion_events_sensor",

@@ -29,7 +29,7 @@ from sync_assets.defs.storage import StoredOutcomes
 from sync_assets.defs.sync.columns import asset_column_schema
 from sync_assets.defs.sync.course_step import CourseStep, api_metadata, partition_table
 from sync_assets.defs.sync.metadata import frame_metadata
-from sync_assets.defs.sync.partitions import course_partitions
+from sync_assets.defs.sync.partitions import course_partitions, first_run_of_night
 from sync_assets.error_text import error_line
 from sync_assets.markdown import markdown_text
 from sync_assets.partners_api.client import run
@@ -98,10 +98,18 @@ def course_runs(
         f"{len(fetched.known_course_uuids())} known, {unknown.height} unknown and not ignored"
     )
     partitions = list(context.instance.get_dynamic_partitions(course_partitions.name))
+    # The night's partition table and preview: once a night, not in every chunk run (each
+    # copy is a row per course in the event log).
+    first = first_run_of_night(context.run.tags, partitions)
+    catalogue = (
+        {"course_partitions": dg.MetadataValue.md(partition_table(partitions, runs, fetched.known))}
+        if first
+        else {}
+    )
     yield dg.Output(
         runs,
         metadata={
-            **frame_metadata(runs),
+            **frame_metadata(runs, with_preview=first),
             "courses": runs["course_uuid"].n_unique(),
             "known_courses": len(fetched.known_course_uuids()),
             "unknown_courses": unknown.height,
@@ -109,9 +117,6 @@ def course_runs(
                 [{"uuid": uuid, "title": title} for uuid, title in unknown.iter_rows()]
             ),
             "not_modified": fetched.not_modified,
-            "course_partitions": dg.MetadataValue.md(
-                partition_table(partitions, runs, fetched.known)
-            ),
             fact_names.WITHDRAWN_COURSE_LIST: dg.MetadataValue.json(
                 [{"uuid": uuid, "title": title} for uuid, title in fetched.withdrawn().items()]
             ),
@@ -119,6 +124,7 @@ def course_runs(
                 steps.quarantine_reasons(fetched.quarantine)
             ),
             **api_metadata(metrics),
+            **catalogue,
         },
     )
     yield dg.AssetCheckResult(

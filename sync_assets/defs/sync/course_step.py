@@ -52,6 +52,7 @@ from sync_assets.defs.sync.partitions import CourseKeys
 from sync_assets.defs.sync.provenance import report_stale_inputs
 from sync_assets.markdown import markdown_text
 from sync_assets.partners_api.metrics import ApiMetrics
+from sync_assets.settings import partition_previews
 from sync_assets.sync import fact_names
 from sync_assets.sync.outcomes import Computed, Failed, Outcome, Unchanged
 from sync_assets.sync.steps import COURSE_UUID, course_titles
@@ -154,6 +155,7 @@ class CourseStep:
         self.facts: dict[str, Mapping[str, Any]] = {}  # partition key → its outcome's facts
         self._shown: dict[str, dict[str, Any]] = {}  # partition key → its outcome, as shown
         self._unchanged: set[str] = set()
+        self._previews = partition_previews()
 
     @property
     def course_count(self) -> int:
@@ -242,7 +244,7 @@ class CourseStep:
             else {}
         )
         if isinstance(outcome, Computed):
-            shown |= frame_metadata(outcome.frame)
+            shown |= frame_metadata(outcome.frame, with_preview=self._previews)
         elif isinstance(outcome, Failed):
             shown |= {fact_names.STATUS: fact_names.STATUS_FAILED, fact_names.ERROR: outcome.reason}
             if key not in self._upstream_failed:

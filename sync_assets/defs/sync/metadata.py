@@ -57,10 +57,13 @@ def preview(frame: pl.DataFrame, rows: int = PREVIEW_ROWS) -> dg.TableMetadataVa
     )
 
 
-def frame_metadata(frame: pl.DataFrame) -> dict[str, Any]:
-    """Row count, column schema and a preview, for one asset partition."""
+def frame_metadata(frame: pl.DataFrame, *, with_preview: bool) -> dict[str, Any]:
+    """Row count, and a preview of the first rows if asked, for one asset (partition).
+
+    No column schema: each asset's definition declares it once (`dagster/column_schema`,
+    columns.py), and a copy on every partition's event was a large part of the event log.
+    """
     return {
         fact_names.ROW_COUNT: frame.height,
-        "dagster/column_schema": column_schema(frame),
-        "preview": preview(frame),
+        **({"preview": preview(frame)} if with_preview else {}),
     }

@@ -22,7 +22,7 @@ import bisect
 import re
 import unicodedata
 import uuid as uuid_module
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -46,6 +46,17 @@ def course_chunks(partition_keys: list[str], per_run: int | None) -> list[list[s
         list(partition_keys[start : start + per_run])
         for start in range(0, len(partition_keys), per_run)
     ]
+
+
+def first_run_of_night(run_tags: Mapping[str, str], partition_keys: Sequence[str]) -> bool:
+    """Whether a sync run is the one that records the night's partition table: it covers a
+    range from the first course partition (the nightly schedule's and `sync`'s first chunk, or
+    their only run), or no course partition at all (`course_runs` alone). A rerun of chosen
+    courses does not: the table is the catalogue's, which such a run does not change."""
+    start = run_tags.get("dagster/asset_partition_range_start")
+    if start is not None:
+        return not partition_keys or start == partition_keys[0]
+    return "dagster/partition" not in run_tags
 
 
 def slugify(title: str) -> str:

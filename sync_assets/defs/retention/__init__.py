@@ -1,0 +1,1 @@
+"""Retention: the weekly prune of old run history."""
