@@ -235,7 +235,7 @@ def _sync_and_report(
     _migrated_engine().dispose()
     with open_instance(say=click.echo) as instance, code_location_runs(instance) as runs:
         home = instance.root_directory
-        partitions = prepare_partitions(instance, list(courses) or None)
+        partitions = prepare_partitions(instance, list(courses) or None, say=click.echo)
         if not partitions:
             raise click.ClickException("no known course has runs on FutureLearn: nothing to sync")
         report = launch_sync(
@@ -262,8 +262,9 @@ def _sync_and_report(
 
 def _what_was_committed(report) -> str:
     """The honest last line of a sync that failed somewhere."""
-    applied = [line for line in report.courses if line.status in ("applied", "unchanged")]
-    others = [line for line in report.courses if line.status not in ("applied", "unchanged")]
+    fine = ("applied", "unchanged", "withdrawn")  # withdrawn (R1): nothing to apply, no failure
+    applied = [line for line in report.courses if line.status in fine]
+    others = [line for line in report.courses if line.status not in fine]
     if not report.courses:
         return "the sync failed before any course was applied: nothing was committed"
     if report.dry_run:

@@ -21,7 +21,11 @@ from sync_assets.defs.sync.partitions import (
     course_chunks,
     course_partitions,
 )
-from sync_assets.defs.sync.sensors import apply_partition_update, plan_partition_update
+from sync_assets.defs.sync.sensors import (
+    NOTHING_TO_CHANGE,
+    apply_partition_update,
+    plan_partition_update,
+)
 from sync_assets.runs.courses import course_uuid_argument
 from sync_assets.runs.execution import CodeLocationRuns, FinishedRun
 from sync_assets.runs.report import (
@@ -36,8 +40,13 @@ from sync_assets.sync import fact_names
 __all__ = ["course_uuid_argument"]  # re-exported: where the commands have always found it
 
 
-def prepare_partitions(instance: dg.DagsterInstance, courses: list[str] | None) -> list[str]:
-    """Bring the course partitions up to date; return the keys of those to sync.
+def prepare_partitions(
+    instance: dg.DagsterInstance,
+    courses: list[str] | None,
+    say: Callable[[str], None] = print,
+) -> list[str]:
+    """Bring the course partitions up to date (added, migrated, retired, as the sensor does, and
+    said); return the keys of those to sync.
 
     `courses` may name a course by its uuid or by its partition key.
     """
@@ -48,6 +57,8 @@ def prepare_partitions(instance: dg.DagsterInstance, courses: list[str] | None) 
     ) as built:
         update = plan_partition_update(existing, built.partners_api, built.platform_database)
         apply_partition_update(instance, update, built.io_manager)
+    if update.describe() != NOTHING_TO_CHANGE:
+        say(f"Course partitions: {update.describe()}")
     partitions = list(instance.get_dynamic_partitions(course_partitions.name))
     if not courses:
         return partitions

@@ -194,6 +194,14 @@ def format_report(report: SyncReport) -> str:
         out.append(f"Unknown courses (R1), not synced ({len(report.unknown_courses)}):")
         out += [f"  {course['uuid']}  {course['title']}" for course in report.unknown_courses]
     out += _linking_problems(report)
+    withdrawn = [line for line in report.courses if line.status == fact_names.STATUS_WITHDRAWN]
+    if withdrawn:
+        courses = counted(len(withdrawn), "known course")
+        out.append(
+            f"Withdrawn (R1): FutureLearn lists no runs for {courses}; nothing synced, "
+            "achievements left as they are:"
+        )
+        out += [f"  {line.partition_key} ({line.course_uuid})" for line in withdrawn]
     notes = [line for line in report.courses if line.note]
     if notes:
         out.append(f"Courses not applied, and why ({len(notes)}):")

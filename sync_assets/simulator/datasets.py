@@ -288,6 +288,21 @@ class GeneratedDataset:
         }
         return Resource(_compact(body), self._etag(membership_uuid, "m"))
 
+    # --- courses come and go --------------------------------------------------------------------
+
+    def withdraw_course(self, course_uuid: str) -> pl.DataFrame:
+        """FutureLearn stops listing a course: its runs leave `course_runs` (their reports answer
+        404). Returns the runs taken away, for `list_runs` to bring back."""
+        withdrawn = self.runs.filter(pl.col("course_uuid") == course_uuid)
+        self.runs = self.runs.filter(pl.col("course_uuid") != course_uuid)
+        self.versions["course_runs"] = self.versions.get("course_runs", 0) + 1
+        return withdrawn
+
+    def list_runs(self, runs: pl.DataFrame) -> None:
+        """FutureLearn lists these runs (again), with the reports it has for them."""
+        self.runs = pl.concat([self.runs, runs.select(self.runs.columns)])
+        self.versions["course_runs"] = self.versions.get("course_runs", 0) + 1
+
     # --- time moves ----------------------------------------------------------------------------
 
     def advance_day(self, change_share: float = 0.05) -> dict[str, int]:

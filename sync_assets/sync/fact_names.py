@@ -18,6 +18,7 @@ STATUS_DRY_RUN = "dry run"
 STATUS_FAILED = "failed"
 STATUS_REFUSED = "refused"
 STATUS_UNCHANGED = "unchanged"
+STATUS_WITHDRAWN = "withdrawn"  # R1: known, but FutureLearn lists no runs for it
 
 # Once per step, on each of its partitions (figures of the step, not of a course).
 API_REQUESTS = "api_requests"
@@ -32,6 +33,7 @@ FAILED_COURSES = "failed_courses"  # on a failed step: {partition key: why}
 
 # course_runs
 UNKNOWN_COURSE_LIST = "unknown_course_list"
+WITHDRAWN_COURSE_LIST = "withdrawn_course_list"  # known, FutureLearn lists no runs (R1)
 
 # enrolments, per course
 RUNS = "runs"

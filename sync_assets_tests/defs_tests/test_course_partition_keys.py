@@ -108,6 +108,28 @@ def test_bare_uuid_partitions_get_readable_keys_once() -> None:
     assert is_bare_uuid(A) and not is_bare_uuid("course-a-3f2a9c1d")
 
 
+def test_partitions_follow_the_known_courses() -> None:
+    """R1: a key is retired only when no known course can be its course; a withdrawn course
+    (known, not listed) keeps its key; a database that knows no course retires nothing."""
+    key_a, key_c = "course-a-3f2a9c1d", "course-c-c0ffee00"
+    withdrawn = partition_changes([key_a, key_c], [A, C], {C: "Course C"}, [C])
+    assert withdrawn.retire == [] and withdrawn.add == {}
+    unmapped = partition_changes([key_a, key_c], [C], {A: "Course A", C: "Course C"}, [A, C])
+    assert unmapped.retire == [key_a] and unmapped.add == {}
+    # B is known and shares A's first 8 digits: A's old key may still name a known course, and
+    # is kept, whether A is known too or not.
+    assert partition_changes([key_a], [A, B], {}, [A, B]).retire == []
+    assert partition_changes([key_a], [B], {}, [A, B]).retire == []
+    assert partition_changes([key_a, "no-digits"], [], {}, [A]).retire == []
+    assert partition_changes([key_a, "no-digits"], [C], {}, [A, C]).retire == [key_a, "no-digits"]
+    # A bare-uuid partition of a course no longer known is retired, not migrated.
+    bare = partition_changes([A, key_c], [C], {A: "Course A"}, [A, C])
+    assert bare.retire == [A] and bare.replace == {} and bare.add == {}
+    # A new known course: its key is added, and it is new (not a migration's).
+    added = partition_changes([key_c], [A, C], {A: "Course A"}, [A, C])
+    assert added.new_courses == added.add == {key_a: A}
+
+
 # The instance's partitions and the stored outputs are the whole check: the platform database
 # only takes the sync's writes, as in every other sync test on PostgreSQL.
 @sqlite_only

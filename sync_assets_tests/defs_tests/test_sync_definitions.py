@@ -41,8 +41,17 @@ def test_sensor_adds_a_readable_partition_per_known_course(world: World) -> None
     ):
         result = course_partitions_sensor(context)
         known = set(world.dataset.runs["course_uuid"]) & CATALOGUE
-        assert isinstance(result, dg.SkipReason)
-        assert result.skip_message == f"{len(known)} course partitions added"
+        # Requested, with a run for them, for the daemon to apply and launch at once.
+        assert isinstance(result, dg.SensorResult)
+        assert not instance.get_dynamic_partitions(course_partitions.name)
+        [add] = result.dynamic_partitions_requests
+        assert isinstance(add, dg.AddDynamicPartitionsRequest) and len(add.partition_keys) == len(
+            known
+        )
+        [run] = result.run_requests
+        assert run.tags["dagster/asset_partition_range_start"] == sorted(add.partition_keys)[0]
+        assert run.tags["dagster/asset_partition_range_end"] == sorted(add.partition_keys)[-1]
+        instance.add_dynamic_partitions(course_partitions.name, list(add.partition_keys))
         keys = instance.get_dynamic_partitions(course_partitions.name)
         titles = course_titles(world.dataset.runs)
         mapping = CourseKeys.resolve(keys, world.dataset.runs["course_uuid"]).uuid_of_key

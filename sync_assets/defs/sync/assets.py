@@ -107,7 +107,12 @@ def course_runs(
                 [{"uuid": uuid, "title": title} for uuid, title in unknown.iter_rows()]
             ),
             "not_modified": fetched.not_modified,
-            "course_partitions": dg.MetadataValue.md(partition_table(partitions, runs)),
+            "course_partitions": dg.MetadataValue.md(
+                partition_table(partitions, runs, fetched.known)
+            ),
+            fact_names.WITHDRAWN_COURSE_LIST: dg.MetadataValue.json(
+                [{"uuid": uuid, "title": title} for uuid, title in fetched.withdrawn().items()]
+            ),
             fact_names.QUARANTINED: dg.MetadataValue.json(
                 steps.quarantine_reasons(fetched.quarantine)
             ),
@@ -167,7 +172,12 @@ def enrolments(
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
 ):
-    step = CourseStep(context, course_runs, stale_inputs=("course_runs",))
+    step = CourseStep(
+        context,
+        course_runs,
+        known=steps.known_courses(platform_database.engine),
+        stale_inputs=("course_runs",),
+    )
     skip_if_reports = (
         steps.courses_to_skip(platform_database.engine, course_runs, step.courses)
         if config.skip_unchanged
@@ -268,11 +278,13 @@ def latest_enrolments(
     enrolments: StoredOutcomes,
     linked_memberships: StoredOutcomes,
     course_runs: pl.DataFrame,
+    platform_database: PlatformDatabase,
 ):
     step = CourseStep(
         context,
         course_runs,
         {"enrolments": enrolments, "linked_memberships": linked_memberships},
+        known=steps.known_courses(platform_database.engine),  # which courses are withdrawn
         stale_inputs=("course_runs", "enrolments"),
     )
     step.record(
@@ -346,6 +358,7 @@ def activity_progress(
             "latest_enrolments": latest_enrolments,
             "linked_memberships": linked_memberships,
         },
+        known=steps.known_courses(platform_database.engine),
         stale_inputs=("course_runs", "enrolments"),
     )
     breaker = steps.CircuitBreaker(

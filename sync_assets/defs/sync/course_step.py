@@ -65,9 +65,16 @@ UNSTAMPED = (
     "fresh data (the job futurelearn_sync for its partition)"
 )
 WITHDRAWN = (
-    "no course FutureLearn lists now has a uuid starting with this key's suffix (the course was "
-    "withdrawn, or its digits are ambiguous)"
+    "withdrawn: FutureLearn lists no runs for it; nothing synced, achievements left as they are"
 )
+NOT_KNOWN = (
+    "no course the platform knows has a uuid starting with this key's suffix (the course stopped "
+    "being known: its partition is retired at the next check of the course partitions; or its "
+    "digits are ambiguous)"
+)
+
+
+WITHDRAWN_FACTS = {fact_names.STATUS: fact_names.STATUS_WITHDRAWN, fact_names.NOTE: WITHDRAWN}
 
 
 class CourseStep:
@@ -84,11 +91,16 @@ class CourseStep:
         course_runs: pl.DataFrame | None,
         inputs: Mapping[str, StoredOutcomes] | None = None,
         *,
+        known: Mapping[str, str] | None = None,
         stale_inputs: tuple[str, ...] = (),
     ) -> None:
         """`course_runs` None: for a step that needs no more of a course than its report (linking
         matches memberships, whichever course they are in): each key's course is the one its
-        stored report is stamped with, and its partitions show no course uuid or title."""
+        stored report is stamped with, and its partitions show no course uuid or title.
+
+        `known`: every course the platform knows (uuid → title, `steps.known_courses`), with
+        `course_runs`: a known course FutureLearn lists no runs for is withdrawn, not synced
+        and not failed (R1)."""
         self._context = context
         partition_keys = sorted(context.partition_keys)
         for key, notes in report_stale_inputs(context, stale_inputs, partition_keys).items():
@@ -97,10 +109,11 @@ class CourseStep:
         named = (
             _named_by_stamps(partition_keys, next(iter(inputs.values())))
             if course_runs is None
-            else _named_by_runs(partition_keys, course_runs)
+            else _named_by_runs(partition_keys, course_runs, known or {})
         )
         self._uuid_of, self._key_of, self._titles = named.uuid_of, named.key_of, named.titles
         self._named_by_uuid, self._unresolved = named.shown, named.unresolved
+        self._withdrawn = named.withdrawn
         # What an earlier step failed or left unchanged is passed on, not given to this step.
         self._upstream_failed: dict[str, str] = {}
         for stored in inputs.values():
@@ -112,7 +125,7 @@ class CourseStep:
             for key in stored.unchanged()
             if key not in self._upstream_failed
         }
-        passed_on = self._upstream_failed.keys() | self._upstream_unchanged
+        passed_on = self._upstream_failed.keys() | self._upstream_unchanged | self._withdrawn
         # In partition key order (by title), as the courses are shown and written.
         self.courses = list(
             dict.fromkeys(
@@ -160,6 +173,9 @@ class CourseStep:
         for key, uuid in sorted(self._uuid_of.items()):
             if key in self._upstream_failed:
                 self._record(key, Failed(self._upstream_failed[key]))
+            elif key in self._withdrawn:
+                # Stored as "unchanged": its last data stays, and no later step reads it.
+                self._record(key, Unchanged(WITHDRAWN_FACTS))
             elif key in self._upstream_unchanged:
                 self._record(key, Unchanged())
             elif uuid is None:
@@ -199,7 +215,7 @@ class CourseStep:
                 self.failed[key] = outcome.reason
                 log = self._context.log.warning if outcome.expected else self._context.log.error
                 log(f"course {key}: {outcome.reason}")
-        else:
+        elif key not in self._withdrawn:
             shown |= {
                 fact_names.STATUS: fact_names.STATUS_UNCHANGED,
                 fact_names.NOTE: UNCHANGED_NOTE,
@@ -235,17 +251,26 @@ class _Named:
     titles: dict[str, str]  # course uuid → title now
     shown: bool  # the uuid and title go on each partition's metadata
     unresolved: str  # why a key that names no course fails
+    withdrawn: frozenset[str] = frozenset()  # keys of known courses FutureLearn lists no runs for
 
 
-def _named_by_runs(partition_keys: list[str], course_runs: pl.DataFrame) -> _Named:
-    """Each key's course among those FutureLearn lists (see `partitions`)."""
-    keys = CourseKeys.resolve(
-        partition_keys,
-        course_runs["course_uuid"].unique(),
-        known=set(course_runs.filter("known")["course_uuid"]),
-    )
-    uuid_of = {key: keys.uuid(key) for key in partition_keys}
-    return _Named(uuid_of, keys.key_of_uuid, course_titles(course_runs), True, WITHDRAWN)
+def _named_by_runs(
+    partition_keys: list[str], course_runs: pl.DataFrame, known: Mapping[str, str]
+) -> _Named:
+    """Each key's course among those FutureLearn lists or the platform knows (see
+    `partitions`); a key naming a course the platform does not know names none."""
+    listed = set(course_runs["course_uuid"])
+    known_uuids = set(course_runs.filter("known")["course_uuid"]) | set(known)
+    keys = CourseKeys.resolve(partition_keys, listed | known_uuids, known_uuids)
+    uuid_of = {
+        key: uuid if uuid in known_uuids else None
+        for key in partition_keys
+        for uuid in [keys.uuid(key)]
+    }
+    withdrawn = frozenset(key for key, uuid in uuid_of.items() if uuid and uuid not in listed)
+    key_of = {uuid: key for uuid, key in keys.key_of_uuid.items() if uuid in known_uuids}
+    titles = {**known, **course_titles(course_runs)}  # a withdrawn course: its activity's title
+    return _Named(uuid_of, key_of, titles, True, NOT_KNOWN, withdrawn)
 
 
 def _named_by_stamps(partition_keys: list[str], reports: StoredOutcomes) -> _Named:
@@ -255,11 +280,17 @@ def _named_by_stamps(partition_keys: list[str], reports: StoredOutcomes) -> _Nam
     return _Named(uuid_of, key_of, {}, False, UNSTAMPED)
 
 
-def partition_table(partition_keys: list[str], course_runs: pl.DataFrame) -> str:
+def partition_table(
+    partition_keys: list[str], course_runs: pl.DataFrame, known: Mapping[str, str]
+) -> str:
     """Markdown: each course partition's key, course uuid and title now, by title."""
-    named = _named_by_runs(partition_keys, course_runs)
+    named = _named_by_runs(partition_keys, course_runs, known)
     rows = sorted(
-        (named.titles.get(uuid or "", ""), key, uuid or "(no such course now)")
+        (
+            named.titles.get(uuid or "", ""),
+            key,
+            f"{uuid} (withdrawn)" if key in named.withdrawn else uuid or "(no such course now)",
+        )
         for key, uuid in named.uuid_of.items()
     )
     lines = ["| title | partition key | course uuid |", "| --- | --- | --- |"]

@@ -8,8 +8,12 @@ title is shown beside the key in the metadata.
 
 Nothing else stores the mapping: a key's course is the one course whose uuid starts with the
 key's hex suffix. The suffix is 8 digits, longer when another course's uuid shares them, so a
-key names one course among all courses FutureLearn lists. A bare uuid (the keys of earlier
-versions, until `migrate` replaces them) names itself.
+key names one course among all courses FutureLearn lists or the platform knows. A bare uuid (the
+keys of earlier versions, until `migrate` replaces them) names itself.
+
+Courses come and go (R1): a known course FutureLearn stops listing keeps its partition (it is
+withdrawn: nothing to sync, nothing failed); a course the platform stops knowing has its
+partition retired.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import re
 import unicodedata
 import uuid as uuid_module
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
 
@@ -150,10 +154,26 @@ class CourseKeys:
 
 @dataclass(frozen=True)
 class PartitionChanges:
-    """What bringing the course partitions up to date does: add keys, replace bare-uuid keys."""
+    """What bringing the course partitions up to date does: add keys for newly known courses,
+    replace bare-uuid keys, retire the keys of courses no longer known (R1)."""
 
     add: dict[str, str]  # new key → course uuid
     replace: dict[str, str]  # bare-uuid key → its new key
+    retire: list[str] = field(default_factory=list)  # keys whose course is no longer known
+
+    @property
+    def new_courses(self) -> dict[str, str]:
+        """The keys added for courses that had none (not those replacing a bare uuid)."""
+        replacing = set(self.replace.values())
+        return {key: course for key, course in self.add.items() if key not in replacing}
+
+
+def names_a_known_course(key: str, known: UuidPrefixes) -> bool:
+    """Whether some known course could be the key's: a course is retired only when none can."""
+    if is_bare_uuid(key):
+        return bool(known.matching(_hex(key)))
+    suffix = key_suffix(key)
+    return bool(re.fullmatch(r"[0-9a-f]{8,32}", suffix)) and bool(known.matching(suffix))
 
 
 def partition_changes(
@@ -162,21 +182,33 @@ def partition_changes(
     titles: Mapping[str, str],
     every_course_uuid: Collection[str],
 ) -> PartitionChanges:
-    """Keys to add for known courses without one, and readable keys for bare-uuid partitions.
+    """Keys to add for known courses FutureLearn lists without one, readable keys for bare-uuid
+    partitions, and the keys to retire: those no known course has any more.
 
+    `known_course_uuids` is every course the platform knows, listed or not (a known course
+    FutureLearn lists no runs for keeps its partition: it is withdrawn, not retired);
     `titles` gives each course's title now (the slug is taken from it once, here);
     `every_course_uuid` is every course FutureLearn lists, known or not, so that a suffix is
     unique among all of them.
     """
-    known = set(known_course_uuids)
-    every = UuidPrefixes(every_course_uuid)
+    known = {uuid.lower() for uuid in known_course_uuids}
+    listed = {uuid.lower() for uuid in every_course_uuid}
+    # No course known at all is a wrong or empty database far more often than every course
+    # unmapped at once: nothing is retired on its word.
+    retire = (
+        sorted(key for key in existing_keys if not names_a_known_course(key, UuidPrefixes(known)))
+        if known
+        else []
+    )
+    kept = [key for key in existing_keys if key not in set(retire)]
+    every = UuidPrefixes(listed | known)
     readable = CourseKeys.resolve(
-        [key for key in existing_keys if not is_bare_uuid(key)], every_course_uuid, known
+        [key for key in kept if not is_bare_uuid(key)], listed | known, known
     )
     keyed = set(readable.uuid_of_key.values())
     add: dict[str, str] = {}
     replace: dict[str, str] = {}
-    for key in sorted(existing_keys):
+    for key in sorted(kept):
         if not is_bare_uuid(key):
             continue
         course = key.lower()
@@ -186,6 +218,6 @@ def partition_changes(
         if course not in keyed:
             add[new_key] = course
             keyed.add(course)
-    for course in sorted(known - keyed):
+    for course in sorted((known & listed) - keyed):
         add[new_partition_key(course, titles.get(course, ""), every)] = course
-    return PartitionChanges(add=add, replace=replace)
+    return PartitionChanges(add=add, replace=replace, retire=retire)

@@ -9,7 +9,12 @@ writes in `platform/sync_store`. The Dagster assets are declarations over these
 names below are what those callers use.
 """
 
-from sync_assets.sync.steps.course_runs import COURSE_RUNS_SCHEMA, course_titles, fetch_course_runs
+from sync_assets.sync.steps.course_runs import (
+    COURSE_RUNS_SCHEMA,
+    course_titles,
+    fetch_course_runs,
+    known_courses,
+)
 from sync_assets.sync.steps.enrolments import (
     COURSE_UUID,
     QuarantinePolicy,
@@ -45,6 +50,7 @@ __all__ = [
     "courses_to_skip",
     "fetch_course_runs",
     "fetch_enrolments",
+    "known_courses",
     "latest_outcomes",
     "link_memberships",
     "plan_course",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 from sqlalchemy.engine import Engine
@@ -26,9 +26,17 @@ class CourseRuns:
     runs: pl.DataFrame  # COURSE_RUNS_SCHEMA: every run, with whether its course is known
     quarantine: pl.DataFrame
     not_modified: bool
+    # Every course the platform knows (R1), listed or not: uuid → its activity's title.
+    known: dict[str, str] = field(default_factory=dict)
 
     def known_course_uuids(self) -> list[str]:
+        """The known courses FutureLearn lists runs of."""
         return sorted(set(self.runs.filter("known")["course_uuid"]))
+
+    def withdrawn(self) -> dict[str, str]:
+        """R1: the known courses FutureLearn lists no runs for, with their activities' titles."""
+        listed = set(self.runs["course_uuid"])
+        return {uuid: title for uuid, title in sorted(self.known.items()) if uuid not in listed}
 
     def unknown_courses(self, ignored: Iterable[str] = ()) -> pl.DataFrame:
         """R1: each unknown course with the title of its first run, less the ignored ones."""
@@ -62,7 +70,18 @@ async def fetch_course_runs(client: PartnersApiClient, engine: Engine) -> Course
         .with_columns(known=pl.col("activity_id").is_not_null())
         .select(list(COURSE_RUNS_SCHEMA))
     )
-    return CourseRuns(runs, fetched.quarantine, fetched.not_modified)
+    return CourseRuns(runs, fetched.quarantine, fetched.not_modified, known_titles(known))
+
+
+def known_titles(known: pl.DataFrame) -> dict[str, str]:
+    """Each known course (R1) and its activity's title (what a withdrawn course is called)."""
+    return {uuid: title or "" for uuid, title in known.select("course_uuid", "title").iter_rows()}
+
+
+def known_courses(engine: Engine) -> dict[str, str]:
+    """Every course the platform knows (R1), listed by FutureLearn or not, and its title."""
+    with engine.connect() as connection:
+        return known_titles(sync_store.known_courses(connection))
 
 
 def activities_of(runs: pl.DataFrame) -> dict[str, str]:
