@@ -318,8 +318,12 @@ class GeneratedDataset:
         learners = enrolments["learner"].unique().sort().to_numpy()
         movers = rng.choice(learners, size=int(len(learners) * change_share), replace=False)
         # One enrolment of each mover changes; one in ten of those leaves instead of progressing.
+        # Enrolments on runs no longer listed (a withdrawn course) stay as they are.
+        listed = pl.col("run_uuid").is_in(self.runs["run_uuid"].implode())
         chosen = (
-            enrolments.filter(pl.col("learner").is_in(movers) & (pl.col("status") == "active"))
+            enrolments.filter(
+                pl.col("learner").is_in(movers) & (pl.col("status") == "active") & listed
+            )
             .group_by("learner")
             .agg(pl.col("_row").min())["_row"]
             .to_numpy()
@@ -333,6 +337,7 @@ class GeneratedDataset:
                     "run_uuid", (pl.col("weeks_count") * STEPS_PER_WEEK).alias("weeks_count_total")
                 ),
                 on="run_uuid",
+                how="left",
             )
             .with_columns(
                 _gain=pl.lit(pl.Series(rng.integers(1, 10, enrolments.height))),
