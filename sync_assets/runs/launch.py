@@ -68,8 +68,8 @@ def prepare_partitions(
     if unknown:
         raise ConfigurationError(
             "--course",
-            "neither a course partition key nor the uuid of a known course with runs on "
-            f"FutureLearn (R1): {', '.join(unknown)}",
+            "neither a course partition key nor the uuid of a known course with a partition "
+            f"(R1: one FutureLearn has listed runs of): {', '.join(unknown)}",
         )
     wanted = set(chosen.values())
     return [key for key in partitions if key in wanted]

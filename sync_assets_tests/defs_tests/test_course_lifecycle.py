@@ -101,6 +101,11 @@ def test_a_withdrawn_course_is_reported_not_failed_and_its_achievements_stay(
             ),
             limit=1,
         ).records
+        [runs] = instance.fetch_materializations(dg.AssetKey("course_runs"), limit=1).records
+    listed = runs.asset_materialization.metadata["withdrawn_course_list"].value
+    # Every known course FutureLearn lists no runs for (the catalogue has more than it lists).
+    assert course in [entry["uuid"] for entry in listed]
+    assert not {entry["uuid"] for entry in listed} & set(world.dataset.runs["course_uuid"])
     metadata = record.asset_materialization.metadata
     assert metadata["status"].value == "withdrawn"
     assert metadata["course_uuid"].value == course
@@ -216,4 +221,5 @@ def test_the_sensor_requests_new_partitions_with_a_run_and_retires_unknown_ones(
     [failure] = [event for event in queued.all_events if event.is_step_failure]
     assert failure.step_key == "enrolments"
     message = failure.step_failure_data.error.message
-    assert "Nonexistent partition keys" in message and retired in message
+    assert f"Nonexistent partition keys: ['{retired}']" in message
+    assert "retired after the run was queued" in message

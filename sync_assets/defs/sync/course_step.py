@@ -102,7 +102,7 @@ class CourseStep:
         `course_runs`: a known course FutureLearn lists no runs for is withdrawn, not synced
         and not failed (R1)."""
         self._context = context
-        partition_keys = sorted(context.partition_keys)
+        partition_keys = _partition_keys(context)
         for key, notes in report_stale_inputs(context, stale_inputs, partition_keys).items():
             add_partition_metadata(context, notes, key)
         inputs = inputs or {}
@@ -240,6 +240,19 @@ class CourseStep:
                 + "; ".join(f"{key}: {why}" for key, why in sorted(failed.items())),
                 metadata={fact_names.FAILED_COURSES: dg.MetadataValue.json(dict(failed))},
             )
+
+
+def _partition_keys(context: dg.AssetExecutionContext) -> list[str]:
+    """The run's course partitions; a run queued before one of them was retired (its course no
+    longer known, R1) fails here, saying so."""
+    try:
+        return sorted(context.partition_keys)
+    except dg.DagsterInvalidInvocationError as error:
+        raise dg.Failure(
+            description=" ".join(str(error).split())
+            + " A course partition of this run was retired after the run was queued: its course "
+            "is no longer known to the platform (R1), so there is nothing to sync for it."
+        ) from None
 
 
 @dataclass(frozen=True)

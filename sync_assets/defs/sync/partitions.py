@@ -191,8 +191,8 @@ def partition_changes(
     `every_course_uuid` is every course FutureLearn lists, known or not, so that a suffix is
     unique among all of them.
     """
-    known = {uuid.lower() for uuid in known_course_uuids}
-    listed = {uuid.lower() for uuid in every_course_uuid}
+    known = set(known_course_uuids)
+    listed = set(every_course_uuid)
     # No course known at all is a wrong or empty database far more often than every course
     # unmapped at once: nothing is retired on its word.
     retire = (
