@@ -144,8 +144,8 @@ def _platform_users(dataset: GeneratedDataset, cast: Cast, final: bool) -> pl.Da
     """The platform's users before the first night, or after the last (`final`)."""
     emails = {cast.joiner["id"]: f"before.{cast.joiner['id']}@old.example.org"}
     if final:
-        # The mover's membership was linked by the email they had then, once (R2); a
-        # recomputation from scratch can only make that link from that email.
+        # The joiner has the email they were invited with. The mover keeps theirs: their links
+        # were made with it, once (R2), and a recomputation can only make them from it.
         emails = {cast.joiner["id"]: cast.joiner["external_learner_id"].upper()}
     forgotten = [cast.forgotten["id"]] if final else []
     return dataset.users.with_columns(
