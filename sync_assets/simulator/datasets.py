@@ -318,8 +318,12 @@ class GeneratedDataset:
         learners = enrolments["learner"].unique().sort().to_numpy()
         movers = rng.choice(learners, size=int(len(learners) * change_share), replace=False)
         # One enrolment of each mover changes; one in ten of those leaves instead of progressing.
+        # Enrolments on runs no longer listed (a withdrawn course) stay as they are.
+        listed = pl.col("run_uuid").is_in(self.runs["run_uuid"].implode())
         chosen = (
-            enrolments.filter(pl.col("learner").is_in(movers) & (pl.col("status") == "active"))
+            enrolments.filter(
+                pl.col("learner").is_in(movers) & (pl.col("status") == "active") & listed
+            )
             .group_by("learner")
             .agg(pl.col("_row").min())["_row"]
             .to_numpy()
@@ -333,6 +337,7 @@ class GeneratedDataset:
                     "run_uuid", (pl.col("weeks_count") * STEPS_PER_WEEK).alias("weeks_count_total")
                 ),
                 on="run_uuid",
+                how="left",
             )
             .with_columns(
                 _gain=pl.lit(pl.Series(rng.integers(1, 10, enrolments.height))),
@@ -375,6 +380,71 @@ class GeneratedDataset:
             "new_memberships": new_memberships.height,
             "changed_reports": len(changed_runs),
         }
+
+    # --- courses are renamed and new ones appear ------------------------------------------------
+
+    def rename_course(self, course_uuid: str, title: str) -> None:
+        """The course's runs are listed under a new title."""
+        ours = pl.col("course_uuid") == course_uuid
+        self.courses = self.courses.with_columns(
+            title=pl.when(ours).then(pl.lit(title)).otherwise("title")
+        )
+        self.runs = self.runs.with_columns(
+            title=pl.when(ours).then(pl.lit(title)).otherwise("title")
+        )
+        self._runs_changed(self.runs.filter(ours)["run_uuid"])
+
+    def add_course(self, title: str, learners: int) -> str:
+        """A new known course with one run that started a week ago, on which `learners` existing
+        learners enrolled (each through their first membership). Returns its uuid; the platform
+        side (its activity) is the caller's to add."""
+        rng = np.random.default_rng([self.seed, self.day, 1])
+        course_uuid, run_uuid = _uuids(rng, 2).to_list()
+        start = self.today - timedelta(days=7)
+        weeks = 4
+        self.courses = pl.concat(
+            [
+                self.courses,
+                pl.DataFrame(
+                    [(course_uuid, title, True)], schema=self.courses.schema, orient="row"
+                ),
+            ]
+        )
+        run = pl.DataFrame(
+            {
+                "run_uuid": [run_uuid],
+                "course_uuid": [course_uuid],
+                "title": [title],
+                "start_time": pl.Series([start], dtype=UTC_TIME),
+                "weeks_count": [weeks],
+            }
+        )
+        self.runs = pl.concat([self.runs, run.select(self.runs.columns).cast(self.runs.schema)])
+        first = self.memberships.group_by("learner", maintain_order=True).first().head(learners)
+        steps = rng.integers(0, weeks * STEPS_PER_WEEK + 1, first.height)
+        enrolments = pl.DataFrame(
+            {
+                "run_uuid": [run_uuid] * first.height,
+                "membership_uuid": first["membership_uuid"],
+                "status": ["active"] * first.height,
+                "activated_at": pl.Series(
+                    [start + timedelta(hours=1)] * first.height, dtype=UTC_TIME
+                ),
+                "deactivated_at": pl.Series([None] * first.height, dtype=UTC_TIME),
+                "steps_completed_count": steps,
+                "steps_completed_ratio": steps / (weeks * STEPS_PER_WEEK),
+                "learner": first["learner"],
+            }
+        )
+        self.enrolments = pl.concat([self.enrolments, enrolments.cast(self.enrolments.schema)])
+        self._runs_changed(run["run_uuid"])
+        return course_uuid
+
+    def _runs_changed(self, run_uuids: pl.Series) -> None:
+        # The runs list and each run's report change ETag, as their bodies did.
+        for key in ["course_runs", *run_uuids.to_list()]:
+            self.versions[key] = self.versions.get(key, 0) + 1
+        self._reports = None
 
     def _new_enrolments(
         self, rng: np.random.Generator, count: int
