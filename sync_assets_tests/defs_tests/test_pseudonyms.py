@@ -76,7 +76,11 @@ def pseudonyms_by_run() -> list[set[str]]:
 
 
 @sqlite_only
-def test_after_two_syncs_no_store_holds_a_plain_hash_of_a_user_id_nor_the_key(world: World) -> None:
+def test_after_two_syncs_no_store_holds_a_plain_hash_of_a_user_id_nor_the_key(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the per-partition previews (opt-in), which name users: by pseudonym only.
+    monkeypatch.setenv("SYNC_ASSETS_PARTITION_PREVIEWS", "1")
     assert world.sync().exit_code == 0
     world.simulator.advance_day()  # the reports change: the courses are synced again
     assert world.sync().exit_code == 0
