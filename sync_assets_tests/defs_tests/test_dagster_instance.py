@@ -39,6 +39,13 @@ def _materialise(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     )
 
 
+def assert_ticks_are_purged(instance: dg.DagsterInstance) -> None:
+    """Tick history does not grow for ever: what the daemon purges, and after how many days."""
+    retention = instance.get_settings("retention")
+    assert retention["schedule"] == {"purge_after_days": 90}
+    assert retention["sensor"] == {"purge_after_days": {"skipped": 7, "success": 90, "failure": 90}}
+
+
 def test_local_instance_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
@@ -49,6 +56,7 @@ def test_local_instance_config(
     shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        assert_ticks_are_purged(instance)
         result = _materialise(instance)
         assert result.success
         event = instance.get_latest_materialization_event(dg.AssetKey("known_course_count"))
@@ -79,6 +87,7 @@ def test_postgres_instance_config(
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert_ticks_are_purged(instance)
         result = _materialise(instance)
         assert result.success
     # The run and its materialisation are in PostgreSQL, not in a file under DAGSTER_HOME.

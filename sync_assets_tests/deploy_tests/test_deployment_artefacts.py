@@ -963,3 +963,13 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code < 500
     except httpx.HTTPError:
         return False
+
+
+def test_tick_history_is_purged_alike_in_compose_and_helm() -> None:
+    """The daemon purges old ticks in both deployments, after the same number of days."""
+    instance = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["retention"]
+    chart = helm_values()["retention"]
+    assert chart["enabled"] is True
+    assert chart["schedule"]["purgeAfterDays"] == instance["schedule"]["purge_after_days"] > 0
+    assert chart["sensor"]["purgeAfterDays"] == instance["sensor"]["purge_after_days"]
+    assert all(days > 0 for days in instance["sensor"]["purge_after_days"].values())
