@@ -19,6 +19,7 @@ from sync_assets.platform.demo_catalogue import (
     seed_users,
 )
 from sync_assets.settings import (
+    MAX_RETENTION_DAYS,
     ConfigurationError,
     check_settings,
     data_dir,
@@ -491,7 +492,7 @@ def explain(course: str, user_id: str, fresh: bool, as_json: bool) -> None:
     "--older-than",
     "days",
     required=True,
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_RETENTION_DAYS),
     help="Delete the history of runs that finished more than DAYS days ago",
     metavar="DAYS",
 )

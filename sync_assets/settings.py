@@ -192,9 +192,17 @@ def courses_per_run() -> int | None:
     return _positive("SYNC_ASSETS_COURSES_PER_RUN", int, None)
 
 
+MAX_RETENTION_DAYS = 36_500  # a century: beyond it the cutoff date cannot be computed
+
+
 def retention_days() -> int:
     """SYNC_ASSETS_RETENTION_DAYS: run history older than this many days is pruned weekly."""
-    return _positive("SYNC_ASSETS_RETENTION_DAYS", int, 90)
+    days = _positive("SYNC_ASSETS_RETENTION_DAYS", int, 90)
+    if days > MAX_RETENTION_DAYS:
+        raise ConfigurationError(
+            "SYNC_ASSETS_RETENTION_DAYS", f"at most {MAX_RETENTION_DAYS:,} days, got {days:,}"
+        )
+    return days
 
 
 PARTITION_PREVIEWS = "SYNC_ASSETS_PARTITION_PREVIEWS"

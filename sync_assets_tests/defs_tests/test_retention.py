@@ -218,6 +218,7 @@ def test_the_weekly_schedule_prunes_with_the_default_retention(world: World) -> 
     [
         ("SYNC_ASSETS_RETENTION_DAYS", "0", "must be positive"),
         ("SYNC_ASSETS_RETENTION_DAYS", "ninety", "expected a number"),
+        ("SYNC_ASSETS_RETENTION_DAYS", "99999999999", "at most 36,500 days"),
         ("SYNC_ASSETS_PARTITION_PREVIEWS", "maybe", "expected 1 or 0"),
     ],
 )
