@@ -26,10 +26,20 @@ from sync_assets.defs import pools
 from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.retries import retry_if_transient, transient_errors_retried
 from sync_assets.defs.storage import StoredOutcomes
+from sync_assets.defs.sync.changes import (
+    COURSES_NOT_RUN,
+    check_scope,
+    checked_progress,
+    night_metadata,
+)
 from sync_assets.defs.sync.columns import asset_column_schema
 from sync_assets.defs.sync.course_step import CourseStep, api_metadata, partition_table
 from sync_assets.defs.sync.metadata import frame_metadata
-from sync_assets.defs.sync.partitions import course_partitions, first_run_of_night
+from sync_assets.defs.sync.partitions import (
+    course_partitions,
+    first_run_of_night,
+    run_partition_keys,
+)
 from sync_assets.error_text import error_line
 from sync_assets.markdown import markdown_text
 from sync_assets.partners_api.client import run
@@ -85,19 +95,35 @@ def course_runs(
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
 ):
+    partitions = list(context.instance.get_dynamic_partitions(course_partitions.name))
+    # The nightly check is a run of this asset alone: it checks every course partition.
+    nightly = not context.run.tags.get("dagster/partition") and not context.run.tags.get(
+        "dagster/asset_partition_range_start"
+    )
+    keys = partitions if nightly else run_partition_keys(context.run.tags, partitions)
+    engine = platform_database.engine
+
     async def fetch():
         async with partners_api.client() as client:
-            return await steps.fetch_course_runs(client, platform_database.engine), client.metrics
+            fetched = await steps.fetch_course_runs(client, engine)
+            scope = check_scope(keys, fetched.runs, fetched.known)
+            courses = sorted(set(scope.uuid_of.values()))
+            skip_if = steps.courses_to_skip(engine, fetched.runs, courses)
+            check = await steps.check_courses(client, fetched.runs, courses, skip_if)
+            return fetched, scope, check, client.metrics
 
-    with transient_errors_retried(context):  # it reads the activities' course uuids
-        fetched, metrics = run(fetch())
-    runs = fetched.runs
+    started = time.perf_counter()
+    with transient_errors_retried(context):  # it reads the activities and the courses' states
+        fetched, scope, check, metrics = run(fetch())
+    seconds = time.perf_counter() - started
+    runs = check.on_runs(fetched.runs)
     unknown = fetched.unknown_courses(partners_api.ignored_course_uuids())
     context.log.info(
         f"{counted(runs.height, 'run')} of {counted(runs['course_uuid'].n_unique(), 'course')}; "
-        f"{len(fetched.known_course_uuids())} known, {unknown.height} unknown and not ignored"
+        f"{len(fetched.known_course_uuids())} known, {unknown.height} unknown and not ignored; "
+        f"{counted(len(scope.uuid_of), 'course')} checked: {len(check.changed)} to sync, "
+        f"{len(check.unchanged)} unchanged"
     )
-    partitions = list(context.instance.get_dynamic_partitions(course_partitions.name))
     # The night's partition table and preview: once a night, not in every chunk run (each
     # copy is a row per course in the event log).
     first = first_run_of_night(context.run.tags, partitions)
@@ -106,6 +132,7 @@ def course_runs(
         if first
         else {}
     )
+    verdict = night_metadata(scope, check) if nightly else {}
     yield dg.Output(
         runs,
         metadata={
@@ -123,10 +150,15 @@ def course_runs(
             fact_names.QUARANTINED: dg.MetadataValue.json(
                 steps.quarantine_reasons(fetched.quarantine)
             ),
-            **api_metadata(metrics),
+            **verdict,
+            **api_metadata(metrics, seconds),
             **catalogue,
         },
     )
+    if verdict and verdict[COURSES_NOT_RUN].value:
+        # Progress is as current as the check: what freshness reads (a materialisation) says so
+        # once, for the courses no run is made for.
+        yield checked_progress(verdict[COURSES_NOT_RUN].value)
     yield dg.AssetCheckResult(
         check_name=UNKNOWN_COURSES_CHECK,
         passed=unknown.is_empty(),

@@ -50,6 +50,12 @@ DESCRIPTIONS: dict[str, str] = {
     "synced, unknown ones are reported by the unknown_courses_reported check",
     "activity_id": "The platform activity for the course (activities.future_learn_course_uuid); "
     "null for a course the platform does not know",
+    "report_digest": "SHA-256 of the run's enrolment report as this run's check of the courses "
+    "was served it (null: not checked); the step that reads the report takes it from the HTTP "
+    "cache by this digest instead of asking again",
+    "report_not_modified": "Whether the check's request for the run's report answered 304",
+    "report_error": "Why the check could not have the course's reports (after every retry); "
+    "the course's sync fails with it, without asking again",
     # Enrolment reports
     "membership_uuid": "FutureLearn organisation membership uuid: a learner's membership of the "
     "partner organisation, linked to at most one platform user (R4)",

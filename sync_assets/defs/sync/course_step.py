@@ -120,7 +120,7 @@ class CourseStep:
         named = (
             _named_by_stamps(partition_keys, next(iter(inputs.values())))
             if course_runs is None
-            else _named_by_runs(partition_keys, course_runs, known or {})
+            else named_partitions(partition_keys, course_runs, known or {})
         )
         self._uuid_of, self._key_of, self._titles = named.uuid_of, named.key_of, named.titles
         self._named_by_uuid, self._unresolved = named.shown, named.unresolved
@@ -293,7 +293,7 @@ def _partition_keys(context: dg.AssetExecutionContext) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Named:
+class NamedPartitions:
     """Which course each partition key of a step names, and how that is shown."""
 
     uuid_of: dict[str, str | None]  # partition key → course uuid (None: names no course)
@@ -305,9 +305,9 @@ class _Named:
     no_longer_known: frozenset[str] = frozenset()  # keys of courses the platform stopped knowing
 
 
-def _named_by_runs(
+def named_partitions(
     partition_keys: list[str], course_runs: pl.DataFrame, known: Mapping[str, str]
-) -> _Named:
+) -> NamedPartitions:
     """Each key's course among those FutureLearn lists or the platform knows (see
     `partitions`); a key naming a course the platform does not know names none."""
     listed = set(course_runs["course_uuid"])
@@ -326,21 +326,21 @@ def _named_by_runs(
     )
     key_of = {uuid: key for uuid, key in keys.key_of_uuid.items() if uuid in known_uuids}
     titles = {**known, **course_titles(course_runs)}  # a withdrawn course: its activity's title
-    return _Named(uuid_of, key_of, titles, True, NOT_KNOWN, withdrawn, no_longer_known)
+    return NamedPartitions(uuid_of, key_of, titles, True, NOT_KNOWN, withdrawn, no_longer_known)
 
 
-def _named_by_stamps(partition_keys: list[str], reports: StoredOutcomes) -> _Named:
+def _named_by_stamps(partition_keys: list[str], reports: StoredOutcomes) -> NamedPartitions:
     """Each key's course as its stored report is stamped with (failed or unchanged: none)."""
     uuid_of = {key: reports.stamps(key).get(COURSE_UUID) for key in partition_keys}
     key_of = {uuid: key for key, uuid in uuid_of.items() if uuid}
-    return _Named(uuid_of, key_of, {}, False, UNSTAMPED)
+    return NamedPartitions(uuid_of, key_of, {}, False, UNSTAMPED)
 
 
 def partition_table(
     partition_keys: list[str], course_runs: pl.DataFrame, known: Mapping[str, str]
 ) -> str:
     """Markdown: each course partition's key, course uuid and title now, by title."""
-    named = _named_by_runs(partition_keys, course_runs, known)
+    named = named_partitions(partition_keys, course_runs, known)
     rows = sorted(
         (
             named.titles.get(uuid or "", ""),

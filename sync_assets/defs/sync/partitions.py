@@ -48,6 +48,55 @@ def course_chunks(partition_keys: list[str], per_run: int | None) -> list[list[s
     ]
 
 
+# A night runs at most this many runs of changed courses (each a range of consecutive
+# partitions, plus the chunks SYNC_ASSETS_COURSES_PER_RUN asks for): when the changed courses
+# are scattered wider, the closest ranges are joined and the unchanged courses between them are
+# skipped inside the run (as unchanged) rather than costing a run each.
+MAX_RANGES_PER_NIGHT = 8
+
+
+def run_partition_keys(run_tags: Mapping[str, str], partition_keys: Sequence[str]) -> list[str]:
+    """The course partitions a run covers, from its tags, in the partitions' order: its one
+    partition, its range, or none (a run of `course_runs` alone)."""
+    single = run_tags.get("dagster/partition")
+    if single is not None:
+        return [single] if single in partition_keys else []
+    start = run_tags.get("dagster/asset_partition_range_start")
+    end = run_tags.get("dagster/asset_partition_range_end")
+    if start is None or end is None or start not in partition_keys or end not in partition_keys:
+        return []
+    keys = list(partition_keys)
+    return keys[keys.index(start) : keys.index(end) + 1]
+
+
+def changed_ranges(
+    partition_keys: Sequence[str],
+    changed: Collection[str],
+    per_run: int | None,
+    max_ranges: int = MAX_RANGES_PER_NIGHT,
+) -> list[list[str]]:
+    """Runs covering every changed course: ranges of consecutive partitions (a run covers a
+    range), each cut into chunks of `per_run`. Unchanged courses fall inside a range only when
+    more than `max_ranges` ranges would be needed: the narrowest gaps are joined first."""
+    positions = [i for i, key in enumerate(partition_keys) if key in changed]
+    if not positions:
+        return []
+    spans = [[positions[0], positions[0]]]
+    for position in positions[1:]:
+        if position == spans[-1][1] + 1:
+            spans[-1][1] = position
+        else:
+            spans.append([position, position])
+    while len(spans) > max(1, max_ranges):
+        gap = min(range(len(spans) - 1), key=lambda i: spans[i + 1][0] - spans[i][1])
+        spans[gap : gap + 2] = [[spans[gap][0], spans[gap + 1][1]]]
+    return [
+        chunk
+        for start, end in spans
+        for chunk in course_chunks(list(partition_keys[start : end + 1]), per_run)
+    ]
+
+
 def first_run_of_night(run_tags: Mapping[str, str], partition_keys: Sequence[str]) -> bool:
     """Whether a sync run is the one that records the night's partition table: it covers a
     range from the first course partition (the nightly schedule's and `sync`'s first chunk, or

@@ -9,6 +9,7 @@ writes in `platform/sync_store`. The Dagster assets are declarations over these
 names below are what those callers use.
 """
 
+from sync_assets.sync.steps.changes import ReportCheck, check_courses
 from sync_assets.sync.steps.course_runs import (
     COURSE_RUNS_SCHEMA,
     course_titles,
@@ -44,7 +45,9 @@ __all__ = [
     "CourseInputs",
     "CourseWrite",
     "QuarantinePolicy",
+    "ReportCheck",
     "WriteOptions",
+    "check_courses",
     "choose_latest",
     "course_titles",
     "courses_to_skip",

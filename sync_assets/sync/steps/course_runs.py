@@ -13,11 +13,13 @@ from sync_assets.partners_api.client import (
     PartnersApiClient,
 )
 from sync_assets.platform import sync_store
+from sync_assets.sync.steps.changes import CHECK_SCHEMA, unchecked
 
 COURSE_RUNS_SCHEMA = {
     **contract.COURSE_RUN_SCHEMA,
     "known": pl.Boolean,
     "activity_id": pl.String,
+    **CHECK_SCHEMA,  # each run's report as the night's check was served it (steps/changes.py)
 }
 
 
@@ -68,6 +70,7 @@ async def fetch_course_runs(client: PartnersApiClient, engine: Engine) -> Course
             known.select("course_uuid", "activity_id"), on="course_uuid", how="left"
         )
         .with_columns(known=pl.col("activity_id").is_not_null())
+        .pipe(unchecked)
         .select(list(COURSE_RUNS_SCHEMA))
     )
     return CourseRuns(runs, fetched.quarantine, fetched.not_modified, known_titles(known))

@@ -5,7 +5,7 @@ successful sync and skipped)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,11 +19,13 @@ from sync_assets.partners_api.client import (
     Fetched,
     PartnersApiClient,
     PartnersApiError,
+    RawReport,
     or_failure,
 )
 from sync_assets.platform import change_tracking, sync_store
 from sync_assets.sync import fact_names
 from sync_assets.sync.outcomes import Computed, Failed, Outcome, Unchanged
+from sync_assets.sync.steps import changes
 from sync_assets.sync.steps.course_runs import activities_of
 from sync_assets.wording import counted
 
@@ -92,13 +94,14 @@ async def fetch_enrolments(
         course: list(rows.select("run_uuid", "start_time").iter_rows())
         for (course,), rows in course_runs.partition_by("course_uuid", as_dict=True).items()
     }
+    checked = _checked_reports(course_runs)
     fetched: dict[str, _CourseFetch] = {}
 
     async def one_course(course: str) -> None:
         # Course by course, `concurrency` courses at a time: a skipped course's unparsed pages
         # are dropped as soon as its last report is in.
         fetched[course] = await _fetch_course(
-            client, course, runs_of.get(course, []), skip_if_reports.get(course), policy
+            client, course, runs_of.get(course, []), skip_if_reports.get(course), policy, checked
         )
 
     await client.fan_out(one_course, wanted)
@@ -125,10 +128,15 @@ async def _fetch_course(
     runs: list[tuple[str, datetime]],
     skip_if_fingerprint: str | None,
     policy: QuarantinePolicy | None,
+    checked: _CheckedReports | None = None,
 ) -> _CourseFetch:
-    """One course's reports, each run's requested once: its outcome, and how they were served."""
+    """One course's reports, each run's requested once a night (taken from the cache as this
+    night's check was served them, `checked`): its outcome, and how they were served."""
+    checked = checked or _CheckedReports()
+    if course in checked.errors:  # the check asked, with every retry: not asked again
+        return _CourseFetch(Failed(checked.errors[course]))
     try:
-        fetch = or_failure(client.enrolment_report)
+        fetch = or_failure(checked.or_request(client))
         reports = [await fetch(run) for run, _ in runs]
     except Exception as error:  # anything unforeseen in one course's requests costs it alone
         if isinstance(error, PartnersApiError) and error.fatal:
@@ -165,6 +173,43 @@ async def _fetch_course(
             return _CourseFetch(Failed(why))
     outcome = _course_report(course, parsed, fingerprint, facts, policy)
     return _CourseFetch(outcome, [fetched.quarantine for fetched in parsed], **served)
+
+
+@dataclass(frozen=True)
+class _CheckedReports:
+    """Each run's report as this night's check of the courses was served (`changes`)."""
+
+    digests: Mapping[str, str] = field(default_factory=dict)  # run uuid → digest
+    not_modified: Mapping[str, bool] = field(default_factory=dict)
+    errors: Mapping[str, str] = field(default_factory=dict)  # course → why it failed the check
+
+    def or_request(self, client: PartnersApiClient) -> Callable[[str], Awaitable[RawReport]]:
+        """A run's report from the cache if the check was served it, else requested."""
+
+        async def report(run: str) -> RawReport:
+            digest = self.digests.get(run)
+            if digest is not None:
+                kept = await client.kept_report(
+                    run, digest, not_modified=self.not_modified.get(run, False)
+                )
+                if kept is not None:
+                    return kept
+            return await client.enrolment_report(run)
+
+        return report
+
+
+def _checked_reports(runs: pl.DataFrame) -> _CheckedReports:
+    """What `course_runs` says its check was served (nothing, from a version before the check)."""
+    if changes.REPORT_DIGEST not in runs.columns:
+        return _CheckedReports()
+    checked = runs.filter(pl.col(changes.REPORT_DIGEST).is_not_null())
+    failed = runs.filter(pl.col(changes.REPORT_ERROR).is_not_null())
+    return _CheckedReports(
+        dict(checked.select("run_uuid", changes.REPORT_DIGEST).iter_rows()),
+        dict(checked.select("run_uuid", changes.REPORT_NOT_MODIFIED).iter_rows()),
+        dict(failed.select("course_uuid", changes.REPORT_ERROR).unique().iter_rows()),
+    )
 
 
 def _course_report(

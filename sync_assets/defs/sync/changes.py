@@ -1,0 +1,116 @@
+"""The night's check of the courses, as Dagster sees it (the check itself: sync/steps/changes.py).
+
+`course_runs` checks the courses of its run (every course partition in the nightly check, a run
+of `course_runs` alone; the run's own partitions otherwise). The nightly check lists, in its one
+materialisation, which courses changed (`changed_courses`, what the runs made for the night
+cover) and every course that needs no run, with why (`courses_not_run`: unchanged, withdrawn or
+no longer known): that event is when each was last checked. No per-course event is made for a
+course that needs no run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from sync_assets.defs.sync.course_step import (
+    NO_LONGER_KNOWN,
+    UNCHANGED_NOTE,
+    WITHDRAWN,
+    named_partitions,
+)
+from sync_assets.sync import fact_names
+from sync_assets.sync.steps.changes import ReportCheck
+
+CHANGED_COURSES = "changed_courses"
+COURSES_NOT_RUN = "courses_not_run"
+CHECKED_COURSES = "checked_courses"
+COURSES_CHECKED_CURRENT = "courses_checked_current"
+
+
+@dataclass(frozen=True)
+class CheckScope:
+    """The course partitions a run checks, and which course each names."""
+
+    keys: list[str]  # in the partitions' order
+    uuid_of: dict[str, str]  # partition key → course uuid, for the courses to check
+    not_run: dict[str, tuple[str, str, str]]  # key → (uuid, status, note): nothing to check
+    titles: dict[str, str]  # course uuid → title now
+
+
+def check_scope(
+    keys: Sequence[str], course_runs: pl.DataFrame, known: Mapping[str, str]
+) -> CheckScope:
+    """Each key's course: listed and known (checked), withdrawn or no longer known (not run)."""
+    named = named_partitions(list(keys), course_runs, known)
+    not_run = {
+        key: (uuid or "", status, note)
+        for key, uuid in named.uuid_of.items()
+        for status, note in [
+            (fact_names.STATUS_WITHDRAWN, WITHDRAWN)
+            if key in named.withdrawn
+            else (fact_names.STATUS_NO_LONGER_KNOWN, NO_LONGER_KNOWN)
+            if key in named.no_longer_known
+            else ("", "")
+        ]
+        if status
+    }
+    uuid_of = {
+        key: uuid for key, uuid in named.uuid_of.items() if uuid is not None and key not in not_run
+    }
+    return CheckScope(list(keys), uuid_of, not_run, named.titles)
+
+
+def night_metadata(scope: CheckScope, check: ReportCheck) -> dict[str, Any]:
+    """The nightly check's verdict: the courses to run, and those that need none, with why.
+
+    A key naming no course at all (its partition retired at the next check) needs a run: the
+    run says why it fails."""
+    changed = [
+        key
+        for key in scope.keys
+        if key not in scope.not_run
+        and (key not in scope.uuid_of or scope.uuid_of[key] in check.changed)
+    ]
+    unchanged = {key for key, uuid in scope.uuid_of.items() if uuid in check.unchanged}
+    not_run = [
+        {
+            "partition_key": key,
+            fact_names.COURSE_UUID: uuid,
+            fact_names.COURSE_TITLE: scope.titles.get(uuid, ""),
+            fact_names.STATUS: status,
+            fact_names.NOTE: note,
+        }
+        for key in scope.keys
+        for uuid, status, note in [
+            scope.not_run.get(key)
+            or (scope.uuid_of.get(key, ""), fact_names.STATUS_UNCHANGED, UNCHANGED_NOTE)
+        ]
+        if key in scope.not_run or key in unchanged
+    ]
+    return {
+        CHECKED_COURSES: len(scope.uuid_of),
+        CHANGED_COURSES: dg.MetadataValue.json(changed),
+        COURSES_NOT_RUN: dg.MetadataValue.json(not_run),
+    }
+
+
+def checked_progress(not_run: list[dict[str, Any]]) -> dg.AssetMaterialization:
+    """A materialisation of `activity_progress` for the courses the nightly check found nothing
+    to do for: their progress is as current as the check (what its freshness policy reads; a
+    night of unchanged courses is not late). It names no partition: no course was written."""
+    by_status: dict[str, int] = {}
+    for course in not_run:
+        by_status[course[fact_names.STATUS]] = by_status.get(course[fact_names.STATUS], 0) + 1
+    return dg.AssetMaterialization(
+        asset_key="activity_progress",
+        description="Checked by the nightly check: nothing to apply for these courses",
+        metadata={
+            COURSES_CHECKED_CURRENT: len(not_run),
+            **{f"courses_{status.replace(' ', '_')}": n for status, n in sorted(by_status.items())},
+        },
+    )
