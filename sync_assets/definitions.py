@@ -26,7 +26,8 @@ from sync_assets.defs.retention.jobs import prune_run_history_job
 from sync_assets.defs.retention.schedules import weekly_prune
 from sync_assets.defs.storage import PartitionedParquetIOManager
 from sync_assets.defs.sync.assets import configured, sync_assets_list
-from sync_assets.defs.sync.jobs import futurelearn_sync_job
+from sync_assets.defs.sync.jobs import futurelearn_check_job, futurelearn_sync_job
+from sync_assets.defs.sync.night import changed_courses_sensor
 from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
 from sync_assets.defs.sync.sensors import course_partitions_sensor
 from sync_assets.settings import check_settings, git_code_references
@@ -90,6 +91,7 @@ def build_definitions() -> dg.Definitions:
     defs = dg.Definitions(
         assets=with_code_references(configured(sync_assets_list)),
         jobs=[
+            futurelearn_check_job,
             futurelearn_sync_job,
             certificate_job,
             daily_certificates_job,
@@ -100,6 +102,7 @@ def build_definitions() -> dg.Definitions:
         schedules=[nightly_futurelearn_sync, daily_certificates, weekly_prune],
         sensors=[
             course_partitions_sensor,
+            changed_courses_sensor,
             completion_events_sensor,
             *(sensor for sensor in alerts if sensor is not None),
         ],

@@ -12,7 +12,7 @@ the assets' adapter, sync_assets/defs/sync/course_step.py.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -68,9 +68,11 @@ def create_run_of_code_location_job(
     job_name: str,
     run_config: Mapping[str, Any],
     tags: Mapping[str, str],
+    asset_selection: Sequence[dg.AssetKey] | None = None,
 ) -> dg.DagsterRun:
-    """A run of `job_name` recorded in the instance, NOT_STARTED, as Dagster's own launchers (the
-    UI's Launch Run, schedules and sensors) create it.
+    """A run of `job_name` (of its assets `asset_selection` only, if given) recorded in the
+    instance, NOT_STARTED, as Dagster's own launchers (the UI's Launch Run, schedules and
+    sensors) create it.
 
     Relies on (Dagster 1.13.27): `CodeLocation.get_job(JobSubsetSelector)` and
     `get_execution_plan` give the remote job and its plan; `DagsterInstance.create_run` with the
@@ -87,6 +89,7 @@ def create_run_of_code_location_job(
             repository_name=repository.name,
             job_name=job_name,
             op_selection=None,
+            asset_selection=list(asset_selection) if asset_selection is not None else None,
         )
     )
     plan = code_location.location.get_execution_plan(
@@ -108,7 +111,7 @@ def create_run_of_code_location_job(
         parent_job_snapshot=remote_job.parent_job_snapshot,
         remote_job_origin=remote_job.get_remote_origin(),
         job_code_origin=remote_job.get_python_origin(),
-        asset_selection=None,
+        asset_selection=frozenset(asset_selection) if asset_selection is not None else None,
         asset_check_selection=None,
         asset_graph=repository.asset_graph,
     )

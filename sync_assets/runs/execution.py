@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +71,16 @@ class CodeLocationRuns:
         self._location = location
 
     def create(
-        self, job_name: str, run_config: Mapping[str, Any], tags: Mapping[str, str]
+        self,
+        job_name: str,
+        run_config: Mapping[str, Any],
+        tags: Mapping[str, str],
+        asset_selection: Sequence[dg.AssetKey] | None = None,
     ) -> dg.DagsterRun:
-        """A run of `job_name` recorded in the instance, not yet started."""
+        """A run of `job_name` (of `asset_selection` only, if given) recorded in the instance,
+        not yet started."""
         return create_run_of_code_location_job(
-            self._location, self.instance, job_name, run_config, tags
+            self._location, self.instance, job_name, run_config, tags, asset_selection
         )
 
     def execute(
@@ -84,9 +89,15 @@ class CodeLocationRuns:
         run_config: Mapping[str, Any],
         tags: Mapping[str, str],
         say: Callable[[str], None],
+        asset_selection: Sequence[dg.AssetKey] | None = None,
     ) -> FinishedRun:
         """Create a run and execute it in this process, printing its steps as they go."""
-        run = self.create(job_name, {**run_config, **QUIET_LOGGERS}, {**tags, **cli_run_tags()})
+        run = self.create(
+            job_name,
+            {**run_config, **QUIET_LOGGERS},
+            {**tags, **cli_run_tags()},
+            asset_selection,
+        )
         done = threading.Event()
         follower = threading.Thread(
             target=_follow_steps, args=(self.instance, [run.run_id], done, say), daemon=True
@@ -100,7 +111,13 @@ class CodeLocationRuns:
             follower.join(timeout=5)
         return self.finished(run.run_id)
 
-    def submit(self, job_name: str, run_config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+    def submit(
+        self,
+        job_name: str,
+        run_config: Mapping[str, Any],
+        tags: Mapping[str, str],
+        asset_selection: Sequence[dg.AssetKey] | None = None,
+    ) -> str:
         """Create a run and queue it for the daemon, as the schedule's runs are queued."""
         if not isinstance(self.instance.run_coordinator, dg.QueuedRunCoordinator):
             raise ConfigurationError(
@@ -108,7 +125,7 @@ class CodeLocationRuns:
                 "the Dagster instance does not queue runs: set run_coordinator to "
                 "QueuedRunCoordinator in $DAGSTER_HOME/dagster.yaml and run dagster-daemon",
             )
-        run = self.create(job_name, run_config, {**tags, **submitted_run_tags()})
+        run = self.create(job_name, run_config, {**tags, **submitted_run_tags()}, asset_selection)
         submit_run_to_coordinator(self._location, self.instance, run.run_id)
         return run.run_id
 

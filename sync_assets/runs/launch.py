@@ -8,7 +8,7 @@ runs' own event logs: what the command prints is what the UI shows.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dagster as dg
@@ -16,11 +16,15 @@ import dagster as dg
 from sync_assets.definitions import defs
 from sync_assets.defs.certificates.jobs import daily_certificates_job
 from sync_assets.defs.resync.jobs import resync_learners_job
-from sync_assets.defs.sync.jobs import all_partitions_tags, futurelearn_sync_job
-from sync_assets.defs.sync.partitions import (
-    course_chunks,
-    course_partitions,
+from sync_assets.defs.sync.jobs import futurelearn_check_job, futurelearn_sync_job
+from sync_assets.defs.sync.night import (
+    FOLLOWED_BY_COMMAND,
+    FOLLOWED_BY_TAG,
+    PER_COURSE_ASSETS,
+    changed_course_run_tags,
+    changed_courses,
 )
+from sync_assets.defs.sync.partitions import course_partitions
 from sync_assets.defs.sync.sensors import (
     NOTHING_TO_CHANGE,
     apply_partition_update,
@@ -31,11 +35,13 @@ from sync_assets.runs.execution import CodeLocationRuns, FinishedRun
 from sync_assets.runs.report import (
     SyncReport,
     output_metadata,
+    read_check_run,
     read_sync_run,
     run_failures,
 )
-from sync_assets.settings import ConfigurationError, courses_per_run
+from sync_assets.settings import ConfigurationError
 from sync_assets.sync import fact_names
+from sync_assets.wording import counted
 
 __all__ = ["course_uuid_argument"]  # re-exported: where the commands have always found it
 
@@ -75,11 +81,9 @@ def prepare_partitions(
     return [key for key in partitions if key in wanted]
 
 
-def sync_run_tags(partitions: list[str], *, all_courses: bool) -> list[dict[str, str]]:
-    """One run per chunk of SYNC_ASSETS_COURSES_PER_RUN courses, or per chosen course."""
-    if not all_courses:
-        return [{"dagster/partition": course} for course in partitions]
-    return [all_partitions_tags(chunk) for chunk in course_chunks(partitions, courses_per_run())]
+def chosen_course_run_tags(partitions: list[str]) -> list[dict[str, str]]:
+    """One run per chosen course (`--course`): each checks and syncs its course."""
+    return [{"dagster/partition": course} for course in partitions]
 
 
 def _run_all(
@@ -90,12 +94,48 @@ def _run_all(
     *,
     submit: bool,
     say: Callable[[str], None],
+    asset_selection: Sequence[dg.AssetKey] | None = None,
 ) -> list[FinishedRun]:
     if not submit:
-        return [runs.execute(job_name, run_config, run_tags, say) for run_tags in tags]
-    run_ids = [runs.submit(job_name, run_config, run_tags) for run_tags in tags]
+        return [
+            runs.execute(job_name, run_config, run_tags, say, asset_selection) for run_tags in tags
+        ]
+    run_ids = [runs.submit(job_name, run_config, run_tags, asset_selection) for run_tags in tags]
     say(f"Queued {len(run_ids)} run(s) for the daemon: {', '.join(run_ids)}")
     return runs.wait(run_ids, say)
+
+
+def _night_run_tags(
+    runs: CodeLocationRuns,
+    partitions: list[str],
+    *,
+    submit: bool,
+    recompute_unchanged: bool,
+    report: SyncReport,
+    say: Callable[[str], None],
+) -> list[dict[str, str]] | None:
+    """The night's check run, then the runs for the courses it found changed (every course with
+    `recompute_unchanged`); None if the check failed (the report says why)."""
+    (check,) = _run_all(
+        runs,
+        futurelearn_check_job.name,
+        {},
+        [{FOLLOWED_BY_TAG: FOLLOWED_BY_COMMAND}],
+        submit=submit,
+        say=say,
+    )
+    report.run_ids.append(check.run_id)
+    read_check_run(check.events, report)
+    if not check.success:
+        report.success = False
+        return None
+    changed = partitions if recompute_unchanged else changed_courses(runs.instance, check.run_id)
+    tags = changed_course_run_tags(partitions, changed, check.run_id)
+    say(
+        f"Checked {counted(len(partitions), 'course')}: {len(changed)} to sync, "
+        f"in {counted(len(tags), 'run')}"
+    )
+    return tags
 
 
 def launch_sync(
@@ -110,7 +150,8 @@ def launch_sync(
     recompute_unchanged: bool = False,
     say: Callable[[str], None] = print,
 ) -> SyncReport:
-    """The sync job over the partitions, in runs of bounded size; then the summary."""
+    """Every course (the night's check, then runs of the changed courses only) or the chosen
+    ones (a run each); then the summary."""
     started = time.monotonic()
     run_config = {
         "ops": {
@@ -125,16 +166,36 @@ def launch_sync(
             },
         }
     }
-    tags = sync_run_tags(partitions, all_courses=all_courses)
+    report = SyncReport(run_ids=[], success=True, dry_run=dry_run, seconds=0.0)
+    selection: Sequence[dg.AssetKey] | None = None
     if all_courses:
-        say(f"Syncing {len(partitions)} courses in {len(tags)} run(s)")
-    finished = _run_all(runs, futurelearn_sync_job.name, run_config, tags, submit=submit, say=say)
-    report = SyncReport(
-        run_ids=[run.run_id for run in finished],
-        success=all(run.success for run in finished),
-        dry_run=dry_run,
-        seconds=time.monotonic() - started,
+        tags = _night_run_tags(
+            runs,
+            partitions,
+            submit=submit,
+            recompute_unchanged=recompute_unchanged,
+            report=report,
+            say=say,
+        )
+        selection = PER_COURSE_ASSETS  # course_runs is the check's
+    else:
+        tags = chosen_course_run_tags(partitions)
+    finished = (
+        _run_all(
+            runs,
+            futurelearn_sync_job.name,
+            run_config,
+            tags,
+            submit=submit,
+            say=say,
+            asset_selection=selection,
+        )
+        if tags
+        else []
     )
+    report.run_ids += [run.run_id for run in finished]
+    report.success = report.success and all(run.success for run in finished)
+    report.seconds = time.monotonic() - started
     for run in finished:
         read_sync_run(run.events, report)
     report.courses.sort(key=lambda line: line.partition_key)

@@ -12,6 +12,7 @@ from typing import Any
 
 import dagster as dg
 
+from sync_assets.defs.sync.changes import COURSES_NOT_RUN
 from sync_assets.sync import fact_names
 from sync_assets.wording import counted
 
@@ -109,6 +110,31 @@ def read_sync_run(events: list[dg.DagsterEvent], report: SyncReport) -> None:
     report.not_modified += sum(not_modified for _, not_modified in api_by_asset.values())
     for name, count in linking.items():
         setattr(report, name, getattr(report, name) + count)
+    report.failures += run_failures(events)
+
+
+def read_check_run(events: list[dg.DagsterEvent], report: SyncReport) -> None:
+    """Add the night's check run to the report: its requests, the unknown courses, and a line
+    for each course it found nothing to do for (unchanged, withdrawn, no longer known)."""
+    for event in events:
+        if not event.is_step_materialization:
+            continue
+        materialization = event.event_specific_data.materialization
+        if materialization.asset_key != dg.AssetKey("course_runs"):
+            continue
+        metadata = dict(materialization.metadata)
+        report.requests += _value(metadata, fact_names.API_REQUESTS)
+        report.not_modified += _value(metadata, fact_names.API_NOT_MODIFIED)
+        report.unknown_courses = list(_value(metadata, fact_names.UNKNOWN_COURSE_LIST, []))
+        for course in _value(metadata, COURSES_NOT_RUN, []):
+            report.courses.append(
+                CourseLine(
+                    partition_key=course["partition_key"],
+                    status=course[fact_names.STATUS],
+                    title=course.get(fact_names.COURSE_TITLE, ""),
+                    course_uuid=course.get(fact_names.COURSE_UUID, ""),
+                )
+            )
     report.failures += run_failures(events)
 
 

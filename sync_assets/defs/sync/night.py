@@ -1,0 +1,90 @@
+"""A night costs what changed: the check run, then sync runs for the changed courses only.
+
+The schedule (and `sync-assets sync`) starts the night with `futurelearn_check`, which lists
+in `course_runs`' materialisation which courses changed; `changed_courses_sensor` reads that
+and launches `futurelearn_sync` over them, in ranges of consecutive partitions
+(`partitions.changed_ranges`). The sync runs select the partitioned assets only: `course_runs`
+is the check's (stored), with each report's digest, so no report is asked for twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dagster as dg
+
+from sync_assets.defs.sync.assets import partitioned_sync_assets, sync_assets_list
+from sync_assets.defs.sync.changes import CHANGED_COURSES
+from sync_assets.defs.sync.jobs import (
+    all_partitions_tags,
+    futurelearn_check_job,
+    futurelearn_sync_job,
+)
+from sync_assets.defs.sync.partitions import changed_ranges, course_partitions
+from sync_assets.settings import courses_per_run
+
+# What a run for changed courses executes: everything but course_runs (the check's).
+PER_COURSE_ASSETS = partitioned_sync_assets(sync_assets_list)
+CHECK_RUN_TAG = "sync_assets/check_run"
+# On a check run whose sync runs its launcher makes itself (`sync-assets sync`): the sensor
+# leaves it alone, or the changed courses would be synced twice.
+FOLLOWED_BY_TAG = "sync_assets/followed_by"
+FOLLOWED_BY_COMMAND = "sync-assets sync"
+
+
+def changed_courses(instance: dg.DagsterInstance, check_run_id: str) -> list[str]:
+    """The course partitions a check run found changed, from its course_runs materialisation."""
+    records = instance.get_records_for_run(
+        check_run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    for record in records:
+        materialization = record.asset_materialization
+        if materialization is not None and materialization.asset_key == dg.AssetKey("course_runs"):
+            listed = materialization.metadata.get(CHANGED_COURSES)
+            return list(listed.value) if listed is not None else []  # type: ignore[arg-type]
+    return []
+
+
+def changed_course_run_tags(
+    partition_keys: Sequence[str], changed: Sequence[str], check_run_id: str
+) -> list[dict[str, str]]:
+    """One run's tags per range of changed courses (see `changed_ranges`)."""
+    ranges = changed_ranges(partition_keys, set(changed), courses_per_run())
+    return [
+        {
+            **all_partitions_tags(keys),
+            CHECK_RUN_TAG: check_run_id,
+            "sync_assets/chunk": f"{number} of {len(ranges)}",
+        }
+        for number, keys in enumerate(ranges, start=1)
+    ]
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[futurelearn_check_job],
+    request_job=futurelearn_sync_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After each successful futurelearn_check run, launches futurelearn_sync for the "
+    "courses it found changed (ranges of consecutive course partitions, at most "
+    "SYNC_ASSETS_COURSES_PER_RUN courses a run), and nothing when none changed.",
+)
+def changed_courses_sensor(context: dg.RunStatusSensorContext):
+    check_run_id = context.dagster_run.run_id
+    if context.dagster_run.tags.get(FOLLOWED_BY_TAG) == FOLLOWED_BY_COMMAND:
+        yield dg.SkipReason(f"run {check_run_id}: {FOLLOWED_BY_COMMAND} syncs its changed courses")
+        return
+    keys = list(context.instance.get_dynamic_partitions(course_partitions.name))
+    tags = changed_course_run_tags(
+        keys, changed_courses(context.instance, check_run_id), check_run_id
+    )
+    if not tags:
+        yield dg.SkipReason(f"run {check_run_id}: no course changed since its last sync")
+        return
+    for number, run_tags in enumerate(tags, start=1):
+        yield dg.RunRequest(
+            # One key per check run and range: a re-evaluated tick launches nothing twice.
+            run_key=f"{check_run_id}/{number}-of-{len(tags)}",
+            asset_selection=PER_COURSE_ASSETS,
+            tags=run_tags,
+        )
