@@ -36,6 +36,7 @@ import polars as pl
 import sqlalchemy as sa
 import yaml
 
+from sync_assets.defs.sync.changes import COURSES_NOT_RUN
 from sync_assets.platform.database import create_platform_engine, parse_database_url
 from sync_assets.platform.demo_catalogue import (
     seed_activities,
@@ -260,57 +261,79 @@ def known_memberships(dataset: GeneratedDataset) -> set[str]:
     )
 
 
-def run_metadata(dagster_home: Path) -> dict[str, float]:
-    """The time split and write counts of the latest sync run, from its own event log."""
+NIGHT_JOBS = ("futurelearn_check", "futurelearn_sync")
+
+
+def run_metadata(dagster_home: Path, earlier_runs: set[str]) -> dict[str, float]:
+    """The time split and write counts of the night's runs (the check and the sync runs of the
+    changed courses: every run of those jobs not in `earlier_runs`), from their event logs."""
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    figures = {
+        "api_seconds": 0.0,
+        "plan_seconds": 0.0,
+        "write_seconds": 0.0,
+        "sql_statements": 0,
+        "rules_step": 0.0,
+        "peak_rss_mib": 0.0,
+        "skipped_unchanged": 0,
+        "steps_seconds": 0.0,
+    }
+    with dg.DagsterInstance.get() as instance:
+        for run in instance.get_runs():
+            if run.job_name in NIGHT_JOBS and run.run_id not in earlier_runs:
+                _add_run_figures(instance, run.run_id, figures)
+    return figures
+
+
+def _add_run_figures(instance: Any, run_id: str, figures: dict[str, float]) -> None:
+    starts: dict[str, float] = {}
+    api_steps: dict[str, float] = {}
+    skipped_in_run = 0
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            starts[event.step_key] = record.timestamp
+        elif event.event_type_value == "STEP_SUCCESS":
+            duration = record.timestamp - starts.get(event.step_key, record.timestamp)
+            figures["steps_seconds"] += duration
+            if event.step_key == "latest_enrolments":
+                figures["rules_step"] += duration
+        elif event.event_type_value == "ASSET_MATERIALIZATION":
+            materialization = event.event_specific_data.materialization
+            metadata = {k: v.value for k, v in materialization.metadata.items()}
+            name = materialization.asset_key.to_user_string()
+            if fact_names.API_SECONDS in metadata:
+                api_steps[name] = metadata[fact_names.API_SECONDS]  # once per step
+            if fact_names.RUN_PEAK_RSS in metadata:
+                figures["peak_rss_mib"] = max(
+                    figures["peak_rss_mib"], metadata[fact_names.RUN_PEAK_RSS]
+                )
+            if name == "course_runs":  # the night's check: the courses no run was made for
+                figures["skipped_unchanged"] += sum(
+                    course[fact_names.STATUS] == fact_names.STATUS_UNCHANGED
+                    for course in metadata.get(COURSES_NOT_RUN, [])
+                )
+            if name == "enrolments" and fact_names.SKIPPED_UNCHANGED in metadata:
+                # The step's own figure, repeated on each of its partitions: once per run.
+                skipped_in_run = metadata[fact_names.SKIPPED_UNCHANGED]
+            if name == "activity_progress":
+                figures["plan_seconds"] += metadata.get(fact_names.PLAN_SECONDS, 0.0)
+                figures["write_seconds"] += metadata.get(fact_names.WRITE_SECONDS, 0.0)
+                figures["sql_statements"] += metadata.get(fact_names.SQL_STATEMENTS, 0)
+    figures["api_seconds"] += sum(api_steps.values())
+    figures["skipped_unchanged"] += skipped_in_run
+
+
+def run_ids(dagster_home: Path) -> set[str]:
     import dagster as dg
 
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     with dg.DagsterInstance.get() as instance:
-        [run] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
-        starts: dict[str, float] = {}
-        steps = 0.0
-        figures = {
-            "api_seconds": 0.0,
-            "plan_seconds": 0.0,
-            "write_seconds": 0.0,
-            "sql_statements": 0,
-            "rules_step": 0.0,
-            "peak_rss_mib": 0.0,
-            "skipped_unchanged": 0,
-        }
-        api_steps: dict[str, float] = {}
-        for record in instance.all_logs(run.run_id):
-            event = record.dagster_event
-            if event is None:
-                continue
-            if event.event_type_value == "STEP_START":
-                starts[event.step_key] = record.timestamp
-            elif event.event_type_value == "STEP_SUCCESS":
-                duration = record.timestamp - starts.get(event.step_key, record.timestamp)
-                steps += duration
-                if event.step_key == "latest_enrolments":
-                    figures["rules_step"] += duration
-            elif event.event_type_value == "ASSET_MATERIALIZATION":
-                materialization = event.event_specific_data.materialization
-                metadata = {k: v.value for k, v in materialization.metadata.items()}
-                name = materialization.asset_key.to_user_string()
-                if fact_names.API_SECONDS in metadata:
-                    api_steps[name] = metadata[fact_names.API_SECONDS]  # once per step
-                if fact_names.RUN_PEAK_RSS in metadata:
-                    figures["peak_rss_mib"] = max(
-                        figures["peak_rss_mib"], metadata[fact_names.RUN_PEAK_RSS]
-                    )
-                if name == "enrolments" and fact_names.SKIPPED_UNCHANGED in metadata:
-                    figures["skipped_unchanged"] = metadata[
-                        fact_names.SKIPPED_UNCHANGED
-                    ]  # the step's
-                if name == "activity_progress":
-                    figures["plan_seconds"] += metadata.get(fact_names.PLAN_SECONDS, 0.0)
-                    figures["write_seconds"] += metadata.get(fact_names.WRITE_SECONDS, 0.0)
-                    figures["sql_statements"] += metadata.get(fact_names.SQL_STATEMENTS, 0)
-        figures["api_seconds"] = sum(api_steps.values())
-        figures["steps_seconds"] = steps
-    return figures
+        return {run.run_id for run in instance.get_runs()}
 
 
 def runs_by_job(dagster_home: Path) -> dict[str, int]:
@@ -360,11 +383,12 @@ def measure(
 ) -> Scenario:
     rows_before = table_rows(url)
     runs_before = runs_by_job(Path(env["DAGSTER_HOME"]))
+    earlier_runs = run_ids(Path(env["DAGSTER_HOME"]))
     simulator.reset()
     wall, rss, code = run_sync(env, workdir)
     runs_after = runs_by_job(Path(env["DAGSTER_HOME"]))
     counts = simulator.counts()
-    meta = run_metadata(Path(env["DAGSTER_HOME"]))
+    meta = run_metadata(Path(env["DAGSTER_HOME"]), earlier_runs)
     requests = sum(counts.values())
     # `sync-assets sync` looks the runs list up once to add partitions before the run starts.
     in_run = requests - 1

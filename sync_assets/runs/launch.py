@@ -198,7 +198,10 @@ def launch_sync(
     report.seconds = time.monotonic() - started
     for run in finished:
         read_sync_run(run.events, report)
-    report.courses.sort(key=lambda line: line.partition_key)
+    # A course the check found unchanged and a run synced all the same (--recompute-unchanged):
+    # the run's line, read last, is what happened to it.
+    by_key = {line.partition_key: line for line in report.courses}
+    report.courses = sorted(by_key.values(), key=lambda line: line.partition_key)
     return report
 
 

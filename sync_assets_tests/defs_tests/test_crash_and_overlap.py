@@ -499,10 +499,10 @@ def test_the_sync_in_runs_of_a_few_courses_equals_one_run(
     _, after_first, after_second = baseline
     first = fresh.run("sync", SYNC_ASSETS_COURSES_PER_RUN="2")
     assert first.returncode == 0, first.stderr
-    courses, runs = map(
-        int, re.search(r"Syncing (\d+) courses in (\d+) run", first.stdout).groups()
+    courses, changed, runs = map(
+        int, re.search(r"Checked (\d+) courses: (\d+) to sync, in (\d+) run", first.stdout).groups()
     )
-    assert courses > 2 and runs == -(-courses // 2)
+    assert courses > 2 and changed == courses and runs == -(-courses // 2)
     assert fresh.snapshot() == after_first
     fresh.backdate_pending()
     second = fresh.run("sync", SYNC_ASSETS_COURSES_PER_RUN="2")

@@ -52,6 +52,7 @@ def test_every_definition_describes_itself(every_definition: dg.Definitions) -> 
     # What was walked is the whole location, not a part of it.
     assert len(graph.get_all_asset_keys()) == 5
     assert {job.name for job in jobs} == {
+        "futurelearn_check",
         "futurelearn_sync",
         "certificate_job",
         "daily_certificates_job",
@@ -66,6 +67,7 @@ def test_every_definition_describes_itself(every_definition: dg.Definitions) -> 
     }
     assert {s.name for s in sensors} == {
         "course_partitions_sensor",
+        "changed_courses_sensor",
         "completion_events_sensor",
         "run_failure_alert_sensor",
         "tick_failure_alert_sensor",

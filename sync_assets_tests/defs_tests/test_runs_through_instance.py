@@ -1,18 +1,18 @@
-"""Runs belong to the instance: under their job with their code origin, in runs of bounded size."""
+"""Runs belong to the instance: under their job with their code origin, in runs of bounded size
+(the nightly runs of changed courses: test_quiet_night.py)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from sync_assets.defs.sync.partitions import course_chunks, course_partitions
-from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
+from sync_assets.defs.sync.night import PER_COURSE_ASSETS
+from sync_assets.defs.sync.partitions import course_chunks
 from sync_assets.runs.execution import LOCATION_NAME, code_location_runs
 from sync_assets_tests.conftest import sqlite_only
 
@@ -36,6 +36,14 @@ def test_cli_runs_show_under_their_job_with_the_code_origin(world: World) -> Non
         )
         assert len(listed) == 1
         (run,) = listed
+        # The night's check too, under its own job.
+        (check,) = instance.get_runs(
+            dg.RunsFilter(
+                job_name="futurelearn_check",
+                tags={REPOSITORY_TAG: f"__repository__@{LOCATION_NAME}"},
+            )
+        )
+        assert check.run_id in result.output
         assert run.run_id in result.output
         assert run.remote_job_origin is not None
         assert run.remote_job_origin.location_name == LOCATION_NAME
@@ -45,8 +53,10 @@ def test_cli_runs_show_under_their_job_with_the_code_origin(world: World) -> Non
         )
         # The same snapshot as the code location's own job: re-executing it from the UI does not
         # warn that the run "may be a different version".
+        # (The night's sync run selects the partitioned assets: the check made course_runs.)
+        assert run.asset_selection == set(PER_COURSE_ASSETS)
         with code_location_runs(instance) as runs:
-            fresh = runs.create("futurelearn_sync", {}, {})
+            fresh = runs.create("futurelearn_sync", {}, {}, PER_COURSE_ASSETS)
         assert fresh.job_snapshot_id == run.job_snapshot_id
         certificates = instance.get_runs(dg.RunsFilter(job_name="daily_certificates_job"))
         assert len(certificates) == 1 and certificates[0].remote_job_origin is not None
@@ -60,40 +70,6 @@ def test_course_chunks_are_consecutive_and_cover_every_course(
 ) -> None:
     assert course_chunks(list("abcdefg"), per_run) == expected
     assert course_chunks([], per_run) == []
-
-
-def test_the_nightly_schedule_launches_runs_of_at_most_n_courses(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    keys = [f"course-{number:02d}" for number in range(25)]
-    tick = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(course_partitions.name, keys)
-
-        def requests() -> list[dg.RunRequest]:
-            with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as c:
-                return list(nightly_futurelearn_sync(c))
-
-        monkeypatch.delenv("SYNC_ASSETS_COURSES_PER_RUN", raising=False)
-        (one,) = requests()
-        assert one.tags["dagster/asset_partition_range_start"] == keys[0]
-        assert one.tags["dagster/asset_partition_range_end"] == keys[-1]
-
-        monkeypatch.setenv("SYNC_ASSETS_COURSES_PER_RUN", "10")
-        chunked = requests()
-        # Each run's range is what Dagster resolves to its partitions: 10, 10 and 5 courses.
-        with dg.partition_loading_context(dynamic_partitions_store=instance):
-            covered = [
-                course_partitions.get_partition_keys_in_range(
-                    dg.PartitionKeyRange(
-                        r.tags["dagster/asset_partition_range_start"],
-                        r.tags["dagster/asset_partition_range_end"],
-                    )
-                )
-                for r in chunked
-            ]
-    assert covered == [keys[0:10], keys[10:20], keys[20:25]]
-    assert len({r.run_key for r in chunked}) == 3  # a re-evaluated tick launches nothing twice
 
 
 def test_submit_without_a_queue_says_what_to_change(world: World) -> None:

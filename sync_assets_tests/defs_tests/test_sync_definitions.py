@@ -63,24 +63,29 @@ def test_sensor_adds_a_readable_partition_per_known_course(world: World) -> None
     assert again.skip_message == f"all {len(known)} known courses have partitions"
 
 
-def test_nightly_schedule_is_one_run_over_every_course() -> None:
+def test_nightly_schedule_starts_the_night_with_one_check_of_every_course() -> None:
     assert nightly_futurelearn_sync.cron_schedule == "0 2 * * *"
     assert nightly_futurelearn_sync.execution_timezone == "Europe/London"
+    assert nightly_futurelearn_sync.job_name == "futurelearn_check"
     with dg.instance_for_test() as instance:
         when = datetime(2026, 11, 23, 2, 0, tzinfo=ZoneInfo("Europe/London"))
         with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as context:
             assert isinstance(nightly_futurelearn_sync(context), dg.SkipReason)
         instance.add_dynamic_partitions(course_partitions.name, ["c-1", "c-2", "c-3"])
         with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as context:
-            [request] = nightly_futurelearn_sync(context)
-    assert request.tags["dagster/asset_partition_range_start"] == "c-1"
-    assert request.tags["dagster/asset_partition_range_end"] == "c-3"
+            request = nightly_futurelearn_sync(context)
+    assert isinstance(request, dg.RunRequest)
+    # No partition: course_runs alone, which checks every course partition.
+    assert not any(tag.startswith("dagster/") for tag in request.tags)
+    assert request.run_key == when.isoformat()
 
 
 def _run_events(world: World) -> list[dg.EventLogEntry]:
+    """The last night's events: its check run's, then its sync run's."""
     with dg.DagsterInstance.get() as instance:
+        [check] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_check"), limit=1)
         [run] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
-        return list(instance.all_logs(run.run_id))
+        return [*instance.all_logs(check.run_id), *instance.all_logs(run.run_id)]
 
 
 def _check(events: list[dg.EventLogEntry], name: str) -> dg.AssetCheckEvaluation:
