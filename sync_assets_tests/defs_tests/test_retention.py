@@ -99,7 +99,8 @@ def test_prune_deletes_old_history_and_keeps_every_latest_materialisation(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SYNC_ASSETS_COURSES_PER_RUN", "2")
-    assert world.sync().exit_code == 0  # night one: 3 chunk runs (5 courses), certificate runs
+    # Night one: the check, 3 chunk runs (5 courses), certificate runs.
+    assert world.sync().exit_code == 0
     first, second, *_ = sorted(world.partitions())
     assert world.sync("--course", first).exit_code == 0  # night two: one course
     with dg.DagsterInstance.get() as instance:
@@ -119,17 +120,21 @@ def test_prune_deletes_old_history_and_keeps_every_latest_materialisation(
             if "dagster/asset_partition_range_start" in run.tags
         }
         assert len(chunks) == 3
+        [check] = [
+            run_id for run_id, run in before_cutoff.items() if run.job_name == "futurelearn_check"
+        ]
         certificate_runs = [
-            run_id for run_id, run in before_cutoff.items() if run.job_name != "futurelearn_sync"
+            run_id
+            for run_id, run in before_cutoff.items()
+            if run.job_name not in ("futurelearn_sync", "futurelearn_check")
         ]
-        old = sorted([chunks[first], *certificate_runs])
-        # What the night wrote: the partition table once (the first chunk's run, not the other
-        # chunks' nor a rerun of one course), no preview or column schema per partition.
+        # The night's check holds nothing latest either: the reruns checked course_runs since.
+        old = sorted([check, chunks[first], *certificate_runs])
+        # What the night wrote: the partition table once (its check run, not a rerun of one
+        # course), no preview or column schema per partition.
         written = _course_runs_metadata(instance)
-        assert [run for run, names in written.items() if "course_partitions" in names] == [
-            chunks[first]
-        ]
-        assert len(written) == 5  # three chunks, two reruns of one course
+        assert [run for run, names in written.items() if "course_partitions" in names] == [check]
+        assert len(written) == 3  # the check (the chunks take its course_runs), two reruns
         assert not any(
             {"preview", "dagster/column_schema"} & set(m.metadata)
             for m in _materialisations(instance)
