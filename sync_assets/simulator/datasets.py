@@ -320,7 +320,7 @@ class GeneratedDataset:
         # One enrolment of each mover changes; one in ten of those leaves instead of progressing.
         # Enrolments on runs no longer listed (a withdrawn course) stay as they are.
         listed = pl.col("run_uuid").is_in(self.runs["run_uuid"].implode())
-        chosen = (
+        chosen = np.sort(  # group_by's order varies run to run: who leaves would vary with it
             enrolments.filter(
                 pl.col("learner").is_in(movers) & (pl.col("status") == "active") & listed
             )
