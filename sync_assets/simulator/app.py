@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,33 @@ def _error(status: int, error: str, extra: dict[str, str] | None = None) -> Simu
     return SimulatedResponse(status, headers, json.dumps({"error": error}).encode())
 
 
+MAX_VERIFIED_TOKENS = 1_000  # a client signs a token every few minutes: a day's fit
+
+
+@dataclass(frozen=True)
+class _TokenTimes:
+    """A verified token's times, checked as PyJWT checks them (no leeway)."""
+
+    issued: int
+    expires: int
+    not_before: int | None
+
+    @classmethod
+    def of(cls, claims: dict[str, object]) -> _TokenTimes:
+        # PyJWT has checked that each is an integer (or a string of one).
+        nbf = claims.get("nbf")
+        return cls(
+            int(claims["iat"]),  # type: ignore[call-overload]
+            int(claims["exp"]),  # type: ignore[call-overload]
+            None if nbf is None else int(nbf),  # type: ignore[call-overload]
+        )
+
+    def valid_at(self, now: float) -> bool:
+        if self.not_before is not None and self.not_before > now:
+            return False
+        return self.issued <= now < self.expires
+
+
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:
     if not if_none_match or not etag:
         return False
@@ -72,6 +100,10 @@ class PartnersApiSimulator:
     _in_flight: int = 0
     _arrivals: Counter = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Tokens whose signature and issuer were checked: (token, key, secret) → their times. The
+    # client sends one token for minutes; verifying it with PyJWT on every request was most of
+    # what a look-up cost the simulator. Times are still checked on every request.
+    _verified: dict[tuple[str, str, str], _TokenTimes] = field(default_factory=dict)
 
     # --- observability -------------------------------------------------------------------------
 
@@ -157,8 +189,12 @@ class PartnersApiSimulator:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             return False
+        key = (token, self.consumer_key, self.consumer_secret)
+        verified = self._verified.get(key)
+        if verified is not None:
+            return verified.valid_at(time.time())
         try:
-            jwt.decode(
+            claims = jwt.decode(
                 token,
                 self.consumer_secret,
                 algorithms=["HS256"],
@@ -167,6 +203,10 @@ class PartnersApiSimulator:
             )
         except jwt.PyJWTError:
             return False
+        with self._lock:
+            if len(self._verified) >= MAX_VERIFIED_TOKENS:
+                self._verified.clear()
+            self._verified[key] = _TokenTimes.of(claims)
         return True
 
     def _respond(

@@ -9,10 +9,12 @@ activities that make them known.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import polars as pl
@@ -59,12 +61,63 @@ STREAMED = ("huge",)  # too big to build whole (large: 0.9 GiB and 34 s; huge ~1
 DATASETS = ("sandbox", *SCALES)
 
 
-@dataclass
-class Resource:
-    """A body to serve, with its weak ETag."""
+T = TypeVar("T")
 
-    body: bytes
-    etag: str
+
+class Resource:
+    """A body to serve, with its weak ETag.
+
+    The body may be given as a function of no arguments, called when the body is first read: a
+    `304` answers from the ETag alone, so a report nobody reads is never serialised.
+    """
+
+    def __init__(self, body: bytes | Callable[[], bytes], etag: str) -> None:
+        self._body = body
+        self.etag = etag
+
+    @property
+    def body(self) -> bytes:
+        if callable(self._body):
+            self._body = self._body()
+        return self._body
+
+
+class _Derived(Generic[T]):
+    """A value derived from one frame of a dataset (its reports by run, an index), kept for as
+    long as the dataset holds that same frame.
+
+    The frames are replaced, never changed in place (`advance_day`, `withdraw_course`, tests
+    assigning `dataset.runs`), so identity says whether the value is stale, and no mutation has
+    to remember to invalidate it. Built under a lock: after `advance_day` sixteen requests arrive
+    at once, and each building `large`'s reports (a sort of 2M rows) would take 16× as long.
+    """
+
+    def __init__(self, build: Callable[[pl.DataFrame], T]) -> None:
+        self._build = build
+        self._source: pl.DataFrame | None = None  # held, so its id cannot be reused
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self, source: pl.DataFrame) -> T:
+        with self._lock:
+            if self._source is not source or self._value is None:
+                self._value = self._build(source)
+                self._source = source
+            return self._value
+
+
+def _reports_by_run(enrolments: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """Each run's report rows, in the order the API lists them."""
+    ordered = enrolments.sort("run_uuid", "activated_at", "membership_uuid")
+    return {key[0]: frame for key, frame in ordered.partition_by("run_uuid", as_dict=True).items()}
+
+
+def _row_of_membership(memberships: pl.DataFrame) -> dict[str, int]:
+    return {uuid: index for index, uuid in enumerate(memberships["membership_uuid"])}
+
+
+def _listed_runs(runs: pl.DataFrame) -> frozenset[str]:
+    return frozenset(runs["run_uuid"])
 
 
 def _recorded(name: str) -> dict[str, Any]:
@@ -155,6 +208,31 @@ def _pick_within(rng: np.random.Generator, group: np.ndarray, counts: np.ndarray
     return offsets[group] + np.floor(rng.random(len(group)) * counts[group]).astype(np.int64)
 
 
+def _report_body(page: pl.DataFrame, base_url: str) -> bytes:
+    """A report's (or a page's) records, as the API writes them."""
+    return (
+        page.select(
+            pl.struct(
+                uuid="run_uuid",
+                href=pl.concat_str(pl.lit(f"{base_url}/partners/course_runs/"), "run_uuid"),
+            ).alias("run"),
+            pl.struct(
+                uuid="membership_uuid",
+                href=pl.concat_str(
+                    pl.lit(f"{base_url}/partners/organisation_memberships/"), "membership_uuid"
+                ),
+            ).alias("organisation_membership"),
+            "status",
+            pl.col("activated_at").dt.strftime(TIMESTAMP_FORMAT),
+            pl.col("deactivated_at").dt.strftime(TIMESTAMP_FORMAT),
+            "steps_completed_count",
+            "steps_completed_ratio",
+        )
+        .write_json()
+        .encode()
+    )
+
+
 @dataclass
 class GeneratedDataset:
     """A consistent world of courses, runs, learners, memberships and enrolments."""
@@ -169,8 +247,16 @@ class GeneratedDataset:
     users: pl.DataFrame  # id, email, forgotten: the platform users to seed
     day: int = 0
     versions: dict[str, int] = field(default_factory=dict)
-    _reports: dict[str, pl.DataFrame] | None = None
-    _membership_index: dict[str, int] | None = None
+    # Derived from the frames above as they are now; see `_Derived`.
+    _reports: _Derived[dict[str, pl.DataFrame]] = field(
+        default_factory=lambda: _Derived(_reports_by_run), repr=False, compare=False
+    )
+    _membership_rows: _Derived[dict[str, int]] = field(
+        default_factory=lambda: _Derived(_row_of_membership), repr=False, compare=False
+    )
+    _listed: _Derived[frozenset[str]] = field(
+        default_factory=lambda: _Derived(_listed_runs), repr=False, compare=False
+    )
 
     # --- what the platform needs to use it -----------------------------------------------------
 
@@ -224,16 +310,10 @@ class GeneratedDataset:
         return Resource(body, self._etag(run_uuid, "r"))
 
     def _report_frames(self) -> dict[str, pl.DataFrame]:
-        if self._reports is None:
-            ordered = self.enrolments.sort("run_uuid", "activated_at", "membership_uuid")
-            self._reports = {
-                key[0]: frame
-                for key, frame in ordered.partition_by("run_uuid", as_dict=True).items()
-            }
-        return self._reports
+        return self._reports.get(self.enrolments)
 
     def report_size(self, run_uuid: str) -> int | None:
-        if self.runs.filter(pl.col("run_uuid") == run_uuid).is_empty():
+        if run_uuid not in self._listed.get(self.runs):
             return None
         frame = self._report_frames().get(run_uuid)
         return 0 if frame is None else frame.height
@@ -248,35 +328,15 @@ class GeneratedDataset:
         if frame is None:
             return Resource(b"[]", self._etag(run_uuid))
         page = frame.slice(offset, limit)
-        body = page.select(
-            pl.struct(
-                uuid="run_uuid",
-                href=pl.concat_str(pl.lit(f"{base_url}/partners/course_runs/"), "run_uuid"),
-            ).alias("run"),
-            pl.struct(
-                uuid="membership_uuid",
-                href=pl.concat_str(
-                    pl.lit(f"{base_url}/partners/organisation_memberships/"), "membership_uuid"
-                ),
-            ).alias("organisation_membership"),
-            "status",
-            pl.col("activated_at").dt.strftime(TIMESTAMP_FORMAT),
-            pl.col("deactivated_at").dt.strftime(TIMESTAMP_FORMAT),
-            "steps_completed_count",
-            "steps_completed_ratio",
-        ).write_json()
         page_tag = "" if offset == 0 and limit is None else f"-{offset}-{limit}"
-        return Resource(body.encode(), self._etag(run_uuid, page_tag))
+        return Resource(lambda: _report_body(page, base_url), self._etag(run_uuid, page_tag))
 
     def membership(self, membership_uuid: str, base_url: str) -> Resource | None:
-        if self._membership_index is None:
-            self._membership_index = {
-                uuid: index for index, uuid in enumerate(self.memberships["membership_uuid"])
-            }
-        index = self._membership_index.get(membership_uuid)
+        memberships = self.memberships  # one frame: its index and its rows
+        index = self._membership_rows.get(memberships).get(membership_uuid)
         if index is None:
             return None
-        row = self.memberships.row(index, named=True)
+        row = memberships.row(index, named=True)
         body = {
             "uuid": row["membership_uuid"],
             "href": f"{base_url}/partners/organisation_memberships/{row['membership_uuid']}",
@@ -320,7 +380,7 @@ class GeneratedDataset:
         # One enrolment of each mover changes; one in ten of those leaves instead of progressing.
         # Enrolments on runs no longer listed (a withdrawn course) stay as they are.
         listed = pl.col("run_uuid").is_in(self.runs["run_uuid"].implode())
-        chosen = (
+        chosen = np.sort(  # group_by's order varies run to run: who leaves would vary with it
             enrolments.filter(
                 pl.col("learner").is_in(movers) & (pl.col("status") == "active") & listed
             )
@@ -371,8 +431,6 @@ class GeneratedDataset:
         self.memberships = pl.concat([self.memberships, new_memberships])
         for run_uuid in changed_runs:
             self.versions[run_uuid] = self.versions.get(run_uuid, 0) + 1
-        self._reports = None
-        self._membership_index = None
         return {
             "progressed": len(progressing),
             "deactivated": len(leaving),
@@ -444,7 +502,6 @@ class GeneratedDataset:
         # The runs list and each run's report change ETag, as their bodies did.
         for key in ["course_runs", *run_uuids.to_list()]:
             self.versions[key] = self.versions.get(key, 0) + 1
-        self._reports = None
 
     def _new_enrolments(
         self, rng: np.random.Generator, count: int

@@ -14,7 +14,8 @@ membership and any block of users can be produced on its own, in any order, the 
   the uuid is the one that learner's membership has;
 - users come in blocks (`user_blocks`) for the platform to be seeded a block at a time.
 
-The simulator keeps the reports of the courses last asked for (an LRU of course frames). Time
+The simulator keeps the reports of the courses last asked for (an LRU of course frames), with
+the look-up answers of their memberships. Time
 does not move in this dataset (`advance_day` refuses): it is for first syncs in chunks.
 """
 
@@ -171,6 +172,9 @@ class StreamedDataset(GeneratedDataset):
     _run_course: np.ndarray
     _weeks: np.ndarray
     _run_start: np.ndarray
+    _cache: OrderedDict[int, _CachedCourse]  # the courses served lately, the latest last
+    _cache_lock: threading.Lock
+    _building: dict[int, threading.Lock]  # course → held while one thread builds it
 
     @classmethod
     def build(cls, name: str, seed: int = 1, today: datetime | None = None) -> StreamedDataset:
@@ -203,6 +207,7 @@ class StreamedDataset(GeneratedDataset):
         dataset._pairs_per_course = scale.enrolments / 1.12 / courses.height
         dataset._cache = OrderedDict()
         dataset._cache_lock = threading.Lock()
+        dataset._building = {}
         return dataset
 
     # --- generation, a course at a time --------------------------------------------------------
@@ -231,7 +236,9 @@ class StreamedDataset(GeneratedDataset):
 
     def course_enrolments(self, course: int) -> pl.DataFrame:
         """The course's enrolments, with the columns of `GeneratedDataset.enrolments`."""
-        a = self.course_arrays(course)
+        return self._enrolments_frame(self.course_arrays(course))
+
+    def _enrolments_frame(self, a: CourseArrays) -> pl.DataFrame:
         return pl.DataFrame(
             {
                 "run_uuid": self.runs["run_uuid"].gather(a.run_row),
@@ -259,20 +266,63 @@ class StreamedDataset(GeneratedDataset):
     # --- serving -------------------------------------------------------------------------------
 
     def _course_reports(self, course: int) -> dict[str, pl.DataFrame]:
+        return self._course(course).reports
+
+    def _course(self, course: int) -> _CachedCourse:
+        with self._cache_lock:
+            building = self._building.setdefault(course, threading.Lock())
+        # One thread builds a course; the others asking for its runs meanwhile wait for it.
+        with building:
+            found = self._cached_course(course)
+            if found is None:
+                found = self._build_course(course)
+        with self._cache_lock:
+            self._building.pop(course, None)
+        return found
+
+    def _cached_course(self, course: int) -> _CachedCourse | None:
         with self._cache_lock:
             found = self._cache.get(course)
             if found is not None:
                 self._cache.move_to_end(course)
-                return found
-        ordered = self.course_enrolments(course).sort("run_uuid", "activated_at", "membership_uuid")
+            return found
+
+    def _build_course(self, course: int) -> _CachedCourse:
+        arrays = self.course_arrays(course)
+        ordered = self._enrolments_frame(arrays).sort("run_uuid", "activated_at", "membership_uuid")
         reports = {
             key[0]: frame for key, frame in ordered.partition_by("run_uuid", as_dict=True).items()
         }
+        # The course's memberships in one go: the client looks them up right after its reports,
+        # and one at a time each costs a few polars frames (~6 ms: 165 look-ups/s on a core).
+        codes = np.unique(arrays.membership_code)
+        rows = self.learners.memberships(codes)
+        memberships = dict(
+            zip(
+                rows["membership_uuid"].to_list(),
+                zip(
+                    rows["learner_uuid"].to_list(),
+                    rows["external_learner_id"].to_list(),
+                    strict=True,
+                ),
+                strict=True,
+            )
+        )
+        cached = _CachedCourse(reports, memberships)
         with self._cache_lock:
-            self._cache[course] = reports
+            self._cache[course] = cached
             while len(self._cache) > CACHED_COURSES:
                 self._cache.popitem(last=False)
-        return reports
+        return cached
+
+    def _cached_membership(self, membership_uuid: str) -> tuple[str, str] | None:
+        """(learner uuid, external id) of a membership of a course served lately, or None."""
+        with self._cache_lock:
+            for cached in reversed(self._cache.values()):  # the latest course first
+                found = cached.memberships.get(membership_uuid)
+                if found is not None:
+                    return found
+        return None
 
     def _report_frames(self) -> _Reports:  # type: ignore[override]
         return _Reports(self)
@@ -285,18 +335,22 @@ class StreamedDataset(GeneratedDataset):
         return 0 if frame is None else frame.height
 
     def membership(self, membership_uuid: str, base_url: str) -> Resource | None:
-        code = self.learners.code_of(membership_uuid)
-        if code is None:
-            return None
-        row = self.learners.memberships(np.array([code])).row(0, named=True)
+        found = self._cached_membership(membership_uuid)
+        if found is None:  # not of a course served lately: decoded from the uuid itself
+            code = self.learners.code_of(membership_uuid)
+            if code is None:
+                return None
+            row = self.learners.memberships(np.array([code])).row(0, named=True)
+            found = (row["learner_uuid"], row["external_learner_id"])
+        learner_uuid, external_id = found
         body = {
-            "uuid": row["membership_uuid"],
-            "href": f"{base_url}/partners/organisation_memberships/{row['membership_uuid']}",
+            "uuid": membership_uuid,
+            "href": f"{base_url}/partners/organisation_memberships/{membership_uuid}",
             "learner": {
-                "uuid": row["learner_uuid"],
-                "href": f"{base_url}/partners/learners/{row['learner_uuid']}",
+                "uuid": learner_uuid,
+                "href": f"{base_url}/partners/learners/{learner_uuid}",
             },
-            "external_learner_id": row["external_learner_id"],
+            "external_learner_id": external_id,
         }
         return Resource(_compact(body), self._etag(membership_uuid, "m"))
 
@@ -308,6 +362,14 @@ class StreamedDataset(GeneratedDataset):
             f"{self.runs.height} runs, ~{SCALES[self.name].enrolments} enrolments and "
             f"{self.learners.count} learners, generated a course at a time"
         )
+
+
+@dataclass(frozen=True)
+class _CachedCourse:
+    """A course served lately: its reports by run, and its memberships' look-up answers."""
+
+    reports: dict[str, pl.DataFrame]
+    memberships: dict[str, tuple[str, str]]  # uuid → (learner uuid, external learner id)
 
 
 class _Reports:

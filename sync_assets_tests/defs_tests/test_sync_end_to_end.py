@@ -259,7 +259,6 @@ def test_circuit_breaker_refuses_a_shrunk_report(world: World) -> None:
     world.dataset.enrolments = pl.concat([world.dataset.enrolments.filter(~in_course), kept])
     for run in runs:
         world.dataset.versions[run] = world.dataset.versions.get(run, 0) + 1
-    world.dataset._reports = None
     before = world.snapshot()
 
     refused = world.sync()

@@ -103,6 +103,20 @@ def test_membership_look_up_needs_no_index(huge: StreamedDataset) -> None:
     assert simulator.dataset is huge
 
 
+def test_look_ups_of_a_course_served_answer_as_decoded(huge: StreamedDataset) -> None:
+    # A course served keeps its memberships' answers for the look-ups that follow its reports;
+    # they must be the answers decoded from each uuid by a simulator that served nothing.
+    course = huge.courses["course_uuid"][COURSES[3]]
+    run = huge.runs.filter(pl.col("course_uuid") == course)["run_uuid"][0]
+    memberships = {
+        record["organisation_membership"]["uuid"]
+        for record in json.loads(huge.enrolments_report(run, BASE).body)
+    }
+    fresh = load("huge")
+    for membership in sorted(memberships)[:200]:
+        assert huge.membership(membership, BASE).body == fresh.membership(membership, BASE).body
+
+
 def test_external_ids_link_as_in_generate(huge: StreamedDataset) -> None:
     """By id, by email in any case, or to no one (learners who are not platform users)."""
     users = next(huge.user_blocks(20_000))

@@ -17,7 +17,7 @@ from sync_assets.simulator.app import (
     SIMULATOR_CONSUMER_SECRET,
     PartnersApiSimulator,
 )
-from sync_assets.simulator.datasets import SANDBOX_DIR, generate, load
+from sync_assets.simulator.datasets import SANDBOX_DIR, GeneratedDataset, generate, load
 from sync_assets.simulator.faults import FaultPlan, FaultRule, FaultSpecError
 from sync_assets.simulator.transports import IN_PROCESS_BASE_URL, SimulatorTransport, serving
 
@@ -94,6 +94,16 @@ def test_if_none_match_gets_304_without_body(sandbox_http) -> None:
 )
 def test_refused_tokens_get_401(sandbox_http, headers: dict) -> None:
     _, client = sandbox_http
+    assert client.get("/partners/course_runs", headers=headers).status_code == 401
+
+
+def test_a_token_accepted_once_is_refused_when_it_expires(sandbox_http) -> None:
+    # The simulator verifies a token's signature once; its expiry still counts on every request.
+    _, client = sandbox_http
+    headers = token(lifetime=2)
+    expires = int(time.time()) + 2
+    assert client.get("/partners/course_runs", headers=headers).status_code == 200
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
     assert client.get("/partners/course_runs", headers=headers).status_code == 401
 
 
@@ -222,6 +232,15 @@ def test_generation_is_deterministic() -> None:
     assert not first.enrolments.equals(generate("demo", seed=8).enrolments)
 
 
+def test_a_day_moves_the_same_learners_every_time() -> None:
+    # The harness moves its own copy of the data a day on to count the minimum requests, and
+    # two processes serving one seed must serve the same bodies after a day as before it.
+    days = [generate("teachcomputing") for _ in range(3)]
+    for dataset in days:
+        dataset.advance_day()
+    assert all(day.enrolments.equals(days[0].enrolments) for day in days[1:])
+
+
 def test_teachcomputing_has_its_size() -> None:
     dataset = generate("teachcomputing")
     assert dataset.courses.height == 33
@@ -247,3 +266,60 @@ def test_a_day_moves_only_what_changed() -> None:
         .is_in(dataset.memberships["membership_uuid"].implode())
         .all()
     )
+
+
+def _as_generated(dataset: GeneratedDataset) -> GeneratedDataset:
+    """The same data in a dataset that has served nothing: what serving it must answer."""
+    return GeneratedDataset(
+        dataset.name,
+        dataset.seed,
+        dataset.today,
+        dataset.courses,
+        dataset.runs,
+        dataset.memberships,
+        dataset.enrolments,
+        dataset.users,
+        dataset.day,
+        dict(dataset.versions),
+    )
+
+
+def _served(dataset: GeneratedDataset, runs: list[str], memberships: list[str]) -> list[object]:
+    base = "http://sim"
+    answers = [dataset.course_runs(base)] + [
+        resource
+        for run in runs
+        for resource in (dataset.course_run(run, base), dataset.enrolments_report(run, base))
+    ]
+    answers += [dataset.membership(uuid, base) for uuid in memberships]
+    return [None if answer is None else (answer.body, answer.etag) for answer in answers]
+
+
+def test_what_is_served_follows_every_change_of_the_data() -> None:
+    # Reports by run and the membership index are kept between requests: each change must be
+    # served at once, whether made by a method or by replacing a frame.
+    dataset = generate("demo")
+    runs = dataset.runs["run_uuid"].to_list()
+    course = dataset.courses["course_uuid"][0]
+
+    def check() -> None:
+        memberships = dataset.memberships["membership_uuid"].to_list()
+        assert _served(dataset, runs, memberships) == _served(
+            _as_generated(dataset), runs, memberships
+        )
+
+    check()
+    dataset.advance_day()
+    check()
+    withdrawn = dataset.withdraw_course(course)
+    check()
+    assert dataset.enrolments_report(withdrawn["run_uuid"][0], "http://sim") is None
+    dataset.list_runs(withdrawn)
+    check()
+    dataset.rename_course(course, "Renamed")
+    new_course = dataset.add_course("New", 30)
+    runs.append(dataset.runs.filter(pl.col("course_uuid") == new_course)["run_uuid"].item())
+    check()
+    dataset.enrolments = dataset.enrolments.head(dataset.enrolments.height // 2)
+    dataset.memberships = dataset.memberships.head(dataset.memberships.height // 2)
+    check()
