@@ -28,7 +28,7 @@ from sync_assets.defs.retries import retry_if_transient, transient_errors_retrie
 from sync_assets.defs.storage import StoredOutcomes
 from sync_assets.defs.sync.changes import (
     COURSES_NOT_RUN,
-    check_scope,
+    check_the_courses,
     checked_progress,
     night_metadata,
 )
@@ -38,6 +38,7 @@ from sync_assets.defs.sync.metadata import frame_metadata
 from sync_assets.defs.sync.partitions import (
     course_partitions,
     first_run_of_night,
+    is_partitioned_run,
     run_partition_keys,
 )
 from sync_assets.error_text import error_line
@@ -97,25 +98,11 @@ def course_runs(
 ):
     partitions = list(context.instance.get_dynamic_partitions(course_partitions.name))
     # The nightly check is a run of this asset alone: it checks every course partition.
-    nightly = not context.run.tags.get("dagster/partition") and not context.run.tags.get(
-        "dagster/asset_partition_range_start"
-    )
+    nightly = not is_partitioned_run(context.run.tags)
     keys = partitions if nightly else run_partition_keys(context.run.tags, partitions)
-    engine = platform_database.engine
-
-    async def fetch():
-        async with partners_api.client() as client:
-            fetched = await steps.fetch_course_runs(client, engine)
-            scope = check_scope(keys, fetched.runs, fetched.known)
-            courses = sorted(set(scope.uuid_of.values()))
-            skip_if = steps.courses_to_skip(engine, fetched.runs, courses)
-            check = await steps.check_courses(client, fetched.runs, courses, skip_if)
-            return fetched, scope, check, client.metrics
-
-    started = time.perf_counter()
     with transient_errors_retried(context):  # it reads the activities and the courses' states
-        fetched, scope, check, metrics = run(fetch())
-    seconds = time.perf_counter() - started
+        night = run(check_the_courses(partners_api, platform_database.engine, keys))
+    fetched, scope, check = night.fetched, night.scope, night.check
     runs = check.on_runs(fetched.runs)
     unknown = fetched.unknown_courses(partners_api.ignored_course_uuids())
     context.log.info(
@@ -151,7 +138,7 @@ def course_runs(
                 steps.quarantine_reasons(fetched.quarantine)
             ),
             **verdict,
-            **api_metadata(metrics, seconds),
+            **api_metadata(night.metrics, night.seconds),
             **catalogue,
         },
     )

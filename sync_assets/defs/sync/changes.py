@@ -10,21 +10,26 @@ course that needs no run.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 import polars as pl
+from sqlalchemy.engine import Engine
 
+from sync_assets.defs.resources import PartnersApi
 from sync_assets.defs.sync.course_step import (
     NO_LONGER_KNOWN,
     UNCHANGED_NOTE,
     WITHDRAWN,
     named_partitions,
 )
-from sync_assets.sync import fact_names
+from sync_assets.partners_api.metrics import ApiMetrics
+from sync_assets.sync import fact_names, steps
 from sync_assets.sync.steps.changes import ReportCheck
+from sync_assets.sync.steps.course_runs import CourseRuns
 
 CHANGED_COURSES = "changed_courses"
 COURSES_NOT_RUN = "courses_not_run"
@@ -40,6 +45,32 @@ class CheckScope:
     uuid_of: dict[str, str]  # partition key → course uuid, for the courses to check
     not_run: dict[str, tuple[str, str, str]]  # key → (uuid, status, note): nothing to check
     titles: dict[str, str]  # course uuid → title now
+
+
+@dataclass(frozen=True)
+class CheckedCourses:
+    """What `course_runs` fetched and checked, and what it cost."""
+
+    fetched: CourseRuns
+    scope: CheckScope
+    check: ReportCheck
+    metrics: ApiMetrics
+    seconds: float
+
+
+async def check_the_courses(
+    partners_api: PartnersApi, engine: Engine, keys: Sequence[str]
+) -> CheckedCourses:
+    """The runs list, then every report of the courses `keys` names, once, conditionally."""
+    started = time.perf_counter()
+    async with partners_api.client() as client:
+        fetched = await steps.fetch_course_runs(client, engine)
+        scope = check_scope(keys, fetched.runs, fetched.known)
+        courses = sorted(set(scope.uuid_of.values()))
+        skip_if = steps.courses_to_skip(engine, fetched.runs, courses)
+        check = await steps.check_courses(client, fetched.runs, courses, skip_if)
+        metrics = client.metrics
+    return CheckedCourses(fetched, scope, check, metrics, time.perf_counter() - started)
 
 
 def check_scope(

@@ -55,6 +55,11 @@ def course_chunks(partition_keys: list[str], per_run: int | None) -> list[list[s
 MAX_RANGES_PER_NIGHT = 8
 
 
+def is_partitioned_run(run_tags: Mapping[str, str]) -> bool:
+    """Whether a run covers course partitions (one, or a range), by its tags."""
+    return "dagster/partition" in run_tags or "dagster/asset_partition_range_start" in run_tags
+
+
 def run_partition_keys(run_tags: Mapping[str, str], partition_keys: Sequence[str]) -> list[str]:
     """The course partitions a run covers, from its tags, in the partitions' order: its one
     partition, its range, or none (a run of `course_runs` alone)."""
