@@ -109,6 +109,11 @@ def make_world(
         }.items():
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("FL_PARTNERS_IGNORED_COURSE_UUIDS", raising=False)
+        # Retries 10 ms apart, not production's half-second unit: the scenarios that fail a
+        # request on every attempt (a 500 storm, an unreadable body) would otherwise spend
+        # seconds per request asleep. The faults are by request count, not time, so what fails
+        # and what is retried is the same; the client's own tests check the backoff itself.
+        monkeypatch.setenv("FL_PARTNERS_BACKOFF_SECONDS", "0.01")
         yield World(dataset, simulator, engine)
     engine.dispose()
 
