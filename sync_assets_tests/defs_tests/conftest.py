@@ -17,11 +17,11 @@ from sync_assets.cli import main
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.platform.database import create_platform_engine
 from sync_assets.platform.demo_catalogue import seed_demo_catalogue, seed_users
-from sync_assets.platform.migrate import upgrade
 from sync_assets.simulator.app import PartnersApiSimulator
 from sync_assets.simulator.datasets import GeneratedDataset, generate
 from sync_assets.simulator.faults import FaultPlan
 from sync_assets.simulator.transports import serving
+from sync_assets_tests.conftest import migrated
 
 KEY, SECRET = "e2e-partner", "an-end-to-end-secret-of-32-bytes-or-more"
 TABLES = (
@@ -92,8 +92,7 @@ def make_world(
     simulator = PartnersApiSimulator(
         dataset, consumer_key=KEY, consumer_secret=SECRET, faults=FaultPlan.parse(faults, seed=2)
     )
-    engine = create_platform_engine(database_url)
-    upgrade(engine)
+    engine = migrated(create_platform_engine(database_url))
     with engine.begin() as connection:
         seed_demo_catalogue(connection)
         seed_users(connection, dataset.users)
