@@ -119,6 +119,9 @@ def platform_database_url() -> str:
 # The largest response body read from the Partners API (FL_PARTNERS_MAX_BODY_BYTES). A report of
 # 100,000 enrolments is ~45 MB; a body past the cap costs its own course, not the process's memory.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024**2
+# The Partners API client's retry backoff unit (FL_PARTNERS_BACKOFF_SECONDS): enough to let a
+# struggling API breathe between attempts. Tests that fail every attempt on purpose shorten it.
+DEFAULT_BACKOFF_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ class PartnersApiSettings:
     max_requests_per_second: float | None = None
     timeout_seconds: float = 60.0  # one attempt, connect to the last byte of the body
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # The retries' backoff unit: the n-th retry waits a random time of up to this × 2^(n-1) s.
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
 
 
 def partners_api_settings() -> PartnersApiSettings:
@@ -168,6 +173,7 @@ def partners_api_settings() -> PartnersApiSettings:
         max_requests_per_second=_positive("FL_PARTNERS_MAX_REQUESTS_PER_SECOND", float, None),
         timeout_seconds=_positive("FL_PARTNERS_TIMEOUT_SECONDS", float, 60.0),
         max_body_bytes=_positive("FL_PARTNERS_MAX_BODY_BYTES", int, DEFAULT_MAX_BODY_BYTES),
+        backoff_seconds=_positive("FL_PARTNERS_BACKOFF_SECONDS", float, DEFAULT_BACKOFF_SECONDS),
     )
 
 

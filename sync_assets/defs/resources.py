@@ -86,6 +86,7 @@ class PartnersApi(dg.ConfigurableResource):
             max_retry_seconds=self.max_retry_seconds,
             timeout_seconds=settings.timeout_seconds,
             max_body_bytes=settings.max_body_bytes,
+            backoff_seconds=settings.backoff_seconds,
             cache_url=http_cache_url(),
         )
 

@@ -41,7 +41,7 @@ from sync_assets.partners_api.auth import PartnersJwtAuth
 from sync_assets.partners_api.cache import open_storage
 from sync_assets.partners_api.lanes import LanedTransport, lane
 from sync_assets.partners_api.metrics import ApiMetrics, MeteringTransport
-from sync_assets.settings import DEFAULT_MAX_BODY_BYTES
+from sync_assets.settings import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_BODY_BYTES
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -60,7 +60,7 @@ class ClientSettings:
     max_requests_per_second: float | None = None
     max_attempts: int = 5
     max_retry_seconds: float = 120.0
-    backoff_seconds: float = 0.5
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
     max_backoff_seconds: float = 30.0
     timeout_seconds: float = 60.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # a longer body fails its request, unread

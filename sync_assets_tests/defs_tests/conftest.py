@@ -17,11 +17,11 @@ from sync_assets.cli import main
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions
 from sync_assets.platform.database import create_platform_engine
 from sync_assets.platform.demo_catalogue import seed_demo_catalogue, seed_users
-from sync_assets.platform.migrate import upgrade
 from sync_assets.simulator.app import PartnersApiSimulator
 from sync_assets.simulator.datasets import GeneratedDataset, generate
 from sync_assets.simulator.faults import FaultPlan
 from sync_assets.simulator.transports import serving
+from sync_assets_tests.conftest import migrated
 
 KEY, SECRET = "e2e-partner", "an-end-to-end-secret-of-32-bytes-or-more"
 TABLES = (
@@ -92,8 +92,7 @@ def make_world(
     simulator = PartnersApiSimulator(
         dataset, consumer_key=KEY, consumer_secret=SECRET, faults=FaultPlan.parse(faults, seed=2)
     )
-    engine = create_platform_engine(database_url)
-    upgrade(engine)
+    engine = migrated(create_platform_engine(database_url))
     with engine.begin() as connection:
         seed_demo_catalogue(connection)
         seed_users(connection, dataset.users)
@@ -109,6 +108,11 @@ def make_world(
         }.items():
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("FL_PARTNERS_IGNORED_COURSE_UUIDS", raising=False)
+        # Retries 10 ms apart, not production's half-second unit: the scenarios that fail a
+        # request on every attempt (a 500 storm, an unreadable body) would otherwise spend
+        # seconds per request asleep. The faults are by request count, not time, so what fails
+        # and what is retried is the same; the client's own tests check the backoff itself.
+        monkeypatch.setenv("FL_PARTNERS_BACKOFF_SECONDS", "0.01")
         yield World(dataset, simulator, engine)
     engine.dispose()
 

@@ -114,3 +114,16 @@ def test_incomplete_configuration_names_the_setting(
 def test_ignored_courses_are_read_as_a_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FL_PARTNERS_IGNORED_COURSE_UUIDS", " a-1, b-2 ,,a-1 ")
     assert PartnersApi().ignored_course_uuids() == frozenset({"a-1", "b-2"})
+
+
+def test_the_retry_backoff_is_half_a_second_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FL_PARTNERS_BACKOFF_SECONDS reaches the client (tests that fail every attempt shorten it);
+    unset, production keeps its half-second unit; zero is refused, naming the setting."""
+    monkeypatch.delenv("FL_PARTNERS_BACKOFF_SECONDS", raising=False)
+    assert PartnersApi().client_settings().backoff_seconds == 0.5
+    monkeypatch.setenv("FL_PARTNERS_BACKOFF_SECONDS", "0.01")
+    assert PartnersApi().client_settings().backoff_seconds == 0.01
+    monkeypatch.setenv("FL_PARTNERS_BACKOFF_SECONDS", "0")
+    with pytest.raises(ConfigurationError) as error:
+        PartnersApi().client_settings()
+    assert error.value.setting == "FL_PARTNERS_BACKOFF_SECONDS"

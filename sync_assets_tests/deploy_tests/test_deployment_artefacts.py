@@ -34,6 +34,7 @@ import dagster as dg
 import httpx
 import pytest
 import yaml
+from dagster._grpc.client import DagsterGrpcClient
 from sqlalchemy.engine import URL
 
 from sync_assets.platform.database import create_platform_engine
@@ -863,27 +864,25 @@ def test_the_stack_commands_serve_the_location_and_run_a_job(
             with_option(dockerfile_cmd(), ("-h",), "127.0.0.1"), ("-p",), str(code_port)
         )
         logs.append(stack.enter_context(process(cmd, code_env, app, tmp_path / "code-server.log")))
-        health = [str(VENV_BIN / "dagster"), "api", "grpc-health-check", "-p", str(code_port)]
+        # Asked in this process (a `dagster` process per poll takes seconds to start); compose's
+        # own probe, that command, runs against it at the end.
+        health = DagsterGrpcClient(port=code_port, host="127.0.0.1")
         wait_for(
             "the code server's health check",
-            lambda: (
-                subprocess.run(health, env=code_env, capture_output=True, check=False).returncode
-                == 0
-            ),
+            lambda: health.health_check_query() == "SERVING",
             120,
             logs,
         )
-        listed = subprocess.run(
+        # Listed while the webserver and the daemon start (each takes seconds to load).
+        listing = subprocess.Popen(
             [str(VENV_BIN / "dagster"), "job", "list", "-w", str(home / "workspace.yaml")],
             env=service_env("daemon"),
             cwd=app,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            check=False,
         )
-        assert listed.returncode == 0, listed.stdout + listed.stderr
-        assert all(job in listed.stdout for job in JOBS), listed.stdout
-
+        stack.callback(listing.kill)  # if the test fails before it is read; no-op once ended
         logs.append(
             stack.enter_context(
                 process(
@@ -900,6 +899,9 @@ def test_the_stack_commands_serve_the_location_and_run_a_job(
         wait_for(
             "the webserver", lambda: _answers(f"http://127.0.0.1:{web_port}/server_info"), 120, logs
         )
+        listed, errors = listing.communicate(timeout=120)
+        assert listing.returncode == 0, listed + errors
+        assert all(job in listed for job in JOBS), listed
         entries = httpx.post(graphql, json={"query": GRAPHQL_LOCATIONS}, timeout=60).json()
         [entry] = entries["data"]["workspaceOrError"]["locationEntries"]
         assert entry["name"] == "sync_assets"

@@ -8,6 +8,11 @@ sync in chunks of SYNC_ASSETS_COURSES_PER_RUN courses; the daemon launches each 
 process of the code server. The platform tables must equal the single-process result. Then, from
 working directory B (its own Dagster home and data folder, nothing on its disk), a rerun of one
 course's `activity_progress` loads its inputs from the shared storage.
+
+The daemon starts once the CLI has queued its runs, as on a deployment that has synced before:
+the course partitions sensor, evaluated by the daemon through the code server, then finds every
+course with a partition and launches nothing. (Started first, the sensor adds the partitions and
+launches a first sync of its own, which the CLI's runs queue behind: minutes of the same work.)
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +32,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from dagster._core.utils import make_new_backfill_id
 from sqlalchemy.engine import URL
 
@@ -82,6 +88,7 @@ class Deployment:
     single_process_env: dict[str, str]
     bucket: str
     endpoint: str
+    start_daemon: Callable[[], None]
 
     def command(self, env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -92,6 +99,9 @@ class Deployment:
             text=True,
             timeout=SYNC_SECONDS,
         )
+
+    def start(self, env: dict[str, str], cwd: Path, log: Path, *args: str) -> subprocess.Popen:
+        return start([str(BIN / args[0]), *args[1:]], env, cwd, log)
 
 
 def _wait_for_code_server(port: int, server: subprocess.Popen, log: Path) -> None:
@@ -199,15 +209,20 @@ def deployment(
             dir_a,
             code_log,
         )
-        daemon = None
+        daemons: list[subprocess.Popen] = []
+
+        def start_daemon() -> None:
+            daemons.append(
+                start(
+                    [str(BIN / "dagster-daemon"), "run", "-w", str(dir_a / "workspace.yaml")],
+                    envs[dir_a],
+                    dir_a,
+                    daemon_log,
+                )
+            )
+
         try:
             _wait_for_code_server(port, code_server, code_log)
-            daemon = start(
-                [str(BIN / "dagster-daemon"), "run", "-w", str(dir_a / "workspace.yaml")],
-                envs[dir_a],
-                dir_a,
-                daemon_log,
-            )
             single_home = tmp_path / "single-process"
             single_env = (
                 base
@@ -228,10 +243,11 @@ def deployment(
                 single_process_env=single_env,
                 bucket=bucket,
                 endpoint=s3_endpoint,
+                start_daemon=start_daemon,
             )
         finally:
             # Together: each takes seconds to wind down.
-            stop(*(process for process in (daemon, code_server) if process is not None))
+            stop(*daemons, code_server)
             for key in cache.scan_iter(REDIS_PREFIX + b"*"):
                 cache.delete(key)
             admin = sa.create_engine(admin_url)
@@ -285,28 +301,49 @@ def _backfill_every_course(instance: dg.DagsterInstance, courses: list[str]) -> 
     return backfill.backfill_id
 
 
+def _wait_for_line(process: subprocess.Popen, log: Path, line: str) -> None:
+    """Until `process` has written `line` to its log (it goes on running)."""
+    deadline = time.monotonic() + SYNC_SECONDS
+    while line not in log.read_text():
+        assert process.poll() is None, f"exited {process.returncode}: {log.read_text()[-6000:]}"
+        assert time.monotonic() < deadline, f"no {line!r} in {SYNC_SECONDS} s"
+        time.sleep(0.25)
+
+
+def _first_ticks(instance: dg.DagsterInstance, sensor: str) -> list:
+    """The sensor's ticks, once it has one that has ended (the daemon evaluates it at start, in
+    its own time; its minimum interval is an hour: one tick)."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        state = next((state for state in states if state.instigator_name == sensor), None)
+        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id) if state else []
+        ended = ticks and all(tick.status != TickStatus.STARTED for tick in ticks)
+        if ended or time.monotonic() > deadline:
+            return list(ticks)
+        time.sleep(0.5)
+
+
 def test_the_deployment_syncs_in_chunks_and_reruns_a_course_from_another_machine(
     deployment: Deployment,
 ) -> None:
     d = deployment
     # The nightly sync, queued from A for the daemon: runs of at most COURSES_PER_RUN courses.
-    synced = d.command(d.env_a, d.dir_a, "sync-assets", "sync", "--submit")
-    assert synced.returncode == 0, synced.stdout[-3000:] + synced.stderr[-3000:]
-    assert "Queued" in synced.stdout
-
-    single = d.command(d.single_process_env, d.dir_a, "sync-assets", "sync")
-    assert single.returncode == 0, single.stderr[-3000:]
-    # The same platform tables as the sync in one process: chunks change memory, not results.
-    assert _snapshot(d.platform_url) == _snapshot(d.single_process_url)
+    # The CLI adds the course partitions, then queues; the daemon starts once it has queued.
+    log = d.dir_a / "sync-submit.log"
+    submitted = d.start(d.env_a, d.dir_a, log, "sync-assets", "sync", "--submit")
+    try:
+        _wait_for_line(submitted, log, "Queued ")
+        d.start_daemon()
+        exit_code = submitted.wait(timeout=SYNC_SECONDS)
+    finally:
+        stop(submitted)  # if it is still running: a test that failed waiting
+    assert exit_code == 0, log.read_text()[-6000:]
+    after_chunks = _snapshot(d.platform_url)
 
     with _instance(d.env_a) as instance:
-        # The CLI's runs (the course partitions sensor may have launched one for the courses it
-        # saw first, as it does for a newly known course).
-        sync_runs = instance.get_runs(
-            dg.RunsFilter(
-                job_name="futurelearn_sync", tags={"sync_assets/launched_by": "cli --submit"}
-            )
-        )
+        # Every sync run is one of the CLI's: the sensor found each course with its partition.
+        sync_runs = instance.get_runs(dg.RunsFilter(job_name="futurelearn_sync"))
         courses = instance.get_dynamic_partitions("course")
         assert len(sync_runs) == -(-len(courses) // COURSES_PER_RUN) > 1
         for run in sync_runs:
@@ -316,11 +353,23 @@ def test_the_deployment_syncs_in_chunks_and_reruns_a_course_from_another_machine
             assert ".dagster/grpc_info" in run.tags
         certificate_runs = instance.get_runs(dg.RunsFilter(job_name="daily_certificates_job"))
         assert [run.status for run in certificate_runs] == [dg.DagsterRunStatus.SUCCESS]
+        # The sensor ran in the deployment (the code server's settings, the shared instance and
+        # cache) and skipped: nothing to add.
+        [tick] = _first_ticks(instance, "course_partitions_sensor")
+        assert tick.status == TickStatus.SKIPPED, tick
+        assert f"all {len(courses)} known courses have partitions" in (tick.skip_reason or "")
 
     # A backfill of every course partition (what "Materialize all" in the UI launches): the
     # daemon splits it into runs of COURSES_PER_RUN, by the assets' backfill policy.
     with _instance(d.env_a) as instance:
         backfill_id = _backfill_every_course(instance, courses)
+
+    # Meanwhile (the daemon's backfill iterations are 30 s apart), the same sync in one process.
+    single = d.command(d.single_process_env, d.dir_a, "sync-assets", "sync")
+    assert single.returncode == 0, single.stderr[-3000:]
+    # The same platform tables as the sync in one process: chunks change memory, not results.
+    assert after_chunks == _snapshot(d.single_process_url)
+
     deadline = time.monotonic() + SYNC_SECONDS
     with _instance(d.env_a) as instance:
         while instance.get_backfill(backfill_id).status == BulkActionStatus.REQUESTED:
