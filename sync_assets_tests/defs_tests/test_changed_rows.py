@@ -82,11 +82,13 @@ def _planned(world: World, course: str) -> tuple[int, int]:
     return metadata["learners"].value, metadata["learners_planned"].value
 
 
-def _recomputation_changes_nothing(world: World) -> None:
+def _recomputation_changes_nothing(world: World, course: str) -> None:
     settled = world.snapshot()
     full = world.sync("--recompute-unchanged")
     assert full.exit_code == 0, full.output
     assert "skipped as unchanged" not in full.output
+    learners, planned = _planned(world, course)
+    assert planned == learners  # a recomputation replans every learner, to check them all
     assert world.snapshot() == settled
 
 
@@ -109,7 +111,7 @@ def test_a_next_day_change_to_one_learner_replans_them_alone_as_a_full_recomputa
     after = world.achievements()
     assert after[(user, activity)] != before[(user, activity)]
     assert after == expected_achievements(world.dataset, before)
-    _recomputation_changes_nothing(world)
+    _recomputation_changes_nothing(world, course)
 
 
 def test_a_platform_change_on_the_course_replans_it_whole(world: World) -> None:
@@ -138,4 +140,4 @@ def test_a_platform_change_on_the_course_replans_it_whole(world: World) -> None:
     assert planned == learners
     assert world.achievements()[(reset_user, activity)] == (progress, "in_progress")
     assert world.achievements() == expected_achievements(world.dataset, before)
-    _recomputation_changes_nothing(world)
+    _recomputation_changes_nothing(world, course)
