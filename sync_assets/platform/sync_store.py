@@ -587,6 +587,7 @@ def record_course_state(
     *,
     report_fingerprint: str | None = None,
     platform_fingerprint: str | None = None,
+    row_digests: bytes | None = None,
 ) -> None:
     statement = dialect_insert(connection, course_sync_state)
     values = {
@@ -596,6 +597,7 @@ def record_course_state(
         "dagster_run_id": dagster_run_id,
         "report_fingerprint": report_fingerprint,
         "platform_fingerprint": platform_fingerprint,
+        "row_digests": row_digests,
     }
     connection.execute(
         statement.values(values).on_conflict_do_update(
@@ -603,6 +605,20 @@ def record_course_state(
             set_={name: statement.excluded[name] for name in values if name != "course_uuid"},
         )
     )
+
+
+def stored_row_digests(connection: Connection, course_uuid: str) -> tuple[str, bytes] | None:
+    """The platform fingerprint a course's last write left and the row digests it was applied
+    from (sync/row_digests.py), when both are stored; read under the course's lock."""
+    table = course_sync_state
+    row = connection.execute(
+        sa.select(table.c.platform_fingerprint, table.c.row_digests).where(
+            table.c.course_uuid == course_uuid
+        )
+    ).first()
+    if row is None or row.platform_fingerprint is None or row.row_digests is None:
+        return None
+    return row.platform_fingerprint, bytes(row.row_digests)
 
 
 @dataclass

@@ -220,6 +220,9 @@ course_sync_state = sa.Table(
     # linking generation). Null: recompute next time (never synced, or synced with stale changes).
     sa.Column("report_fingerprint", sa.Text),
     sa.Column("platform_fingerprint", sa.Text),
+    # One digest per membership of the reports it was applied from (sync/row_digests.py), so that
+    # a next day replans only the learners whose rows changed. Null: plan the whole course.
+    sa.Column("row_digests", sa.LargeBinary),
 )
 
 # One row: a counter the sync moves on whenever the platform changed something linking depends

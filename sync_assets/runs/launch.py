@@ -156,7 +156,12 @@ def launch_sync(
     run_config = {
         "ops": {
             "activity_progress": {
-                "config": {"dry_run": dry_run, "allow_shrink_courses": list(allow_shrink or [])}
+                "config": {
+                    "dry_run": dry_run,
+                    "allow_shrink_courses": list(allow_shrink or []),
+                    # A recomputation replans every learner, not only those whose rows changed.
+                    "changed_rows_only": not recompute_unchanged,
+                }
             },
             "enrolments": {
                 "config": {

@@ -58,6 +58,8 @@ LOOKED_UP = "looked_up"
 
 # latest_enrolments and activity_progress, per course
 LEARNERS = "learners"
+# Of them, those planned: whose report rows changed since the last write, or all (whole course).
+LEARNERS_PLANNED = "learners_planned"
 ENROLMENTS = "enrolments"
 ACHIEVEMENTS_CREATED = "achievements_created"
 ACHIEVEMENTS_UPDATED = "achievements_updated"

@@ -344,6 +344,12 @@ class ProgressConfig(dg.Config):
         description="Courses (uuids or partition keys) whose shrunk report is known to be real: "
         "apply them anyway",
     )
+    changed_rows_only: bool = Field(
+        default=True,
+        description="Plan only the learners whose report rows changed since the course's last "
+        "write, when its platform side is as that write left it. False replans every learner "
+        "of each course (a recomputation).",
+    )
 
 
 @dg.asset(
@@ -396,7 +402,11 @@ def activity_progress(
         config.max_shrink_share, step.course_uuids(config.allow_shrink_courses)
     )
     options = steps.WriteOptions(
-        datetime.now(UTC), breaker, config.dry_run, dagster_run_id=context.run.run_id
+        datetime.now(UTC),
+        breaker,
+        config.dry_run,
+        dagster_run_id=context.run.run_id,
+        changed_rows_only=config.changed_rows_only,
     )
     inputs = (
         step.inputs["enrolments"],

@@ -24,7 +24,7 @@ from sync_assets.platform.transient import is_transient
 from sync_assets.rules.achievements import achievement_changes
 from sync_assets.rules.programmes import CSA, assign_programmes, csa_auto_enrolments
 from sync_assets.settings import course_lock_timeout_seconds
-from sync_assets.sync import fact_names
+from sync_assets.sync import fact_names, row_digests
 from sync_assets.sync.outcomes import Computed, Failed, Outcomes
 from sync_assets.sync.steps.course_runs import activities_of
 from sync_assets.sync.steps.enrolments import REPORT_FINGERPRINT
@@ -50,6 +50,7 @@ class CourseWrite:
     enrolments: int
     learners: int
     links_made: int
+    learners_planned: int  # the learners whose rows changed, or every learner (whole course)
     changes: pl.DataFrame  # the achievement changes (sync_store.ACHIEVEMENT_CHANGE_SCHEMA)
     applied: sync_store.AppliedChanges | None = None  # None in a dry run or when refused
     refused: str | None = None  # why progress was not applied (circuit breaker)
@@ -81,6 +82,7 @@ class CourseWrite:
             fact_names.STATUS: status,
             fact_names.ENROLMENTS: self.enrolments,
             fact_names.LEARNERS: self.learners,
+            fact_names.LEARNERS_PLANNED: self.learners_planned,
             fact_names.LINKS_MADE: self.links_made,
             fact_names.ACHIEVEMENTS_CREATED: self.created,
             fact_names.ACHIEVEMENTS_UPDATED: self.updated,
@@ -163,6 +165,9 @@ class CourseInputs:
     enrolments: pl.DataFrame
     latest: pl.DataFrame
     linked: pl.DataFrame
+    # The runs (run_uuid, start_time): with them, the course's row digests are kept and compared
+    # (sync/row_digests.py); without, the course is planned whole and its digests left alone.
+    runs: pl.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,10 @@ class WriteOptions:
     # courses): not for a resync of chosen learners, which applies part of a course.
     record_course_state: bool = True
     lock_timeout_seconds: float | None = None  # default: course_lock_timeout_seconds()
+    # Plan only the learners whose report rows changed since the course's last write, when its
+    # platform side is as that write left it (sync/row_digests.py). Off for a recomputation
+    # (`--recompute-unchanged`), which must replan every learner to check the others.
+    changed_rows_only: bool = False
 
     def lock_timeout(self) -> float:
         if self.lock_timeout_seconds is None:
@@ -205,12 +214,13 @@ def sync_course(
     """
     if options.dry_run:
         with engine.connect() as connection:
-            return _plan_write(connection, course, options.now)[1]
+            return _plan_write(connection, course, options.now, None)[1]
     with transactions.course_write_transaction(
         engine, course.course_uuid, timeout_seconds=options.lock_timeout()
     ) as connection:
         started = time.perf_counter()
-        batch, write = _plan_write(connection, course, options.now)
+        rows = _row_scope(connection, course, options, applied_from)
+        batch, write = _plan_write(connection, course, options.now, rows.users)
         planned = time.perf_counter()
         write.plan_seconds = planned - started
         write.refused = options.breaker.refusal(
@@ -228,7 +238,10 @@ def sync_course(
             change_tracking.account_links(connection, new_links)
             if options.record_course_state:
                 state = _state_after(connection, course, applied_from, write.applied)
-                if state != previous:
+                # Digests only beside a platform fingerprint: without one the next write
+                # plans the whole course anyway.
+                digests = rows.digests if state.platform_fingerprint else None
+                if state != previous or not _same_digests(digests, rows.stored):
                     sync_store.record_course_state(
                         connection,
                         course.course_uuid,
@@ -236,6 +249,7 @@ def sync_course(
                         options.dagster_run_id,
                         report_fingerprint=state.report_fingerprint,
                         platform_fingerprint=state.platform_fingerprint,
+                        row_digests=None if digests is None else row_digests.encode(digests),
                     )
                     write.applied.course_state = 1
             failpoints.reached("activity_progress.before_course_commit")
@@ -271,6 +285,7 @@ def progress_outcomes(
             enrolments.frame(course),
             stamped.frame,
             linked.frame(course),
+            runs,
         )
         try:
             write = _retrying_transient(
@@ -363,17 +378,66 @@ def _state_after(
     )
 
 
+@dataclass(frozen=True)
+class _RowScope:
+    """Which of a course's learners a write plans, and the row digests it leaves stored."""
+
+    digests: pl.DataFrame | None = None  # the course's membership digests now (None: not kept)
+    stored: pl.DataFrame | None = None  # as the course's last write left them, if stored
+    users: list[str] | None = None  # the learners to plan; None: every learner
+
+
+def _row_scope(
+    connection: Connection,
+    course: CourseInputs,
+    options: WriteOptions,
+    applied_from: AppliedFrom | None,
+) -> _RowScope:
+    """Under the course's lock: the learners to plan. Only those whose rows changed (added,
+    changed or removed memberships, links included) when the last write's digests are stored
+    and the platform side is still the one that write left; otherwise (first sync, platform
+    changed, fingerprint version bumped, a recomputation) every learner."""
+    if not options.record_course_state or course.runs is None:
+        return _RowScope()
+    digests = row_digests.membership_digests(course.enrolments, course.linked, course.runs)
+    found = sync_store.stored_row_digests(connection, course.course_uuid)
+    if found is None:
+        return _RowScope(digests)
+    platform_left, stored_bytes = found
+    stored = row_digests.decode(stored_bytes)
+    if not options.changed_rows_only or applied_from is None:
+        return _RowScope(digests, stored)
+    summary = change_tracking.achievement_summaries(connection, [course.activity_id])
+    platform_now = change_tracking.platform_fingerprint(
+        course.activity_id, summary.get(course.activity_id), applied_from.linking_generation
+    )
+    if platform_now != platform_left:
+        return _RowScope(digests, stored)
+    return _RowScope(digests, stored, row_digests.affected_users(digests, stored))
+
+
+def _same_digests(new: pl.DataFrame | None, stored: pl.DataFrame | None) -> bool:
+    if new is None or stored is None:
+        return new is None and stored is None
+    return new.equals(stored)
+
+
 def _plan_write(
-    connection: Connection, course: CourseInputs, now: datetime
+    connection: Connection, course: CourseInputs, now: datetime, users: list[str] | None
 ) -> tuple[sync_store.CourseSyncBatch, CourseWrite]:
+    """The course's batch and what it did, planned for `users` only (None: every learner)."""
+    latest = (
+        course.latest if users is None else course.latest.filter(pl.col("user_id").is_in(users))
+    )
     batch, _ = plan_course(
-        connection, course.course_uuid, course.activity_id, course.latest, course.linked, now
+        connection, course.course_uuid, course.activity_id, latest, course.linked, now
     )
     return batch, CourseWrite(
         course_uuid=course.course_uuid,
         activity_id=course.activity_id,
         enrolments=course.enrolments.height,
         learners=course.latest.height,
+        learners_planned=latest.height,
         links_made=course.linked.filter(pl.col("new_link")).height,
         changes=batch.achievement_changes,  # only what is written: it is kept for every course
     )
