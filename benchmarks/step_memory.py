@@ -152,16 +152,22 @@ def measure_split(rounds: int) -> list[dict[str, Any]]:
     results = []
     for _ in range(rounds):
         for variant in SPLITS:
-            done = subprocess.run(
-                [sys.executable, "-m", "benchmarks.step_memory", "--split-child", variant],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            print(json.dumps(result), flush=True)
-            results.append(result)
+            results.append(in_fresh_process("--split-child", variant))
     return results
+
+
+def in_fresh_process(*options: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """This script's child mode in a process of its own: the JSON line it prints last."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.step_memory", *options],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(result), flush=True)
+    return result
 
 
 def measure(workload: str, rounds: int, limit: int | None) -> list[dict[str, Any]]:
@@ -187,18 +193,11 @@ def measure(workload: str, rounds: int, limit: int | None) -> list[dict[str, Any
                 for variant in VARIANTS:  # alternating, so load drifts touch both alike
                     home = workdir / f"{variant}-{number}"
                     env = sync_env(simulator, url, home, concurrency=16)
-                    done = subprocess.run(
-                        [
-                            *(sys.executable, "-m", "benchmarks.step_memory", "--child", variant),
-                            *(("--courses", str(limit)) if limit else ()),
-                        ],
+                    options = ("--courses", str(limit)) if limit else ()
+                    result = in_fresh_process(
+                        *("--child", variant, *options),
                         env={**env, "STEP_MEMORY_SPOOL": str(home / "spool")},
-                        capture_output=True,
-                        text=True,
-                        check=True,
                     )
-                    result = json.loads(done.stdout.strip().splitlines()[-1])
-                    print(json.dumps(result), flush=True)
                     results.append(result)
         finally:
             simulator.stop()
