@@ -701,6 +701,37 @@ def test_a_compressed_report_under_the_cap_is_read(tmp_path: Path) -> None:
     assert answers[RUN].pages == ([],)  # inflated, and read to the report
 
 
+def test_a_night_drops_each_courses_enrolments_once_handed_on(tmp_path: Path) -> None:
+    """The enrolments step of a night holds the frames of the courses in flight, not the
+    catalogue's (on `large`, every course's frame at once was ~1 GiB): each course's outcome is
+    handed on as soon as it is read, and nothing of the step keeps it after that."""
+    import weakref
+
+    from sync_assets.sync.outcomes import Computed
+    from sync_assets.sync.steps import stream_enrolments
+
+    dataset = generate("demo")
+    courses = sorted(set(dataset.runs["course_uuid"]))
+    handed_on: list[str] = []
+    kept: list[weakref.ref] = []  # each outcome handed on, dropped by the recorder at once
+
+    def record(course: str, outcome: object) -> None:
+        assert isinstance(outcome, Computed)
+        assert [ref() for ref in kept] == [None] * len(kept)  # the earlier ones are gone
+        handed_on.append(course)
+        kept.append(weakref.ref(outcome.frame))
+
+    with serving(PartnersApiSimulator(dataset)) as server:
+
+        async def night():
+            async with PartnersApiClient(settings(server.base_url, tmp_path)) as client:
+                return await stream_enrolments(client, dataset.runs, courses, record)
+
+        tally = run(night())
+    assert sorted(handed_on) == courses
+    assert tally.summary().startswith(f"{len(courses)} courses: {dataset.runs.height} reports")
+
+
 def test_a_cached_report_that_cannot_be_parsed_is_forgotten(tmp_path: Path) -> None:
     """A report served as a 304 is decoded only when parsed, from the cached bytes: when those
     cannot be used, the course fails alone and the cached body goes, so the next request asks

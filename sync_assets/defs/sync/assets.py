@@ -216,15 +216,16 @@ def enrolments(
 
     async def fetch():
         async with partners_api.client() as client:
-            return await steps.fetch_enrolments(
-                client, course_runs, step.courses, skip_if_reports, policy
+            # Each course recorded (spooled to disk) as soon as it is read, and dropped.
+            return await steps.stream_enrolments(
+                client, course_runs, step.courses, step.record_course, skip_if_reports, policy
             ), client.metrics
 
     started = time.perf_counter()
     fetched, metrics = run(fetch())
     seconds = time.perf_counter() - started
     context.log.info(fetched.summary())
-    step.record(fetched.outcomes.items(), one_by_one=False)
+    step.record_passed_on()
     yield step.output(
         {**api_metadata(metrics, seconds), fact_names.SKIPPED_UNCHANGED: step.unchanged_count}
     )

@@ -186,7 +186,17 @@ class CourseStep:
         is worth showing on its partition (not for a step that computes every course at once).
         """
         for course, outcome in outcomes:
-            self._record(self._key_of[course], outcome, per_course_memory=one_by_one)
+            self.record_course(course, outcome, one_by_one=one_by_one)
+        self.record_passed_on()
+
+    def record_course(self, course: str, outcome: Outcome, *, one_by_one: bool = False) -> None:
+        """Record one course's outcome, as `record` does: for a step that hands its outcomes on
+        as it makes them (a callback), then calls `record_passed_on`."""
+        self._record(self._key_of[course], outcome, per_course_memory=one_by_one)
+
+    def record_passed_on(self) -> None:
+        """What the step did not compute: failed or unchanged upstream, or a key naming no
+        course (after its own courses' outcomes)."""
         for key, uuid in sorted(self._uuid_of.items()):
             if key in self._upstream_failed:
                 self._record(key, Failed(self._upstream_failed[key]))

@@ -22,6 +22,7 @@ from sync_assets.sync.steps.enrolments import (
     courses_to_skip,
     fetch_enrolments,
     quarantine_reasons,
+    stream_enrolments,
 )
 from sync_assets.sync.steps.latest import choose_latest, latest_outcomes
 from sync_assets.sync.steps.linking import LINKED_SCHEMA, link_memberships
@@ -61,5 +62,6 @@ __all__ = [
     "progress_summary",
     "progress_tally",
     "quarantine_reasons",
+    "stream_enrolments",
     "sync_course",
 ]

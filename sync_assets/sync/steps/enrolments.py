@@ -44,14 +44,42 @@ class QuarantinePolicy:
     allowed_courses: frozenset[str] = frozenset()  # applied however many are quarantined
 
 
+@dataclass
+class EnrolmentsTally:
+    """What the courses' reports came to, counted as each course's outcome is handed on: the
+    step keeps these figures, not the outcomes (each course's frame goes as soon as it is
+    recorded)."""
+
+    courses: int = 0
+    quarantined: int = 0
+    kinds: Counter[type] = field(default_factory=Counter)
+    unchanged_runs: set[str] = field(default_factory=set)  # answered 304
+    changed_runs: set[str] = field(default_factory=set)
+
+    def add(self, fetched: _CourseFetch) -> None:
+        self.courses += 1
+        self.quarantined += sum(part.height for part in fetched.quarantine)
+        self.kinds[type(fetched.outcome)] += 1
+        self.unchanged_runs |= fetched.unchanged_runs
+        self.changed_runs |= fetched.changed_runs
+
+    def summary(self) -> str:
+        return (
+            f"{counted(self.courses, 'course')}: "
+            f"{counted(len(self.changed_runs), 'report')} changed, "
+            f"{len(self.unchanged_runs)} unchanged (304), "
+            f"{counted(self.quarantined, 'record')} quarantined, "
+            f"{counted(self.kinds[Failed], 'course')} failed, "
+            f"{self.kinds[Unchanged]} skipped as unchanged"
+        )
+
+
 @dataclass(frozen=True)
 class CourseEnrolments:
     # Each course: its reports as one frame (stamped with their fingerprint), failed, or
-    # unchanged (its reports are the ones it was last synced from, see `fetch_enrolments`).
+    # unchanged (its reports are the ones it was last synced from, see `stream_enrolments`).
     outcomes: dict[str, Outcome]
-    quarantine: pl.DataFrame
-    unchanged_runs: frozenset[str]
-    changed_runs: frozenset[str]
+    tally: EnrolmentsTally
 
     def frames(self) -> dict[str, pl.DataFrame]:
         """The frames of the courses that were fetched and read (neither failed nor skipped)."""
@@ -62,15 +90,7 @@ class CourseEnrolments:
         return outcome.reason if isinstance(outcome, Failed) else None
 
     def summary(self) -> str:
-        kinds = Counter(type(outcome) for outcome in self.outcomes.values())
-        return (
-            f"{counted(len(self.outcomes), 'course')}: "
-            f"{counted(len(self.changed_runs), 'report')} changed, "
-            f"{len(self.unchanged_runs)} unchanged (304), "
-            f"{counted(self.quarantine.height, 'record')} quarantined, "
-            f"{counted(kinds[Failed], 'course')} failed, "
-            f"{kinds[Unchanged]} skipped as unchanged"
-        )
+        return self.tally.summary()
 
 
 async def fetch_enrolments(
@@ -80,7 +100,26 @@ async def fetch_enrolments(
     skip_if_reports: Mapping[str, str] | None = None,
     policy: QuarantinePolicy | None = None,
 ) -> CourseEnrolments:
-    """Every report of the courses' runs, each requested once, as one outcome per course.
+    """`stream_enrolments`, every course's outcome kept and returned, by course: for a few
+    courses (resync, explain). The step of a night streams them instead."""
+    outcomes: dict[str, Outcome] = {}
+    tally = await stream_enrolments(
+        client, runs, courses, outcomes.__setitem__, skip_if_reports, policy
+    )
+    return CourseEnrolments(dict(sorted(outcomes.items())), tally)
+
+
+async def stream_enrolments(
+    client: PartnersApiClient,
+    runs: pl.DataFrame,
+    courses: Iterable[str],
+    record: Callable[[str, Outcome], None],
+    skip_if_reports: Mapping[str, str] | None = None,
+    policy: QuarantinePolicy | None = None,
+) -> EnrolmentsTally:
+    """Every report of the courses' runs, each requested once, as one outcome per course, each
+    handed to `record(course, outcome)` as soon as it is made and not kept: a night holds the
+    frames of the courses in flight, not the catalogue's (on `large`, ~1 GiB held at once).
 
     `skip_if_reports`: course → the report fingerprint it was last synced from, for courses whose
     platform side has not changed since. A course whose reports still have that fingerprint is
@@ -95,23 +134,19 @@ async def fetch_enrolments(
         for (course,), rows in course_runs.partition_by("course_uuid", as_dict=True).items()
     }
     checked = _checked_reports(course_runs)
-    fetched: dict[str, _CourseFetch] = {}
+    tally = EnrolmentsTally()
 
     async def one_course(course: str) -> None:
         # Course by course, `concurrency` courses at a time: a skipped course's unparsed pages
-        # are dropped as soon as its last report is in.
-        fetched[course] = await _fetch_course(
+        # are dropped as soon as its last report is in, a read course's frame once recorded.
+        fetched = await _fetch_course(
             client, course, runs_of.get(course, []), skip_if_reports.get(course), policy, checked
         )
+        tally.add(fetched)
+        record(course, fetched.outcome)
 
     await client.fan_out(one_course, wanted)
-    quarantine = [part for course in wanted for part in fetched[course].quarantine]
-    return CourseEnrolments(
-        {course: fetched[course].outcome for course in wanted},
-        pl.concat(quarantine) if quarantine else contract.empty_quarantine(),
-        frozenset().union(*(f.unchanged_runs for f in fetched.values())),
-        frozenset().union(*(f.changed_runs for f in fetched.values())),
-    )
+    return tally
 
 
 @dataclass(frozen=True)

@@ -89,10 +89,6 @@ async def link_memberships(
     Memberships fetched before and still unlinked are matched again locally (a teacher may have
     joined the platform since), without another request. A course with a membership whose
     look-up failed for good fails; the others come back stamped with the linking generation.
-
-    Over sixty lines on purpose: one bulk pass in a fixed order (read what is stored, look up,
-    keep what was fetched before anything can fail, then match), whose frames each serve two or
-    three of its parts; split further, the order R2 depends on would be spread over functions.
     """
     if not enrolments_by_course:
         # Every course was skipped as unchanged (or failed): nothing to link, so the platform
@@ -104,6 +100,32 @@ async def link_memberships(
     memberships_of = {
         course: frame["membership_uuid"].unique() for course, frame in enrolments_by_course.items()
     }
+    # The bulk pass returns before the rows are split by course: what it read, fetched and
+    # matched for the whole run is freed first (on `large`, a million look-up answers and the
+    # users they name).
+    every, failed_courses, stats = await _link_run(client, engine, memberships_of, now)
+    by_course = _rows_by_course(every, memberships_of, failed_courses)
+    stamps = {LINKING_GENERATION: str(stats.linking_generation)}
+    outcomes: dict[str, Computed | Failed] = {
+        course: Computed(frame, stamps, _linking_facts(frame, stats.ambiguous, stats.conflicts))
+        for course, frame in by_course.items()
+    }
+    return outcomes | {course: Failed(why) for course, why in failed_courses.items()}, stats
+
+
+async def _link_run(
+    client: PartnersApiClient,
+    engine: Engine,
+    memberships_of: Mapping[str, pl.Series],
+    now: datetime,
+) -> tuple[pl.DataFrame, dict[str, str], LinkingStats]:
+    """The run's memberships as LINKED_SCHEMA rows, the courses failed by a look-up, and the
+    figures: one bulk pass in a fixed order (read what is stored, look up, keep what was fetched
+    before anything can fail, then match).
+
+    Over fifty lines on purpose: its frames each serve two or three of its parts; split
+    further, the order R2 depends on would be spread over functions.
+    """
     all_uuids = sorted(set().union(*(set(uuids) for uuids in memberships_of.values())))
     with engine.connect() as connection:
         existing = sync_store.linked_memberships(connection, all_uuids)
@@ -123,12 +145,8 @@ async def link_memberships(
     new_links = match_memberships(candidates, users)
     linked_now = new_links.select("membership_uuid", "user_id")
     every, relinked = _membership_rows(fetched, unlinked_before, existing, linked_now, now)
-    failed_courses = _courses_with_failed_lookups(memberships_of, fetched.failed)
-    by_course = _rows_by_course(every, memberships_of, failed_courses)
     first_time = new_links.join(fetched.found.select("membership_uuid"), on="membership_uuid")
     by_method = dict(first_time.group_by("matched_by").len().iter_rows())
-    ambiguous = ambiguous_emails(candidates, users)
-    conflicts = link_conflicts(stored_links, users)
     stats = LinkingStats(
         memberships=len(all_uuids),
         already_linked=existing.height,
@@ -141,16 +159,11 @@ async def link_memberships(
         unlinked=len(all_uuids) - existing.height - new_links.height,
         kept_unlinked=kept,
         quarantine=fetched.quarantine,
-        ambiguous=ambiguous,
-        conflicts=conflicts,
+        ambiguous=ambiguous_emails(candidates, users),
+        conflicts=link_conflicts(stored_links, users),
         linking_generation=generation,
     )
-    stamps = {LINKING_GENERATION: str(generation)}
-    outcomes: dict[str, Computed | Failed] = {
-        course: Computed(frame, stamps, _linking_facts(frame, ambiguous, conflicts))
-        for course, frame in by_course.items()
-    }
-    return outcomes | {course: Failed(why) for course, why in failed_courses.items()}, stats
+    return every, _courses_with_failed_lookups(memberships_of, fetched.failed), stats
 
 
 def _users_to_match(
@@ -216,9 +229,11 @@ def _rows_by_course(
             for course, uuids in memberships_of.items()
         ],
         how="vertical_relaxed",
-    ).sort("membership_uuid")
-    # Ordered by sorting the two-column frame before the join: sorting the joined frame after it
-    # copied every column, the largest allocation of the step on a million memberships.
+    ).sort("course_uuid", "membership_uuid")
+    # Ordered by sorting the two-column frame before the join, by course then membership: the
+    # joined rows come out a course at a time, so each course's frame is a slice of them.
+    # Sorting (or partitioning) the joined frame after it copied every column, the largest
+    # allocation of the step on a million memberships.
     with_course = course_memberships.join(
         every, on="membership_uuid", how="inner", maintain_order="left"
     )
@@ -302,14 +317,20 @@ def keep_fetched_memberships(engine: Engine, fetched: Memberships, now: datetime
 
 
 def split_by_course(frame: pl.DataFrame, courses: Iterable[str]) -> dict[str, pl.DataFrame]:
-    """One frame per course (without its `course_uuid` column), every course present.
+    """One frame per course (without its `course_uuid` column), every course present, from a
+    frame whose rows come a course at a time (each course's rows together).
 
-    One pass over the rows: a filter per course would cost courses × rows, which on a thousand
-    courses and millions of enrolments is most of the run.
+    Each course's frame is a slice of `frame`, sharing its memory: a filter per course would
+    cost courses × rows, and partitioning would copy every row once more.
     """
-    parts = frame.partition_by("course_uuid", as_dict=True, include_key=False, maintain_order=True)
-    empty = frame.clear().drop("course_uuid")
-    return {course: parts.get((course,), empty) for course in courses}
+    rows = frame.drop("course_uuid")
+    slices: dict[str, pl.DataFrame] = {}
+    offset = 0
+    for course, length in frame.group_by("course_uuid", maintain_order=True).len().iter_rows():
+        slices[course] = rows.slice(offset, length)
+        offset += length
+    empty = rows.clear()
+    return {course: slices.get(course, empty) for course in courses}
 
 
 def _conform(frame: pl.DataFrame, *, write: bool) -> pl.DataFrame:
