@@ -66,7 +66,6 @@ def _progress(dataset: GeneratedDataset, membership: str, steps: int) -> None:
     )
     run = dataset.enrolments.filter(this)["run_uuid"].item()
     dataset.versions[run] = dataset.versions.get(run, 0) + 1
-    dataset._reports = None  # served from the frame again
 
 
 def _planned(world: World, course: str) -> tuple[int, int]:
