@@ -7,7 +7,8 @@ transport that counts what reaches the wire → the network (or the in-process s
 each request: bounded retries with exponential backoff and jitter on 429, 5xx, connection and
 read errors and unreadable bodies, honouring `Retry-After`, within a total time budget; a
 concurrency bound and an optional requests-per-second ceiling for fan-out. Membership look-ups
-bypass the cache: each is fetched once ever and kept by the platform.
+bypass the cache (each is fetched once ever and kept by the platform) and httpx: they go on
+aiohttp (`lookups_wire`), with the same cap, metering, retries and origin.
 """
 
 from __future__ import annotations
