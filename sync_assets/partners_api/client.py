@@ -7,7 +7,8 @@ transport that counts what reaches the wire → the network (or the in-process s
 each request: bounded retries with exponential backoff and jitter on 429, 5xx, connection and
 read errors and unreadable bodies, honouring `Retry-After`, within a total time budget; a
 concurrency bound and an optional requests-per-second ceiling for fan-out. Membership look-ups
-bypass the cache: each is fetched once ever and kept by the platform.
+bypass the cache (each is fetched once ever and kept by the platform) and httpx: they go on
+aiohttp (`lookups_wire`), with the same cap, metering, retries and origin.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import ssl
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,8 +39,10 @@ from tenacity import (
 
 from sync_assets.partners_api import contract
 from sync_assets.partners_api.auth import PartnersJwtAuth
+from sync_assets.partners_api.body_cap import BodyTooLarge, Inflated, inflated_size_counter
 from sync_assets.partners_api.cache import open_storage
 from sync_assets.partners_api.lanes import LanedTransport, lane
+from sync_assets.partners_api.lookups_wire import LookupAnswer, LookupWire
 from sync_assets.partners_api.metrics import ApiMetrics, MeteringTransport
 from sync_assets.settings import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_BODY_BYTES
 
@@ -84,15 +87,6 @@ class PartnersApiError(RuntimeError):
         self.subject = subject
         # True when no other request can succeed either (refused credentials): not one course's.
         self.fatal = fatal
-
-
-class BodyTooLarge(Exception):
-    """A response body past `ClientSettings.max_body_bytes`: not read on, not retried."""
-
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(
-            f"body larger than {max_bytes:,} bytes (FL_PARTNERS_MAX_BODY_BYTES), not read"
-        )
 
 
 class _Retryable(Exception):
@@ -153,7 +147,7 @@ class Memberships:
     failed: dict[str, str] = field(default_factory=dict)  # membership → why, after every retry
 
 
-def _retry_after_seconds(response: httpx.Response) -> float | None:
+def _retry_after_seconds(response: httpx.Response | LookupAnswer) -> float | None:
     value = response.headers.get("Retry-After")
     if value is None:
         return None
@@ -224,6 +218,17 @@ def _cache_key(url: str) -> str:
     return hashlib.sha256(f"RFC {url}".encode()).hexdigest()
 
 
+def httpx_wire(concurrency: int, tls: ssl.SSLContext) -> httpx.AsyncBaseTransport:
+    """The network under httpx: a connection lane per fan-out worker (see `lanes`)."""
+    return LanedTransport(
+        max(concurrency, 1),
+        lambda connections: httpx.AsyncHTTPTransport(
+            verify=tls,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        ),
+    )
+
+
 class PartnersApiClient:
     """Use as `async with PartnersApiClient(settings) as client: …`."""
 
@@ -233,16 +238,8 @@ class PartnersApiClient:
         self.settings = settings
         self.metrics = ApiMetrics()
         self.auth = PartnersJwtAuth(settings.consumer_key, settings.consumer_secret)
-        tls = httpx.create_ssl_context()  # one for every lane: each costs ~20 ms to build
-        wire = transport or LanedTransport(
-            max(settings.concurrency, 1),
-            lambda connections: httpx.AsyncHTTPTransport(
-                verify=tls,
-                limits=httpx.Limits(
-                    max_connections=connections, max_keepalive_connections=connections
-                ),
-            ),
-        )
+        tls = httpx.create_ssl_context()  # one for every lane and look-ups: ~20 ms to build
+        wire = transport or httpx_wire(settings.concurrency, tls)
         self._metered = MeteringTransport(wire, self.metrics)
         # Below the cache: an over-long body is neither read on nor stored.
         self._capped = CappedTransport(self._metered, settings.max_body_bytes)
@@ -265,6 +262,21 @@ class PartnersApiClient:
             timeout=self._timeout,
             headers=HEADERS,
         )
+        # Look-ups on aiohttp (see `lookups_wire`); on the wire given instead when there is one
+        # (the in-process simulator), which only httpx can speak to.
+        self._lookups = (
+            None
+            if transport is not None
+            else LookupWire(
+                self._base_url,
+                headers=HEADERS,
+                connections=max(settings.concurrency, 1),
+                timeout_seconds=settings.timeout_seconds,
+                max_body_bytes=settings.max_body_bytes,
+                metrics=self.metrics,
+                tls=tls,
+            )
+        )
         self._slots = asyncio.Semaphore(max(1, settings.concurrency))
         self._limiter = (
             AsyncLimiter(settings.max_requests_per_second, 1)
@@ -280,6 +292,8 @@ class PartnersApiClient:
 
     async def aclose(self) -> None:
         await self._cached.aclose()  # closes the wire below it too
+        if self._lookups is not None:
+            await self._lookups.aclose()
         await self._storage.close()
 
     # --- the three endpoints a sync reads (SPEC §2 has a fourth, one course run: unused) --------
@@ -444,39 +458,52 @@ class PartnersApiClient:
             not_modified=all(answer.not_modified for answer in answers),
         )
 
-    async def _get_uncached(self, path: str) -> httpx.Response:
-        """GET straight to the metered wire, past the cache and httpx's client layer.
+    async def _get_uncached(self, path: str) -> httpx.Response | LookupAnswer:
+        """GET past the cache: on aiohttp (`lookups_wire`), or straight to the metered httpx wire
+        when the client was given one. A refused token is signed anew once (the same as
+        `PartnersJwtAuth.auth_flow`).
 
         Membership look-ups are most of a first sync's requests (a million on a large platform),
-        each asked once ever, so caching them is waste; and the client layer (URL merging, cookie
-        jar, auth generator, stream wrappers) cost a seventh of the client's CPU per look-up. What
-        that layer did for us is done here: base URL, headers, timeout, and a refused token
-        signed anew once (the same as `PartnersJwtAuth.auth_flow`).
+        each asked once ever, so caching them is waste; and httpx's stack cost ~1 ms of client
+        CPU per look-up.
 
         A path only, never a URL: the token goes to the base URL's origin and nowhere else.
         """
         if not path.startswith("/"):
             raise ValueError("a path under the base URL is expected")
         for renew in (False, True):
-            request = httpx.Request(
-                "GET",
-                self._base_url + path,
-                headers={**HEADERS, "Authorization": f"Bearer {self.auth.token(renew=renew)}"},
-                extensions={"timeout": self._timeout.as_dict()},
-            )
-            response = await self._capped.handle_async_request(request)
-            response.request = request
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
+            authorization = f"Bearer {self.auth.token(renew=renew)}"
+            if self._lookups is not None:
+                response: httpx.Response | LookupAnswer = await self._lookups.get(
+                    path, authorization
+                )
+            else:
+                response = await self._send_uncached(path, authorization)
             if response.status_code != 401:
                 break
         return response
 
+    async def _send_uncached(self, path: str, authorization: str) -> httpx.Response:
+        """One GET to the metered httpx wire, past httpx's client layer (URL merging, cookie
+        jar, auth generator, stream wrappers: a seventh of the CPU per look-up): what that layer
+        did for us is done here (base URL, headers, timeout)."""
+        request = httpx.Request(
+            "GET",
+            self._base_url + path,
+            headers={**HEADERS, "Authorization": authorization},
+            extensions={"timeout": self._timeout.as_dict()},
+        )
+        response = await self._capped.handle_async_request(request)
+        response.request = request
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
     async def _get(
         self,
-        send: Callable[[str], Awaitable[httpx.Response]],
+        send: Callable[[str], Awaitable[httpx.Response | LookupAnswer]],
         url: str,
         endpoint: str,
         subject: str | None,
@@ -522,7 +549,7 @@ class PartnersApiClient:
 
     async def _attempt(
         self,
-        send: Callable[[str], Awaitable[httpx.Response]],
+        send: Callable[[str], Awaitable[httpx.Response | LookupAnswer]],
         url: str,
         endpoint: str,
         deadline_seconds: float,
@@ -561,12 +588,12 @@ class PartnersApiClient:
         if response.status_code in RETRY_STATUSES:
             raise _Retryable(f"HTTP {response.status_code}", _retry_after_seconds(response))
         if response.status_code == 404:
-            return _Answer(None, False, None, str(response.request.url))
+            return _Answer(None, False, None, str(response.url))
         if response.status_code != 200:
             raise PartnersApiError(endpoint, None, f"unexpected HTTP {response.status_code}")
         not_modified = _not_modified(response)
         next_url = response.links.get("next", {}).get("url")
-        url = str(response.request.url)
+        url = str(response.url)
         # Only reports are digested (to know one is the same as last time), not look-ups.
         digest = hashlib.sha256(response.content).hexdigest() if lazy else ""
         if lazy and not_modified:
@@ -608,55 +635,9 @@ class _Answer:
     content: bytes = b""  # only when the body was left undecoded
 
 
-class _Inflated:
-    """Counts what a gzip or deflate body inflates to, as its compressed chunks arrive.
-
-    httpx inflates above the transports, after the whole compressed body is in: a small "zip
-    bomb" (a ratio of ~1000:1) would be inflated whole before any cap on its length could see it.
-    Counting here, a chunk at a time and never more than the cap's worth of output per step,
-    refuses it while it is still small. httpx inflates only gzip and deflate here (no brotli or
-    zstandard installed); any other coding reaches the parser as the bytes the cap counted.
-    """
-
-    def __init__(self, coding: str, max_bytes: int) -> None:
-        wbits = 16 + zlib.MAX_WBITS if coding in ("gzip", "x-gzip") else zlib.MAX_WBITS
-        self._inflater = zlib.decompressobj(wbits)
-        self._max_bytes = max_bytes
-        self._size = 0
-
-    def add(self, chunk: bytes) -> None:
-        pending = chunk
-        try:
-            while pending:
-                out = self._inflater.decompress(pending, self._max_bytes - self._size + 1)
-                self._size += len(out)
-                if self._size > self._max_bytes:
-                    raise BodyTooLarge(self._max_bytes)
-                pending = self._inflater.unconsumed_tail
-        except zlib.error:
-            pending = b""  # not what it says it is: httpx's own decoder will refuse it
-
-
-def _inflated_size_counter(headers: httpx.Headers, max_bytes: int) -> _Inflated | None:
-    """A counter when the body is compressed once with a coding httpx inflates, else None.
-
-    A body compressed twice (`gzip, gzip`) is refused: each layer multiplies the ratio, and no
-    API of ours sends one.
-    """
-    codings = [
-        value.strip().lower()
-        for value in headers.get("Content-Encoding", "").split(",")
-        if value.strip().lower() not in ("", "identity")
-    ]
-    inflated = [coding for coding in codings if coding in ("gzip", "x-gzip", "deflate")]
-    if len(inflated) > 1:
-        raise BodyTooLarge(max_bytes)
-    return _Inflated(inflated[0], max_bytes) if inflated else None
-
-
 class _CappedStream(httpx.AsyncByteStream):
     def __init__(
-        self, stream: httpx.AsyncByteStream, max_bytes: int, inflated: _Inflated | None
+        self, stream: httpx.AsyncByteStream, max_bytes: int, inflated: Inflated | None
     ) -> None:
         self._stream = stream
         self._max_bytes = max_bytes
@@ -691,7 +672,7 @@ class CappedTransport(httpx.AsyncBaseTransport):
         try:
             if length.isdigit() and int(length) > self._max_bytes:
                 raise BodyTooLarge(self._max_bytes)
-            inflated = _inflated_size_counter(response.headers, self._max_bytes)
+            inflated = inflated_size_counter(response.headers, self._max_bytes)
         except BodyTooLarge:
             await response.aclose()
             raise
@@ -719,7 +700,7 @@ def or_failure(
     return fetched
 
 
-def _not_modified(response: httpx.Response) -> bool:
+def _not_modified(response: httpx.Response | LookupAnswer) -> bool:
     status = response.extensions.get("caching") or {}
     return bool(status.get("from_cache") and status.get("revalidated"))
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -659,9 +660,10 @@ def compressed(body: bytes, coding: str) -> Callable[[socket.socket, threading.E
     return answer
 
 
+@pytest.mark.parametrize("path", ["report", "look-up"])
 @pytest.mark.parametrize("coding", ["gzip", "gzip, gzip"])
 def test_a_compressed_body_past_the_cap_is_refused_before_it_is_inflated(
-    coding: str, tmp_path: Path
+    coding: str, path: str, tmp_path: Path
 ) -> None:
     """A "zip bomb": 256 MiB of JSON that travels as a few hundred KiB. The cap counts what it
     inflates to while it arrives, so the client never holds the whole of it."""
@@ -672,18 +674,72 @@ def test_a_compressed_body_past_the_cap_is_refused_before_it_is_inflated(
 
         async def fetch():
             async with PartnersApiClient(options) as client:
-                return await reports(client, [RUN])
+                if path == "report":
+                    return failed_runs(await reports(client, [RUN]))
+                return (await client.memberships([MEMBERSHIPS[0]])).failed
 
         tracemalloc.start()
         try:
-            answers = run(fetch())
+            failed = run(fetch())
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert failed_runs(answers)[RUN].endswith(
+    assert failed[RUN if path == "report" else MEMBERSHIPS[0]].endswith(
         "body larger than 1,048,576 bytes (FL_PARTNERS_MAX_BODY_BYTES), not read"
     )
     assert peak < 64 * 1024**2  # never the 256 MiB it inflates to
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_compressed_look_up_is_inflated_and_read(coding: str) -> None:
+    """Look-ups take aiohttp with its own inflation off (the cap counts it): inflated here."""
+    membership = {"uuid": MEMBERSHIPS[0], "external_learner_id": "teacher@example.org"}
+    raw = json.dumps(membership).encode()
+    body = gzip.compress(raw) if coding == "gzip" else zlib.compress(raw)
+    path = f"/partners/organisation_memberships/{MEMBERSHIPS[0]}"
+    with scripted({path: (200, {"Content-Encoding": coding}, body)}) as api:
+
+        async def look_up():
+            async with PartnersApiClient(settings(api.base_url, max_body_bytes=1024)) as client:
+                return await client.memberships([MEMBERSHIPS[0]]), client
+
+        found, client = run(look_up())
+    assert found.failed == {}
+    assert found.found["external_learner_id"].to_list() == ["teacher@example.org"]
+    assert client.metrics.bytes_received == len(body)  # as it came over the wire
+    assert api.seen[0]["accept-encoding"] == "gzip, deflate"
+
+
+def test_a_look_up_redirected_elsewhere_is_not_followed() -> None:
+    """A redirect would carry the request (and, to the same origin, the token) where the base
+    URL does not point: it is an unexpected answer, nothing more."""
+    with scripted() as lure, scripted() as api:
+        path = f"/partners/organisation_memberships/{MEMBERSHIPS[0]}"
+        api.answers[path] = (302, {"Location": f"{lure.base_url}{path}"}, b"")
+
+        async def look_up():
+            async with PartnersApiClient(settings(api.base_url)) as client:
+                return await client.memberships([MEMBERSHIPS[0]]), client
+
+        found, client = run(look_up())
+    assert found.failed[MEMBERSHIPS[0]].endswith("unexpected HTTP 302")
+    assert lure.seen == [] and len(api.seen) == 1
+    assert client.metrics.count(MEMBERSHIP, 302) == 1
+
+
+def test_a_look_up_that_cannot_connect_is_retried_and_counted() -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        base_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+
+        async def look_up():
+            async with PartnersApiClient(settings(base_url, max_attempts=3)) as client:
+                return await client.memberships([MEMBERSHIPS[0]]), client
+
+        found, client = run(look_up())
+    assert "ConnectError" in found.failed[MEMBERSHIPS[0]]
+    assert "gave up after 3 attempts" in found.failed[MEMBERSHIPS[0]]
+    assert client.metrics.count(MEMBERSHIP, "ConnectError") == 3
 
 
 def test_a_compressed_report_under_the_cap_is_read(tmp_path: Path) -> None:

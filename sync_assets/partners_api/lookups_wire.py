@@ -1,0 +1,175 @@
+"""Membership look-ups on aiohttp: the one request a first sync makes a million times.
+
+Each look-up is a small JSON body, asked once ever (no cache). Through httpx's transport stack
+(httpcore, h11, anyio) one cost ~1 ms of client CPU, which at 16 in flight over 20 ms bounds
+a first sync by the client, not the API; aiohttp parses with llhttp in C. Everything else (the
+reports, the runs list, their cache) stays on httpx.
+
+What the httpx path guaranteed is kept here: only the base URL's origin is connected to, no
+redirect is followed, no cookie is kept, no proxy or netrc is read from the environment, a body
+past the cap is refused (as sent or once inflated) without being read on, every request that
+reaches the wire is counted by endpoint and status, and every failure to get an answer surfaces
+as an `httpx.TransportError`, so `PartnersApiClient._attempt` retries it as it does httpx's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import zlib
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import aiohttp
+import httpx
+from yarl import URL
+
+from sync_assets.partners_api.body_cap import BodyTooLarge, inflated_size_counter
+from sync_assets.partners_api.contract import route
+from sync_assets.partners_api.metrics import ApiMetrics
+
+NO_LINKS: Mapping[str, Mapping[str, str]] = MappingProxyType({})
+
+
+class LookupAnswer:
+    """The part of an `httpx.Response` that `PartnersApiClient._attempt` reads, for a look-up
+    (one page, never from the cache): building a real one costs a URL parse per look-up."""
+
+    __slots__ = ("content", "headers", "status_code", "url")
+    links = NO_LINKS  # a look-up is one resource, never paginated
+    extensions: Mapping[str, object] = MappingProxyType({})  # never a cache hit
+
+    def __init__(
+        self, status_code: int, headers: Mapping[str, str], content: bytes, url: str
+    ) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.content = content
+        self.url = url
+
+
+class LookupWire:
+    """One aiohttp session (opened on first use, inside the running loop) for GETs of paths
+    under `base_url`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: Mapping[str, str],
+        connections: int,
+        timeout_seconds: float,
+        max_body_bytes: int,
+        metrics: ApiMetrics,
+        tls: ssl.SSLContext,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._origin = URL(self._base_url).origin()
+        # httpx inflates gzip and deflate (no brotli or zstandard here); so does `_inflate`.
+        self._headers = {**headers, "Accept-Encoding": "gzip, deflate"}
+        self._connections = max(1, connections)
+        # Per phase, as httpx's: `_attempt`'s deadline bounds the whole answer.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeout_seconds, sock_read=timeout_seconds
+        )
+        self._max_body_bytes = max_body_bytes
+        self._metrics = metrics
+        self._tls = tls
+        self._session: aiohttp.ClientSession | None = None
+
+    def _opened(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connections, ssl=self._tls),
+                headers=self._headers,
+                timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,  # inflated here, counted against the cap as it arrives
+                trust_env=False,
+            )
+            # aiohttp resends a request once, unseen, when a kept-alive connection drops: that
+            # request would reach the wire uncounted and unretried by our rules (the same switch
+            # aiohttp's own test client turns off; a drop is retried by `_attempt`, counted).
+            self._session._retry_connection = False
+        return self._session
+
+    async def get(self, path: str, authorization: str) -> LookupAnswer:
+        """GET base URL + `path` (a path: the token goes to the base URL's origin only)."""
+        url = self._base_url + path
+        parsed = URL(url)
+        if not path.startswith("/") or parsed.origin() != self._origin:
+            raise ValueError("a path under the base URL is expected")
+        endpoint, _ = route(parsed.path)
+        try:
+            response = await self._opened().get(
+                parsed, headers={"Authorization": authorization}, allow_redirects=False
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            failure = _transport_error(error)
+            self._metrics.requests[(endpoint, type(failure).__name__)] += 1
+            raise failure from error
+        self._metrics.requests[(endpoint, response.status)] += 1
+        try:
+            content = await self._read(response)
+        except BaseException:
+            response.close()  # the rest of the body unread: the connection is not reused
+            raise
+        response.release()
+        return LookupAnswer(response.status, response.headers, content, url)
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body, refused once past the cap as sent or once inflated (as `CappedTransport`)."""
+        cap = self._max_body_bytes
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > cap:
+            raise BodyTooLarge(cap)
+        inflated = inflated_size_counter(response.headers, cap)
+        chunks: list[bytes] = []
+        read = 0
+        try:
+            async for chunk in response.content.iter_any():
+                self._metrics.bytes_received += len(chunk)
+                read += len(chunk)
+                if read > cap:
+                    raise BodyTooLarge(cap)
+                if inflated is not None:
+                    inflated.add(chunk)
+                chunks.append(chunk)
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise _transport_error(error) from error
+        body = b"".join(chunks)
+        return body if inflated is None else _inflate(response.headers, body)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _inflate(headers: Mapping[str, str], body: bytes) -> bytes:
+    """A gzip or deflate body inflated; its size was counted under the cap on arrival, so this
+    holds at most the cap. A body that does not inflate is read again, as a truncated one."""
+    gzip = "gzip" in headers.get("Content-Encoding", "").lower()
+    try:
+        if gzip:
+            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        try:
+            return zlib.decompress(body)
+        except zlib.error:  # "deflate" sent raw, without the zlib wrapper (as httpx accepts)
+            return zlib.decompress(body, -zlib.MAX_WBITS)
+    except zlib.error:
+        raise httpx.ReadError("the body does not inflate") from None
+
+
+def _transport_error(error: BaseException) -> httpx.TransportError:
+    """aiohttp's (or the socket's) error as the httpx one `_attempt` retries, with its words."""
+    message = str(error) or type(error).__name__
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message)
+    if isinstance(error, TimeoutError | asyncio.TimeoutError):
+        return httpx.ReadTimeout(message)
+    if isinstance(error, aiohttp.ClientConnectorError | ConnectionRefusedError):
+        return httpx.ConnectError(message)
+    if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError):
+        return httpx.RemoteProtocolError(message)
+    return httpx.ReadError(message)
