@@ -39,6 +39,7 @@ from benchmarks.harness import (
     SimulatorProcess,
     fresh_database,
     git_commit,
+    run_ids,
     run_metadata,
     run_sync,
     seed_platform,
@@ -193,11 +194,12 @@ def measured_chunks(
         rows_before = table_rows(url)
         simulator.reset()
         load_before = os.getloadavg()
+        earlier_runs = run_ids(home) if home.exists() else set()
         chunk = run_chunk(env, workdir, number * per_run, per_run)
         load_after = os.getloadavg()
         counts = simulator.counts()
         requests = sum(counts.values())
-        meta = run_metadata(home)
+        meta = run_metadata(home, earlier_runs)
         served = chunk_courses(home)
         generated = generated_figures(dataset, [index[c] for c in served["courses"]], seen)
         lookups = sum(c for (e, _), c in counts.items() if e == "organisation_membership")

@@ -55,6 +55,8 @@ def test_a_rerun_of_the_last_asset_alone_reuses_stored_reports_the_jobs_rerun_fe
     assert world.sync().exit_code == 0
     with dg.DagsterInstance.get() as instance:
         [first] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
+        # The night's check fetched course_runs; its sync run, the reports.
+        [check] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_check"), limit=1)
     course, moved = _a_course_that_moves_on(world)
     others_before = {k: v for k, v in world.achievements().items() if k[1] != SLUG[course]}
     requests = world.simulator.requests()
@@ -71,7 +73,7 @@ def test_a_rerun_of_the_last_asset_alone_reuses_stored_reports_the_jobs_rerun_fe
     assert metadata["fresh_from_futurelearn"].value is False
     used = metadata["inputs_from_earlier_runs"].value
     assert f"enrolments as fetched by run {first.run_id[:8]} at " in used
-    assert f"course_runs as fetched by run {first.run_id[:8]} at " in used
+    assert f"course_runs as fetched by run {check.run_id[:8]} at " in used
     assert _logged(stale.run_id, "nothing was requested from FutureLearn for it in this run")
     assert _logged(stale.run_id, "launch the job futurelearn_sync for the course's partition")
     with dg.DagsterInstance.get() as instance:
