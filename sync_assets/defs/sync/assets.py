@@ -27,6 +27,7 @@ from sync_assets.defs.resources import PartnersApi, PlatformDatabase
 from sync_assets.defs.retries import retry_if_transient, transient_errors_retried
 from sync_assets.defs.storage import StoredOutcomes
 from sync_assets.defs.sync.changes import (
+    CHECK_JOB,
     COURSES_NOT_RUN,
     check_the_courses,
     checked_progress,
@@ -142,9 +143,11 @@ def course_runs(
             **catalogue,
         },
     )
-    if verdict and verdict[COURSES_NOT_RUN].value:
+    if context.job_name == CHECK_JOB and verdict and verdict[COURSES_NOT_RUN].value:
         # Progress is as current as the check: what freshness reads (a materialisation) says so
-        # once, for the courses no run is made for.
+        # once, for the courses no run is made for. Only from the night's check job: a backfill
+        # (the UI's "Materialize all") fails on an unpartitioned materialisation of an asset it
+        # targets by partition.
         yield checked_progress(verdict[COURSES_NOT_RUN].value)
     yield dg.AssetCheckResult(
         check_name=UNKNOWN_COURSES_CHECK,

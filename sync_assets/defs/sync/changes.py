@@ -31,6 +31,7 @@ from sync_assets.sync import fact_names, steps
 from sync_assets.sync.steps.changes import ReportCheck
 from sync_assets.sync.steps.course_runs import CourseRuns
 
+CHECK_JOB = "futurelearn_check"  # the night's check: `course_runs` alone, every course
 CHANGED_COURSES = "changed_courses"
 COURSES_NOT_RUN = "courses_not_run"
 CHECKED_COURSES = "checked_courses"

@@ -6,6 +6,7 @@ import dagster as dg
 
 from sync_assets.defs.retries import NO_RUN_RETRY_ON_STEP_FAILURE
 from sync_assets.defs.sync.assets import course_runs, sync_assets_list
+from sync_assets.defs.sync.changes import CHECK_JOB
 
 # A night with a refused course fails its run once (the daemon's run retry is for a run whose
 # process died); a transient database error retries the step (defs/retries.py).
@@ -25,7 +26,7 @@ futurelearn_sync_job = dg.define_asset_job(
 # The night's first run: `course_runs` alone checks every course partition; the sensor
 # changed_courses_sensor then launches futurelearn_sync for the courses that changed, only.
 futurelearn_check_job = dg.define_asset_job(
-    "futurelearn_check",
+    CHECK_JOB,
     selection=dg.AssetSelection.assets(course_runs),
     executor_def=dg.in_process_executor,
     tags={"sync_assets/kind": "nightly-check", **NO_RUN_RETRY_ON_STEP_FAILURE},
