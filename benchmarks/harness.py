@@ -4,8 +4,8 @@
 
 For a workload it starts `sync-assets simulator serve` in its own process (with latency per
 request), builds a fresh platform database (SQLite or PostgreSQL) seeded with the workload's
-catalogue and users, and runs `sync-assets sync` — one Dagster run over every course partition,
-the path the nightly schedule takes — as a child process, for three scenarios: a first sync, a
+catalogue and users, and runs `sync-assets sync` — the night's check run, then one Dagster run
+over the courses that changed, the path the nightly schedule takes — as a child process, for three scenarios: a first sync, a
 second sync on unchanged data, and a next-day sync after the simulator moves a day on. Optionally
 the seed's algorithm (benchmarks/seed_algorithm.py) runs against the same simulator and a fresh
 database. Results are ratios first: ours / seed, ours / the API bound (requests × latency /
