@@ -245,9 +245,20 @@ def test_no_module_but_the_two_adapters_uses_a_private_dagster_api() -> None:
     """Dagster's private modules and the private attributes of its objects are used only in
     runs/dagster_internals.py and defs/sync/course_step.py, so an upgrade touches those alone."""
     elsewhere = {
-        path: found for path, found in _private_uses().items() if path not in DAGSTER_ADAPTERS
+        path: kept
+        for path, found in _private_uses().items()
+        if path not in DAGSTER_ADAPTERS
+        for kept in [[use for use in found if (path, use.split(": ")[1]) not in NOT_DAGSTERS]]
+        if kept
     }
     assert elsewhere == {}
+
+
+# Another library's private attribute, each named with why, and pinned by a test that fails
+# when the library drops it: aiohttp resends a look-up unseen when a kept-alive connection
+# drops unless `_retry_connection` is off (pinned by test_client_http.py's "drop" fault case:
+# its retries then count 0 instead of 2).
+NOT_DAGSTERS = {("sync_assets/partners_api/lookups_wire.py", "._retry_connection")}
 
 
 def test_the_check_sees_each_kind_of_private_use() -> None:
