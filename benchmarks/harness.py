@@ -4,12 +4,12 @@
 
 For a workload it starts `sync-assets simulator serve` in its own process (with latency per
 request), builds a fresh platform database (SQLite or PostgreSQL) seeded with the workload's
-catalogue and users, and runs `sync-assets sync` — the night's check run, then one Dagster run
-over the courses that changed, the path the nightly schedule takes — as a child process, for three scenarios: a first sync, a
-second sync on unchanged data, and a next-day sync after the simulator moves a day on. Optionally
-the seed's algorithm (benchmarks/seed_algorithm.py) runs against the same simulator and a fresh
-database. Results are ratios first: ours / seed, ours / the API bound (requests × latency /
-concurrency). Nothing here asserts timings.
+catalogue and users, and runs `sync-assets sync` (the night's check run, then one Dagster run
+over the courses that changed: the path the nightly schedule takes) as a child process, for
+three scenarios: a first sync, a second sync on unchanged data, and a next-day sync after the
+simulator moves a day on. Optionally the seed's algorithm (benchmarks/seed_algorithm.py) runs
+against the same simulator and a fresh database. Results are ratios first: ours / seed, ours /
+the API bound (requests × latency / concurrency). Nothing here asserts timings.
 """
 
 from __future__ import annotations
@@ -238,7 +238,9 @@ def table_digest(url: str) -> str:
             rows = connection.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1")).all()
             digest.update(f"{table}:{len(rows)}:".encode())
             for row in rows:
-                digest.update(repr(tuple(row)).encode())
+                # psycopg2 reads a bytea as a memoryview, whose repr is its address: its bytes.
+                values = tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                digest.update(repr(values).encode())
     engine.dispose()
     return digest.hexdigest()
 
