@@ -21,9 +21,9 @@ from sqlalchemy.engine import Engine
 
 from sync_assets.defs.resources import PartnersApi
 from sync_assets.defs.sync.course_step import (
-    NO_LONGER_KNOWN,
+    NO_LONGER_KNOWN_FACTS,
     UNCHANGED_NOTE,
-    WITHDRAWN,
+    WITHDRAWN_FACTS,
     named_partitions,
 )
 from sync_assets.partners_api.metrics import ApiMetrics
@@ -79,17 +79,13 @@ def check_scope(
 ) -> CheckScope:
     """Each key's course: listed and known (checked), withdrawn or no longer known (not run)."""
     named = named_partitions(list(keys), course_runs, known)
+    # What a step records for such a course (course_step's facts): status and note.
+    facts = dict.fromkeys(named.withdrawn, WITHDRAWN_FACTS) | dict.fromkeys(
+        named.no_longer_known, NO_LONGER_KNOWN_FACTS
+    )
     not_run = {
-        key: (uuid or "", status, note)
-        for key, uuid in named.uuid_of.items()
-        for status, note in [
-            (fact_names.STATUS_WITHDRAWN, WITHDRAWN)
-            if key in named.withdrawn
-            else (fact_names.STATUS_NO_LONGER_KNOWN, NO_LONGER_KNOWN)
-            if key in named.no_longer_known
-            else ("", "")
-        ]
-        if status
+        key: (named.uuid_of[key] or "", said[fact_names.STATUS], said[fact_names.NOTE])
+        for key, said in facts.items()
     }
     uuid_of = {
         key: uuid for key, uuid in named.uuid_of.items() if uuid is not None and key not in not_run
