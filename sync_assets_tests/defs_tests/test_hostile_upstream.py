@@ -26,7 +26,7 @@ from sync_assets.partners_api.cache import open_storage
 from sync_assets.partners_api.client import _cache_key
 from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets.settings import http_cache_url
-from sync_assets_tests.conftest import BACKENDS, on_backends, sqlite_only
+from sync_assets_tests.conftest import BACKENDS, sqlite_only
 from sync_assets_tests.loopback import scripted
 
 from .conftest import World
@@ -207,43 +207,54 @@ def _assert_courses_failed_alone(result, why: dict[str, str], world: World, befo
     }
 
 
-# Every spoilt answer on SQLite. What differs between them is the HTTP client's side (how the
-# answer is refused, retried, given up on), which is the same whatever the database; the database
-# side (the course keeps what it had, the others are applied, the next night catches up) is the
-# same for all. So on PostgreSQL two: a status the client retries (500) and a body it cannot
-# decode (malformed). The "drip" (the slowest: every attempt runs into the request deadline) on
-# SQLite only.
+# Four kinds of spoilt answer in one night, each on one course's report, the fifth course left
+# healthy: each spoilt course fails alone, on its own line, and the next good night catches up.
+# What differs between the kinds is the HTTP client's side (how the answer is refused, retried,
+# given up on), the same whatever the database; the database side (a failed course keeps what it
+# had, the others are applied) is checked on both. The drip (every attempt runs into the request
+# deadline: the slowest) has a night of its own, on SQLite.
 SPOILERS = {
     "malformed": malformed,
     "html": html,
     "500": server_error,
     "truncated": "truncate",
-    "drip": "drip",
 }
 
 
-@pytest.mark.parametrize(
-    "database_url, spoiler",
-    on_backends(SPOILERS, on_postgres={"500", "malformed"}),
-    indirect=["database_url"],
-)
-def test_a_report_spoilt_on_every_attempt_fails_its_course_alone(
-    world: World, proxy: HostileProxy, spoiler: Spoiler | str
-) -> None:
+def _spoilt_night(world: World, proxy: HostileProxy, spoilers: dict[str, Spoiler | str]) -> None:
+    """A first night, then a next day with each spoiler on one course's report: those courses
+    fail alone; then a good night catches up."""
     assert world.sync().exit_code == 0
     before = world.achievements()
     world.simulator.advance_day()
-    course, title, run = _course_and_run(world)
-    proxy.spoilers[_report(run)] = spoiler
+    runs = _busy_runs(world)
+    assert len(runs) > len(spoilers)  # a course is left healthy
+    spoilt = dict(zip(runs, spoilers.values(), strict=False))  # course → spoiler
+    for course, spoiler in spoilt.items():
+        proxy.spoilers[_report(runs[course])] = spoiler
 
     started = time.monotonic()
     result = world.sync()
 
     assert time.monotonic() - started < 90  # every request ends
-    _assert_one_course_failed_alone(result, course, title, world, before)
+    _assert_courses_failed_alone(result, dict.fromkeys(spoilt, ""), world, before)
     proxy.spoilers.clear()
     assert world.sync().exit_code == 0  # and the next good night catches up
     assert world.achievements() == expected_achievements(world.dataset, before)
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_reports_spoilt_on_every_attempt_each_fail_their_course_alone(
+    world: World, proxy: HostileProxy
+) -> None:
+    _spoilt_night(world, proxy, SPOILERS)
+
+
+@sqlite_only
+def test_a_report_dripped_a_byte_at_a_time_fails_its_course_alone(
+    world: World, proxy: HostileProxy
+) -> None:
+    _spoilt_night(world, proxy, {"drip": "drip"})
 
 
 def test_a_membership_look_up_failing_for_good_fails_the_courses_holding_it(
