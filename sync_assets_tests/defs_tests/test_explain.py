@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from sync_assets.cli import main
 from sync_assets.definitions import defs
+from sync_assets_tests.conftest import sqlite_only
 
 from .conftest import World
 
@@ -122,6 +123,7 @@ def test_explain_names_the_fix_then_agrees_after_it_in_cli_and_ui(world: World) 
     assert world.snapshot() == before
 
 
+@sqlite_only  # an argument refused before any query
 def test_unknown_user_or_course_is_one_clear_line(world: World) -> None:
     course = world.dataset.runs["course_uuid"][0]
     unknown_course = "00000000-0000-4000-8000-000000000000"

@@ -8,6 +8,8 @@ from pathlib import Path
 import polars as pl
 import sqlalchemy as sa
 
+from sync_assets_tests.conftest import sqlite_only
+
 from .conftest import SECRET, World
 
 
@@ -26,6 +28,7 @@ def _stored_values(home: Path) -> set[str]:
     return values
 
 
+@sqlite_only  # the HTTP cache and asset storage, not the platform database
 def test_a_sync_leaves_no_credentials_in_the_http_cache_nor_personal_data_in_asset_storage(
     world: World,
 ) -> None:

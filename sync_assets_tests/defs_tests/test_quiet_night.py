@@ -17,6 +17,7 @@ from sync_assets.defs.sync.night import changed_course_run_tags, changed_courses
 from sync_assets.defs.sync.partitions import changed_ranges, run_partition_keys
 from sync_assets.runs.launch import prepare_partitions
 from sync_assets.sync import fact_names
+from sync_assets_tests.conftest import sqlite_only
 
 from .conftest import MEMBERSHIP, REPORT, World
 
@@ -90,6 +91,9 @@ def test_a_quiet_night_makes_no_sync_run_and_no_course_event(world: World) -> No
     assert world.simulator.requests(REPORT) == world.dataset.known_run_count()
 
 
+# SQLite only: which courses run: the quiet night's test covers the platform fingerprints on both
+# databases.
+@sqlite_only
 def test_the_next_day_syncs_the_changed_courses_only_asking_each_report_once(
     world: World,
 ) -> None:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from sync_assets.cli import main
 from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets.pseudonyms import pseudonym
+from sync_assets_tests.conftest import sqlite_only
 
 from .conftest import World
 
@@ -138,6 +139,7 @@ def test_none_enrolled_fails_naming_course_and_users(world: World) -> None:
     assert not world.table("achievements")
 
 
+@sqlite_only  # refused before any query
 def test_bad_requests_fail_before_any_request(world: World) -> None:
     course = next(uuid for uuid in world.dataset.runs["course_uuid"] if uuid in SLUG)
     user = world.dataset.users["id"][0]

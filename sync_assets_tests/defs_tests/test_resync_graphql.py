@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from sync_assets.platform.demo_catalogue import load_catalogue
+from sync_assets_tests.conftest import sqlite_only
 from sync_assets_tests.processes import free_port
 
 from .conftest import World
@@ -86,6 +87,9 @@ def webserver(world: World, tmp_path: Path):
         process.wait(timeout=20)
 
 
+# SQLite only: a launch through the webserver's GraphQL: Dagster's side; the resync's writes are
+# test_resync's, on both.
+@sqlite_only
 def test_resync_launched_through_graphql(world: World, webserver: str) -> None:
     catalogue = {c["future_learn_course_uuid"]: c["slug"] for c in load_catalogue()}
     enrolled = (
@@ -123,6 +127,9 @@ def test_resync_launched_through_graphql(world: World, webserver: str) -> None:
     }
 
 
+# SQLite only: a launch through the webserver's GraphQL: Dagster's side; the resync's writes are
+# test_resync's, on both.
+@sqlite_only
 def test_a_launch_that_sets_where_the_sync_connects_is_refused(
     world: World, webserver: str
 ) -> None:

@@ -16,6 +16,7 @@ from sync_assets.defs.sync.sensors import course_partitions_sensor
 from sync_assets.markdown import markdown_text
 from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets.sync.steps import course_titles
+from sync_assets_tests.conftest import sqlite_only
 
 from .conftest import World
 
@@ -34,6 +35,9 @@ def test_lineage_puts_linking_before_progress() -> None:
     assert "latest_enrolments" in upstream["activity_progress"]
 
 
+# SQLite only: partitions and metadata: Dagster's side; the sync's writes are
+# test_sync_end_to_end's, on both.
+@sqlite_only
 def test_sensor_adds_a_readable_partition_per_known_course(world: World) -> None:
     with (
         dg.instance_for_test() as instance,
@@ -173,6 +177,9 @@ def _assert_metadata_is_informative_and_holds_no_personal_data(
     assert linked_cells and all(cell.startswith("user:") for cell in linked_cells)
 
 
+# SQLite only: partitions and metadata: Dagster's side; the sync's writes are
+# test_sync_end_to_end's, on both.
+@sqlite_only
 def test_first_sync_metadata_and_checks_then_unknown_courses_ignored(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
