@@ -49,7 +49,7 @@ demo: $(INSTALLED)
 	$(BIN)/sync-assets demo
 
 test: $(INSTALLED) lint check-defs
-	$(BIN)/pytest -n auto
+	$(BIN)/pytest -n auto --dist loadgroup
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -197,6 +197,10 @@ def duplicate_transitions(snapshot: dict[str, list]) -> int:
     return sum(count - 1 for count in counts.values())
 
 
+# One worker runs the whole module (`--dist loadgroup`): the uninterrupted history on each
+# database is a module fixture, made once per worker that runs a test of the module.
+pytestmark = pytest.mark.xdist_group("crash_and_overlap")
+
 @pytest.fixture(scope="module")
 def dataset() -> GeneratedDataset:
     return generate("tiny", seed=11)
