@@ -203,6 +203,8 @@ def _sync_unreachable(
             "FL_PARTNERS_URL": "http://127.0.0.1:1",
             "FL_PARTNERS_CONSUMER_KEY": "key",
             "FL_PARTNERS_CONSUMER_SECRET": secret,
+            # Its retries 10 ms apart: what is refused, and how it is said, is the same.
+            "FL_PARTNERS_BACKOFF_SECONDS": "0.01",
             "DAGSTER_HOME": str(tmp_path / "home"),
             "SYNC_ASSETS_DATA_DIR": str(tmp_path / "data"),
         },
