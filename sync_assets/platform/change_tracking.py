@@ -167,14 +167,12 @@ def _read_inputs(connection: Connection) -> _LinkingInputs:
     forgotten = connection.execute(
         sa.select(users.c.id).where(users.c.forgotten.is_(True)).order_by(users.c.id)
     ).scalars()
-    links = pl.DataFrame(
-        connection.execute(
-            sa.select(
-                future_learn_memberships.c.membership_uuid, future_learn_memberships.c.user_id
-            ).where(future_learn_memberships.c.user_id.is_not(None))
-        ).all(),
-        schema={"membership_uuid": pl.String, "user_id": pl.String},
-        orient="row",
+    links = sync_store.read_frame(
+        connection,
+        sa.select(
+            future_learn_memberships.c.membership_uuid, future_learn_memberships.c.user_id
+        ).where(future_learn_memberships.c.user_id.is_not(None)),
+        {"membership_uuid": pl.String, "user_id": pl.String},
     )
     stale = sync_store.stale_email_keys(connection)
     erased = sync_store.erased_email_keys(connection)
@@ -193,36 +191,33 @@ def _could_link(connection: Connection, stale: pl.DataFrame, erased: pl.DataFram
     of it (a deleted user may have made an email ambiguous that now links someone)."""
     if stale.is_empty() and erased.is_empty():
         return False
-    # In chunks: on a platform whose keys were never computed every user is stale, and one IN
-    # of a million ids is past SQLite's bound-variable limit (found on `large`, 920k users).
-    previous: set[str] = set()
-    for chunk in sync_store.chunks(stale["user_id"].to_list()):
-        previous.update(
-            connection.execute(
-                sa.select(user_email_keys.c.email_key).where(user_email_keys.c.user_id.in_(chunk))
-            ).scalars()
-        )
-    ids = set(stale["user_id"].to_list()) | set(erased["user_id"].to_list())
-    keys = (
-        set(stale["email_key"].drop_nulls().to_list())
-        | previous
-        | set(erased["email_key"].drop_nulls().to_list())
-    )
-    unlinked = pl.Series(
-        "external_learner_id",
-        connection.execute(
-            sa.select(future_learn_memberships.c.external_learner_id).where(
-                future_learn_memberships.c.user_id.is_(None),
-                future_learn_memberships.c.external_learner_id.is_not(None),
-            )
-        )
-        .scalars()
-        .all(),
-        pl.String,
-    )
+    unlinked = sync_store.read_frame(
+        connection,
+        sa.select(future_learn_memberships.c.external_learner_id).where(
+            future_learn_memberships.c.user_id.is_(None),
+            future_learn_memberships.c.external_learner_id.is_not(None),
+        ),
+        {"external_learner_id": pl.String},
+    )["external_learner_id"]
     if unlinked.is_empty():
         return False
-    return bool(unlinked.is_in(list(ids)).any() or email_keys(unlinked).is_in(list(keys)).any())
+    # In chunks: on a platform whose keys were never computed every user is stale, and one IN
+    # of a million ids is past SQLite's bound-variable limit (found on `large`, 920k users).
+    previous = pl.concat(
+        [
+            sync_store.read_frame(
+                connection,
+                sa.select(user_email_keys.c.email_key).where(user_email_keys.c.user_id.in_(chunk)),
+                {"email_key": pl.String},
+            )["email_key"]
+            for chunk in sync_store.chunks(stale["user_id"].to_list())
+        ]
+        or [pl.Series("email_key", [], pl.String)]
+    )
+    ids = pl.concat([stale["user_id"], erased["user_id"]])
+    keys = pl.concat([stale["email_key"], previous, erased["email_key"]]).drop_nulls()
+    by_id = unlinked.is_in(ids.implode()).any()
+    return bool(by_id or email_keys(unlinked).is_in(keys.implode()).any())
 
 
 def refresh_linking_state(engine: Engine) -> int:
@@ -241,6 +236,7 @@ def refresh_linking_state(engine: Engine) -> int:
         seen = _read_inputs(connection)
     if stored is not None and not _changed(stored, seen) and not seen.keys_to_refresh():
         return int(stored["generation"])
+    del seen  # read again under the lock; on a first sync it holds every user's email key
     with transactions.write_transaction(engine) as connection:
         stored = connection.execute(sa.select(linking_state)).mappings().first()
         seen = _read_inputs(connection)  # again, under the write lock

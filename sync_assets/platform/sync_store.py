@@ -143,9 +143,17 @@ def _distinct(values: Iterable[str]) -> list[str]:
     return sorted(set(values))
 
 
-def _read(connection: Connection, statement: sa.Executable, schema: dict) -> pl.DataFrame:
-    rows = connection.execute(statement).all()
-    return pl.DataFrame(rows, schema=schema, orient="row")
+# Rows read at a time into a frame: a read of every user or every link (~1M on `large`) held as
+# Python tuples cost several times the frame it becomes (benchmarks/linking_state_memory.py).
+READ_ROWS = 50_000
+
+
+def read_frame(connection: Connection, statement: sa.Executable, schema: dict) -> pl.DataFrame:
+    """The statement's rows as a frame of `schema`, READ_ROWS Python rows alive at a time (on
+    PostgreSQL a server-side cursor: the driver does not buffer the whole result either)."""
+    result = connection.execute(statement, execution_options={"yield_per": READ_ROWS})
+    frames = [pl.DataFrame(part, schema=schema, orient="row") for part in result.partitions()]
+    return pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=schema)
 
 
 def _read_by_keys(
@@ -155,7 +163,7 @@ def _read_by_keys(
     schema: dict,
 ) -> pl.DataFrame:
     """Run `build(chunk_of_keys)` for each chunk of distinct keys and stack the results."""
-    frames = [_read(connection, build(chunk), schema) for chunk in chunks(_distinct(keys))]
+    frames = [read_frame(connection, build(chunk), schema) for chunk in chunks(_distinct(keys))]
     return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
@@ -257,7 +265,7 @@ def known_courses(connection: Connection) -> pl.DataFrame:
     statement = sa.select(
         activities.c.future_learn_course_uuid, activities.c.id, activities.c.title
     ).where(activities.c.future_learn_course_uuid.is_not(None))
-    return _read(connection, statement, KNOWN_COURSES_SCHEMA)
+    return read_frame(connection, statement, KNOWN_COURSES_SCHEMA)
 
 
 def memberships_to_look_up(connection: Connection, membership_uuids: Iterable[str]) -> list[str]:
@@ -338,7 +346,7 @@ def stale_email_keys(connection: Connection) -> pl.DataFrame:
     outlive their erasure on the platform).
     """
     keys = user_email_keys
-    changed = _read(
+    changed = read_frame(
         connection,
         sa.select(users.c.id, users.c.email)
         .outerjoin(keys, keys.c.user_id == users.c.id)
@@ -355,7 +363,7 @@ def erased_email_keys(connection: Connection) -> pl.DataFrame:
     """Key rows (user_id, email_key) of users deleted from the platform or forgotten since: the
     copies of their emails the sync keeps, to remove. Empty on an unchanged platform."""
     keys = user_email_keys
-    return _read(
+    return read_frame(
         connection,
         sa.select(keys.c.user_id, keys.c.email_key)
         .outerjoin(users, users.c.id == keys.c.user_id)
@@ -427,7 +435,7 @@ def stored_memberships(
     columns = [table.c[name] for name in MEMBERSHIP_COLUMNS]
     if user_id is not None:
         statement = sa.select(*columns).where(table.c.user_id == user_id)
-        return _read(connection, statement, MEMBERSHIP_COLUMNS)
+        return read_frame(connection, statement, MEMBERSHIP_COLUMNS)
     return _read_by_keys(
         connection,
         lambda chunk: sa.select(*columns).where(table.c.membership_uuid.in_(chunk)),
@@ -493,7 +501,7 @@ def achievements_for_course(
     columns = [achievements.c[name] for name in ACHIEVEMENT_SCHEMA]
     base = sa.select(*columns).where(achievements.c.activity_id == activity_id)
     if user_ids is None:
-        return _read(connection, base, ACHIEVEMENT_SCHEMA)
+        return read_frame(connection, base, ACHIEVEMENT_SCHEMA)
     return _read_by_keys(
         connection,
         lambda chunk: base.where(achievements.c.user_id.in_(chunk)),
@@ -549,7 +557,7 @@ def programme_structure(connection: Connection) -> pl.DataFrame:
         )
         .order_by(programmes.c.slug, programme_activity_groupings.c.sort_key, activities.c.id)
     )
-    return _read(connection, statement, PROGRAMME_STRUCTURE_SCHEMA)
+    return read_frame(connection, statement, PROGRAMME_STRUCTURE_SCHEMA)
 
 
 @dataclass(frozen=True)
