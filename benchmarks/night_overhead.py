@@ -10,7 +10,9 @@ each of the simulator's `advance_day`), against the simulator in a process of it
 loopback HTTP (so its CPU is not counted), on a SQLite platform and a Dagster home in a temp
 dir (the embedded default instance, SQLite storage).
 
-For each night: wall seconds, this process's CPU seconds (every thread), and, from a sampler
+For each night: wall seconds, this process's CPU seconds (every thread); the events stored in
+the event log, the SQL statements executed and the database connections opened (counts: they
+do not vary with the machine's load, as CPU seconds on a shared machine do); and, from a sampler
 thread reading the main thread's stack every few milliseconds, the share of samples spent in
 Dagster's event log storage (storing and reading events), in creating runs, and in our IO
 manager. Self-contained on purpose (no import of the rest of `benchmarks/`): copy it anywhere
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 # Where a sample's stack is, by a frame's file (the first category that matches, innermost
 # frame outwards, wins; `other` otherwise).
@@ -108,6 +112,39 @@ class Sampler:
     def shares(self) -> dict[str, float]:
         names = [*CATEGORIES, *CALLERS]
         return {name: round(self.counts.get(name, 0) / max(self.total, 1), 3) for name in names}
+
+
+class Statements:
+    """SQL statements executed and database connections opened by every engine in this process
+    (Dagster's storages' and the platform's), from SQLAlchemy's events: counts, not timings, so
+    they compare commits whatever else the machine is doing."""
+
+    def __init__(self) -> None:
+        self.statements = self.connections = 0
+        sa.event.listen(sa.engine.Engine, "before_cursor_execute", self._statement)
+        sa.event.listen(sa.pool.Pool, "connect", self._connection)
+
+    def _statement(self, *_: object) -> None:
+        self.statements += 1
+
+    def _connection(self, *_: object) -> None:
+        self.connections += 1
+
+    def counts(self) -> tuple[int, int]:
+        return self.statements, self.connections
+
+
+def events_stored(dagster_home: Path) -> int:
+    """Events in the SQLite event log's run shards (one file per run; the index shard aside)."""
+    total = 0
+    for path in (dagster_home / "history" / "runs").glob("*.db"):
+        if path.name != "index.db":
+            connection = sqlite3.connect(path)
+            try:
+                total += connection.execute("SELECT count(*) FROM event_logs").fetchone()[0]
+            finally:
+                connection.close()
+    return total
 
 
 def start_simulator(dataset: str, port: int) -> subprocess.Popen:
@@ -186,13 +223,18 @@ def run_nights(
 
             from sync_assets.cli import main
 
+            statements = Statements()
             for night in range(nights):
                 if night:
                     httpx.post(f"http://127.0.0.1:{port}/_simulator/advance_day", timeout=300)
+                events = events_stored(work / "dagster_home")
+                counted = statements.counts()
                 wall, cpu = time.perf_counter(), time.process_time()
                 with Sampler(threading.get_ident(), interval) as sampler:
                     result = CliRunner().invoke(main, ["sync"], catch_exceptions=False)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                now = statements.counts()
+                sql, connections = now[0] - counted[0], now[1] - counted[1]
                 if result.exit_code != 0:
                     raise RuntimeError(f"night {night + 1} failed:\n{result.output}")
                 results.append(
@@ -201,6 +243,9 @@ def run_nights(
                         "kind": "first sync" if night == 0 else "next day",
                         "wall_seconds": round(wall, 3),
                         "cpu_seconds": round(cpu, 3),
+                        "events_stored": events_stored(work / "dagster_home") - events,
+                        "sql_statements": sql,
+                        "connections_opened": connections,
                         "samples": sampler.total,
                         "shares": sampler.shares(),
                     }
@@ -234,6 +279,9 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
             statistics.median(r["wall_seconds"] for r in later), 3
         ),
         "next_day_shares_median": shares,
+        "events_stored": [r["events_stored"] for r in results],
+        "sql_statements": [r["sql_statements"] for r in results],
+        "connections_opened": [r["connections_opened"] for r in results],
     }
 
 
