@@ -58,14 +58,22 @@ def prepare_partitions(
     """
     existing = list(instance.get_dynamic_partitions(course_partitions.name))
     resources = dict(defs.resources or {})
+    # On this instance: without one, build_resources creates an ephemeral instance (in-memory
+    # storages, each stamped by alembic) for every call.
     with dg.build_resources(
-        {name: resources[name] for name in ("partners_api", "platform_database", "io_manager")}
+        {name: resources[name] for name in ("partners_api", "platform_database", "io_manager")},
+        instance=instance,
     ) as built:
         update = plan_partition_update(existing, built.partners_api, built.platform_database)
         apply_partition_update(instance, update, built.io_manager)
+    changes = update.changes
     if update.describe() != NOTHING_TO_CHANGE:
         say(f"Course partitions: {update.describe()}")
-    partitions = list(instance.get_dynamic_partitions(course_partitions.name))
+    partitions = (
+        list(instance.get_dynamic_partitions(course_partitions.name))
+        if changes.add or changes.replace or changes.retire
+        else existing  # nothing added, renamed or retired: as read above
+    )
     if not courses:
         return partitions
     keys = update.course_keys(partitions)

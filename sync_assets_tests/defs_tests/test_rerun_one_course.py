@@ -98,3 +98,38 @@ def test_a_rerun_of_the_last_asset_alone_reuses_stored_reports_the_jobs_rerun_fe
 def _logged(run_id: str, text: str) -> bool:
     with dg.DagsterInstance.get() as instance:
         return any(text in (entry.user_message or "") for entry in instance.all_logs(run_id))
+
+
+def test_a_nights_sync_run_says_once_a_step_that_its_courses_use_the_checks_course_runs(
+    world: World,
+) -> None:
+    """The night's sync run reuses the course_runs its check run fetched: each step says so in
+    one warning naming every course (not a line per course), and each course's materialisation
+    still names the check run."""
+    assert world.sync().exit_code == 0
+    with dg.DagsterInstance.get() as instance:
+        [check] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_check"), limit=1)
+        [night] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
+        warnings = [
+            entry
+            for entry in instance.all_logs(night.run_id)
+            if "nothing was requested from FutureLearn" in (entry.user_message or "")
+        ]
+        materializations = [
+            entry.asset_materialization
+            for entry in instance.all_logs(
+                night.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+            )
+        ]
+    courses = world.partitions()
+    assert len(courses) > 1
+    steps = ["enrolments", "latest_enrolments", "activity_progress"]
+    assert sorted(entry.step_key for entry in warnings) == sorted(steps)
+    for entry in warnings:
+        assert entry.user_message.startswith(f"{len(courses)} courses (")
+        assert all(key in entry.user_message for key in courses)
+        assert f"course_runs as fetched by run {check.run_id[:8]} at " in entry.user_message
+    for materialization in materializations:
+        if materialization.asset_key.to_user_string() in steps:
+            used = materialization.metadata["inputs_from_earlier_runs"].value
+            assert used.startswith(f"course_runs as fetched by run {check.run_id[:8]} at ")

@@ -821,3 +821,28 @@ def test_a_cached_report_that_cannot_be_parsed_is_forgotten(tmp_path: Path) -> N
     )
     assert third.failure(course) == second.failure(course)
     assert ["if-none-match" in request for request in api.seen] == [False, True, False]
+
+
+def test_the_tls_context_is_built_once_and_follows_ssl_cert_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every client of a process shares one TLS context (loading the CAs costs ~30 ms), yet a
+    CA bundle named by SSL_CERT_FILE later is the one a new client trusts."""
+    import certifi  # httpx's CA bundle
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    default = client_module.tls_context()
+    assert client_module.tls_context() is default
+    assert len(default.get_ca_certs()) > 1  # certifi's bundle
+    bundle = Path(certifi.where()).read_text()
+    first = bundle[: bundle.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+    (tmp_path / "one-ca.pem").write_text(first[first.index("-----BEGIN CERTIFICATE-----") :])
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "one-ca.pem"))
+
+    chosen = client_module.tls_context()
+
+    assert chosen is not default
+    assert len(chosen.get_ca_certs()) == 1
+    monkeypatch.delenv("SSL_CERT_FILE")
+    assert client_module.tls_context() is default

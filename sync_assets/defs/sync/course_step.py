@@ -114,6 +114,7 @@ class CourseStep:
         and not failed (R1)."""
         self._context = context
         partition_keys = _partition_keys(context)
+        remember_step_partitions(context, partition_keys)
         for key, notes in report_stale_inputs(context, stale_inputs, partition_keys).items():
             add_partition_metadata(context, notes, key)
         inputs = inputs or {}
@@ -414,6 +415,16 @@ def rss_after_course() -> dict[str, float]:
 _STEP_PARTITIONS: weakref.WeakKeyDictionary[Any, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
+def _step_execution_context(context: dg.AssetExecutionContext) -> Any:
+    return context.op_execution_context._step_execution_context
+
+
+def remember_step_partitions(context: dg.AssetExecutionContext, keys: Iterable[str]) -> None:
+    """The step's partition keys, as `context.partition_keys` gave them, for
+    `add_partition_metadata`: listing them again costs as many instance queries."""
+    _STEP_PARTITIONS[_step_execution_context(context)] = frozenset(keys)
+
+
 def add_partition_metadata(
     context: dg.AssetExecutionContext, metadata: dict[str, Any], partition_key: str
 ) -> None:
@@ -424,7 +435,7 @@ def add_partition_metadata(
     pays courses² (measured in benchmarks/analysis.md). Here the step's keys are listed once and
     the metadata goes to the same accumulator Dagster's call feeds (a private attribute).
     """
-    step = context.op_execution_context._step_execution_context
+    step = _step_execution_context(context)
     keys = _STEP_PARTITIONS.get(step)
     if keys is None:
         keys = _STEP_PARTITIONS[step] = frozenset(context.partition_keys)

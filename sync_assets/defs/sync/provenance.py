@@ -75,22 +75,41 @@ def report_stale_inputs(
     notes: dict[str, dict[str, Any]] = {}
     if not stale:
         return notes
+    # course_runs is not partitioned: one look-up serves every course.
+    looked_up: dict[tuple[str, str | None], StoredInput] = {}
+    courses_using: dict[str, list[str]] = {}  # what was used → the courses that used it
     for partition in partitions:
-        used = [
-            stored_input(context.instance, asset, partition if asset != "course_runs" else None)
-            for asset in stale
-        ]
+        used = []
+        for asset in stale:
+            key = (asset, partition if asset != "course_runs" else None)
+            if key not in looked_up:
+                looked_up[key] = stored_input(context.instance, *key)
+            used.append(looked_up[key])
         described = "; ".join(item.describe() for item in used)
-        context.log.warning(
-            f"course {partition}: nothing was requested from FutureLearn for it in this run; "
-            f"it uses {described}. To sync it with fresh data, {FRESH_RERUN}."
-        )
+        courses_using.setdefault(described, []).append(partition)
         notes[partition] = {
             "fresh_from_futurelearn": False,
             "inputs_from_earlier_runs": described,
         }
+    # One warning for the courses that used the same stored inputs (a night's sync run: all of
+    # them, the check run's course_runs), not one each: every log line is an event stored.
+    for described, courses in courses_using.items():
+        context.log.warning(stale_inputs_warning(courses, described))
     context.instance.add_run_tags(
         context.run.run_id,
         {"sync_assets/inputs": f"stored {', '.join(stale)} reused, not fetched in this run"},
     )
     return notes
+
+
+def stale_inputs_warning(courses: list[str], described: str) -> str:
+    """The warning of the courses (partition keys) that used the stored inputs `described`."""
+    if len(courses) == 1:
+        return (
+            f"course {courses[0]}: nothing was requested from FutureLearn for it in this run; "
+            f"it uses {described}. To sync it with fresh data, {FRESH_RERUN}."
+        )
+    return (
+        f"{len(courses)} courses ({', '.join(courses)}): nothing was requested from FutureLearn "
+        f"for them in this run; they use {described}. To sync one with fresh data, {FRESH_RERUN}."
+    )
