@@ -201,6 +201,7 @@ def duplicate_transitions(snapshot: dict[str, list]) -> int:
 # database is a module fixture, made once per worker that runs a test of the module.
 pytestmark = pytest.mark.xdist_group("crash_and_overlap")
 
+
 @pytest.fixture(scope="module")
 def dataset() -> GeneratedDataset:
     return generate("tiny", seed=11)
