@@ -21,11 +21,11 @@ from sync_assets.defs.sync.jobs import (
     futurelearn_sync_job,
 )
 from sync_assets.defs.sync.partitions import changed_ranges, course_partitions
+from sync_assets.defs.sync.provenance import CHECK_RUN_TAG
 from sync_assets.settings import courses_per_run
 
 # What a run for changed courses executes: everything but course_runs (the check's).
 PER_COURSE_ASSETS = partitioned_sync_assets(sync_assets_list)
-CHECK_RUN_TAG = "sync_assets/check_run"
 # On a check run whose sync runs its launcher makes itself (`sync-assets sync`): the sensor
 # leaves it alone, or the changed courses would be synced twice.
 FOLLOWED_BY_TAG = "sync_assets/followed_by"
