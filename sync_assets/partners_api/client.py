@@ -130,7 +130,7 @@ class RawReport:
         """Raises on a body that cannot be read (any exception): see `PartnersApiClient.forget`."""
         parsed = [
             contract.parse_enrolments(
-                json.loads(page) if isinstance(page, bytes) else page, self.run_uuid
+                contract.decode_report(page) if isinstance(page, bytes) else page, self.run_uuid
             )
             for page in self.pages
         ]
@@ -613,7 +613,11 @@ class PartnersApiClient:
         if lazy and not_modified:
             return _Answer(_UNDECODED, True, next_url, url, digest, response.content)
         try:
-            body = json.loads(response.content)
+            # Only reports are lazy. Look-ups and course_runs stay on json: orjson reads an
+            # integer past 64 bits (an external id, say) as a float.
+            body = (
+                contract.decode_report(response.content) if lazy else json.loads(response.content)
+            )
         except Exception as error:  # huge integers and deep nesting raise other than JSON errors
             # The cache may have kept a broken body under a good ETag: forget it, then retry.
             await self.forget([url])

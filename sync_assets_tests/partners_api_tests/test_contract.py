@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sync_assets.partners_api import contract
 from sync_assets.simulator.datasets import SANDBOX_DIR
@@ -45,6 +47,78 @@ def test_enrolments_report_fixture() -> None:
     assert deactivated["membership_uuid"] == "18e16a64-dc25-4a44-85aa-d8541fe060f0"
     assert deactivated["deactivated_at"] == datetime(2019, 4, 29, 14, 17, 55, tzinfo=UTC)
     assert records.filter(pl.col("status") == "active")["deactivated_at"].null_count() == 30
+
+
+# Values a hostile report may hold where a number, a time or a uuid belongs: JSON numbers json
+# reads leniently (NaN, 1e309) and orjson does not, integers past 64 bits (orjson: floats), a
+# lone surrogate, a string that is not a number, null.
+_SPOILT_VALUES = [
+    "NaN",
+    "1e309",
+    "-Infinity",
+    "18446744073709551616",
+    "123456789012345678901234567890",
+    "9223372036854775807",
+    "0.5",
+    "7",
+    '"0.7"',
+    '"\\ud800"',
+    "null",
+    "true",
+    '"2019-03-04T10:00:00Z"',
+    '{"uuid": 12345678901234567890123}',
+]
+_SPOILT_FIELDS = [
+    "steps_completed_ratio",
+    "steps_completed_count",
+    "activated_at",
+    "status",
+    "organisation_membership",
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    spoils=st.lists(
+        st.tuples(
+            st.integers(0, 30), st.sampled_from(_SPOILT_FIELDS), st.sampled_from(_SPOILT_VALUES)
+        ),
+        max_size=6,
+    )
+)
+def test_a_report_page_reads_the_same_through_the_fast_decoder_as_through_json(
+    spoils: list[tuple[int, str, str]],
+) -> None:
+    """Reports are decoded by orjson (json when it refuses): every record is kept or
+    quarantined, with the same values and reasons, as when json decoded the page; a page
+    json's integer past 64 bits made unreadable as a whole is read, the record quarantined."""
+    records = recorded_body("course_enrolments_report")
+    marker = "__spoilt_{}__"
+    for number, (index, name, _) in enumerate(spoils):
+        records[index][name] = marker.format(number)
+    page = json.dumps(records)
+    for number, (_, _, raw) in enumerate(spoils):
+        page = page.replace(json.dumps(marker.format(number)), raw)
+    run = "545ba924-9e73-4a30-bd54-4fb7dee8b913"
+
+    def parsed(decode) -> contract.Parsed | str:
+        try:
+            return contract.parse_enrolments(decode(page.encode()), run)
+        except Exception as error:  # the page as a whole unreadable: the same reason, then
+            return contract.unreadable_body(error)
+
+    fast, plain = parsed(contract.decode_report), parsed(json.loads)
+    if isinstance(plain, str) and isinstance(fast, str):
+        assert fast == plain
+    elif isinstance(plain, str):
+        # polars cannot hold json's int past 64 bits; orjson reads it as a float, out of range.
+        past_64_bits = [raw for *_, raw in spoils if raw.lstrip("-").isdigit() and len(raw) > 19]
+        assert plain == "body could not be read (ComputeError)" and past_64_bits
+        assert isinstance(fast, contract.Parsed) and not fast.quarantine.is_empty()
+    else:
+        assert isinstance(fast, contract.Parsed)
+        assert fast.records.equals(plain.records)
+        assert fast.quarantine.equals(plain.quarantine)
 
 
 def test_membership_fixture() -> None:
