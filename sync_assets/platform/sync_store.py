@@ -45,13 +45,6 @@ BULK_ROWS = 50_000  # rows of a bulk write turned into Python values at once (SQ
 UTC_TIME = pl.Datetime("us", "UTC")
 
 KNOWN_COURSES_SCHEMA = {"course_uuid": pl.String, "activity_id": pl.String, "title": pl.String}
-LINKS_SCHEMA = {"membership_uuid": pl.String, "user_id": pl.String}
-UNLINKED_SCHEMA = {"membership_uuid": pl.String, "external_learner_id": pl.String}
-LINKED_EXTERNAL_SCHEMA = {
-    "membership_uuid": pl.String,
-    "user_id": pl.String,
-    "external_learner_id": pl.String,
-}
 USERS_SCHEMA = {"id": pl.String, "email": pl.String, "forgotten": pl.Boolean}
 MEMBERSHIP_COLUMNS = {
     "membership_uuid": pl.String,
@@ -268,74 +261,94 @@ def known_courses(connection: Connection) -> pl.DataFrame:
     return read_frame(connection, statement, KNOWN_COURSES_SCHEMA)
 
 
-def memberships_to_look_up(connection: Connection, membership_uuids: Iterable[str]) -> list[str]:
-    """R2: the given memberships never fetched, not known to be gone and linked to no one.
-
-    Each is fetched once ever. A membership already linked, by a sync or by the platform itself
-    (invitation link, LTI launch, migrated rows with no `fetched_at`), is never asked about.
-    """
-    wanted = _distinct(membership_uuids)
-    table = future_learn_memberships
-    seen: set[str] = set()
-    for chunk in chunks(wanted):
-        statement = sa.select(table.c.membership_uuid).where(
-            table.c.membership_uuid.in_(chunk),
-            sa.or_(
-                table.c.fetched_at.is_not(None),
-                table.c.gone_at.is_not(None),
-                table.c.user_id.is_not(None),
-            ),
-        )
-        seen.update(connection.execute(statement).scalars())
-    return [uuid for uuid in wanted if uuid not in seen]
+# What linking reads of a stored membership (`membership_states`).
+MEMBERSHIP_STATE_SCHEMA = {
+    "membership_uuid": pl.String,
+    "user_id": pl.String,
+    "external_learner_id": pl.String,
+    "answered": pl.Boolean,  # fetched, or known to be gone
+    "user_forgotten": pl.Boolean,  # the linked user's `forgotten`; null: no link, or no such user
+}
 
 
-def linked_memberships(connection: Connection, membership_uuids: Iterable[str]) -> pl.DataFrame:
-    """R3/R5: membership → user for the given memberships; links to forgotten users are not used."""
+def membership_states(connection: Connection, membership_uuids: Iterable[str]) -> pl.DataFrame:
+    """Each given membership as stored (MEMBERSHIP_STATE_SCHEMA), in one read; a membership
+    never stored has no row. The four questions linking asks of them (`never_answered`,
+    `usable_links`, `unlinked_answered`, `links_with_external_ids`) are answered from it: one
+    index look-up per membership instead of four (a next day asks them of every membership of
+    every changed course)."""
     table = future_learn_memberships
 
     def build(chunk: Sequence[str]) -> sa.Select:
+        answered = sa.or_(table.c.fetched_at.is_not(None), table.c.gone_at.is_not(None))
         return (
-            sa.select(table.c.membership_uuid, table.c.user_id)
-            .join(users, users.c.id == table.c.user_id)
-            .where(table.c.membership_uuid.in_(chunk), users.c.forgotten.is_(False))
+            sa.select(
+                table.c.membership_uuid,
+                table.c.user_id,
+                table.c.external_learner_id,
+                answered.label("answered"),
+                users.c.forgotten,
+            )
+            .outerjoin(users, users.c.id == table.c.user_id)
+            .where(table.c.membership_uuid.in_(chunk))
         )
 
-    return _read_by_keys(connection, build, membership_uuids, LINKS_SCHEMA)
+    return _read_by_keys(connection, build, membership_uuids, MEMBERSHIP_STATE_SCHEMA)
+
+
+def never_answered(states: pl.DataFrame, membership_uuids: Iterable[str]) -> list[str]:
+    """R2: of the given memberships, those never fetched, not known to be gone and linked to no
+    one (sorted): each is fetched once ever. A membership already linked, by a sync or by the
+    platform itself (invitation link, LTI launch, migrated rows with no `fetched_at`), is never
+    asked about."""
+    seen = set(
+        states.filter(pl.col("answered") | pl.col("user_id").is_not_null())["membership_uuid"]
+    )
+    return [uuid for uuid in _distinct(membership_uuids) if uuid not in seen]
+
+
+def usable_links(states: pl.DataFrame) -> pl.DataFrame:
+    """R3/R5: membership → user; links to forgotten users (or to no user at all) are not used."""
+    return states.filter(pl.col("user_forgotten").eq(False)).select("membership_uuid", "user_id")
+
+
+def unlinked_answered(states: pl.DataFrame) -> pl.DataFrame:
+    """Fetched memberships still without a user: matched again locally, never fetched again."""
+    return states.filter(
+        pl.col("user_id").is_null() & pl.col("external_learner_id").is_not_null()
+    ).select("membership_uuid", "external_learner_id")
+
+
+def links_with_external_ids(states: pl.DataFrame) -> pl.DataFrame:
+    """Stored links that also have an external id (to check, not move)."""
+    return states.filter(
+        pl.col("user_id").is_not_null() & pl.col("external_learner_id").is_not_null()
+    ).select("membership_uuid", "user_id", "external_learner_id")
+
+
+def memberships_to_look_up(connection: Connection, membership_uuids: Iterable[str]) -> list[str]:
+    """`never_answered`, read from the database."""
+    wanted = _distinct(membership_uuids)
+    return never_answered(membership_states(connection, wanted), wanted)
+
+
+def linked_memberships(connection: Connection, membership_uuids: Iterable[str]) -> pl.DataFrame:
+    """`usable_links`, read from the database."""
+    return usable_links(membership_states(connection, membership_uuids))
 
 
 def unlinked_fetched_memberships(
     connection: Connection, membership_uuids: Iterable[str]
 ) -> pl.DataFrame:
-    """Fetched memberships still without a user: matched again locally, never fetched again."""
-    table = future_learn_memberships
-
-    def build(chunk: Sequence[str]) -> sa.Select:
-        return sa.select(table.c.membership_uuid, table.c.external_learner_id).where(
-            table.c.membership_uuid.in_(chunk),
-            table.c.user_id.is_(None),
-            table.c.external_learner_id.is_not(None),
-        )
-
-    return _read_by_keys(connection, build, membership_uuids, UNLINKED_SCHEMA)
+    """`unlinked_answered`, read from the database."""
+    return unlinked_answered(membership_states(connection, membership_uuids))
 
 
 def linked_with_external_ids(
     connection: Connection, membership_uuids: Iterable[str]
 ) -> pl.DataFrame:
-    """Stored links of the given memberships that also have an external id (to check, not move)."""
-    table = future_learn_memberships
-
-    def build(chunk: Sequence[str]) -> sa.Select:
-        return sa.select(
-            table.c.membership_uuid, table.c.user_id, table.c.external_learner_id
-        ).where(
-            table.c.membership_uuid.in_(chunk),
-            table.c.user_id.is_not(None),
-            table.c.external_learner_id.is_not(None),
-        )
-
-    return _read_by_keys(connection, build, membership_uuids, LINKED_EXTERNAL_SCHEMA)
+    """`links_with_external_ids`, read from the database."""
+    return links_with_external_ids(membership_states(connection, membership_uuids))
 
 
 def stale_email_keys(connection: Connection) -> pl.DataFrame:

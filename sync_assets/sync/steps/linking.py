@@ -128,10 +128,12 @@ async def _link_run(
     """
     all_uuids = sorted(set().union(*(set(uuids) for uuids in memberships_of.values())))
     with engine.connect() as connection:
-        existing = sync_store.linked_memberships(connection, all_uuids)
-        to_fetch = sync_store.memberships_to_look_up(connection, all_uuids)
-        unlinked_before = sync_store.unlinked_fetched_memberships(connection, all_uuids)
-        stored_links = sync_store.linked_with_external_ids(connection, all_uuids)
+        states = sync_store.membership_states(connection, all_uuids)
+    existing = sync_store.usable_links(states)
+    to_fetch = sync_store.never_answered(states, all_uuids)
+    unlinked_before = sync_store.unlinked_answered(states)
+    stored_links = sync_store.links_with_external_ids(states)
+    del states
     fetched = await client.memberships(to_fetch)
     failpoints.reached("linking.after_lookups")
     kept = keep_fetched_memberships(engine, fetched, now)
