@@ -207,7 +207,9 @@ def _could_link(connection: Connection, stale: pl.DataFrame, erased: pl.DataFram
         [
             sync_store.read_frame(
                 connection,
-                sa.select(user_email_keys.c.email_key).where(user_email_keys.c.user_id.in_(chunk)),
+                sa.select(user_email_keys.c.email_key).where(
+                    user_email_keys.c.user_id.in_(sync_store.listed(connection, chunk))
+                ),
                 {"email_key": pl.String},
             )["email_key"]
             for chunk in sync_store.chunks(stale["user_id"].to_list())
@@ -281,7 +283,8 @@ def links_to_write(connection: Connection, memberships: pl.DataFrame) -> pl.Data
         linked.update(
             connection.execute(
                 sa.select(table.c.membership_uuid).where(
-                    table.c.membership_uuid.in_(chunk), table.c.user_id.is_not(None)
+                    table.c.membership_uuid.in_(sync_store.listed(connection, chunk)),
+                    table.c.user_id.is_not(None),
                 )
             ).scalars()
         )

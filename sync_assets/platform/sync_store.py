@@ -149,6 +149,21 @@ def read_frame(connection: Connection, statement: sa.Executable, schema: dict) -
     return pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=schema)
 
 
+def listed(connection: Connection, values: Sequence[str]) -> sa.Select:
+    """Texts as a one-column SELECT (for `column.in_(…)`), bound as one JSON parameter.
+
+    An IN of a chunk of keys bound one parameter each cost SQLAlchemy more than the read itself
+    (a bind name, a coercion and a literal-expansion per key: ~0.4 of a 50,000-key read's time
+    in a profile of `users_matching`); one JSON text costs the same for any number of keys.
+    """
+    bound = sa.bindparam(None, json.dumps(list(values)), type_=sa.Text, unique=True)
+    if connection.dialect.name == "postgresql":
+        elements = sa.func.json_array_elements_text(sa.cast(bound, sa.JSON))
+    else:
+        elements = sa.func.json_each(bound)
+    return sa.select(sa.column("value", sa.Text)).select_from(elements)
+
+
 def _read_by_keys(
     connection: Connection,
     build: Any,
@@ -290,7 +305,7 @@ def membership_states(connection: Connection, membership_uuids: Iterable[str]) -
                 users.c.forgotten,
             )
             .outerjoin(users, users.c.id == table.c.user_id)
-            .where(table.c.membership_uuid.in_(chunk))
+            .where(table.c.membership_uuid.in_(listed(connection, chunk)))
         )
 
     return _read_by_keys(connection, build, membership_uuids, MEMBERSHIP_STATE_SCHEMA)
@@ -427,9 +442,11 @@ def users_matching(connection: Connection, external_learner_ids: Iterable[str]) 
 
     def build(chunk: Sequence[str]) -> sa.Select:
         caseless = sorted({email_key(value) for value in chunk})
-        by_email = sa.select(keys.c.user_id).where(keys.c.email_key.in_(caseless))
+        by_email = sa.select(keys.c.user_id).where(
+            keys.c.email_key.in_(listed(connection, caseless))
+        )
         return sa.select(users.c.id, users.c.email, users.c.forgotten).where(
-            sa.or_(users.c.id.in_(chunk), users.c.id.in_(by_email))
+            sa.or_(users.c.id.in_(listed(connection, chunk)), users.c.id.in_(by_email))
         )
 
     return _read_by_keys(connection, build, external_learner_ids, USERS_SCHEMA).unique(
@@ -451,7 +468,9 @@ def stored_memberships(
         return read_frame(connection, statement, MEMBERSHIP_COLUMNS)
     return _read_by_keys(
         connection,
-        lambda chunk: sa.select(*columns).where(table.c.membership_uuid.in_(chunk)),
+        lambda chunk: sa.select(*columns).where(
+            table.c.membership_uuid.in_(listed(connection, chunk))
+        ),
         membership_uuids,
         MEMBERSHIP_COLUMNS,
     )
@@ -462,7 +481,7 @@ def users_by_id(connection: Connection, user_ids: Iterable[str]) -> pl.DataFrame
     return _read_by_keys(
         connection,
         lambda chunk: sa.select(users.c.id, users.c.email, users.c.forgotten).where(
-            users.c.id.in_(chunk)
+            users.c.id.in_(listed(connection, chunk))
         ),
         user_ids,
         USERS_SCHEMA,
@@ -517,7 +536,7 @@ def achievements_for_course(
         return read_frame(connection, base, ACHIEVEMENT_SCHEMA)
     return _read_by_keys(
         connection,
-        lambda chunk: base.where(achievements.c.user_id.in_(chunk)),
+        lambda chunk: base.where(achievements.c.user_id.in_(listed(connection, chunk))),
         user_ids,
         ACHIEVEMENT_SCHEMA,
     )
@@ -530,7 +549,7 @@ def activity_programmes(connection: Connection, activity_ids: Iterable[str]) -> 
         return (
             sa.select(programme_activities.c.activity_id, programmes.c.id, programmes.c.slug)
             .join(programmes, programmes.c.id == programme_activities.c.programme_id)
-            .where(programme_activities.c.activity_id.in_(chunk))
+            .where(programme_activities.c.activity_id.in_(listed(connection, chunk)))
         )
 
     return _read_by_keys(connection, build, activity_ids, ACTIVITY_PROGRAMMES_SCHEMA)
@@ -541,7 +560,9 @@ def programme_enrolments(connection: Connection, user_ids: Iterable[str]) -> pl.
     columns = [user_programme_enrolments.c[name] for name in ENROLMENT_SCHEMA]
 
     def build(chunk: Sequence[str]) -> sa.Select:
-        return sa.select(*columns).where(user_programme_enrolments.c.user_id.in_(chunk))
+        return sa.select(*columns).where(
+            user_programme_enrolments.c.user_id.in_(listed(connection, chunk))
+        )
 
     return _read_by_keys(connection, build, user_ids, ENROLMENT_SCHEMA)
 
@@ -593,7 +614,7 @@ def last_course_states(
             table.c.enrolment_count,
             table.c.report_fingerprint,
             table.c.platform_fingerprint,
-        ).where(table.c.course_uuid.in_(chunk))
+        ).where(table.c.course_uuid.in_(listed(connection, chunk)))
         states.update(
             (course, CourseState(*rest)) for course, *rest in connection.execute(statement)
         )
