@@ -38,13 +38,50 @@ PENDING_DAYS = 7
 EVENT_SCHEMA = {"id": pl.Int64, "user_id": pl.String, "programme_id": pl.String}
 
 
+def _unhandled() -> sa.ColumnElement[bool]:
+    """A completion event still pending: the one definition of what is left to do (C1, C3)."""
+    return completion_events.c.handled_at.is_(None)
+
+
+def _due(due_before: datetime) -> sa.ColumnElement[bool]:
+    """An enrolment C2 looks at: pending since `due_before` or earlier (flagged or not: C4
+    decides, per enrolment, in `_number_programme`)."""
+    table = user_programme_enrolments
+    return sa.and_(table.c.state == "pending", table.c.pending_since <= due_before)
+
+
+def _due_before(now: datetime) -> datetime:
+    return now - timedelta(days=PENDING_DAYS)
+
+
 def pending_event_ids(connection: Connection, *, limit: int | None = None) -> list[int]:
     """Completion events not yet handled, oldest first: what is left to do, whoever left it."""
     table = completion_events
-    statement = sa.select(table.c.id).where(table.c.handled_at.is_(None)).order_by(table.c.id)
+    statement = sa.select(table.c.id).where(_unhandled()).order_by(table.c.id)
     if limit:
         statement = statement.limit(limit)
     return list(connection.execute(statement).scalars())
+
+
+def has_certificate_work(connection: Connection, *, now: datetime | None = None) -> bool:
+    """Whether `daily_certificates_job` would do anything now: a completion event is pending,
+    or C2 would complete an enrolment. Read-only; the same predicates as the job's.
+
+    Two cheap reads: the pending events' partial index (`ix_completion_events_pending`), then the
+    (state, flagged) pairs among due enrolments, at most two, each put to C4 as C2 puts them: a
+    flagged enrolment that is due stays pending every night and is no work.
+    """
+    if connection.execute(sa.select(sa.exists().where(_unhandled()))).scalar():
+        return True
+    table = user_programme_enrolments
+    due = connection.execute(
+        sa.select(table.c.state, table.c.flagged)
+        .where(_due(_due_before(now or datetime.now(UTC))))
+        .distinct()
+    ).all()
+    return any(
+        rules.enrolment_refusal(state, "complete", flagged) is None for state, flagged in due
+    )
 
 
 def latest_event_id(connection: Connection) -> int | None:
@@ -55,7 +92,7 @@ def latest_event_id(connection: Connection) -> int | None:
 def _lock_pending(connection: Connection, event_ids: Sequence[int]) -> pl.DataFrame:
     table = completion_events
     statement = sa.select(table.c.id, table.c.user_id, table.c.programme_id).where(
-        table.c.id.in_(list(event_ids)), table.c.handled_at.is_(None)
+        table.c.id.in_(list(event_ids)), _unhandled()
     )
     if connection.dialect.name == "postgresql":
         statement = statement.with_for_update(skip_locked=True)
@@ -231,7 +268,7 @@ def _mark_handled(connection: Connection, outcomes: pl.DataFrame, now: datetime)
     for outcome, ids in outcomes.group_by("outcome").agg("id").iter_rows():
         connection.execute(
             sa.update(table)
-            .where(table.c.id.in_(ids), table.c.handled_at.is_(None))
+            .where(table.c.id.in_(ids), _unhandled())
             .values(handled_at=now, outcome=outcome)
         )
 
@@ -252,8 +289,7 @@ def complete_due_certificates(engine: Engine, *, now: datetime | None = None) ->
     database's write lock (SQLite): the next number is one more than the programme's highest,
     and only enrolments that really complete get one, so numbers are never skipped or reused.
     """
-    now = now or datetime.now(UTC)
-    due_before = now - timedelta(days=PENDING_DAYS)
+    due_before = _due_before(now or datetime.now(UTC))
     certified = Certified()
     table = user_programme_enrolments
     with engine.connect() as connection:
@@ -261,7 +297,7 @@ def complete_due_certificates(engine: Engine, *, now: datetime | None = None) ->
         programme_ids = list(
             connection.execute(
                 sa.select(table.c.programme_id)
-                .where(table.c.state == "pending", table.c.pending_since <= due_before)
+                .where(_due(due_before))
                 .distinct()
                 .order_by(table.c.programme_id)
             ).scalars()
@@ -286,11 +322,7 @@ def _number_programme(
     connection.execute(lock)
     due = connection.execute(
         sa.select(table.c.id, table.c.state, table.c.flagged)
-        .where(
-            table.c.programme_id == programme_id,
-            table.c.state == "pending",
-            table.c.pending_since <= due_before,
-        )
+        .where(table.c.programme_id == programme_id, _due(due_before))
         .order_by(table.c.pending_since, table.c.id)
     ).all()
     highest = connection.execute(

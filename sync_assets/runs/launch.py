@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import dagster as dg
+from sqlalchemy.exc import DBAPIError
 
 from sync_assets.definitions import defs
 from sync_assets.defs.certificates.jobs import daily_certificates_job
@@ -30,10 +31,13 @@ from sync_assets.defs.sync.sensors import (
     apply_partition_update,
     plan_partition_update,
 )
+from sync_assets.platform import certificate_store
+from sync_assets.platform.database import create_platform_engine
 from sync_assets.runs.courses import course_uuid_argument
 from sync_assets.runs.execution import CodeLocationRuns, FinishedRun
 from sync_assets.runs.report import (
     SyncReport,
+    no_certificate_work,
     output_metadata,
     read_check_run,
     read_sync_run,
@@ -218,18 +222,47 @@ def launch_sync(
     return report
 
 
+NO_CERTIFICATE_WORK = "Certificate work: no pending completion events, no certificates due: no run"
+
+
+def _certificate_work_waiting() -> bool:
+    """Whether the platform database holds certificate work now (read-only); True when it
+    cannot tell."""
+    engine = create_platform_engine()  # the database the job's steps use (PlatformDatabase)
+    try:
+        with engine.connect() as connection:
+            return certificate_store.has_certificate_work(connection)
+    except DBAPIError:
+        # An outage: the run goes ahead as before, retries what is transient, and a failure
+        # reaches the summary as a failed certificate run, not as an error of this read.
+        return True
+    finally:
+        engine.dispose()
+
+
 def run_certificate_work(
     runs: CodeLocationRuns,
     report: SyncReport,
     *,
     submit: bool = False,
+    always: bool = False,
     say: Callable[[str], None] = print,
 ) -> None:
     """What the daemon does: every completion event still pending (C1, C3), then C2.
 
     Every pending event, not only this command's own: events left pending by a crash, a failed
-    run or a database outage are finished by the next command that gets here.
+    run or a database outage are finished by the next command that gets here. Unless `always`,
+    no run is made when the platform database says there is nothing to do (issue 33: a quiet
+    night costs a run and its events for nothing otherwise); the summary then shows the zero
+    figures such a run would have.
     """
+    # A race is harmless: an event written, or an enrolment falling due, after this read is
+    # left pending, not lost; the daemon's completion events sensor and `daily_certificates`
+    # schedule, or the next command that gets here, handle it.
+    if not always and not _certificate_work_waiting():
+        say(NO_CERTIFICATE_WORK)
+        report.certificates = no_certificate_work()
+        return
     say("Certificate work: pending completion events, then certificates due (C2)")
     (finished,) = _run_all(runs, daily_certificates_job.name, {}, [{}], submit=submit, say=say)
     report.run_ids.append(finished.run_id)

@@ -287,6 +287,17 @@ def _linking_problems(report: SyncReport) -> list[str]:
     return out
 
 
+def no_certificate_work() -> dict[str, Any]:
+    """The figures of a certificate run that had nothing to do, for a command that made none."""
+    counts = (
+        fact_names.EVENTS_HANDLED,
+        fact_names.ENROLMENTS_MOVED_TO_PENDING,
+        fact_names.NOTIFICATIONS_WRITTEN,
+        fact_names.CERTIFICATES_ISSUED,
+    )
+    return {name: 0 for name in counts} | {fact_names.NUMBERS_BY_PROGRAMME: {}}
+
+
 def format_certificates(figures: dict[str, Any]) -> str:
     numbers = figures.get(fact_names.NUMBERS_BY_PROGRAMME) or {}
     issued = ", ".join(

@@ -382,6 +382,68 @@ def test_c2_concurrent_workers_never_skip_or_reuse_a_number(engine: Engine) -> N
     assert numbers == list(range(1, 51))
 
 
+# --- is there certificate work (what a night asks before making the daily job's run) -----------
+
+
+def ready_for_c1(engine: Engine) -> None:
+    enrol(engine, "u1", "primary-certificate")
+    done_on_platform(engine, "u1", PRIMARY_PLATFORM, "primary-certificate")
+    complete(engine, "u1", PRIMARY_COURSE, "primary-certificate")
+
+
+def handled_already(engine: Engine) -> None:
+    ready_for_c1(engine)
+    certificate_store.handle_completion_events(engine, pending_events(engine), now=NOW)
+
+
+WORK = {  # what is on the platform → whether the daily job has something to do
+    "nothing": (lambda engine: None, False),
+    "a pending completion event": (ready_for_c1, True),
+    "its event handled, pending since now": (handled_already, False),
+    "pending seven days": (lambda e: pending_since(e, "u1", "primary-certificate", 7), True),
+    "pending 6.9 days": (lambda e: pending_since(e, "u1", "primary-certificate", 6.9), False),
+    "due but flagged": (
+        lambda e: pending_since(e, "u1", "primary-certificate", 8, flagged=True),
+        False,
+    ),
+    "due flagged and due not": (
+        lambda e: [
+            pending_since(e, "u1", "primary-certificate", 8, flagged=True),
+            pending_since(e, "u2", "secondary-certificate", 9),
+        ],
+        True,
+    ),
+    "complete long ago": (
+        lambda e: enrol(
+            e,
+            "u1",
+            "primary-certificate",
+            state="complete",
+            certificate_number=1,
+            pending_since=NOW - timedelta(days=30),
+        ),
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("scenario", list(WORK))
+def test_certificate_work_is_what_the_daily_job_then_does(engine: Engine, scenario: str) -> None:
+    arrange, expected = WORK[scenario]
+    arrange(engine)
+
+    with engine.connect() as connection:
+        work = certificate_store.has_certificate_work(connection, now=NOW)
+    # The daily job's two steps, at the same moment: did either change anything?
+    handled = certificate_store.handle_completion_events(engine, pending_events(engine), now=NOW)
+    certified = certificate_store.complete_due_certificates(engine, now=NOW)
+    did_something = handled.handled > 0 or bool(certified.completed)
+
+    assert (work, did_something) == (expected, expected)
+    with engine.connect() as connection:  # and once done, nothing is left
+        assert not certificate_store.has_certificate_work(connection, now=NOW)
+
+
 # --- R12 against the database -----------------------------------------------------------------
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import dagster as dg
 import sqlalchemy as sa
 
 from sync_assets.definitions import defs
 from sync_assets.defs.certificates.sensors import EVENTS_PER_RUN, completion_events_sensor
 from sync_assets.defs.sync.jobs import all_partitions_tags
+from sync_assets.platform.certificate_store import PENDING_DAYS
 from sync_assets.platform.demo_catalogue import seed_demo_progress
+from sync_assets.platform.tables import user_programme_enrolments
 from sync_assets.runs.execution import QUIET_LOGGERS
-from sync_assets.runs.launch import prepare_partitions
+from sync_assets.runs.launch import NO_CERTIFICATE_WORK, prepare_partitions
+from sync_assets.wording import counted
 from sync_assets_tests.conftest import sqlite_only
 
 from .conftest import World
@@ -127,20 +132,56 @@ def test_events_of_a_failed_run_go_out_again_unless_a_sweep_is_in_flight(world: 
     assert isinstance(tick, dg.SkipReason) and "every pending event" in tick.skip_message
 
 
-# SQLite only: how completions reach certificate runs is Dagster's side; the certificate store
-# (numbering) is the daily job's test, on both databases.
-@sqlite_only
-def test_cli_sync_does_the_certificate_work_itself(world: World) -> None:
+def _certificate_runs() -> int:
+    with dg.DagsterInstance.get() as instance:
+        return len(instance.get_runs(dg.RunsFilter(job_name="daily_certificates_job")))
+
+
+def _count(world: World, query: str) -> int:
+    with world.engine.connect() as connection:
+        return connection.execute(sa.text(query)).scalar_one()
+
+
+PENDING = "SELECT count(*) FROM user_programme_enrolments WHERE state = 'pending'"
+CERTIFIED = "SELECT count(*) FROM user_programme_enrolments WHERE certificate_number IS NOT NULL"
+
+
+def test_cli_sync_does_the_certificate_work_itself_when_there_is_some(world: World) -> None:
+    """Three nights: completions (C1, C3), then nothing, then only certificates falling due (C2).
+    A night makes the daily job's run when there is work, and only then (issue 33)."""
     with world.engine.begin() as connection:
         seed_demo_progress(connection, world.dataset.users, share=0.6)
-    result = world.sync()
-    assert result.exit_code == 0, result.output
-    assert "Certificates:" in result.output
-    with world.engine.connect() as connection:
-        left = connection.execute(
-            sa.text("SELECT count(*) FROM completion_events WHERE handled_at IS NULL")
-        ).scalar()
-    assert left == 0
+
+    first = world.sync()
+
+    assert first.exit_code == 0, first.output
+    assert _certificate_runs() == 1
+    moved = _count(world, PENDING)
+    assert moved > 0, "the first night's completions meet C1 for some learners"
+    assert f"{counted(moved, 'enrolment')} moved to pending" in first.output
+    assert _count(world, "SELECT count(*) FROM completion_events WHERE handled_at IS NULL") == 0
+
+    quiet = world.sync()
+
+    assert quiet.exit_code == 0, quiet.output
+    assert NO_CERTIFICATE_WORK in quiet.output.splitlines()
+    assert _certificate_runs() == 1
+    assert (_count(world, PENDING), _count(world, CERTIFIED)) == (moved, 0)
+
+    # A week on, by the platform's clock: nothing else to do but C2.
+    with world.engine.begin() as connection:
+        connection.execute(
+            sa.update(user_programme_enrolments)
+            .where(user_programme_enrolments.c.state == "pending")
+            .values(pending_since=datetime.now(UTC) - timedelta(days=PENDING_DAYS, hours=1))
+        )
+
+    due = world.sync()
+
+    assert due.exit_code == 0, due.output
+    assert _certificate_runs() == 2
+    assert (_count(world, PENDING), _count(world, CERTIFIED)) == (0, moved)
+    assert f"{counted(moved, 'certificate')} issued" in due.output
 
 
 def test_daily_certificates_job_sweeps_and_numbers(world: World) -> None:

@@ -1,9 +1,10 @@
 """A night costs what changed (issue 33): the check run decides which courses need a run.
 
-On a quiet night (nothing changed) no sync run is made and no course partition gets an event;
-`course_runs` lists every course as checked unchanged, and `activity_progress` records once that
-progress is current (what its freshness policy reads). On a night where some courses changed,
-the sync runs cover those courses only, and every report is still asked for once.
+On a quiet night (nothing changed) no sync run and no certificate run is made, and no course
+partition gets an event; `course_runs` lists every course as checked unchanged, and
+`activity_progress` records once that progress is current (what its freshness policy reads). On
+a night where some courses changed, the sync runs cover those courses only, and every report is
+still asked for once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from sync_assets.definitions import build_definitions
 from sync_assets.defs.sync.changes import CHANGED_COURSES, COURSES_NOT_RUN
 from sync_assets.defs.sync.night import changed_course_run_tags, changed_courses_sensor
 from sync_assets.defs.sync.partitions import changed_ranges, run_partition_keys
-from sync_assets.runs.launch import prepare_partitions
+from sync_assets.runs.launch import NO_CERTIFICATE_WORK, prepare_partitions
 from sync_assets.sync import fact_names
 from sync_assets_tests.conftest import sqlite_only
 
@@ -61,17 +62,22 @@ def test_a_quiet_night_makes_no_sync_run_and_no_course_event(world: World) -> No
 
     assert result.exit_code == 0, result.output
     assert f"{len(keys)} skipped as unchanged" in result.output
+    # The summary's certificate line is what a certificate run with nothing to do would show.
+    assert NO_CERTIFICATE_WORK in result.output.splitlines()
+    assert (
+        "Certificates: 0 completion events handled, 0 enrolments moved to pending, "
+        "0 notifications written, 0 certificates issued."
+    ) in result.output.splitlines()
     with dg.DagsterInstance.get() as instance:
         new_runs = {
             job: count - runs_before.get(job, 0)
             for job, count in _runs_by_job(instance).items()
             if count != runs_before.get(job, 0)
         }
-        # One check, no sync run (the certificate run is the command's own, as every night).
-        assert new_runs.get("futurelearn_check") == 1
-        assert "futurelearn_sync" not in new_runs
+        # One check; no sync run, and no certificate run: no event is pending, nothing is due.
+        assert new_runs == {"futurelearn_check": 1}
         tonight = _run_ids(instance) - earlier
-        assert len(tonight) == 2  # the check, and the command's certificate run
+        assert len(tonight) == 1
         assert _partition_events(instance, tonight) == []
         checked = _latest(instance, "course_runs").metadata
         assert checked[CHANGED_COURSES].value == []

@@ -372,8 +372,11 @@ def test_the_deployment_syncs_in_chunks_and_reruns_a_course_from_another_machine
             assert run.tags["sync_assets/launched_by"] == "cli --submit"
             # Launched by the daemon through the code server: a process of its own, not A's.
             assert ".dagster/grpc_info" in run.tags
+        # The CLI's certificate run, unless the daemon's sensor had handled every event of the
+        # night by the time the CLI asked (then it makes none); the outcome is the platform's
+        # tables, compared with the single-process sync below.
         certificate_runs = instance.get_runs(dg.RunsFilter(job_name="daily_certificates_job"))
-        assert [run.status for run in certificate_runs] == [dg.DagsterRunStatus.SUCCESS]
+        assert [run.status for run in certificate_runs] in ([], [dg.DagsterRunStatus.SUCCESS])
         # The sensor ran in the deployment (the code server's settings, the shared instance and
         # cache) and skipped: nothing to add.
         [tick] = _first_ticks(instance, "course_partitions_sensor")
