@@ -15,6 +15,7 @@ as an `httpx.TransportError`, so `PartnersApiClient._attempt` retries it as it d
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import zlib
 from collections.abc import Mapping
@@ -29,6 +30,9 @@ from sync_assets.partners_api.contract import route
 from sync_assets.partners_api.metrics import ApiMetrics
 
 NO_LINKS: Mapping[str, Mapping[str, str]] = MappingProxyType({})
+# A path of these characters only (a look-up's) is already encoded and has no dot segment to
+# normalise: parsing it is left out (see `LookupWire.url`).
+PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9_~-]+)+")
 
 
 class LookupAnswer:
@@ -64,7 +68,12 @@ class LookupWire:
         tls: ssl.SSLContext,
     ) -> None:
         self._base_url = base_url.rstrip("/")
-        self._origin = URL(self._base_url).origin()
+        base = URL(self._base_url)
+        self._origin = base.origin()
+        # `url`'s start for a plain path; None when the base URL has a query or a fragment,
+        # which `with_path` would drop and joining does not.
+        self._base = None if base.raw_query_string or base.raw_fragment else base
+        self._base_path = base.raw_path.rstrip("/")
         # httpx inflates gzip and deflate (no brotli or zstandard here); so does `_inflate`.
         self._headers = {**headers, "Accept-Encoding": "gzip, deflate"}
         self._connections = max(1, connections)
@@ -93,12 +102,24 @@ class LookupWire:
             self._session._retry_connection = False
         return self._session
 
-    async def get(self, path: str, authorization: str) -> LookupAnswer:
-        """GET base URL + `path` (a path: the token goes to the base URL's origin only)."""
-        url = self._base_url + path
-        parsed = URL(url)
+    def url(self, path: str) -> URL:
+        """Base URL + `path`, which must be a path: the token goes to the base URL's origin only.
+
+        A plain path (`PLAIN_PATH`) is put after the base URL's, parsed once: the URL parsing the
+        two joined gives, by construction at the base URL's origin, for a seventh of the CPU (a
+        look-up's uuid is a new string each time, so yarl's cache of parses never hits).
+        """
+        if self._base is not None and PLAIN_PATH.fullmatch(path):
+            return self._base.with_path(self._base_path + path, encoded=True)
+        parsed = URL(self._base_url + path)
         if not path.startswith("/") or parsed.origin() != self._origin:
             raise ValueError("a path under the base URL is expected")
+        return parsed
+
+    async def get(self, path: str, authorization: str) -> LookupAnswer:
+        """GET base URL + `path` (see `url`)."""
+        parsed = self.url(path)
+        url = self._base_url + path
         endpoint, _ = route(parsed.path)
         try:
             response = await self._opened().get(

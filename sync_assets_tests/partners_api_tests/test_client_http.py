@@ -7,6 +7,7 @@ import gzip
 import importlib.abc
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from yarl import URL
 
 from sync_assets.partners_api import client as client_module
 from sync_assets.partners_api.client import (
@@ -29,6 +31,8 @@ from sync_assets.partners_api.client import (
     or_failure,
     run,
 )
+from sync_assets.partners_api.lookups_wire import LookupWire
+from sync_assets.partners_api.metrics import ApiMetrics
 from sync_assets.simulator.app import (
     SIMULATOR_CONSUMER_KEY,
     SIMULATOR_CONSUMER_SECRET,
@@ -563,6 +567,45 @@ def test_a_look_up_is_never_sent_to_a_url(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="a path under the base URL"):
             run(look_up())
     assert lure.seen == []
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://127.0.0.1:8000",
+        "http://127.0.0.1:8000/",
+        "https://api.example.org/v1/",
+        "http://[::1]:8080/a%20b",
+        "https://user@api.example.org/v1?key=1",
+    ],
+)
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/partners/organisation_memberships/0f8fad5b-d9cb-469f-a165-70867728950e",
+        "/partners/organisation_memberships/a b?c=d#e",
+        "/partners/organisation_memberships/../course_runs",
+        "/partners/organisation_memberships/%2e%2e/%41",
+        "/partners/organisation_memberships/é",
+        "//api.example.org.evil.net/partners",
+    ],
+)
+def test_a_look_ups_url_is_the_base_url_and_path_joined_and_parsed(
+    base_url: str, path: str
+) -> None:
+    """A plain path is not parsed (`LookupWire.url`): the URL must be the one parsing gives."""
+    wire = LookupWire(
+        base_url,
+        headers={},
+        connections=1,
+        timeout_seconds=1.0,
+        max_body_bytes=1,
+        metrics=ApiMetrics(),
+        tls=ssl.create_default_context(),
+    )
+    built = wire.url(path)
+    parsed = URL(base_url.rstrip("/") + path)
+    assert (str(built), built.origin(), built.path) == (str(parsed), parsed.origin(), parsed.path)
 
 
 MEMBERSHIPS = [f"0000000{n}-0000-4000-8000-000000000000" for n in range(5)]
