@@ -212,11 +212,49 @@ def _copy_frame(connection: Connection, table: sa.Table, frame: pl.DataFrame) ->
 
 
 def _insert_frame(connection: Connection, table: sa.Table, frame: pl.DataFrame) -> None:
-    """A plain INSERT of every row of `frame`: COPY on PostgreSQL, multi-row VALUES on SQLite."""
+    """A plain INSERT of every row of `frame`: COPY on PostgreSQL, executemany on SQLite."""
     if _copies(connection):
         _copy_frame(connection, table, frame)
     else:
-        connection.execute(sa.insert(table), _rows(frame))
+        if not _execute_many(connection, sa.insert(table), frame):
+            connection.execute(sa.insert(table), _rows(frame))
+
+
+# SQLAlchemy's SQLite DATETIME storage format: what its bind processor writes for a datetime.
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%6f"
+
+
+def _execute_many(connection: Connection, statement: Insert, frame: pl.DataFrame) -> bool:
+    """SQLite: `statement` for every row of `frame`, through the driver's
+    executemany, the rows made by polars as SQLAlchemy's bind processors would make them (times
+    as its DATETIME text, booleans as 0 and 1, texts and numbers as they are).
+
+    The same SQL and the same executemany as `connection.execute(statement, rows)`, without
+    SQLAlchemy's per-row Python (a dict per row, a processor call per value): ~a third of a
+    first sync's write time on SQLite (benchmarks/analysis.md, issue 33). False, and nothing
+    run, for a statement this cannot run so: one with RETURNING (the driver's executemany
+    returns no rows) or binding more than the frame's columns.
+    """
+    compiled = statement.compile(dialect=connection.dialect, column_keys=list(frame.columns))
+    order = list(compiled.positiontup or ())
+    if compiled.effective_returning or sorted(order) != sorted(frame.columns):
+        return False
+    if frame.is_empty():
+        return True
+    times = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.Datetime)]
+    if any(frame.schema[name].time_zone not in (None, "UTC") for name in times):
+        raise ValueError("times are written in UTC")
+    driver = frame.select(order).with_columns(
+        [pl.col(name).dt.strftime(_SQLITE_TIME) for name in times]
+        + [
+            pl.col(name).cast(pl.Int64)
+            for name, dtype in frame.schema.items()
+            if dtype == pl.Boolean
+        ]
+    )
+    for start in range(0, max(driver.height, 1), BULK_ROWS):
+        connection.exec_driver_sql(str(compiled), driver.slice(start, BULK_ROWS).rows())
+    return True
 
 
 def _bulk_insert(
@@ -238,6 +276,8 @@ def _bulk_insert(
         # A slice of rows at a time: the whole frame as Python dicts at once was the linking
         # step's peak on `large` (1.25M fetched memberships: 1,460 → 438 MiB for that write,
         # benchmarks/analysis.md). SQLAlchemy sends executemany in batches anyway.
+        if _execute_many(connection, statement, frame):
+            return []
         returned: list[Row] = []
         for start in range(0, max(frame.height, 1), BULK_ROWS):
             result = connection.execute(statement, _rows(frame.slice(start, BULK_ROWS)))

@@ -550,3 +550,66 @@ def test_activity_programmes_and_structure(engine: Engine) -> None:
     primary = structure.filter(pl.col("programme_slug") == "primary-certificate")
     assert primary["grouping_title"].n_unique() == 4
     assert primary["required_for_completion"].unique().to_list() == [1]
+
+
+def test_sqlite_bulk_writes_store_exactly_what_sqlalchemy_would(tmp_path) -> None:
+    """The SQLite write path through the driver's executemany stores every value as SQLAlchemy's
+    own path does, byte for byte: times (with and without microseconds, null), booleans, text."""
+    from sync_assets.platform.database import create_platform_engine
+    from sync_assets.platform.migrate import upgrade
+
+    times = [datetime(2026, 11, 1, 2, 0, tzinfo=UTC), datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)]
+    frame = pl.DataFrame(
+        {
+            "membership_uuid": ["m1", "m2", "m3"],
+            "external_learner_id": ["ÄÖ.ß@example.org", None, "x'); DROP TABLE users; --"],
+            "learner_uuid": [None, "l2", "l3"],
+            "fetched_at": [times[0], times[1], None],
+            "gone_at": [None, None, times[1]],
+        },
+        schema_overrides={"fetched_at": sync_store.UTC_TIME, "gone_at": sync_store.UTC_TIME},
+    )
+    people = pl.DataFrame(
+        {"id": ["u1", "u2"], "email": ["a@b.c", "d@e.f"], "forgotten": [True, False]}
+    )
+    stored = {}
+    for way in ("driver", "sqlalchemy"):
+        engine = create_platform_engine(f"sqlite:///{tmp_path / way}.sqlite3")
+        upgrade(engine)
+        with engine.begin() as connection:
+            for table, rows in ((future_learn_memberships, frame), (users, people)):
+                statement = sa.insert(table)
+                if way == "driver":
+                    assert sync_store._execute_many(connection, statement, rows)
+                else:
+                    connection.execute(statement, rows.to_dicts())
+            stored[way] = [
+                connection.exec_driver_sql(
+                    f"SELECT {', '.join(f'typeof({c}), {c}' for c in columns)} FROM {name}"
+                    " ORDER BY 2"
+                ).all()
+                for name, columns in (
+                    ("future_learn_memberships", frame.columns),
+                    ("users", people.columns),
+                )
+            ]
+        engine.dispose()
+    assert stored["driver"] == stored["sqlalchemy"]
+    # Read back through SQLAlchemy, the times are the frame's.
+    engine = create_platform_engine(f"sqlite:///{tmp_path / 'driver'}.sqlite3")
+    with engine.connect() as connection:
+        read = sync_store.stored_memberships(connection, ["m1", "m2", "m3"]).sort("membership_uuid")
+    assert read["fetched_at"].to_list() == frame["fetched_at"].to_list()
+
+
+def test_sqlite_bulk_writes_leave_statements_with_returning_to_sqlalchemy(tmp_path) -> None:
+    from sync_assets.platform.database import create_platform_engine
+    from sync_assets.platform.migrate import upgrade
+
+    engine = create_platform_engine(f"sqlite:///{tmp_path / 'p'}.sqlite3")
+    upgrade(engine)
+    rows = pl.DataFrame({"id": ["u1"], "email": ["a@b.c"], "forgotten": [False]})
+    with engine.begin() as connection:
+        statement = sa.insert(users).returning(users.c.id)
+        assert not sync_store._execute_many(connection, statement, rows)
+        assert connection.execute(sa.select(sa.func.count()).select_from(users)).scalar() == 0
