@@ -91,10 +91,18 @@ def _recomputation_changes_nothing(world: World, course: str) -> None:
     assert world.snapshot() == settled
 
 
-def test_a_next_day_change_to_one_learner_replans_them_alone_as_a_full_recomputation_would(
+def test_a_change_to_one_learner_replans_them_alone_a_platform_change_replans_the_course_whole(
     world: World,
 ) -> None:
+    """Two next days of one world (each was a world and a first sync of its own): a change to one
+    learner's report row, then, with a platform-side change on the course too, the whole course;
+    each as a full recomputation would."""
     assert world.sync().exit_code == 0
+    _a_next_day_change_to_one_learner_replans_them_alone(world)
+    _a_platform_change_on_the_course_replans_it_whole(world)
+
+
+def _a_next_day_change_to_one_learner_replans_them_alone(world: World) -> None:
     before = world.achievements()
     membership, course, activity, user = _a_learner_to_move(world)
     _progress(world.dataset, membership, steps=3)
@@ -113,8 +121,7 @@ def test_a_next_day_change_to_one_learner_replans_them_alone_as_a_full_recomputa
     _recomputation_changes_nothing(world, course)
 
 
-def test_a_platform_change_on_the_course_replans_it_whole(world: World) -> None:
-    assert world.sync().exit_code == 0
+def _a_platform_change_on_the_course_replans_it_whole(world: World) -> None:
     membership, course, activity, user = _a_learner_to_move(world)
     # An operator resets another learner's achievement on the same course, and the moved
     # learner's report row changes: the reset learner's rows did not, but their achievement is

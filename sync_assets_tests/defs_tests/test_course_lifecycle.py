@@ -75,10 +75,19 @@ def _stored(key: str) -> list[str]:
     ]
 
 
-def test_a_withdrawn_course_is_reported_not_failed_and_its_achievements_stay(
+def test_a_withdrawn_course_stays_then_unmapped_too_its_partition_is_retired(
     world: World,
 ) -> None:
+    """One world for a course's two ends (each was a world and a first sync of its own): withdrawn
+    by FutureLearn, it is reported and keeps its achievements, and synced again when listed
+    again; later withdrawn and unmapped on the platform, its partition is retired, while a new
+    course is synced."""
     assert world.sync().exit_code == 0
+    _a_withdrawn_course_is_reported_not_failed_and_its_achievements_stay(world)
+    _a_course_no_longer_known_has_its_partition_retired_and_a_new_one_is_synced(world)
+
+
+def _a_withdrawn_course_is_reported_not_failed_and_its_achievements_stay(world: World) -> None:
     course = _known_course_with_learners(world)
     key = world.key(course)
     activity = _activity_of(world, course)
@@ -127,10 +136,9 @@ def test_a_withdrawn_course_is_reported_not_failed_and_its_achievements_stay(
     assert world.snapshot() == before
 
 
-def test_a_course_no_longer_known_has_its_partition_retired_and_a_new_one_is_synced(
+def _a_course_no_longer_known_has_its_partition_retired_and_a_new_one_is_synced(
     world: World,
 ) -> None:
-    assert world.sync().exit_code == 0
     course = _known_course_with_learners(world)
     key = world.key(course)
     assert sorted(_stored(key)) == sorted(a.to_user_string() for a in PARTITIONED_ASSETS)

@@ -20,7 +20,6 @@ from sync_assets.simulator.datasets import GeneratedDataset, generate
 
 from .conftest import MEMBERSHIP, World, make_world
 from .test_sync_end_to_end import (
-    _install_failure,
     expected_achievements,
     expected_owners,
     memberships_in_known_reports,
@@ -194,37 +193,9 @@ def test_memberships_of_a_refused_course_are_kept_and_never_fetched_again(world:
     assert world.achievements() == expected_achievements(world.dataset)
 
 
-def test_memberships_of_a_failed_course_are_kept_and_never_fetched_again(world: World) -> None:
-    expected = expected_achievements(world.dataset)
-    _install_failure(world.engine, sorted({activity for _, activity in expected})[0])
-
-    assert world.sync().exit_code != 0
-
-    assert set(links(world)) == memberships_in_known_reports(world.dataset)
-    with world.engine.begin() as connection:
-        connection.execute(
-            sa.text(
-                "DROP TRIGGER fail_course"
-                + (" ON achievements" if world.engine.dialect.name == "postgresql" else "")
-            )
-        )
-    world.simulator.reset_counts()
-    assert world.sync().exit_code == 0
-    assert world.simulator.requests(MEMBERSHIP) == 0
-    assert world.achievements() == expected
-
-
-def test_a_dry_run_keeps_what_it_fetched_and_the_real_run_asks_nothing_again(
-    world: World,
-) -> None:
-    assert world.sync("--dry-run").exit_code == 0
-    world.simulator.reset_counts()
-
-    result = world.sync()
-
-    assert result.exit_code == 0, result.output
-    assert world.simulator.requests(MEMBERSHIP) == 0
-    assert world.achievements() == expected_achievements(world.dataset)
+# A failed course's memberships kept and never fetched again, and a dry run's kept and not asked
+# for by the real run after it: test_sync_end_to_end.py, in its failing-course and dry-run
+# scenarios (the same syncs, checked there).
 
 
 # --- 4. ambiguous emails are reported ------------------------------------------------------------

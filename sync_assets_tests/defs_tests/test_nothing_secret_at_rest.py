@@ -61,31 +61,16 @@ def test_a_sync_leaves_no_credentials_in_the_http_cache_nor_personal_data_in_ass
     assert personal and not (stored & personal)
 
 
-def test_a_forgotten_user_leaves_no_trace_in_asset_storage_after_the_next_sync(
-    world: World,
-) -> None:
-    assert world.sync().exit_code == 0
-    home = Path(os.environ["DAGSTER_HOME"])
-    linked = world.table("future_learn_memberships")
-    user = next(row["user_id"] for row in linked if row["user_id"])
-    assert user in _stored_values(home)
-    with world.engine.begin() as connection:
-        connection.execute(
-            sa.text("UPDATE users SET forgotten = true WHERE id = :id"), {"id": user}
-        )
-
-    assert world.sync().exit_code == 0
-
-    assert user not in _stored_values(home)
-
-
 def _email_keys(world: World) -> dict[str, str]:
     return {row["user_id"]: row["email"] for row in world.table("user_email_keys")}
 
 
-def test_deleted_and_forgotten_users_leave_no_email_in_the_sync_s_tables(world: World) -> None:
+def test_deleted_and_forgotten_users_leave_no_trace_in_the_sync_s_tables_nor_asset_storage(
+    world: World,
+) -> None:
     """Erasure on the platform reaches the sync's copy of emails (`user_email_keys`) on the next
-    sync, including a night on which every course is skipped as unchanged."""
+    sync, including a night on which every course is skipped as unchanged; a forgotten learner
+    leaves the asset storage too (that was a world and two syncs of its own)."""
     with world.engine.begin() as connection:
         connection.execute(
             sa.text(
@@ -109,9 +94,12 @@ def test_deleted_and_forgotten_users_leave_no_email_in_the_sync_s_tables(world: 
     keys = _email_keys(world)
     assert "leaver" not in keys and "leaver@example.org" not in keys.values()
 
-    # A linked learner is forgotten: the platform keeps the row, the sync drops its copy.
+    # A linked learner is forgotten: the platform keeps the row, the sync drops its copy, and
+    # the next sync's outputs in the asset storage no longer name them.
+    home = Path(os.environ["DAGSTER_HOME"])
     user = next(row["user_id"] for row in world.table("future_learn_memberships") if row["user_id"])
     email = _email_keys(world)[user]
+    assert user in _stored_values(home)
     with world.engine.begin() as connection:
         connection.execute(
             sa.text("UPDATE users SET forgotten = true WHERE id = :id"), {"id": user}
@@ -119,3 +107,4 @@ def test_deleted_and_forgotten_users_leave_no_email_in_the_sync_s_tables(world: 
     assert world.sync().exit_code == 0
     keys = _email_keys(world)
     assert user not in keys and email not in keys.values()
+    assert user not in _stored_values(home)

@@ -49,16 +49,62 @@ def _materialize(world: World, course: str, assets: list[str] | None) -> dg.Exec
         )
 
 
-def test_a_rerun_of_the_last_asset_alone_reuses_stored_reports_the_jobs_rerun_fetches_fresh(
+def _the_nights_sync_run_uses_its_checks_course_runs_and_a_rerun_warns_once(world: World) -> None:
+    """The night's sync run reuses the course_runs its check run fetched that night, by design:
+    nothing in it says "stale" (no warning, no inputs from earlier runs); its tag names the check.
+    A rerun of activity_progress alone over every course says so in one warning naming them all
+    (a line per course was an event stored per course). It re-applies the night's own reports:
+    nothing changes."""
+    with dg.DagsterInstance.get() as instance:
+        [check] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_check"), limit=1)
+        [night] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
+        materializations = [
+            entry.asset_materialization
+            for entry in instance.all_logs(
+                night.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+            )
+        ]
+    assert night.tags[CHECK_RUN_TAG] == check.run_id
+    assert "sync_assets/inputs" not in night.tags
+    assert not _logged(night.run_id, "nothing was requested from FutureLearn")
+    assert materializations
+    assert not [m for m in materializations if "inputs_from_earlier_runs" in m.metadata]
+
+    courses = sorted(world.partitions())
+    assert len(courses) > 1
+    with dg.DagsterInstance.get() as instance:
+        rerun = defs.resolve_job_def("futurelearn_sync").execute_in_process(
+            instance=instance,
+            tags=all_partitions_tags(courses),
+            asset_selection=[dg.AssetKey("activity_progress")],
+        )
+        warnings = [
+            entry.user_message
+            for entry in instance.all_logs(rerun.run_id)
+            if "nothing was requested from FutureLearn" in (entry.user_message or "")
+        ]
+    assert rerun.success
+    [warning] = warnings
+    assert warning.startswith(f"{len(courses)} courses (")
+    assert all(key in warning for key in courses)
+    # The same runs for every course, whatever second each course's value was stored in.
+    assert f"course_runs as fetched by run {check.run_id[:8]}; " in warning
+    assert f"enrolments as fetched by run {night.run_id[:8]} (when: " in warning
+
+
+def test_a_nights_run_and_reruns_of_the_last_asset_alone_reuse_stored_reports_the_jobs_fetches(
     world: World,
 ) -> None:
-    """One sync and one next day for both reruns of a course (each was a world of its own): the
-    last asset alone first (stored reports, no change), then the job's (fresh, that course only)."""
+    """One sync and one next day for every rerun (each was a world of its own): on the night, its
+    sync run and a rerun of the last asset over every course (above); then, a day later, of one
+    course the last asset alone (stored reports, no change), then the job's (fresh, that course
+    only)."""
     assert world.sync().exit_code == 0
     with dg.DagsterInstance.get() as instance:
         [first] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
         # The night's check fetched course_runs; its sync run, the reports.
         [check] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_check"), limit=1)
+    _the_nights_sync_run_uses_its_checks_course_runs_and_a_rerun_warns_once(world)
     course, moved = _a_course_that_moves_on(world)
     others_before = {k: v for k, v in world.achievements().items() if k[1] != SLUG[course]}
     requests = world.simulator.requests()
@@ -100,48 +146,3 @@ def test_a_rerun_of_the_last_asset_alone_reuses_stored_reports_the_jobs_rerun_fe
 def _logged(run_id: str, text: str) -> bool:
     with dg.DagsterInstance.get() as instance:
         return any(text in (entry.user_message or "") for entry in instance.all_logs(run_id))
-
-
-def test_a_nights_sync_run_uses_its_checks_course_runs_as_tonights_and_a_rerun_warns_once(
-    world: World,
-) -> None:
-    """The night's sync run reuses the course_runs its check run fetched that night, by design:
-    nothing in it says "stale" (no warning, no inputs from earlier runs); its tag names the check.
-    A rerun of activity_progress alone over every course says so in one warning naming them all
-    (a line per course was an event stored per course)."""
-    assert world.sync().exit_code == 0
-    with dg.DagsterInstance.get() as instance:
-        [check] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_check"), limit=1)
-        [night] = instance.get_runs(filters=dg.RunsFilter(job_name="futurelearn_sync"), limit=1)
-        materializations = [
-            entry.asset_materialization
-            for entry in instance.all_logs(
-                night.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
-            )
-        ]
-    assert night.tags[CHECK_RUN_TAG] == check.run_id
-    assert "sync_assets/inputs" not in night.tags
-    assert not _logged(night.run_id, "nothing was requested from FutureLearn")
-    assert materializations
-    assert not [m for m in materializations if "inputs_from_earlier_runs" in m.metadata]
-
-    courses = sorted(world.partitions())
-    assert len(courses) > 1
-    with dg.DagsterInstance.get() as instance:
-        rerun = defs.resolve_job_def("futurelearn_sync").execute_in_process(
-            instance=instance,
-            tags=all_partitions_tags(courses),
-            asset_selection=[dg.AssetKey("activity_progress")],
-        )
-        warnings = [
-            entry.user_message
-            for entry in instance.all_logs(rerun.run_id)
-            if "nothing was requested from FutureLearn" in (entry.user_message or "")
-        ]
-    assert rerun.success
-    [warning] = warnings
-    assert warning.startswith(f"{len(courses)} courses (")
-    assert all(key in warning for key in courses)
-    # The same runs for every course, whatever second each course's value was stored in.
-    assert f"course_runs as fetched by run {check.run_id[:8]}; " in warning
-    assert f"enrolments as fetched by run {night.run_id[:8]} (when: " in warning

@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from click.testing import Result
 from sqlalchemy.engine import Engine
 
 from sync_assets.platform.demo_catalogue import load_catalogue
@@ -102,8 +103,7 @@ def memberships_in_known_reports(dataset: GeneratedDataset) -> set[str]:
 # --- scenarios ---------------------------------------------------------------------------------
 
 
-def test_first_sync(world: World) -> None:
-    result = world.sync()
+def _assert_first_sync(world: World, result: Result) -> None:
     assert result.exit_code == 0, result.output
 
     assert world.achievements() == expected_achievements(world.dataset)
@@ -125,8 +125,7 @@ def test_first_sync(world: World) -> None:
     assert "Unknown courses (R1), not synced (2)" in result.output
 
 
-def test_next_day_writes_only_the_changes(world: World) -> None:
-    assert world.sync().exit_code == 0
+def _assert_next_day_writes_only_the_changes(world: World) -> None:
     before = world.achievements()
     rows_before = {(r["user_id"], r["activity_id"]): r for r in world.table("achievements")}
     world.simulator.advance_day()
@@ -150,8 +149,7 @@ def test_next_day_writes_only_the_changes(world: World) -> None:
     assert world.simulator.requests(MEMBERSHIP) <= world.dataset.memberships.height
 
 
-def test_rerun_of_one_course_touches_only_it(world: World) -> None:
-    assert world.sync().exit_code == 0
+def _assert_rerun_of_one_course_touches_only_it(world: World) -> None:
     before = world.achievements()
     world.simulator.advance_day()
     world.simulator.reset_counts()
@@ -172,7 +170,20 @@ def test_rerun_of_one_course_touches_only_it(world: World) -> None:
     assert world.simulator.requests(REPORT) == len(course_runs)
 
 
-def test_dry_run_writes_nothing_but_what_it_fetched(world: World) -> None:
+def test_first_sync_then_a_next_day_then_a_rerun_of_one_course(world: World) -> None:
+    """Three nights of one world, each checked as a scenario of its own (each was a test that
+    began with the same first sync): the first sync; the next day writes only the changes; a
+    day later, a rerun of one course touches only it."""
+    _assert_first_sync(world, world.sync())
+    _assert_next_day_writes_only_the_changes(world)
+    _assert_rerun_of_one_course_touches_only_it(world)
+
+
+def test_dry_run_writes_nothing_but_what_it_fetched_and_the_real_run_asks_nothing_again(
+    world: World,
+) -> None:
+    """(Also the linking test's "a dry run keeps what it fetched and the real run asks nothing
+    again", merged here: the same dry run.)"""
     result = world.sync("--dry-run")
     assert result.exit_code == 0, result.output
     assert "Dry run: no link, progress or certificate was written" in result.output
@@ -188,6 +199,13 @@ def test_dry_run_writes_nothing_but_what_it_fetched(world: World) -> None:
     # Nothing applied, so nothing materialised: the asset is not made fresh by a dry run.
     assert set(world.partition_status("activity_progress").values()) == {None}
     assert set(world.partition_status("latest_enrolments").values()) == {"MATERIALIZED"}
+
+    # The real run after it: what the dry run fetched is not asked for again (R2).
+    world.simulator.reset_counts()
+    real = world.sync()
+    assert real.exit_code == 0, real.output
+    assert world.simulator.requests(MEMBERSHIP) == 0
+    assert world.achievements() == expected_achievements(world.dataset)
 
 
 def _install_failure(engine: Engine, activity: str) -> None:
@@ -217,6 +235,8 @@ def _install_failure(engine: Engine, activity: str) -> None:
 
 
 def test_a_course_failing_mid_write_is_rolled_back_and_a_rerun_converges(world: World) -> None:
+    """(Also the linking test's "memberships of a failed course are kept and never fetched
+    again", merged here: the same two syncs.)"""
     expected = expected_achievements(world.dataset)
     activity = sorted({activity for _, activity in expected})[0]
     _install_failure(world.engine, activity)
@@ -229,6 +249,9 @@ def test_a_course_failing_mid_write_is_rolled_back_and_a_rerun_converges(world: 
     after = world.achievements()
     assert not [key for key in after if key[1] == activity]
     assert after == {key: value for key, value in expected.items() if key[1] != activity}
+    # What was fetched is kept, the failed course's memberships too (R2).
+    fetched = {row["membership_uuid"] for row in world.table("future_learn_memberships")}
+    assert fetched == memberships_in_known_reports(world.dataset)
 
     with world.engine.begin() as connection:
         connection.execute(
@@ -237,7 +260,9 @@ def test_a_course_failing_mid_write_is_rolled_back_and_a_rerun_converges(world: 
                 + (" ON achievements" if world.engine.dialect.name == "postgresql" else "")
             )
         )
+    world.simulator.reset_counts()
     assert world.sync().exit_code == 0
+    assert world.simulator.requests(MEMBERSHIP) == 0  # none asked for again
     assert world.achievements() == expected
 
 
