@@ -1,10 +1,11 @@
 """Set-based data access for the sync: every read and write takes or returns a polars frame.
 
 Writes are batched, so the number of statements depends on the number of tables touched, not on
-the number of learners: on SQLite each multi-row `INSERT … ON CONFLICT` carries up to
-`database.INSERT_PAGE_SIZE` rows; on PostgreSQL a frame is sent with one `COPY` into a temporary
-table and written with one `INSERT … SELECT … ON CONFLICT` (`_bulk_insert`). Reads by key go in
-chunks of `KEY_CHUNK` keys. Functions take a Connection so that callers choose the transaction;
+the number of learners: on SQLite a statement with RETURNING is sent as multi-row `INSERT …`
+of up to `database.INSERT_PAGE_SIZE` rows, one without as one executemany of rows polars makes
+(`_execute_many`); on PostgreSQL a frame is sent with one `COPY` into a temporary table and
+written with one `INSERT … SELECT … ON CONFLICT` (`_bulk_insert`). Reads by key go in chunks of
+`KEY_CHUNK` keys, each bound as one JSON text (`listed`). Functions take a Connection so that callers choose the transaction;
 `apply_course_sync` is the one that commits a course's changes all together.
 """
 
