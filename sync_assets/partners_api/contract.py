@@ -111,7 +111,8 @@ def decode_report(content: bytes) -> Any:
     refused with the reason `unreadable_body` gives, as it always was. A report's numbers are
     read as floats (`parse_enrolments`): orjson's float for an integer past 64 bits, where json
     gives an int that polars cannot hold (the whole page unreadable), quarantines its record.
-    (An integer from 2^63 to 2^64 still makes a page unreadable either way: a known limit.)"""
+    (json's, or orjson's, integer from 2^63 to 2^64 still makes a page unreadable: a known
+    limit of polars' frame from Python values.)"""
     try:
         return orjson.loads(content)
     except orjson.JSONDecodeError:
@@ -270,6 +271,12 @@ def parse_enrolments(body: Any, run_uuid: str) -> Parsed:
                     | (pl.col("_count") != pl.col("_count").floor())
                 ),
                 "steps_completed_count not an integer",
+            ),
+            (
+                # Past Int64 (a float from orjson, for an integer past 64 bits): the record's,
+                # not the page's, problem.
+                pl.col("_count").abs() >= 2.0**63,
+                "steps_completed_count out of range",
             ),
         ]
     )

@@ -5,8 +5,9 @@ the number of learners: on SQLite a statement with RETURNING is sent as multi-ro
 of up to `database.INSERT_PAGE_SIZE` rows, one without as one executemany of rows polars makes
 (`_execute_many`); on PostgreSQL a frame is sent with one `COPY` into a temporary table and
 written with one `INSERT … SELECT … ON CONFLICT` (`_bulk_insert`). Reads by key go in chunks of
-`KEY_CHUNK` keys, each bound as one JSON text (`listed`). Functions take a Connection so that callers choose the transaction;
-`apply_course_sync` is the one that commits a course's changes all together.
+`KEY_CHUNK` keys, each bound as one JSON text (`listed`). Functions take a Connection so that
+callers choose the transaction; `apply_course_sync` is the one that commits a course's changes
+all together.
 """
 
 from __future__ import annotations

