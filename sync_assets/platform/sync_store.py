@@ -232,10 +232,10 @@ def _execute_many(connection: Connection, statement: Insert, frame: pl.DataFrame
     as its DATETIME text, booleans as 0 and 1, texts and numbers as they are).
 
     The same SQL and the same executemany as `connection.execute(statement, rows)`, without
-    SQLAlchemy's per-row Python (a dict per row, a processor call per value): ~a third of a
-    first sync's write time on SQLite (benchmarks/analysis.md, issue 33). False, and nothing
-    run, for a statement this cannot run so: one with RETURNING (the driver's executemany
-    returns no rows) or binding more than the frame's columns.
+    SQLAlchemy's per-row Python (a dict per row, a processor call per value): 26–34% of a
+    first sync's write time on SQLite in two profiles (benchmarks/analysis.md, issue 33).
+    False, and nothing run, for a statement this cannot run so: one with RETURNING (the
+    driver's executemany returns no rows) or binding more than the frame's columns.
     """
     compiled = statement.compile(dialect=connection.dialect, column_keys=list(frame.columns))
     order = list(compiled.positiontup or ())
@@ -387,25 +387,6 @@ def memberships_to_look_up(connection: Connection, membership_uuids: Iterable[st
     """`never_answered`, read from the database."""
     wanted = _distinct(membership_uuids)
     return never_answered(membership_states(connection, wanted), wanted)
-
-
-def linked_memberships(connection: Connection, membership_uuids: Iterable[str]) -> pl.DataFrame:
-    """`usable_links`, read from the database."""
-    return usable_links(membership_states(connection, membership_uuids))
-
-
-def unlinked_fetched_memberships(
-    connection: Connection, membership_uuids: Iterable[str]
-) -> pl.DataFrame:
-    """`unlinked_answered`, read from the database."""
-    return unlinked_answered(membership_states(connection, membership_uuids))
-
-
-def linked_with_external_ids(
-    connection: Connection, membership_uuids: Iterable[str]
-) -> pl.DataFrame:
-    """`links_with_external_ids`, read from the database."""
-    return links_with_external_ids(membership_states(connection, membership_uuids))
 
 
 def stale_email_keys(connection: Connection) -> pl.DataFrame:

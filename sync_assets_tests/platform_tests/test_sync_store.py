@@ -115,8 +115,9 @@ def test_linked_memberships_ignore_forgotten_users(engine: Engine) -> None:
                 }
             ),
         )
-        links = sync_store.linked_memberships(connection, ["m1", "m2", "m3"])
-        unlinked = sync_store.unlinked_fetched_memberships(connection, ["m1", "m2", "m3"])
+        states = sync_store.membership_states(connection, ["m1", "m2", "m3"])
+    links = sync_store.usable_links(states).sort("membership_uuid")
+    unlinked = sync_store.unlinked_answered(states)
     assert links.rows() == [("m1", "u1")]
     assert unlinked.rows() == [("m3", "stranger@example.org")]
 
