@@ -59,6 +59,11 @@ for _name in CACHE_LOGGERS:
 # Request headers never kept at rest: the bearer token is a live credential for 90 s.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
+# Kept with a stored response: the sha256 of its body as the client read it (inflated). A 304
+# then tells the night's check which report it was served without reading the body back from the
+# cache. Only this client writes it: the same header from a server is dropped below the cache.
+BODY_DIGEST_HEADER = "x-sync-assets-body-sha256"
+
 # Every key this project writes in a shared Redis starts with this; v2: requests are kept without
 # their credentials (v1 was the SQLite file that kept them).
 REDIS_KEY_PREFIX = "sync_assets:partners_api:v2"
@@ -184,6 +189,20 @@ class SecretFreeRedisStorage(_OneEntryPerUrlWithoutSecrets, hishel.AsyncRedisSto
     async def remove_entry(self, id: uuid.UUID) -> None:
         if not OUTAGES.active(self.where):
             await super().remove_entry(id)
+
+
+async def remember_body_digest(
+    storage: hishel.AsyncBaseStorage, key: str, etag: str, digest: str
+) -> None:
+    """Keep `digest` with the stored response of `key` whose ETag is `etag` (the one just read);
+    none: another process replaced it meanwhile, and its reader keeps its own."""
+    for entry in await storage.get_entries(key):
+        if entry.response.headers.get("etag") == etag:
+            headers = {
+                name: entry.response.headers.get_list(name) for name in entry.response.headers
+            }
+            headers[BODY_DIGEST_HEADER] = [digest]
+            await storage.update_headers(entry.id, Headers(headers))
 
 
 def redacted(url: str) -> str:

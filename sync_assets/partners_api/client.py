@@ -42,7 +42,11 @@ from tenacity import (
 from sync_assets.partners_api import contract
 from sync_assets.partners_api.auth import PartnersJwtAuth
 from sync_assets.partners_api.body_cap import BodyTooLarge, Inflated, inflated_size_counter
-from sync_assets.partners_api.cache import open_storage
+from sync_assets.partners_api.cache import (
+    BODY_DIGEST_HEADER,
+    open_storage,
+    remember_body_digest,
+)
 from sync_assets.partners_api.lanes import LanedTransport, lane
 from sync_assets.partners_api.lookups_wire import LookupAnswer, LookupWire
 from sync_assets.partners_api.metrics import ApiMetrics, MeteringTransport
@@ -106,6 +110,21 @@ class Fetched:
     not_modified: bool
 
 
+def report_digest(page_digests: Iterable[str]) -> str:
+    """A report's digest from its pages' (in order): equal digests, equal reports."""
+    return hashlib.sha256("\n".join(page_digests).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReportVersion:
+    """Which version of a run's report the API serves: the digest `RawReport.digest` would give,
+    and whether every page answered 304. What the night's check needs, without the bodies."""
+
+    run_uuid: str
+    digest: str
+    not_modified: bool
+
+
 @dataclass(frozen=True)
 class RawReport:
     """One run's report as it came: each page's digest, and what is needed to parse it later.
@@ -124,7 +143,7 @@ class RawReport:
     @property
     def digest(self) -> str:
         """The report's content as served: equal digests, equal reports (pages in order)."""
-        return hashlib.sha256("\n".join(self.page_digests).encode()).hexdigest()
+        return report_digest(self.page_digests)
 
     def parse(self) -> Fetched:
         """Raises on a body that cannot be read (any exception): see `PartnersApiClient.forget`."""
@@ -329,6 +348,21 @@ class PartnersApiClient:
             tuple(a.url for a in answers),
         )
 
+    async def report_version(self, run_uuid: str) -> ReportVersion:
+        """A run's report as `enrolment_report` would request it, without reading back the body
+        of a page that answered 304 when the cache kept that body's digest: a quiet night's
+        check of a thousand courses learns that nothing changed without reading and hashing
+        every report it holds."""
+        path = f"/partners/course_runs/{run_uuid}/course_enrolments_report"
+        answers = await self._get_answers(
+            path, "course_enrolments_report", run_uuid, lazy=True, read_kept=False
+        )
+        return ReportVersion(
+            run_uuid,
+            report_digest([a.digest for a in answers]),
+            all(a.not_modified for a in answers),
+        )
+
     async def kept_report(
         self, run_uuid: str, digest: str, *, not_modified: bool
     ) -> RawReport | None:
@@ -427,9 +461,16 @@ class PartnersApiClient:
     # --- requests ------------------------------------------------------------------------------
 
     async def _get_answers(
-        self, path: str, endpoint: str, subject: str | None, *, lazy: bool = False
+        self,
+        path: str,
+        endpoint: str,
+        subject: str | None,
+        *,
+        lazy: bool = False,
+        read_kept: bool = True,
     ) -> list[_Answer]:
-        """Every page's answer, following `Link: rel="next"` (`lazy`: see `_attempt`).
+        """Every page's answer, following `Link: rel="next"` (`lazy`: see `_attempt`;
+        `read_kept`: see `_report_page`).
 
         A next link to another origin than the base URL's is not requested: the request would
         carry the bearer token there. The pages kept so far are forgotten, as their cached
@@ -442,7 +483,8 @@ class PartnersApiClient:
             if url in seen or len(seen) >= MAX_PAGES:
                 raise PartnersApiError(endpoint, subject, f"pagination loops at {_one_line(url)}")
             seen.add(url)
-            answer = await self._get(self._cached.get, url, endpoint, subject, lazy=lazy)
+            send = self._cached.get if read_kept else self._report_page
+            answer = await self._get(send, url, endpoint, subject, lazy=lazy)
             if answer.body is None:
                 raise PartnersApiError(endpoint, subject, "not found (404)")
             answers.append(answer)
@@ -471,6 +513,17 @@ class PartnersApiClient:
             quarantine=pl.concat([p.quarantine for p in parsed]),
             not_modified=all(answer.not_modified for answer in answers),
         )
+
+    async def _report_page(self, url: str) -> httpx.Response:
+        """GET through the cache; a 304 whose kept body has its digest kept too is not read back
+        (`_kept_digest` gives the digest), any other answer is read whole."""
+        response = await self._cached.send(self._cached.build_request("GET", url), stream=True)
+        try:
+            if _kept_digest(response) is None:
+                await response.aread()
+        finally:
+            await response.aclose()
+        return response
 
     async def _get_uncached(self, path: str) -> httpx.Response | LookupAnswer:
         """GET past the cache: on aiohttp (`lookups_wire`), or straight to the metered httpx wire
@@ -630,7 +683,8 @@ class PartnersApiClient:
                 raise _Retryable(f"no complete answer within {deadline_seconds:g} s") from None
             except httpx.TransportError as error:
                 raise _Retryable(f"{type(error).__name__}: {error}") from None
-        if len(response.content) > self.settings.max_body_bytes:
+        unread_digest = _unread_digest(response)
+        if unread_digest is None and len(response.content) > self.settings.max_body_bytes:
             # Past the wire's cap when served from the cache, or inflated from a compressed body.
             raise BodyTooLarge(self.settings.max_body_bytes)
         if response.status_code == 401:
@@ -649,9 +703,13 @@ class PartnersApiClient:
         not_modified = _not_modified(response)
         next_url = response.links.get("next", {}).get("url")
         url = str(response.url)
+        if unread_digest is not None:
+            return _Answer(_UNDECODED, True, next_url, url, unread_digest)
         # Only reports are digested (to know one is the same as last time), not look-ups.
         digest = hashlib.sha256(response.content).hexdigest() if lazy else ""
         if lazy and not_modified:
+            if _kept_digest(response) is None:  # kept by a release that did not keep digests
+                await self._remember_digest(url, response, digest)
             return _Answer(_UNDECODED, True, next_url, url, digest, response.content)
         try:
             # Only reports are lazy. Look-ups and course_runs stay on json: orjson reads an
@@ -663,7 +721,15 @@ class PartnersApiClient:
             # The cache may have kept a broken body under a good ETag: forget it, then retry.
             await self.forget([url])
             raise _Retryable(f"unreadable JSON: {contract.unreadable_body(error)}") from None
+        if lazy and _stored(response):
+            await self._remember_digest(url, response, digest)
         return _Answer(body, not_modified, next_url, url, digest)
+
+    async def _remember_digest(self, url: str, response: httpx.Response, digest: str) -> None:
+        """Keep a report page's digest with its newly stored body (see `_report_page`)."""
+        etag = response.headers.get("etag")
+        if etag is not None:
+            await remember_body_digest(self._storage, _cache_key(url), etag, digest)
 
     def _wait(self, state: RetryCallState) -> float:
         backoff = wait_random_exponential(
@@ -727,6 +793,9 @@ class CappedTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
+        # Only this client says what a kept body's digest is (`_kept_digest`), never a server.
+        if BODY_DIGEST_HEADER in response.headers:
+            del response.headers[BODY_DIGEST_HEADER]
         length = response.headers.get("Content-Length", "")
         try:
             if length.isdigit() and int(length) > self._max_bytes:
@@ -762,6 +831,27 @@ def or_failure(
 def _not_modified(response: httpx.Response | LookupAnswer) -> bool:
     status = response.extensions.get("caching") or {}
     return bool(status.get("from_cache") and status.get("revalidated"))
+
+
+def _kept_digest(response: httpx.Response | LookupAnswer) -> str | None:
+    """The digest kept with a body served from the cache on a 304, if it was kept; None for any
+    other answer, whose body is read."""
+    if not _not_modified(response):
+        return None
+    return response.headers.get(BODY_DIGEST_HEADER) or None
+
+
+def _unread_digest(response: httpx.Response | LookupAnswer) -> str | None:
+    """The kept digest of a 304 whose body `_report_page` left unread; None for a body read."""
+    if isinstance(response, LookupAnswer) or response.is_stream_consumed:
+        return None
+    return _kept_digest(response)
+
+
+def _stored(response: httpx.Response | LookupAnswer) -> bool:
+    """A response the cache has just stored (a 200 it may answer a 304 with next time)."""
+    status = response.extensions.get("caching") or {}
+    return bool(status.get("stored"))
 
 
 def _empty(schema: dict) -> pl.DataFrame:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import importlib.abc
 import json
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -248,6 +250,57 @@ def test_the_day_after_a_change_an_unchanged_report_is_one_304(tmp_path: Path) -
     # hishel alone kept yesterday's replaced entries: those reports cost a 304 and a 200.
     assert changed and simulator.requests(REPORT) == len(runs)
     assert simulator.requests(REPORT, 200) == len(changed_runs(third))
+
+
+def test_a_304_says_which_report_it_is_without_the_kept_body_being_read_back(
+    tmp_path: Path,
+) -> None:
+    """The night's check (`report_version`) of an unchanged report: every page a 304, and the
+    report's digest from the digests kept with the bodies when they were stored, equal to what
+    reading the bodies gives. A body changed in the cache under its digest is not read by the
+    check, and is refused when a step reads it (`kept_report` digests what it reads)."""
+    with simulated(page_size=4) as (simulator, base_url):
+        client_settings = settings(base_url, tmp_path)
+
+        async def version():
+            async with PartnersApiClient(client_settings) as client:
+                return await client.report_version(RUN)
+
+        async def read(digest: str):
+            async with PartnersApiClient(client_settings) as client:
+                return await client.kept_report(RUN, digest, not_modified=True), (
+                    await client.enrolment_report(RUN)
+                )
+
+        first, second = run(version()), run(version())
+        kept, requested = run(read(second.digest))
+        with contextlib.closing(sqlite3.connect(tmp_path / "cache.sqlite3")) as cache, cache:
+            cache.execute("UPDATE streams SET chunk_data = CAST('[]' AS BLOB)")
+        third = run(version())
+        spoilt, _ = run(read(third.digest))
+    assert not first.not_modified and second.not_modified and third.not_modified
+    assert simulator.requests(REPORT, 200) == 8  # ceil(31 / 4) pages, stored once
+    assert first.digest == second.digest == requested.digest == kept.digest == third.digest
+    assert kept.parse().records.height == 31
+    assert spoilt is None
+
+
+def test_a_servers_own_body_digest_header_is_not_taken_for_the_kept_one(tmp_path: Path) -> None:
+    """Only the client says what a kept body's digest is: a server sending the header (on its
+    200 and its 304) changes nothing."""
+    body = b"[]"
+    with scripted() as api:
+        forged = {**CACHEABLE, "X-Sync-Assets-Body-Sha256": "0" * 64}
+        api.answers[REPORT_PATH] = (200, forged, body)
+
+        async def version():
+            async with PartnersApiClient(settings(api.base_url, tmp_path)) as client:
+                return await client.report_version(RUN)
+
+        first, second = run(version()), run(version())
+    page_digest = hashlib.sha256(body).hexdigest()
+    assert first.digest == second.digest == hashlib.sha256(page_digest.encode()).hexdigest()
+    assert second.not_modified and "if-none-match" in api.seen[1]
 
 
 def test_pagination_is_followed(tmp_path: Path) -> None:

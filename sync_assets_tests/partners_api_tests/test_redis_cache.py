@@ -78,6 +78,22 @@ def test_a_new_client_with_an_empty_disk_gets_its_304_from_redis(redis_cache: Re
     assert simulator.requests(REPORT, 200) == 1 and simulator.requests(REPORT, 304) == 1
 
 
+def test_the_checks_304_takes_the_digest_kept_in_redis(redis_cache: RedisCache) -> None:
+    """As on disk (test_client_http): the night's check of an unchanged report gives the digest
+    kept with the body in Redis, the one reading the body gives."""
+
+    async def version_then_read(client_settings: ClientSettings):
+        async with PartnersApiClient(client_settings) as client:
+            return await client.report_version(RUN), await client.enrolment_report(RUN)
+
+    with simulated() as (simulator, base_url):
+        first, _ = run(version_then_read(settings(base_url, redis_cache.url)))
+        second, read = run(version_then_read(settings(base_url, redis_cache.url)))
+    assert not first.not_modified and second.not_modified and read.not_modified
+    assert first.digest == second.digest == read.digest
+    assert simulator.requests(REPORT, 200) == 1 and simulator.requests(REPORT, 304) == 3
+
+
 def test_keys_are_namespaced_and_expire_after_thirty_idle_days(redis_cache: RedisCache) -> None:
     with simulated() as (_simulator, base_url):
         run(fetch_report(settings(base_url, redis_cache.url)))

@@ -80,7 +80,7 @@ async def check_courses(
     not_modified: dict[str, bool] = {}
     errors: dict[str, str] = {}
     unchanged: set[str] = set()
-    fetch = or_failure(client.enrolment_report)
+    fetch = or_failure(client.report_version)
 
     async def one_course(course: str) -> None:
         course_runs = runs_of.get(course, [])
