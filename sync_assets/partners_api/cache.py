@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import anysqlite
@@ -87,16 +88,44 @@ def without_secrets(request: Request) -> Request:
 
 
 class _OneEntryPerUrlWithoutSecrets(hishel.AsyncBaseStorage):
-    """Put before a hishel storage in the bases: it stores each request without credentials, and
-    a new response in place of what was kept for its URL."""
+    """Put before a hishel storage in the bases: it stores each request without credentials, a
+    new response in place of what was kept for its URL, and nothing for a 304 that brought no
+    new header."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Each entry's headers as read, until its request is done: whether a 304 changes them.
+        self._headers_read: dict[uuid.UUID, Headers] = {}
 
     async def create_entry(self, request, response, key, **limits):  # type: ignore[override]
         # hishel 2.0.0 keeps the entry a changed response replaces (it means to reuse its id, and
         # no storage does). With two entries kept, a 304 with a weak ETag, as the API sends,
         # matches neither, so the day after each change a report cost a 304 and a 200.
         for replaced in await self.get_entries(key):
+            self._headers_read.pop(replaced.id, None)
             await self.remove_entry(replaced.id)
         return await super().create_entry(without_secrets(request), response, key, **limits)
+
+    async def get_entries(self, key: str) -> list[Entry]:
+        return self._remember_headers(await super().get_entries(key))
+
+    async def update_headers(self, id: uuid.UUID, headers: Headers) -> None:
+        # hishel rewrites the entry on every 304 (a read, a write and a commit: on a quiet night,
+        # one per report of the catalogue) although only `Date` moved; our responses always
+        # revalidate, so a stored Date serves nothing.
+        read = self._headers_read.pop(id, None)
+        if read is not None and _apart_from_date(read) == _apart_from_date(headers):
+            return
+        await super().update_headers(id, headers)
+
+    def _remember_headers(self, entries: list[Entry]) -> list[Entry]:
+        for entry in entries:
+            self._headers_read[entry.id] = entry.response.headers
+        return entries
+
+
+def _apart_from_date(headers: Headers) -> dict[str, list[str]]:
+    return {name: headers.get_list(name) for name in headers if name.lower() != "date"}
 
 
 class SecretFreeSqliteStorage(_OneEntryPerUrlWithoutSecrets, hishel.AsyncSqliteStorage):
@@ -170,7 +199,7 @@ class SecretFreeRedisStorage(_OneEntryPerUrlWithoutSecrets, hishel.AsyncRedisSto
         try:
             # hishel's get_entries logs a traceback per failed lookup; its inner lookup (hishel
             # is pinned) lets one warning stand for the outage instead.
-            return await self._get_entries(key)
+            return self._remember_headers(await self._get_entries(key))
         except (RedisError, OSError) as error:
             OUTAGES.noticed(self.where, error, self._password)
             return []

@@ -303,6 +303,34 @@ def test_a_servers_own_body_digest_header_is_not_taken_for_the_kept_one(tmp_path
     assert second.not_modified and "if-none-match" in api.seen[1]
 
 
+def test_a_304_that_only_moves_the_date_writes_nothing_to_the_cache(tmp_path: Path) -> None:
+    """hishel rewrites a kept entry on every 304; a quiet night's thousands of 304s that bring
+    nothing but a new `Date` now leave the cache as it was. A 304 with a header that did change
+    is kept."""
+    with scripted() as api:
+        api.answers[REPORT_PATH] = (200, CACHEABLE, b"[]")
+
+        async def version():
+            async with PartnersApiClient(settings(api.base_url, tmp_path)) as client:
+                return await client.report_version(RUN)
+
+        def kept_entries() -> list[bytes]:
+            with contextlib.closing(sqlite3.connect(tmp_path / "cache.sqlite3")) as cache:
+                return [row[0] for row in cache.execute("SELECT data FROM entries ORDER BY id")]
+
+        run(version())
+        stored = kept_entries()
+        time.sleep(1.1)  # the server's Date has moved on (it has one-second resolution)
+        quiet = run(version())
+        after_quiet = kept_entries()
+        api.answers[REPORT_PATH] = (200, {**CACHEABLE, "Cache-Control": "no-cache, private"}, b"[]")
+        changed = run(version())
+        after_changed = kept_entries()
+    assert quiet.not_modified and changed.not_modified
+    assert [request.get("if-none-match") for request in api.seen] == [None, '"v1"', '"v1"']
+    assert after_quiet == stored != after_changed
+
+
 def test_pagination_is_followed(tmp_path: Path) -> None:
     with simulated(page_size=4) as (simulator, base_url):
         fetched, _ = run(fetch_report(settings(base_url, tmp_path)))
