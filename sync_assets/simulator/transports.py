@@ -63,6 +63,7 @@ def _handler_for(simulator: PartnersApiSimulator) -> type[BaseHTTPRequestHandler
         # ACK every answer would stall ~40 ms, and benchmarks would measure that, not the sync.
         disable_nagle_algorithm = True
         server_version = "PartnersApiSimulator"
+        arrived = 0.0  # when the request line was read: `time.monotonic()`
 
         def do_GET(self) -> None:
             with simulator.in_flight():
@@ -71,6 +72,11 @@ def _handler_for(simulator: PartnersApiSimulator) -> type[BaseHTTPRequestHandler
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))  # keep framing
             self._answer("POST")
+
+        def parse_request(self) -> bool:
+            # The request line is in: the latency runs from here (see `_answer`).
+            self.arrived = time.monotonic()
+            return super().parse_request()
 
         def _answer(self, method: str) -> None:
             response = simulator.control(method, self.path.split("?")[0])
@@ -83,7 +89,12 @@ def _handler_for(simulator: PartnersApiSimulator) -> type[BaseHTTPRequestHandler
                 )
                 response = simulator.handle(request)
             if response.latency_ms:
-                time.sleep(response.latency_ms / 1000)
+                # The answer leaves its latency after the request came in, as a real API's
+                # would: the time this process took to read and answer it (~0.4 ms of CPU, and
+                # any wait for the GIL) is within the latency, not added on top of it.
+                wait = response.latency_ms / 1000 - (time.monotonic() - self.arrived)
+                if wait > 0:
+                    time.sleep(wait)
             if response.wire_fault == "drop":
                 self._drop()
                 return
