@@ -323,3 +323,19 @@ def test_what_is_served_follows_every_change_of_the_data() -> None:
     dataset.enrolments = dataset.enrolments.head(dataset.enrolments.height // 2)
     dataset.memberships = dataset.memberships.head(dataset.memberships.height // 2)
     check()
+
+
+def test_each_answer_over_http_takes_its_latency_from_its_own_request() -> None:
+    # The latency runs from each request's arrival (the simulator's own work is within it, as a
+    # real API's): a request on a kept-alive connection, sent long after the first, still waits
+    # its whole latency, not what is left of it since the connection opened or the last one.
+    simulator = PartnersApiSimulator(load("sandbox"), latency_ms=150)
+    with serving(simulator) as server, httpx.Client(base_url=server.base_url) as client:
+        took = []
+        for _ in range(2):
+            started = time.monotonic()
+            assert client.get("/partners/course_runs", headers=token()).status_code == 200
+            took.append(time.monotonic() - started)
+            time.sleep(0.2)
+    assert server.connections_accepted == 1
+    assert min(took) >= 0.15
