@@ -126,7 +126,9 @@ async def _link_run(
     Over fifty lines on purpose: its frames each serve two or three of its parts; split
     further, the order R2 depends on would be spread over functions.
     """
-    all_uuids = sorted(set().union(*(set(uuids) for uuids in memberships_of.values())))
+    # In polars: a Python set of each course's first, all alive at once, cost `large` ~5× the
+    # memory (benchmarks/linking_uuids_memory.py), which the process keeps for the whole step.
+    all_uuids = pl.concat(list(memberships_of.values())).unique().sort().to_list()
     with engine.connect() as connection:
         states = sync_store.membership_states(connection, all_uuids)
     existing = sync_store.usable_links(states)
