@@ -14,6 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from sync_assets.partners_api.auth import PartnersJwtAuth
+from sync_assets.platform.database import create_platform_engine
+from sync_assets.platform.demo_catalogue import seed_demo_catalogue
 from sync_assets.platform.migrate import head_revision
 from sync_assets.simulator.app import (
     SIMULATOR_CONSUMER_KEY,
@@ -22,6 +24,7 @@ from sync_assets.simulator.app import (
 )
 from sync_assets.simulator.datasets import load
 from sync_assets.simulator.transports import serving
+from sync_assets_tests.conftest import migrated
 from sync_assets_tests.processes import free_port
 
 SCRIPT = Path(sys.executable).with_name("sync-assets")
@@ -160,9 +163,13 @@ def _sync_with(env: dict[str, str], database_url: str) -> subprocess.CompletedPr
 
 @pytest.fixture
 def seeded_sqlite(tmp_path: Path) -> str:
+    """A migrated platform database with the demo catalogue, made in this process: the commands
+    that make it are tested above, and two processes more per test cost seconds."""
     url = f"sqlite:///{tmp_path / 'platform.sqlite3'}"
-    assert run("db", "upgrade", database_url=url).returncode == 0
-    assert run("db", "seed-catalogue", database_url=url).returncode == 0
+    engine = migrated(create_platform_engine(url))
+    with engine.begin() as connection:
+        seed_demo_catalogue(connection)
+    engine.dispose()
     return url
 
 

@@ -6,7 +6,10 @@ served over loopback and a platform database on SQLite and PostgreSQL. A crash i
 while the process waits at a named failpoint (`sync_assets/failpoints.py`), so whatever it had
 open (a transaction, a lock, a Dagster run) is left as a power cut would leave it. Then one plain
 `sync-assets sync` (or, for a killed `sync-assets certificates`, one `certificates`), and the
-contract tables must equal those of a run that was never interrupted.
+contract tables must equal those of a run that was never interrupted. The runs around the
+scenario (that uninterrupted history, a sync before a crash of `certificates`) are the same CLI in
+this process (`Platform.run_here`): the crashed, the overlapping and the recovering commands are
+processes.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from typing import IO
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from sqlalchemy.engine import URL, Engine
 
+from sync_assets.cli import main
 from sync_assets.platform.database import create_platform_engine
 from sync_assets.platform.demo_catalogue import seed_demo_catalogue, seed_demo_progress, seed_users
 from sync_assets.platform.migrate import upgrade
@@ -49,6 +54,8 @@ from sync_assets_tests.conftest import (
 SCRIPT = Path(sys.executable).with_name("sync-assets")
 KEY, SECRET = "crash-partner", "a-crash-test-secret-of-32-bytes-or-more"
 PROCESS_TIMEOUT = 180
+# The test process's own settings of these are not the platform's: never passed on.
+UNINHERITED = ("FL_PARTNERS_", "SYNC_ASSETS_FAILPOINT")
 
 
 @dataclass
@@ -62,6 +69,21 @@ class Platform:
 
     def run(self, *args: str, home: Path | None = None, **env: str) -> Result:
         return start(self, *args, home=home, **env).finish()
+
+    def run_here(self, *args: str, **extra_env: str) -> Result:
+        """`sync-assets` in this process (the CLI through click's runner), with the environment a
+        process of `run` would get: for runs that are not the crash or its recovery (the
+        uninterrupted history, the history before a crash), checked by the tables they leave and
+        what they print, not as a process. A process of its own costs seconds of imports."""
+        env = self.env | extra_env | {"DAGSTER_HOME": str(self.home)}
+        with pytest.MonkeyPatch.context() as patch:
+            for name in os.environ.keys() - env.keys():
+                if name.startswith(UNINHERITED):
+                    patch.delenv(name)
+            for name, value in env.items():
+                patch.setenv(name, value)
+            result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        return Result(result.exit_code, result.stdout, result.stderr)
 
     def backdate_pending(self) -> None:
         """Seven days pass for every enrolment pending now (C2 becomes due)."""
@@ -244,9 +266,7 @@ def _platform(
             seed_users(connection, dataset.users)
             seed_demo_progress(connection, dataset.users, share=0.6)
         env = {
-            name: value
-            for name, value in os.environ.items()
-            if not name.startswith(("FL_PARTNERS_", "SYNC_ASSETS_FAILPOINT"))
+            name: value for name, value in os.environ.items() if not name.startswith(UNINHERITED)
         } | {
             "FL_PARTNERS_URL": partners_api,
             "FL_PARTNERS_CONSUMER_KEY": KEY,
@@ -263,11 +283,11 @@ def _uninterrupted(
 ) -> Iterator[tuple[str, dict[str, list], dict[str, list]]]:
     """An uninterrupted history: a first sync; seven days later, another (which issues C2)."""
     for platform in _platform(backend, folder, dataset, partners_api):
-        first = platform.run("sync")
+        first = platform.run_here("sync")
         assert first.returncode == 0, first.stderr
         after_first = platform.snapshot()
         platform.backdate_pending()
-        second = platform.run("sync")
+        second = platform.run_here("sync")
         assert second.returncode == 0, second.stderr
         yield backend, after_first, platform.snapshot()
 
@@ -377,7 +397,7 @@ def test_certificate_numbering_killed_then_certificates_numbers_each_once_and_ag
     """`certificates` killed inside its numbering transaction (C2), then run again: each number
     given once, and the count said; run once more (idempotent), it finds nothing to do. One
     history for both checks (each was a test of its own, seven processes where four do)."""
-    assert fresh.run("sync").returncode == 0
+    assert fresh.run_here("sync").returncode == 0  # the history before the crash
     fresh.backdate_pending()
     killed = start(fresh, "certificates", failpoint="certificates.c2_before_commit")
     assert killed.kill_at_failpoint().returncode == -signal.SIGKILL
@@ -502,7 +522,7 @@ def test_the_sync_in_runs_of_a_few_courses_equals_one_run(
 ) -> None:
     """Runs of bounded size (SYNC_ASSETS_COURSES_PER_RUN) change the memory, not the result."""
     _, after_first, after_second = baseline
-    first = fresh.run("sync", SYNC_ASSETS_COURSES_PER_RUN="2")
+    first = fresh.run_here("sync", SYNC_ASSETS_COURSES_PER_RUN="2")
     assert first.returncode == 0, first.stderr
     courses, changed, runs = map(
         int, re.search(r"Checked (\d+) courses: (\d+) to sync, in (\d+) run", first.stdout).groups()
@@ -510,6 +530,6 @@ def test_the_sync_in_runs_of_a_few_courses_equals_one_run(
     assert courses > 2 and changed == courses and runs == -(-courses // 2)
     assert fresh.snapshot() == after_first
     fresh.backdate_pending()
-    second = fresh.run("sync", SYNC_ASSETS_COURSES_PER_RUN="2")
+    second = fresh.run_here("sync", SYNC_ASSETS_COURSES_PER_RUN="2")
     assert second.returncode == 0, second.stderr
     assert fresh.snapshot() == after_second

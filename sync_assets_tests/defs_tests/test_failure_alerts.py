@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +18,7 @@ from sync_assets.definitions import build_definitions
 from sync_assets.platform.database import create_platform_engine
 from sync_assets.platform.migrate import upgrade
 from sync_assets.runs.execution import QUIET_LOGGERS
+from sync_assets.simulator.transports import running
 
 TOKEN = "T0KEN-in-the-path-8f3a"
 
@@ -50,12 +50,9 @@ def receiver() -> Iterator[Receiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_port}/hooks/{TOKEN}"
-    yield state
-    server.shutdown()
-    server.server_close()
+    with running(server):
+        state.url = f"http://127.0.0.1:{server.server_port}/hooks/{TOKEN}"
+        yield state
 
 
 @pytest.fixture

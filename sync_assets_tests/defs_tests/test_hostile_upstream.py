@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +26,7 @@ from sync_assets.partners_api.cache import open_storage
 from sync_assets.partners_api.client import _cache_key
 from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets.settings import http_cache_url
+from sync_assets.simulator.transports import running
 from sync_assets_tests.conftest import BACKENDS, sqlite_only
 from sync_assets_tests.loopback import scripted
 
@@ -130,17 +130,14 @@ def proxy(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[HostileProx
     import os
 
     server = HostileProxy(os.environ["FL_PARTNERS_URL"])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     monkeypatch.setenv("FL_PARTNERS_URL", server.base_url)
     # Short, so a dripping report ends soon; not so short that a healthy request through the proxy
     # times out on a loaded machine (at 1 s, a CI run beside other work failed healthy courses).
     monkeypatch.setenv("FL_PARTNERS_TIMEOUT_SECONDS", "3")
     try:
-        yield server
+        with running(server):
+            yield server
     finally:
-        server.shutdown()
-        server.server_close()
         server.client.close()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
@@ -18,6 +17,7 @@ import pytest
 
 from sync_assets.partners_api.client import ClientSettings, PartnersApiClient, run
 from sync_assets.simulator.datasets import SANDBOX_DIR
+from sync_assets.simulator.transports import running
 
 KEY, SECRET = "partner-42", "a-different-secret-of-at-least-32-bytes"
 RUN = "545ba924-9e73-4a30-bd54-4fb7dee8b913"
@@ -77,11 +77,8 @@ class Handler(BaseHTTPRequestHandler):
 def foreign_server():
     Handler.hits = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with running(server):
+        yield f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def test_client_reads_a_foreign_server(foreign_server: str, tmp_path) -> None:
