@@ -18,7 +18,13 @@ import redis
 from sync_assets.definitions import build_definitions
 from sync_assets.defs.resources import PartnersApi
 from sync_assets.partners_api import cache
-from sync_assets.partners_api.client import ClientSettings, PartnersApiClient, run
+from sync_assets.partners_api.client import (
+    ClientSettings,
+    PartnersApiClient,
+    _cache_key,
+    report_digest,
+    run,
+)
 from sync_assets.settings import ConfigurationError, http_cache_path, http_cache_url
 from sync_assets.simulator.app import (
     SIMULATOR_CONSUMER_KEY,
@@ -79,18 +85,28 @@ def test_a_new_client_with_an_empty_disk_gets_its_304_from_redis(redis_cache: Re
 
 
 def test_the_checks_304_takes_the_digest_kept_in_redis(redis_cache: RedisCache) -> None:
-    """As on disk (test_client_http): the night's check of an unchanged report gives the digest
-    kept with the body in Redis, the one reading the body gives."""
+    """As on disk (test_client_http): the report's body digest is kept with it in Redis, and the
+    night's check of the unchanged report gives the digest reading the body gives."""
 
     async def version_then_read(client_settings: ClientSettings):
         async with PartnersApiClient(client_settings) as client:
             return await client.report_version(RUN), await client.enrolment_report(RUN)
 
+    async def kept_digests(url: str) -> list[str]:
+        storage = cache.open_storage(redis_cache.url, max_bytes=0, idle_seconds=THIRTY_DAYS)
+        try:
+            entries = await storage.get_entries(_cache_key(url))
+        finally:
+            await storage.close()
+        return [entry.response.headers.get(cache.BODY_DIGEST_HEADER) for entry in entries]
+
     with simulated() as (simulator, base_url):
         first, _ = run(version_then_read(settings(base_url, redis_cache.url)))
         second, read = run(version_then_read(settings(base_url, redis_cache.url)))
+        kept = run(kept_digests(f"{base_url}/partners/course_runs/{RUN}/course_enrolments_report"))
     assert not first.not_modified and second.not_modified and read.not_modified
     assert first.digest == second.digest == read.digest
+    assert len(kept) == 1 and report_digest(kept) == second.digest  # the report's one page
     assert simulator.requests(REPORT, 200) == 1 and simulator.requests(REPORT, 304) == 3
 
 
