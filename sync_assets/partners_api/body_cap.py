@@ -60,3 +60,18 @@ def inflated_size_counter(headers: Mapping[str, str], max_bytes: int) -> Inflate
     if len(inflated) > 1:
         raise BodyTooLarge(max_bytes)
     return Inflated(inflated[0], max_bytes) if inflated else None
+
+
+def inflate(headers: Mapping[str, str], body: bytes) -> bytes:
+    """`body` inflated as its gzip or deflate Content-Encoding says (as httpx would), or as it
+    is without one; raises `zlib.error` when it does not inflate. Only for a body whose
+    inflated size was counted under the cap (`inflated_size_counter`) as it arrived."""
+    coding = headers.get("Content-Encoding", "").lower()
+    if "gzip" in coding:
+        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    if "deflate" not in coding:
+        return body
+    try:
+        return zlib.decompress(body)
+    except zlib.error:  # "deflate" sent raw, without the zlib wrapper (as httpx accepts)
+        return zlib.decompress(body, -zlib.MAX_WBITS)

@@ -8,7 +8,8 @@ each request: bounded retries with exponential backoff and jitter on 429, 5xx, c
 read errors and unreadable bodies, honouring `Retry-After`, within a total time budget; a
 concurrency bound and an optional requests-per-second ceiling for fan-out. Membership look-ups
 bypass the cache (each is fetched once ever and kept by the platform) and httpx: they go on
-aiohttp (`lookups_wire`), with the same cap, metering, retries and origin.
+aiohttp (`lookups_wire`), with the same cap, metering, retries and origin. So does the night's
+check of the reports, under the same cache (`_report_page`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import json
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -29,7 +31,13 @@ import hishel
 import httpx
 import polars as pl
 from aiolimiter import AsyncLimiter
+from hishel import CacheStatus
+
+# hishel's RFC 9111 machine on its own, as its httpx transport drives it (`_report_page`), and
+# the request headers as that transport keeps them: the two paths store the same entries.
+from hishel._async_rfc import handle_request_with_rfc
 from hishel.httpx import AsyncCacheTransport
+from hishel.httpx._async import _headers_to_internal
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -41,7 +49,12 @@ from tenacity import (
 
 from sync_assets.partners_api import contract
 from sync_assets.partners_api.auth import PartnersJwtAuth
-from sync_assets.partners_api.body_cap import BodyTooLarge, Inflated, inflated_size_counter
+from sync_assets.partners_api.body_cap import (
+    BodyTooLarge,
+    Inflated,
+    inflate,
+    inflated_size_counter,
+)
 from sync_assets.partners_api.cache import (
     BODY_DIGEST_HEADER,
     open_storage,
@@ -56,6 +69,17 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 HEADERS = {"Accept": "application/json", "User-Agent": "sync-assets"}
+# Private (not shared): a kept body is this client's alone.
+CACHE_OPTIONS = hishel.CacheOptions(shared=False)
+# What hishel's machine adds to a request to revalidate a kept response: all a report page's
+# request needs from it (the wire sets the rest).
+REVALIDATION_HEADERS = ("if-none-match", "if-modified-since")
+# Not kept with a body read whole (`_report_page`): it was inflated and arrived in full (as
+# hishel's httpx transport keeps a body read before storing it); nor a server's word for what
+# only this client says (`_kept_digest`).
+NOT_KEPT_HEADERS = frozenset(
+    {"transfer-encoding", "content-encoding", "content-length", BODY_DIGEST_HEADER}
+)
 MAX_PAGES = 10_000
 MEMBERSHIP_BATCH = 20_000
 
@@ -168,7 +192,7 @@ class Memberships:
     failed: dict[str, str] = field(default_factory=dict)  # membership → why, after every retry
 
 
-def _retry_after_seconds(response: httpx.Response | LookupAnswer) -> float | None:
+def _retry_after_seconds(response: Answer) -> float | None:
     value = response.headers.get("Retry-After")
     if value is None:
         return None
@@ -284,7 +308,7 @@ class PartnersApiClient:
         cached = AsyncCacheTransport(
             next_transport=self._capped,
             storage=self._storage,
-            rfc=hishel.CacheOptions(shared=False),
+            rfc=CACHE_OPTIONS,
         )
         self._base_url = settings.base_url.rstrip("/")
         self._timeout = httpx.Timeout(settings.timeout_seconds)
@@ -387,6 +411,10 @@ class PartnersApiClient:
                 return None
             kept = entries[0].response
             content = b"".join([chunk async for chunk in kept.stream])  # type: ignore[union-attr]
+            try:  # hishel's httpx transport keeps a body as it arrived, compressed or not
+                content = inflate(kept.headers, content)
+            except zlib.error:
+                return None
             pages.append(content)
             digests.append(hashlib.sha256(content).hexdigest())
             urls.append(url)
@@ -514,18 +542,49 @@ class PartnersApiClient:
             not_modified=all(answer.not_modified for answer in answers),
         )
 
-    async def _report_page(self, url: str) -> httpx.Response:
-        """GET through the cache; a 304 whose kept body has its digest kept too is not read back
-        (`_kept_digest` gives the digest), any other answer is read whole."""
-        response = await self._cached.send(self._cached.build_request("GET", url), stream=True)
-        try:
-            if _kept_digest(response) is None:
-                await response.aread()
-        finally:
-            await response.aclose()
-        return response
+    async def _report_page(self, url: str) -> CachedPage | httpx.Response:
+        """GET a report page through the cache, past httpx: hishel's RFC 9111 machine on the
+        cache, and the look-ups' wire under it (`_get_uncached`). A 304 whose kept body has its
+        digest kept too is not read back (`_kept_digest` gives the digest); any other answer is
+        read whole, and a new body is kept inflated (`kept_report` reads either).
 
-    async def _get_uncached(self, path: str) -> httpx.Response | LookupAnswer:
+        What a quiet night's check makes a request per report of the catalogue for: through
+        httpx's client, hishel's httpx transport and httpcore, a 304 cost ~2 ms of client CPU
+        (benchmarks/quiet_check.py), more than its share of the API bound at 16 in flight.
+        The entry's key and its stored request are the httpx path's, so either path finds
+        what the other kept.
+        """
+        outgoing = self._cached.build_request("GET", url)
+        absolute = str(outgoing.url)
+        path = absolute.removeprefix(self._base_url)
+        if not path.startswith("/"):  # a next link to the origin, outside the base URL's path
+            return await self._cached.get(url)
+
+        async def send(request: hishel.Request) -> hishel.Response:
+            answer = await self._get_uncached(path, _revalidation(request.headers))
+            return hishel.Response(
+                status_code=answer.status_code,
+                headers=_as_kept(answer.headers, len(answer.content)),
+                stream=_chunks(answer.content),
+            )
+
+        kept, status = await handle_request_with_rfc(
+            hishel.Request(
+                method="GET", url=absolute, headers=_headers_to_internal(outgoing.headers)
+            ),
+            send,
+            self._storage,
+            _cache_key(absolute),
+            CACHE_OPTIONS,
+        )
+        page = CachedPage(kept.status_code, kept.headers, None, absolute, status)
+        if _unread_digest(page) is None:
+            page.content = b"".join([chunk async for chunk in kept.stream])  # type: ignore[union-attr]
+        return page
+
+    async def _get_uncached(
+        self, path: str, headers: Mapping[str, str] | None = None
+    ) -> httpx.Response | LookupAnswer:
         """GET past the cache: on aiohttp (`lookups_wire`), or straight to the metered httpx wire
         when the client was given one. A refused token is signed anew once (the same as
         `PartnersJwtAuth.auth_flow`).
@@ -542,22 +601,24 @@ class PartnersApiClient:
             authorization = f"Bearer {self.auth.token(renew=renew)}"
             if self._lookups is not None:
                 response: httpx.Response | LookupAnswer = await self._lookups.get(
-                    path, authorization
+                    path, authorization, headers
                 )
             else:
-                response = await self._send_uncached(path, authorization)
+                response = await self._send_uncached(path, authorization, headers)
             if response.status_code != 401:
                 break
         return response
 
-    async def _send_uncached(self, path: str, authorization: str) -> httpx.Response:
+    async def _send_uncached(
+        self, path: str, authorization: str, headers: Mapping[str, str] | None = None
+    ) -> httpx.Response:
         """One GET to the metered httpx wire, past httpx's client layer (URL merging, cookie
         jar, auth generator, stream wrappers: a seventh of the CPU per look-up): what that layer
         did for us is done here (base URL, headers, timeout)."""
         request = httpx.Request(
             "GET",
             self._base_url + path,
-            headers={**HEADERS, "Authorization": authorization},
+            headers={**HEADERS, **(headers or {}), "Authorization": authorization},
             extensions={"timeout": self._timeout.as_dict()},
         )
         response = await self._capped.handle_async_request(request)
@@ -570,7 +631,7 @@ class PartnersApiClient:
 
     async def _get(
         self,
-        send: Callable[[str], Awaitable[httpx.Response | LookupAnswer]],
+        send: Callable[[str], Awaitable[Answer]],
         url: str,
         endpoint: str,
         subject: str | None,
@@ -601,7 +662,7 @@ class PartnersApiClient:
 
     async def _retried(
         self,
-        send: Callable[[str], Awaitable[httpx.Response | LookupAnswer]],
+        send: Callable[[str], Awaitable[Answer]],
         url: str,
         endpoint: str,
         subject: str | None,
@@ -657,7 +718,7 @@ class PartnersApiClient:
 
     async def _attempt(
         self,
-        send: Callable[[str], Awaitable[httpx.Response | LookupAnswer]],
+        send: Callable[[str], Awaitable[Answer]],
         url: str,
         endpoint: str,
         deadline_seconds: float,
@@ -811,6 +872,56 @@ class CappedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+class CachedPage:
+    """A report page as `_report_page` answers it: the part of an `httpx.Response` that
+    `_attempt` reads. `content` is None for a 304 whose kept body was left unread."""
+
+    __slots__ = ("content", "extensions", "headers", "status_code", "url")
+
+    def __init__(
+        self,
+        status_code: int,
+        headers: hishel.Headers,
+        content: bytes | None,
+        url: str,
+        status: CacheStatus,
+    ) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.content = content
+        self.url = url
+        self.extensions = {"caching": status}
+
+    @property
+    def links(self) -> dict[str, dict[str, str]]:
+        link = self.headers.get("link")
+        return {} if link is None else httpx.Response(200, headers={"link": link}).links
+
+
+Answer = httpx.Response | LookupAnswer | CachedPage
+
+
+def _revalidation(headers: hishel.Headers) -> dict[str, str]:
+    return {name: headers[name] for name in REVALIDATION_HEADERS if name in headers}
+
+
+def _as_kept(headers: Mapping[str, str] | httpx.Headers, length: int) -> hishel.Headers:
+    """A response's headers as the cache keeps them with its body, read whole (`length` bytes,
+    inflated)."""
+    pairs = headers.multi_items() if isinstance(headers, httpx.Headers) else headers.items()
+    kept: dict[str, list[str]] = {}
+    for name, value in pairs:
+        lowered = name.lower()
+        if lowered not in NOT_KEPT_HEADERS:
+            kept.setdefault(lowered, []).append(value)
+    kept["content-length"] = [str(length)]
+    return hishel.Headers(kept)
+
+
+async def _chunks(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
 def or_failure(
     fetch: Callable[[str], Awaitable[Any]],
 ) -> Callable[[str], Awaitable[Any]]:
@@ -828,12 +939,12 @@ def or_failure(
     return fetched
 
 
-def _not_modified(response: httpx.Response | LookupAnswer) -> bool:
+def _not_modified(response: Answer) -> bool:
     status = response.extensions.get("caching") or {}
     return bool(status.get("from_cache") and status.get("revalidated"))
 
 
-def _kept_digest(response: httpx.Response | LookupAnswer) -> str | None:
+def _kept_digest(response: Answer) -> str | None:
     """The digest kept with a body served from the cache on a 304, if it was kept; None for any
     other answer, whose body is read."""
     if not _not_modified(response):
@@ -841,14 +952,14 @@ def _kept_digest(response: httpx.Response | LookupAnswer) -> str | None:
     return response.headers.get(BODY_DIGEST_HEADER) or None
 
 
-def _unread_digest(response: httpx.Response | LookupAnswer) -> str | None:
+def _unread_digest(response: Answer) -> str | None:
     """The kept digest of a 304 whose body `_report_page` left unread; None for a body read."""
-    if isinstance(response, LookupAnswer) or response.is_stream_consumed:
+    if not isinstance(response, CachedPage) or response.content is not None:
         return None
     return _kept_digest(response)
 
 
-def _stored(response: httpx.Response | LookupAnswer) -> bool:
+def _stored(response: Answer) -> bool:
     """A response the cache has just stored (a 200 it may answer a 304 with next time)."""
     status = response.extensions.get("caching") or {}
     return bool(status.get("stored"))

@@ -2,8 +2,10 @@
 
 Each look-up is a small JSON body, asked once ever (no cache). Through httpx's transport stack
 (httpcore, h11, anyio) one cost ~1 ms of client CPU, which at 16 in flight over 20 ms bounds
-a first sync by the client, not the API; aiohttp parses with llhttp in C. Everything else (the
-reports, the runs list, their cache) stays on httpx.
+a first sync by the client, not the API; aiohttp parses with llhttp in C. The night's check of
+the reports comes here too, under the cache (`PartnersApiClient._report_page`): a quiet night
+asks for every report of the catalogue. The rest (the steps' report reads, the runs list) stays
+on httpx.
 
 What the httpx path guaranteed is kept here: only the base URL's origin is connected to, no
 redirect is followed, no cookie is kept, no proxy or netrc is read from the environment, a body
@@ -25,7 +27,7 @@ import aiohttp
 import httpx
 from yarl import URL
 
-from sync_assets.partners_api.body_cap import BodyTooLarge, inflated_size_counter
+from sync_assets.partners_api.body_cap import BodyTooLarge, inflate, inflated_size_counter
 from sync_assets.partners_api.contract import route
 from sync_assets.partners_api.metrics import ApiMetrics
 
@@ -116,14 +118,19 @@ class LookupWire:
             raise ValueError("a path under the base URL is expected")
         return parsed
 
-    async def get(self, path: str, authorization: str) -> LookupAnswer:
-        """GET base URL + `path` (see `url`)."""
+    async def get(
+        self, path: str, authorization: str, headers: Mapping[str, str] | None = None
+    ) -> LookupAnswer:
+        """GET base URL + `path` (see `url`), with `headers` besides the session's (a report
+        page's revalidation)."""
         parsed = self.url(path)
         url = self._base_url + path
         endpoint, _ = route(parsed.path)
         try:
             response = await self._opened().get(
-                parsed, headers={"Authorization": authorization}, allow_redirects=False
+                parsed,
+                headers={**(headers or {}), "Authorization": authorization},
+                allow_redirects=False,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             failure = _transport_error(error)
@@ -159,7 +166,8 @@ class LookupWire:
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise _transport_error(error) from error
         body = b"".join(chunks)
-        return body if inflated is None else _inflate(response.headers, body)
+        # No body (a 304's) is nothing to inflate, whatever its Content-Encoding says.
+        return body if inflated is None or not body else _inflate(response.headers, body)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -170,14 +178,8 @@ class LookupWire:
 def _inflate(headers: Mapping[str, str], body: bytes) -> bytes:
     """A gzip or deflate body inflated; its size was counted under the cap on arrival, so this
     holds at most the cap. A body that does not inflate is read again, as a truncated one."""
-    gzip = "gzip" in headers.get("Content-Encoding", "").lower()
     try:
-        if gzip:
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        try:
-            return zlib.decompress(body)
-        except zlib.error:  # "deflate" sent raw, without the zlib wrapper (as httpx accepts)
-            return zlib.decompress(body, -zlib.MAX_WBITS)
+        return inflate(headers, body)
     except zlib.error:
         raise httpx.ReadError("the body does not inflate") from None
 

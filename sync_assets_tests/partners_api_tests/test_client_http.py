@@ -304,6 +304,40 @@ def test_a_servers_own_body_digest_header_is_not_taken_for_the_kept_one(tmp_path
     assert second.not_modified and "if-none-match" in api.seen[1]
 
 
+def test_the_checks_path_and_the_steps_path_share_what_the_cache_keeps(tmp_path: Path) -> None:
+    """The check (`report_version`) asks past httpx; the steps read through it. A compressed
+    report kept by either is revalidated by the other (a 304, no second 200), kept inflated, and
+    digests the same whichever path read it."""
+    body = json.dumps([{"id": 1}]).encode()
+    page_digest = hashlib.sha256(body).hexdigest()
+    expected = hashlib.sha256(page_digest.encode()).hexdigest()
+    with scripted() as api:
+        gzipped_answer = (200, {**CACHEABLE, "Content-Encoding": "gzip"}, gzip.compress(body))
+        api.answers[REPORT_PATH] = gzipped_answer
+
+        async def night(folder: Path, check_first: bool):
+            async with PartnersApiClient(settings(api.base_url, folder)) as client:
+                if check_first:
+                    version = await client.report_version(RUN)
+                    report = await client.enrolment_report(RUN)
+                else:
+                    report = await client.enrolment_report(RUN)
+                    version = await client.report_version(RUN)
+                kept = await client.kept_report(RUN, version.digest, not_modified=True)
+                return version, report, kept
+
+        for check_first in (True, False):
+            folder = tmp_path / str(check_first)
+            api.seen.clear()
+            version, report, kept = run(night(folder, check_first))
+            assert version.digest == report.digest == expected
+            assert kept is not None and kept.pages == (body,)  # kept inflated
+            assert [request.get("if-none-match") for request in api.seen] == [None, '"v1"']
+            assert (version.not_modified, report.not_modified) == (
+                (False, True) if check_first else (True, False)
+            )
+
+
 def test_a_304_that_only_moves_the_date_writes_nothing_to_the_cache(tmp_path: Path) -> None:
     """hishel rewrites a kept entry on every 304; a quiet night's thousands of 304s that bring
     nothing but a new `Date` now leave the cache as it was. A 304 with a header that did change
