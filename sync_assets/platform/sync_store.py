@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -149,6 +150,31 @@ def read_frame(connection: Connection, statement: sa.Executable, schema: dict) -
     result = connection.execute(statement, execution_options={"yield_per": READ_ROWS})
     frames = [pl.DataFrame(part, schema=schema, orient="row") for part in result.partitions()]
     return pl.concat(frames, rechunk=False) if frames else pl.DataFrame(schema=schema)
+
+
+def driver_frames(
+    connection: Connection, statement: sa.Select, schema: dict
+) -> Iterator[pl.DataFrame]:
+    """The rows of `statement` as frames of `schema`, READ_ROWS rows each, fetched straight from
+    the driver's cursor (on PostgreSQL a named, server-side one), on the connection's own
+    transaction. For a statement without parameters whose columns are texts and integers: the
+    values are the driver's, without SQLAlchemy's result processing.
+
+    SQLAlchemy's Row per row cost half the time of reading `large`'s ~1M links every night
+    (`change_tracking`); a fetchmany of plain tuples leaves polars the rest.
+    """
+    compiled = statement.compile(dialect=connection.dialect)
+    if compiled.params:
+        raise ValueError("driver_frames reads a statement without parameters")
+    dbapi = connection.connection.dbapi_connection
+    postgres = connection.dialect.name == "postgresql"
+    cursor = dbapi.cursor(f"sync_assets_read_{uuid.uuid4().hex}") if postgres else dbapi.cursor()
+    try:
+        cursor.execute(str(compiled))
+        while rows := cursor.fetchmany(READ_ROWS):
+            yield pl.DataFrame(rows, schema=schema, orient="row")
+    finally:
+        cursor.close()
 
 
 def listed(connection: Connection, values: Sequence[str]) -> sa.Select:

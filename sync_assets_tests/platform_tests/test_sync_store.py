@@ -260,6 +260,46 @@ def test_the_linking_state_erases_emails_and_moves_on_only_when_a_deletion_can_l
     assert _email_keys(engine) == {"u1": "shared@example.org"}
 
 
+def test_a_link_the_platform_makes_moves_or_removes_moves_the_generation_on(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The links are summed up a chunk at a time (two rows here): a link made, moved or removed
+    by the platform moves the generation on; links the sync makes and accounts for, in the
+    same transaction, do not."""
+    monkeypatch.setattr(sync_store, "READ_ROWS", 2)
+    add_users(engine, [{"id": f"u{n}", "email": f"t{n}@example.org"} for n in range(1, 5)])
+
+    def link(values: dict) -> None:
+        with engine.begin() as connection:
+            connection.execute(sa.insert(future_learn_memberships), [values])
+
+    for n in range(1, 4):
+        link({"membership_uuid": f"m{n}", "user_id": f"u{n}"})
+    generation = change_tracking.refresh_linking_state(engine)
+    assert change_tracking.refresh_linking_state(engine) == generation
+
+    made = pl.DataFrame({"membership_uuid": ["m9"], "user_id": ["u4"]})
+    with engine.begin() as connection:  # as the sync writes a course's new links
+        connection.execute(sa.insert(future_learn_memberships), made.to_dicts())
+        change_tracking.account_links(connection, made)
+    assert change_tracking.refresh_linking_state(engine) == generation
+
+    platform_changes = [
+        sa.insert(future_learn_memberships).values(membership_uuid="m5", user_id="u4"),
+        sa.update(future_learn_memberships)
+        .where(future_learn_memberships.c.membership_uuid == "m1")
+        .values(user_id="u2"),
+        sa.delete(future_learn_memberships).where(
+            future_learn_memberships.c.membership_uuid == "m3"
+        ),
+    ]
+    for change in platform_changes:
+        with engine.begin() as connection:
+            connection.execute(change)
+        generation += 1
+        assert change_tracking.refresh_linking_state(engine) == generation
+
+
 def test_linked_memberships_are_never_looked_up_nor_re_pointed(engine: Engine) -> None:
     add_users(engine, [{"id": "u1", "email": "one@example.org"}, {"id": "u2", "email": "2@x"}])
     with engine.begin() as connection:
