@@ -22,9 +22,8 @@ from sync_assets.pseudonyms import pseudonym
 from sync_assets.rules.linking import (
     AMBIGUOUS_SCHEMA,
     CONFLICT_SCHEMA,
-    ambiguous_emails,
     link_conflicts,
-    match_memberships,
+    links_and_ambiguous,
 )
 from sync_assets.settings import pseudonym_key
 from sync_assets.sync import fact_names
@@ -128,7 +127,8 @@ async def _link_run(
     """
     # In polars: a Python set of each course's first, all alive at once, cost `large` ~5× the
     # memory (benchmarks/linking_uuids_memory.py), which the process keeps for the whole step.
-    all_uuids = pl.concat(list(memberships_of.values())).unique().sort().to_list()
+    # Kept a Series down to each SQL chunk and look-up batch: as a Python list, 1M texts alone.
+    all_uuids = pl.concat(list(memberships_of.values())).unique().sort()
     with engine.connect() as connection:
         states = sync_store.membership_states(connection, all_uuids)
     existing = sync_store.usable_links(states)
@@ -146,7 +146,7 @@ async def _link_run(
         ]
     )
     generation, users = _users_to_match(engine, candidates, stored_links)
-    new_links = match_memberships(candidates, users)
+    new_links, ambiguous = links_and_ambiguous(candidates, users)
     linked_now = new_links.select("membership_uuid", "user_id")
     every, relinked = _membership_rows(fetched, unlinked_before, existing, linked_now, now)
     first_time = new_links.join(fetched.found.select("membership_uuid"), on="membership_uuid")
@@ -163,7 +163,7 @@ async def _link_run(
         unlinked=len(all_uuids) - existing.height - new_links.height,
         kept_unlinked=kept,
         quarantine=fetched.quarantine,
-        ambiguous=ambiguous_emails(candidates, users),
+        ambiguous=ambiguous,
         conflicts=link_conflicts(stored_links, users),
         linking_generation=generation,
     )
@@ -183,7 +183,7 @@ def _users_to_match(
         [candidates["external_learner_id"], stored_links["external_learner_id"]]
     )
     with engine.connect() as connection:
-        users = sync_store.users_matching(connection, external_ids.drop_nulls().to_list())
+        users = sync_store.users_matching(connection, external_ids.drop_nulls())
     return generation, users
 
 
