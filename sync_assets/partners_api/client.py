@@ -50,6 +50,7 @@ from sync_assets.partners_api.cache import (
 from sync_assets.partners_api.lanes import LanedTransport, lane
 from sync_assets.partners_api.lookups_wire import LookupAnswer, LookupWire
 from sync_assets.partners_api.metrics import ApiMetrics, MeteringTransport
+from sync_assets.series import sorted_and_distinct
 from sync_assets.settings import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_BODY_BYTES
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -408,7 +409,9 @@ class PartnersApiClient:
             membership_uuids
             if isinstance(membership_uuids, pl.Series)
             else pl.Series(list(membership_uuids), dtype=pl.String)
-        ).unique(maintain_order=True)
+        )
+        if not sorted_and_distinct(uuids):  # linking's are: not copied again
+            uuids = uuids.unique(maintain_order=True)
         found: list[pl.DataFrame] = []
         quarantine: list[pl.DataFrame] = []
         gone: list[str] = []

@@ -41,6 +41,7 @@ from sync_assets.platform.tables import (
 )
 from sync_assets.rules.achievements import INITIAL_STATE
 from sync_assets.rules.linking import email_key, email_keys
+from sync_assets.series import sorted_and_distinct
 
 KEY_CHUNK = 5_000
 BULK_ROWS = 50_000  # rows of a bulk write turned into Python values at once (SQLite)
@@ -146,7 +147,7 @@ def _distinct(values: Keys) -> pl.Series:
     Series, and CPython keeps the memory for the rest of the step (linking on `large`).
     """
     keys = values if isinstance(values, pl.Series) else pl.Series(list(values), dtype=pl.String)
-    return keys.unique().sort()
+    return keys if sorted_and_distinct(keys) else keys.unique().sort()
 
 
 def key_chunks(values: Keys, size: int = KEY_CHUNK) -> Iterator[list[str]]:
