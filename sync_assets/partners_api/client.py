@@ -63,6 +63,7 @@ from sync_assets.partners_api.cache import (
 from sync_assets.partners_api.lanes import LanedTransport, lane
 from sync_assets.partners_api.lookups_wire import LookupAnswer, LookupWire
 from sync_assets.partners_api.metrics import ApiMetrics, MeteringTransport
+from sync_assets.series import sorted_and_distinct
 from sync_assets.settings import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_BODY_BYTES
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -427,15 +428,25 @@ class PartnersApiClient:
         report = RawReport(run_uuid, tuple(pages), tuple(digests), not_modified, tuple(urls))
         return report if report.digest == digest else None
 
-    async def memberships(self, membership_uuids: Iterable[str]) -> Memberships:
-        uuids = list(dict.fromkeys(membership_uuids))
+    async def memberships(self, membership_uuids: Iterable[str] | pl.Series) -> Memberships:
+        """Each membership looked up once (in the order first given): what was found, gone,
+        quarantined, or failed after every retry."""
+        # A polars Series, not a Python list: only a batch's uuids are Python texts at a time
+        # (a million at once, on `large`, cost several times their Series, kept by CPython).
+        uuids = (
+            membership_uuids
+            if isinstance(membership_uuids, pl.Series)
+            else pl.Series(list(membership_uuids), dtype=pl.String)
+        )
+        if not sorted_and_distinct(uuids):  # linking's are: not copied again
+            uuids = uuids.unique(maintain_order=True)
         found: list[pl.DataFrame] = []
         quarantine: list[pl.DataFrame] = []
         gone: list[str] = []
         failed: dict[str, str] = {}
         # Parsed a batch at a time: a million JSON bodies held at once cost ~1 GB of dicts.
         for start in range(0, len(uuids), MEMBERSHIP_BATCH):
-            batch = uuids[start : start + MEMBERSHIP_BATCH]
+            batch = uuids.slice(start, MEMBERSHIP_BATCH).to_list()
             bodies = await self._map(or_failure(self._membership), batch)
             answered = []
             for uuid, body in zip(batch, bodies, strict=True):

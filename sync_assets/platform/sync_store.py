@@ -42,6 +42,7 @@ from sync_assets.platform.tables import (
 )
 from sync_assets.rules.achievements import INITIAL_STATE
 from sync_assets.rules.linking import email_key, email_keys
+from sync_assets.series import sorted_and_distinct
 
 KEY_CHUNK = 5_000
 BULK_ROWS = 50_000  # rows of a bulk write turned into Python values at once (SQLite)
@@ -135,8 +136,26 @@ def chunks(values: Sequence[Any], size: int = KEY_CHUNK) -> Iterator[Sequence[An
         yield values[start : start + size]
 
 
-def _distinct(values: Iterable[str]) -> list[str]:
-    return sorted(set(values))
+# Keys as the sync holds them: a polars Series for a run's (a million memberships on `large`),
+# any iterable of texts for a few.
+Keys = Iterable[str] | pl.Series
+
+
+def _distinct(values: Keys) -> pl.Series:
+    """The keys once each, sorted (by code point, as Python sorts texts), as a polars Series.
+
+    Not a Python set and list: a million Python strings alive at once cost several times their
+    Series, and CPython keeps the memory for the rest of the step (linking on `large`).
+    """
+    keys = values if isinstance(values, pl.Series) else pl.Series(list(values), dtype=pl.String)
+    return keys if sorted_and_distinct(keys) else keys.unique().sort()
+
+
+def key_chunks(values: Keys, size: int = KEY_CHUNK) -> Iterator[list[str]]:
+    """The distinct keys, sorted, `size` at a time as Python texts (only a chunk's at once)."""
+    keys = _distinct(values)
+    for start in range(0, len(keys), size):
+        yield keys.slice(start, size).to_list()
 
 
 # Rows read at a time into a frame: a read of every user or every link (~1M on `large`) held as
@@ -195,11 +214,11 @@ def listed(connection: Connection, values: Sequence[str]) -> sa.Select:
 def _read_by_keys(
     connection: Connection,
     build: Any,
-    keys: Iterable[str],
+    keys: Keys,
     schema: dict,
 ) -> pl.DataFrame:
     """Run `build(chunk_of_keys)` for each chunk of distinct keys and stack the results."""
-    frames = [read_frame(connection, build(chunk), schema) for chunk in chunks(_distinct(keys))]
+    frames = [read_frame(connection, build(chunk), schema) for chunk in key_chunks(keys)]
     return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
@@ -272,16 +291,14 @@ def _execute_many(connection: Connection, statement: Insert, frame: pl.DataFrame
     times = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.Datetime)]
     if any(frame.schema[name].time_zone not in (None, "UTC") for name in times):
         raise ValueError("times are written in UTC")
-    driver = frame.select(order).with_columns(
-        [pl.col(name).dt.strftime(_SQLITE_TIME) for name in times]
-        + [
-            pl.col(name).cast(pl.Int64)
-            for name, dtype in frame.schema.items()
-            if dtype == pl.Boolean
-        ]
-    )
-    for start in range(0, max(driver.height, 1), BULK_ROWS):
-        connection.exec_driver_sql(str(compiled), driver.slice(start, BULK_ROWS).rows())
+    as_driver = [pl.col(name).dt.strftime(_SQLITE_TIME) for name in times] + [
+        pl.col(name).cast(pl.Int64) for name, dtype in frame.schema.items() if dtype == pl.Boolean
+    ]
+    # Converted a slice at a time: the times of a million fetched memberships as text at once
+    # were a transient the size of a column of uuids (linking on `large`).
+    for start in range(0, max(frame.height, 1), BULK_ROWS):
+        rows = frame.slice(start, BULK_ROWS).select(order).with_columns(as_driver).rows()
+        connection.exec_driver_sql(str(compiled), rows)
     return True
 
 
@@ -354,7 +371,7 @@ MEMBERSHIP_STATE_SCHEMA = {
 }
 
 
-def membership_states(connection: Connection, membership_uuids: Iterable[str]) -> pl.DataFrame:
+def membership_states(connection: Connection, membership_uuids: Keys) -> pl.DataFrame:
     """Each given membership as stored (MEMBERSHIP_STATE_SCHEMA), in one read; a membership
     never stored has no row. The four questions linking asks of them (`never_answered`,
     `usable_links`, `unlinked_answered`, `links_with_external_ids`) are answered from it: one
@@ -379,15 +396,14 @@ def membership_states(connection: Connection, membership_uuids: Iterable[str]) -
     return _read_by_keys(connection, build, membership_uuids, MEMBERSHIP_STATE_SCHEMA)
 
 
-def never_answered(states: pl.DataFrame, membership_uuids: Iterable[str]) -> list[str]:
+def never_answered(states: pl.DataFrame, membership_uuids: Keys) -> pl.Series:
     """R2: of the given memberships, those never fetched, not known to be gone and linked to no
     one (sorted): each is fetched once ever. A membership already linked, by a sync or by the
     platform itself (invitation link, LTI launch, migrated rows with no `fetched_at`), is never
     asked about."""
-    seen = set(
-        states.filter(pl.col("answered") | pl.col("user_id").is_not_null())["membership_uuid"]
-    )
-    return [uuid for uuid in _distinct(membership_uuids) if uuid not in seen]
+    seen = states.filter(pl.col("answered") | pl.col("user_id").is_not_null())["membership_uuid"]
+    wanted = _distinct(membership_uuids)
+    return wanted.filter(~wanted.is_in(seen.implode()))
 
 
 def usable_links(states: pl.DataFrame) -> pl.DataFrame:
@@ -409,10 +425,10 @@ def links_with_external_ids(states: pl.DataFrame) -> pl.DataFrame:
     ).select("membership_uuid", "user_id", "external_learner_id")
 
 
-def memberships_to_look_up(connection: Connection, membership_uuids: Iterable[str]) -> list[str]:
+def memberships_to_look_up(connection: Connection, membership_uuids: Keys) -> list[str]:
     """`never_answered`, read from the database."""
     wanted = _distinct(membership_uuids)
-    return never_answered(membership_states(connection, wanted), wanted)
+    return never_answered(membership_states(connection, wanted), wanted).to_list()
 
 
 def stale_email_keys(connection: Connection) -> pl.DataFrame:
@@ -480,7 +496,7 @@ def refresh_email_keys(connection: Connection) -> int:
     )
 
 
-def users_matching(connection: Connection, external_learner_ids: Iterable[str]) -> pl.DataFrame:
+def users_matching(connection: Connection, external_learner_ids: Keys) -> pl.DataFrame:
     """Candidate users for R3: id equal to an external id, or email equal to it ignoring case.
 
     The database narrows the candidates through the Unicode caseless keys of user_email_keys
@@ -498,9 +514,11 @@ def users_matching(connection: Connection, external_learner_ids: Iterable[str]) 
             sa.or_(users.c.id.in_(listed(connection, chunk)), users.c.id.in_(by_email))
         )
 
-    return _read_by_keys(connection, build, external_learner_ids, USERS_SCHEMA).unique(
-        subset="id", maintain_order=True
-    )
+    # A user named in two chunks is read twice: the first row kept. A filter, not
+    # `unique(subset=…)`, whose hash table cost ~3.5× as much transient memory (a million
+    # users on `large`, benchmarks/linking_memory.py).
+    found = _read_by_keys(connection, build, external_learner_ids, USERS_SCHEMA)
+    return found.filter(pl.col("id").is_first_distinct())
 
 
 def stored_memberships(
@@ -657,7 +675,7 @@ def last_course_states(
 ) -> dict[str, CourseState]:
     table = course_sync_state
     states: dict[str, CourseState] = {}
-    for chunk in chunks(_distinct(course_uuids)):
+    for chunk in key_chunks(course_uuids):
         statement = sa.select(
             table.c.course_uuid,
             table.c.enrolment_count,

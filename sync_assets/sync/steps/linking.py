@@ -4,7 +4,7 @@ ever, for every course of a run at once."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -22,9 +22,8 @@ from sync_assets.pseudonyms import pseudonym
 from sync_assets.rules.linking import (
     AMBIGUOUS_SCHEMA,
     CONFLICT_SCHEMA,
-    ambiguous_emails,
     link_conflicts,
-    match_memberships,
+    links_and_ambiguous,
 )
 from sync_assets.settings import pseudonym_key
 from sync_assets.sync import fact_names
@@ -128,17 +127,23 @@ async def _link_run(
     """
     # In polars: a Python set of each course's first, all alive at once, cost `large` ~5× the
     # memory (benchmarks/linking_uuids_memory.py), which the process keeps for the whole step.
-    all_uuids = pl.concat(list(memberships_of.values())).unique().sort().to_list()
+    # Kept a Series down to each SQL chunk and look-up batch: as a Python list, 1M texts alone.
+    all_uuids = pl.concat(list(memberships_of.values())).unique().sort()
     with engine.connect() as connection:
         states = sync_store.membership_states(connection, all_uuids)
     existing = sync_store.usable_links(states)
     to_fetch = sync_store.never_answered(states, all_uuids)
     unlinked_before = sync_store.unlinked_answered(states)
     stored_links = sync_store.links_with_external_ids(states)
-    del states
+    memberships, looked_up = len(all_uuids), len(to_fetch)
+    del states, all_uuids  # counted: not held through the look-ups and matching
     fetched = await client.memberships(to_fetch)
+    del to_fetch
     failpoints.reached("linking.after_lookups")
     kept = keep_fetched_memberships(engine, fetched, now)
+    # Kept in the platform database: the learners' uuids serve nothing further in this step, and
+    # their column (a million uuids on `large`) is freed before matching, where the step peaks.
+    fetched = replace(fetched, found=fetched.found.drop("learner_uuid"))
     candidates = pl.concat(
         [
             fetched.found.select("membership_uuid", "external_learner_id"),
@@ -146,24 +151,24 @@ async def _link_run(
         ]
     )
     generation, users = _users_to_match(engine, candidates, stored_links)
-    new_links = match_memberships(candidates, users)
+    new_links, ambiguous = links_and_ambiguous(candidates, users)
     linked_now = new_links.select("membership_uuid", "user_id")
     every, relinked = _membership_rows(fetched, unlinked_before, existing, linked_now, now)
     first_time = new_links.join(fetched.found.select("membership_uuid"), on="membership_uuid")
     by_method = dict(first_time.group_by("matched_by").len().iter_rows())
     stats = LinkingStats(
-        memberships=len(all_uuids),
+        memberships=memberships,
         already_linked=existing.height,
-        looked_up=len(to_fetch),
+        looked_up=looked_up,
         found=fetched.found.height,
         gone=len(fetched.gone),
         linked_by_id=by_method.get("id", 0),
         linked_by_email=by_method.get("email", 0),
         relinked_locally=relinked,
-        unlinked=len(all_uuids) - existing.height - new_links.height,
+        unlinked=memberships - existing.height - new_links.height,
         kept_unlinked=kept,
         quarantine=fetched.quarantine,
-        ambiguous=ambiguous_emails(candidates, users),
+        ambiguous=ambiguous,
         conflicts=link_conflicts(stored_links, users),
         linking_generation=generation,
     )
@@ -183,7 +188,7 @@ def _users_to_match(
         [candidates["external_learner_id"], stored_links["external_learner_id"]]
     )
     with engine.connect() as connection:
-        users = sync_store.users_matching(connection, external_ids.drop_nulls().to_list())
+        users = sync_store.users_matching(connection, external_ids.drop_nulls())
     return generation, users
 
 
@@ -198,7 +203,10 @@ def _membership_rows(
 
     Only new links are left to write with their course: what was fetched is already stored.
     """
-    fetched_rows = fetched.found.join(linked_now, on="membership_uuid", how="left").with_columns(
+    # The uuids alone: the other columns of what was fetched are not rows of LINKED_SCHEMA, and
+    # joined they would be copied for a million rows only to be dropped by _conform.
+    found = fetched.found.select("membership_uuid")
+    fetched_rows = found.join(linked_now, on="membership_uuid", how="left").with_columns(
         fetched_at=pl.lit(now, UTC_TIME),
         linked_at=pl.when(pl.col("user_id").is_not_null()).then(pl.lit(now, UTC_TIME)),
     )
