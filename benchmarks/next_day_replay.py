@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -222,9 +223,14 @@ def night(
             out = state / f"{label}.speedscope.json"
             command = [py_spy, "record", "--subprocesses", "-r", "100", "-f", "speedscope",
                        "-o", str(out), "--", *command]  # fmt: skip
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (
+            cpu_after.ru_stime - cpu_before.ru_stime
+        )
         if done.returncode != 0:
             print(done.stderr[-2000:], file=sys.stderr)
         counts = simulator.counts()
@@ -237,6 +243,9 @@ def night(
     return {
         "checkout": str(checkout),
         "wall_seconds": round(wall, 2),
+        # The command's own CPU (user + system, with py-spy's when recording): steadier than
+        # wall on a shared machine, though not immune to it.
+        "cpu_seconds": round(cpu, 2),
         "exit_code": done.returncode,
         "runs": {job: n - before.get(job, 0) for job, n in after.items() if n > before.get(job, 0)},
         "events": _events_of_runs(home, new) if not server else _pg_events(env, new),
@@ -261,7 +270,8 @@ def replay(
             result = night(checkout, state, settings, py_spy, label) | {"round": number}
             nights.append(result)
             print(
-                f"round {number} {checkout}: {result['wall_seconds']} s, runs {result['runs']}, "
+                f"round {number} {checkout}: {result['wall_seconds']} s "
+                f"(CPU {result['cpu_seconds']} s), runs {result['runs']}, "
                 f"{result['events']} events, {result['sql_statements']} statements, "
                 f"{result['requests']} requests, exit {result['exit_code']}"
                 + (f", PostgreSQL commits {result['pg_commits']}" if result["pg_commits"] else ""),
@@ -271,18 +281,19 @@ def replay(
                 out.write_text(json.dumps(nights, indent=2))
     base = checkouts[0]
     for checkout in checkouts[1:]:
-        ratios = [
-            mine["wall_seconds"] / theirs["wall_seconds"]
-            for number in range(rounds)
-            for mine in nights
-            if mine["round"] == number and mine["checkout"] == str(checkout)
-            for theirs in nights
-            if theirs["round"] == number and theirs["checkout"] == str(base)
-        ]
-        print(
-            f"{checkout} / {base}: wall ratios {[round(r, 2) for r in ratios]}, "
-            f"median {statistics.median(ratios):.2f}"
-        )
+        for figure in ("wall_seconds", "cpu_seconds"):
+            ratios = [
+                mine[figure] / theirs[figure]
+                for number in range(rounds)
+                for mine in nights
+                if mine["round"] == number and mine["checkout"] == str(checkout)
+                for theirs in nights
+                if theirs["round"] == number and theirs["checkout"] == str(base)
+            ]
+            print(
+                f"{checkout} / {base}: {figure} ratios {[round(r, 2) for r in ratios]}, "
+                f"median {statistics.median(ratios):.2f}"
+            )
 
 
 def main() -> None:
