@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import URL
 
-from sync_assets.definitions import defs
+from sync_assets.definitions import EVENT_BATCH_SIZE, defs
 from sync_assets.defs.resources import PlatformDatabase
+from sync_assets.defs.sync.course_step import add_partition_metadata
 from sync_assets.platform.database import create_platform_engine
 from sync_assets.platform.migrate import upgrade
 
@@ -63,10 +65,10 @@ def test_local_instance_config(
         assert event.asset_materialization.metadata["activities"].value == 0
 
 
-@pytest.mark.postgres
-def test_postgres_instance_config(
+def _production_instance_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_database_url: URL
-) -> None:
+) -> Path:
+    """A Dagster home with the production instance (PostgreSQL), a SQLite platform beside it."""
     platform = f"sqlite:///{tmp_path / 'platform.sqlite3'}"
     upgrade(create_platform_engine(platform))
     monkeypatch.setenv("PLATFORM_DATABASE_URL", platform)
@@ -84,7 +86,14 @@ def test_postgres_instance_config(
     instance = yaml.safe_load((PROJECT / "deploy" / "dagster.yaml").read_text())
     del instance["compute_logs"]
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance))
+    return home
 
+
+@pytest.mark.postgres
+def test_postgres_instance_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_database_url: URL
+) -> None:
+    home = _production_instance_home(tmp_path, monkeypatch, postgres_database_url)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert_ticks_are_purged(instance)
@@ -125,3 +134,56 @@ def test_resource_names_the_setting_when_the_database_is_unreachable(
     ]
     assert "PLATFORM_DATABASE_URL: cannot connect" in failure.to_string()
     assert "s3cret" not in failure.to_string()
+
+
+course = dg.DynamicPartitionsDefinition(name="course")
+
+
+@dg.asset(partitions_def=course)
+def per_course(context) -> None:  # no annotation: Dagster refuses a string one
+    # As a sync step shows each course's outcome: on its own partition.
+    for key in context.partition_keys:
+        add_partition_metadata(context, {"course": key}, key)
+
+
+@pytest.mark.postgres
+def test_postgres_instance_stores_a_steps_partition_materialisations_as_one_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_database_url: URL
+) -> None:
+    """A sync step over many courses writes one materialisation per course: the production
+    instance stores them in one statement (DAGSTER_EVENT_BATCH_SIZE, set by the code location),
+    and each course's partition still shows its own."""
+    assert os.environ["DAGSTER_EVENT_BATCH_SIZE"] == str(EVENT_BATCH_SIZE)
+    _production_instance_home(tmp_path, monkeypatch, postgres_database_url)
+    keys = [f"course-{number}" for number in range(6)]
+    inserts: list[str] = []
+
+    def count(_conn, _cursor, statement: str, *_args) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO EVENT_LOGS"):
+            inserts.append(statement)
+
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        instance.add_dynamic_partitions("course", keys)
+        sa.event.listen(sa.engine.Engine, "before_cursor_execute", count)
+        try:
+            result = dg.materialize(
+                [per_course],
+                instance=instance,
+                tags={
+                    "dagster/asset_partition_range_start": keys[0],
+                    "dagster/asset_partition_range_end": keys[-1],
+                },
+            )
+        finally:
+            sa.event.remove(sa.engine.Engine, "before_cursor_execute", count)
+        assert result.success
+        events = instance.all_logs(result.run_id)
+        materialised = {
+            event.dagster_event.partition: event.asset_materialization.metadata["course"].value
+            for event in events
+            if event.dagster_event and event.dagster_event.is_step_materialization
+        }
+        assert materialised == {key: key for key in keys}
+        assert instance.get_materialized_partitions(per_course.key) == set(keys)
+    # Every other event of the run is an INSERT of its own; the six materialisations are one.
+    assert len(inserts) == len(events) - len(keys) + 1
