@@ -779,7 +779,17 @@ def endless(sent: list[int]) -> Callable[[socket.socket, threading.Event], None]
     return answer
 
 
-@pytest.mark.parametrize("path", ["report", "look-up"])
+async def failures_of(client: PartnersApiClient, path: str) -> dict[str, str]:
+    """What each way of asking failed with, by run or membership: the steps' report read
+    (`report`), the night's check of it (`check`, past httpx), a membership look-up."""
+    if path == "report":
+        return failed_runs(await reports(client, [RUN]))
+    if path == "check":
+        return failed_runs({RUN: await or_failure(client.report_version)(RUN)})
+    return (await client.memberships([MEMBERSHIPS[0]])).failed
+
+
+@pytest.mark.parametrize("path", ["report", "check", "look-up"])
 def test_a_body_past_the_cap_stops_being_read_and_is_not_retried(path: str, tmp_path: Path) -> None:
     cap = 1024**2
     sent = [0]
@@ -788,14 +798,12 @@ def test_a_body_past_the_cap_stops_being_read_and_is_not_retried(path: str, tmp_
 
         async def fetch():
             async with PartnersApiClient(options) as client:
-                if path == "report":
-                    return failed_runs(await reports(client, [RUN]))
-                return (await client.memberships([MEMBERSHIPS[0]])).failed
+                return await failures_of(client, path)
 
         started = time.monotonic()
         failed = run(fetch())
         elapsed = time.monotonic() - started
-    why = failed[RUN if path == "report" else MEMBERSHIPS[0]]
+    why = failed[MEMBERSHIPS[0] if path == "look-up" else RUN]
     assert why.endswith("body larger than 1,048,576 bytes (FL_PARTNERS_MAX_BODY_BYTES), not read")
     assert elapsed < 10  # not read on to the request's deadline
     assert sent[0] < 16 * cap  # once (not retried), and not much past the cap (socket buffers)
@@ -837,7 +845,7 @@ def zip_bomb(layers: int) -> bytes:
     return gzip.compress(inner, compresslevel=9)
 
 
-@pytest.mark.parametrize("path", ["report", "look-up"])
+@pytest.mark.parametrize("path", ["report", "check", "look-up"])
 @pytest.mark.parametrize("coding", ["gzip", "gzip, gzip"])
 def test_a_compressed_body_past_the_cap_is_refused_before_it_is_inflated(
     coding: str, path: str, tmp_path: Path
@@ -850,9 +858,7 @@ def test_a_compressed_body_past_the_cap_is_refused_before_it_is_inflated(
 
         async def fetch():
             async with PartnersApiClient(options) as client:
-                if path == "report":
-                    return failed_runs(await reports(client, [RUN]))
-                return (await client.memberships([MEMBERSHIPS[0]])).failed
+                return await failures_of(client, path)
 
         tracemalloc.start()
         try:
@@ -860,7 +866,7 @@ def test_a_compressed_body_past_the_cap_is_refused_before_it_is_inflated(
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert failed[RUN if path == "report" else MEMBERSHIPS[0]].endswith(
+    assert failed[MEMBERSHIPS[0] if path == "look-up" else RUN].endswith(
         "body larger than 1,048,576 bytes (FL_PARTNERS_MAX_BODY_BYTES), not read"
     )
     assert peak < 64 * 1024**2  # never the 256 MiB it inflates to
