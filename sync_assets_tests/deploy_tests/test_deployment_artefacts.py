@@ -69,6 +69,9 @@ NOT_DEPLOYMENT_SETTINGS = {
     "SYNC_ASSETS_FAILPOINT",
     "SYNC_ASSETS_FAILPOINT_MARKER",
     "DAGSTER_HOME",
+    # Set by the code location itself (sync_assets/definitions.py), which every process that runs
+    # our steps loads; a deployment may set its own, and need not.
+    "DAGSTER_EVENT_BATCH_SIZE",
 }
 # boto3's (and s3fs's) standard variables.
 AWS_SETTINGS = {
