@@ -158,6 +158,10 @@ def key_chunks(values: Keys, size: int = KEY_CHUNK) -> Iterator[list[str]]:
         yield keys.slice(start, size).to_list()
 
 
+# Keys written at once past which PostgreSQL's statistics of the table are refreshed (a first
+# sync, a bulk import of users): ANALYZE samples a fixed number of rows, well under a second.
+ANALYZE_AFTER_ROWS = 10_000
+
 # Rows read at a time into a frame: a read of every user or every link (~1M on `large`) held as
 # Python tuples cost several times the frame it becomes (benchmarks/linking_state_memory.py).
 READ_ROWS = 50_000
@@ -484,6 +488,11 @@ def write_email_keys(connection: Connection, stale: pl.DataFrame) -> int:
         set_={"email": statement.excluded.email, "email_key": statement.excluded.email_key},
     )
     _bulk_insert(connection, statement, stale.select("user_id", "email", "email_key"))
+    if stale.height >= ANALYZE_AFTER_ROWS and connection.dialect.name == "postgresql":
+        # Read by key right after (`users_matching`): without statistics PostgreSQL guesses
+        # every email key common and scans the table for each chunk of keys instead of using
+        # its index; autovacuum would analyze it only minutes later, or never if turned off.
+        connection.exec_driver_sql(f"ANALYZE {user_email_keys.name}")
     return stale.height
 
 
@@ -504,15 +513,21 @@ def users_matching(connection: Connection, external_learner_ids: Keys) -> pl.Dat
     shared by several users links no one) is applied by the caller on the frame.
     """
     keys = user_email_keys
+    columns = (users.c.id, users.c.email, users.c.forgotten)
 
-    def build(chunk: Sequence[str]) -> sa.Select:
-        caseless = sorted({email_key(value) for value in chunk})
-        by_email = sa.select(keys.c.user_id).where(
-            keys.c.email_key.in_(listed(connection, caseless))
+    # Two keyed reads joined to the chunk's keys, not one `id IN (…) OR id IN (…)`: PostgreSQL
+    # cannot run an OR of two IN lists as index look-ups, and scanned every user for every
+    # chunk, on `large` (920k users) re-reading the email matches per user: minutes a chunk.
+    def build(chunk: Sequence[str]) -> sa.CompoundSelect:
+        ids = listed(connection, chunk).subquery()
+        caseless = listed(connection, sorted({email_key(value) for value in chunk})).subquery()
+        by_id = sa.select(*columns).select_from(ids.join(users, users.c.id == ids.c.value))
+        by_email = sa.select(*columns).select_from(
+            caseless.join(keys, keys.c.email_key == caseless.c.value).join(
+                users, users.c.id == keys.c.user_id
+            )
         )
-        return sa.select(users.c.id, users.c.email, users.c.forgotten).where(
-            sa.or_(users.c.id.in_(listed(connection, chunk)), users.c.id.in_(by_email))
-        )
+        return sa.union_all(by_id, by_email)
 
     # A user named in two chunks is read twice: the first row kept. A filter, not
     # `unique(subset=…)`, whose hash table cost ~3.5× as much transient memory (a million
