@@ -158,6 +158,9 @@ def key_chunks(values: Keys, size: int = KEY_CHUNK) -> Iterator[list[str]]:
         yield keys.slice(start, size).to_list()
 
 
+# Rows a COPY sends at once: its CSV text is held in memory while it is sent.
+COPY_ROWS = 100_000
+
 # Keys written at once past which PostgreSQL's statistics of the table are refreshed (a first
 # sync, a bulk import of users): ANALYZE samples a fixed number of rows, well under a second.
 ANALYZE_AFTER_ROWS = 10_000
@@ -244,22 +247,25 @@ def _copy_frame(connection: Connection, table: sa.Table, frame: pl.DataFrame) ->
     commas, quotes, newlines and backslashes come through as they are. Timestamps carry their UTC
     offset; JSON columns hold the JSON text.
     """
-    buffer = io.BytesIO()
-    frame.write_csv(
-        buffer,
-        include_header=False,
-        quote_style="non_numeric",
-        null_value="",
-        datetime_format="%Y-%m-%d %H:%M:%S%.6f%:z",
-    )
-    buffer.seek(0)
     quote = connection.dialect.identifier_preparer.quote
     columns = ", ".join(quote(name) for name in frame.columns)
     sql = f"COPY {quote(table.name)} ({columns}) FROM STDIN WITH (FORMAT csv)"
     # The DBAPI connection under this SQLAlchemy connection: same session, same transaction,
     # so the course's lock and all-or-nothing commit are exactly those of the INSERT path.
     with connection.connection.dbapi_connection.cursor() as cursor:
-        cursor.copy_expert(sql, buffer)
+        # A slice's text at a time: a million fetched memberships as one CSV text were ~160 MB
+        # more at linking's peak on `large` (PostgreSQL), where SQLite writes a slice at a time.
+        for start in range(0, frame.height, COPY_ROWS):
+            buffer = io.BytesIO()
+            frame.slice(start, COPY_ROWS).write_csv(
+                buffer,
+                include_header=False,
+                quote_style="non_numeric",
+                null_value="",
+                datetime_format="%Y-%m-%d %H:%M:%S%.6f%:z",
+            )
+            buffer.seek(0)
+            cursor.copy_expert(sql, buffer)
 
 
 def _insert_frame(connection: Connection, table: sa.Table, frame: pl.DataFrame) -> None:

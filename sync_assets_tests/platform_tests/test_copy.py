@@ -189,7 +189,12 @@ def _sync_and_read(
     return snapshot, applied
 
 
-def test_copy_writes_what_values_writes(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+# 3 rows a COPY: the 13 hostile rows go in five slices, each its own COPY in the transaction.
+@pytest.mark.parametrize("copy_rows", [sync_store.COPY_ROWS, 3])
+def test_copy_writes_what_values_writes(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, copy_rows: int
+) -> None:
+    monkeypatch.setattr(sync_store, "COPY_ROWS", copy_rows)
     copied, copied_counts = _sync_and_read(engine)
     # The same writes through multi-row VALUES, the path SQLite takes, on the same database.
     monkeypatch.setattr(sync_store, "_copies", lambda _connection: False)
