@@ -253,8 +253,8 @@ def _copy_frame(connection: Connection, table: sa.Table, frame: pl.DataFrame) ->
     # The DBAPI connection under this SQLAlchemy connection: same session, same transaction,
     # so the course's lock and all-or-nothing commit are exactly those of the INSERT path.
     with connection.connection.dbapi_connection.cursor() as cursor:
-        # A slice's text at a time: a million fetched memberships as one CSV text were ~160 MB
-        # more at linking's peak on `large` (PostgreSQL), where SQLite writes a slice at a time.
+        # A slice's text at a time, as SQLite's executemany takes a slice: `large`'s million
+        # fetched memberships as one CSV text were ~160 MB at once (benchmarks/copy_memory.py).
         for start in range(0, frame.height, COPY_ROWS):
             buffer = io.BytesIO()
             frame.slice(start, COPY_ROWS).write_csv(
