@@ -223,7 +223,7 @@ def test_users_matching_joins_each_chunk_to_its_keys_with_the_keys_table_analyze
         if postgres:
             assert "SubPlan" not in plan, plan
         else:  # SQLite: from each key to its user by index, never a scan of every user
-            assert "SCAN users" not in plan.replace("SCAN users USING", ""), plan
+            assert "SCAN users" not in plan, plan
     if postgres:  # never analyzed, reltuples is -1: the planner guesses
         assert known_rows == pytest.approx(count, rel=0.1)
 
