@@ -46,6 +46,8 @@ PHASES = (
     ("sync_assets.sync.steps.linking", "_users_to_match", "users to match"),
     ("sync_assets.sync.steps.linking", "match_memberships", "match"),  # before 'mem'
     ("sync_assets.sync.steps.linking", "links_and_ambiguous", "match"),
+    # Since the match in chunks: each chunk's users read and matched (the two phases above).
+    ("sync_assets.sync.steps.linking", "_match_in_chunks", "users to match and match"),
     ("sync_assets.sync.steps.linking", "_membership_rows", "membership rows"),
     ("sync_assets.sync.steps.linking", "_rows_by_course", "rows by course"),
 )

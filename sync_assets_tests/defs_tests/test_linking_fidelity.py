@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets.pseudonyms import pseudonym
 from sync_assets.simulator.datasets import GeneratedDataset, generate
+from sync_assets.sync.steps import linking
 
 from .conftest import MEMBERSHIP, World, make_world
 from .test_sync_end_to_end import (
@@ -48,7 +49,16 @@ def insert_memberships(world: World, rows: list[dict]) -> None:
 # --- 1. links the platform made ------------------------------------------------------------------
 
 
-def test_links_the_platform_made_are_never_asked_about_nor_moved(world: World) -> None:
+# Matched one external id at a time too: a membership's match and a stored link's check must
+# read every user its own external id names, whatever else is in its chunk.
+BY_ONE_EXTERNAL_ID = pytest.mark.parametrize("match_chunk", [linking.MATCH_CHUNK, 1])
+
+
+@BY_ONE_EXTERNAL_ID
+def test_links_the_platform_made_are_never_asked_about_nor_moved(
+    world: World, match_chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(linking, "MATCH_CHUNK", match_chunk)
     owners = expected_owners(world.dataset)
     in_reports = sorted(memberships_in_known_reports(world.dataset) & owners.keys())
     lti, invited = in_reports[0], in_reports[1]
@@ -201,7 +211,11 @@ def test_memberships_of_a_refused_course_are_kept_and_never_fetched_again(world:
 # --- 4. ambiguous emails are reported ------------------------------------------------------------
 
 
-def test_an_email_two_users_share_links_no_one_and_is_reported(world: World) -> None:
+@BY_ONE_EXTERNAL_ID
+def test_an_email_two_users_share_links_no_one_and_is_reported(
+    world: World, match_chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(linking, "MATCH_CHUNK", match_chunk)
     owners = expected_owners(world.dataset)
     by_email = world.dataset.memberships.filter(
         pl.col("external_learner_id").str.contains("@")

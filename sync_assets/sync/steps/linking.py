@@ -3,10 +3,10 @@ ever, for every course of a run at once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 from sqlalchemy.engine import Engine
@@ -22,6 +22,7 @@ from sync_assets.pseudonyms import pseudonym
 from sync_assets.rules.linking import (
     AMBIGUOUS_SCHEMA,
     CONFLICT_SCHEMA,
+    LINK_SCHEMA,
     link_conflicts,
     links_and_ambiguous,
 )
@@ -45,6 +46,8 @@ LINKED_SCHEMA = {
     "linked_at": UTC_TIME,
     "gone_at": UTC_TIME,
 }
+# External ids whose platform users are read and matched at a time (`_match_in_chunks`).
+MATCH_CHUNK = 100_000
 MEMBERSHIP_ROW_COLUMNS = ["membership_uuid", "user_id", "fetched_at", "linked_at", "gone_at"]
 
 
@@ -97,7 +100,8 @@ async def link_memberships(
     # Each report is read once (a stored input is read from storage each time it is asked for):
     # linking needs its memberships only.
     memberships_of = {
-        course: frame["membership_uuid"].unique() for course, frame in enrolments_by_course.items()
+        course: frame["membership_uuid"].unique().sort()
+        for course, frame in enrolments_by_course.items()
     }
     # The bulk pass returns before the rows are split by course: what it read, fetched and
     # matched for the whole run is freed first (on `large`, a million look-up answers and the
@@ -150,11 +154,19 @@ async def _link_run(
             unlinked_before.select("membership_uuid", "external_learner_id"),
         ]
     )
-    generation, users = _users_to_match(engine, candidates, stored_links)
-    new_links, ambiguous = links_and_ambiguous(candidates, users)
+    generation = change_tracking.refresh_linking_state(engine)
+    matched = _match_in_chunks(engine, candidates, stored_links)
+    # Matched: the external ids serve nothing further, and on a next day of `large` the stored
+    # links alone are a million rows of three texts.
+    del candidates, stored_links
+    fetched = replace(fetched, found=fetched.found.select("membership_uuid"))
+    new_links = matched.links
     linked_now = new_links.select("membership_uuid", "user_id")
     every, relinked = _membership_rows(fetched, unlinked_before, existing, linked_now, now)
-    first_time = new_links.join(fetched.found.select("membership_uuid"), on="membership_uuid")
+    # Links made now of memberships fetched now: the candidates were those and the unlinked ones
+    # fetched before, so the few of the latter are filtered out, not the million found joined in.
+    relinked_uuids = unlinked_before["membership_uuid"].implode()
+    first_time = new_links.filter(~pl.col("membership_uuid").is_in(relinked_uuids))
     by_method = dict(first_time.group_by("matched_by").len().iter_rows())
     stats = LinkingStats(
         memberships=memberships,
@@ -168,28 +180,55 @@ async def _link_run(
         unlinked=memberships - existing.height - new_links.height,
         kept_unlinked=kept,
         quarantine=fetched.quarantine,
-        ambiguous=ambiguous,
-        conflicts=link_conflicts(stored_links, users),
+        ambiguous=matched.ambiguous,
+        conflicts=matched.conflicts,
         linking_generation=generation,
     )
     return every, _courses_with_failed_lookups(memberships_of, fetched.failed), stats
 
 
-def _users_to_match(
-    engine: Engine, candidates: pl.DataFrame, stored_links: pl.DataFrame
-) -> tuple[int, pl.DataFrame]:
-    """The linking generation now, and the platform users the external ids may name.
+class _Matched(NamedTuple):
+    links: pl.DataFrame  # rules.linking.LINK_SCHEMA
+    ambiguous: pl.DataFrame  # AMBIGUOUS_SCHEMA, by membership
+    conflicts: pl.DataFrame  # CONFLICT_SCHEMA, by membership
 
-    Users new since the keys were refreshed are matched too; a change linking depends on moves
-    the linking generation on (see change_tracking), so no course is skipped past it.
+
+def _match_in_chunks(
+    engine: Engine, candidates: pl.DataFrame, stored_links: pl.DataFrame
+) -> _Matched:
+    """R3 for the memberships to link (`candidates`) and the stored links to check, reading the
+    platform users their external ids may name `MATCH_CHUNK` external ids at a time.
+
+    A membership's match depends only on the users its own external id names (by id or by
+    caseless email, every such user read with its chunk), so matching chunk by chunk gives what
+    one pass over every user gave. One pass held the users of a whole run and their folded
+    emails at once: on `large`, 1.07M external ids and ~920k users, linking's peak on a first
+    sync and on a next day alike (every stored link of a changed course is checked).
     """
-    generation = change_tracking.refresh_linking_state(engine)
     external_ids = pl.concat(
         [candidates["external_learner_id"], stored_links["external_learner_id"]]
-    )
+    ).drop_nulls()
+    external_ids = external_ids.unique().sort()
+    parts: list[_Matched] = []
     with engine.connect() as connection:
-        users = sync_store.users_matching(connection, external_ids.drop_nulls())
-    return generation, users
+        for start in range(0, len(external_ids), MATCH_CHUNK):
+            chunk = external_ids.slice(start, MATCH_CHUNK)
+            users = sync_store.users_matching(connection, chunk)
+            named = pl.col("external_learner_id").is_in(chunk.implode())
+            links, ambiguous = links_and_ambiguous(candidates.filter(named), users)
+            conflicts = link_conflicts(stored_links.filter(named), users)
+            parts.append(_Matched(links, ambiguous, conflicts))
+    if not parts:
+        return _Matched(
+            pl.DataFrame(schema=LINK_SCHEMA),
+            pl.DataFrame(schema=AMBIGUOUS_SCHEMA),
+            pl.DataFrame(schema=CONFLICT_SCHEMA),
+        )
+    return _Matched(
+        pl.concat([part.links for part in parts]),
+        pl.concat([part.ambiguous for part in parts]).sort("membership_uuid"),
+        pl.concat([part.conflicts for part in parts]).sort("membership_uuid"),
+    )
 
 
 def _membership_rows(
@@ -234,26 +273,31 @@ def _rows_by_course(
     memberships_of: Mapping[str, pl.Series],
     failed_courses: Mapping[str, str],
 ) -> dict[str, pl.DataFrame]:
-    """Each course's memberships' rows (failed courses aside), in one join and one split."""
-    course_memberships = pl.concat(
-        [
-            uuids.to_frame().with_columns(course_uuid=pl.lit(course))
-            for course, uuids in memberships_of.items()
-        ],
-        how="vertical_relaxed",
-    ).sort("course_uuid", "membership_uuid")
-    # Ordered by sorting the two-column frame before the join, by course then membership: the
-    # joined rows come out a course at a time, so each course's frame is a slice of them.
-    # Sorting (or partitioning) the joined frame after it copied every column, the largest
-    # allocation of the step on a million memberships.
-    with_course = course_memberships.join(
-        every, on="membership_uuid", how="inner", maintain_order="left"
-    )
-    del course_memberships
-    return split_by_course(
-        with_course.select("course_uuid", *every.columns),
-        [course for course in memberships_of if course not in failed_courses],
-    )
+    """Each course's memberships' rows (failed courses aside), in the order of its uuids.
+
+    Where each course's memberships are in `every` is found by one join of positions, then each
+    course's rows are gathered from `every`: a join of the rows themselves (with a course column,
+    then sorted) held a million memberships' rows two and three times over on `large`. A
+    membership with no row (linked to a forgotten user: not a usable link) is left out.
+    """
+    courses = [course for course in memberships_of if course not in failed_courses]
+    if not courses:
+        return {}
+    uuids = pl.concat([memberships_of[course] for course in courses]).to_frame("membership_uuid")
+    where = every.select("membership_uuid").with_row_index("position")
+    # The positions alone: the joined uuids (1.77M on `large`) are not kept through the gathers.
+    positions = uuids.join(where, on="membership_uuid", how="left", maintain_order="left")[
+        "position"
+    ]
+    del uuids, where
+    by_course: dict[str, pl.DataFrame] = {}
+    offset = 0
+    for course in courses:
+        length = len(memberships_of[course])
+        found = positions.slice(offset, length).drop_nulls()
+        by_course[course] = every[found]
+        offset += length
+    return by_course
 
 
 def _linking_facts(
@@ -326,23 +370,6 @@ def keep_fetched_memberships(engine: Engine, fetched: Memberships, now: datetime
         return 0
     with transactions.write_transaction(engine) as connection:
         return sync_store.upsert_memberships(connection, rows)
-
-
-def split_by_course(frame: pl.DataFrame, courses: Iterable[str]) -> dict[str, pl.DataFrame]:
-    """One frame per course (without its `course_uuid` column), every course present, from a
-    frame whose rows come a course at a time (each course's rows together).
-
-    Each course's frame is a slice of `frame`, sharing its memory: a filter per course would
-    cost courses × rows, and partitioning would copy every row once more.
-    """
-    rows = frame.drop("course_uuid")
-    slices: dict[str, pl.DataFrame] = {}
-    offset = 0
-    for course, length in frame.group_by("course_uuid", maintain_order=True).len().iter_rows():
-        slices[course] = rows.slice(offset, length)
-        offset += length
-    empty = rows.clear()
-    return {course: slices.get(course, empty) for course in courses}
 
 
 def _conform(frame: pl.DataFrame, *, write: bool) -> pl.DataFrame:
