@@ -11,6 +11,7 @@ the assets' adapter, sync_assets/defs/sync/course_step.py.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from dagster._core.remote_representation.code_location import CodeLocation
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+from dagster._grpc.types import ExecuteRunArgs
 from dagster._utils.hosted_user_process import recon_job_from_origin
 
 
@@ -128,6 +130,24 @@ def execute_run_in_this_process(instance: dg.DagsterInstance, run: dg.DagsterRun
     """
     assert run.job_code_origin is not None, "a run created from a code location has one"
     execute_run(recon_job_from_origin(run.job_code_origin), run, instance)
+
+
+def start_run_in_child_process(
+    instance: dg.DagsterInstance, run: dg.DagsterRun
+) -> subprocess.Popen:
+    """Start executing a created (NOT_STARTED) run in a process of its own; return at once.
+
+    Relies on (Dagster 1.13.27): `<python> -m dagster api execute_run <ExecuteRunArgs>` is the
+    command Dagster's own launchers start a run with: it opens the instance from the ref in the
+    args, rebuilds the job from the run's code origin, executes every step in that process and
+    ends the run SUCCESS or FAILURE, exiting 0 either way. A process killed first leaves the run
+    STARTED. The interpreter is the run's code origin's (this one's, for a run created here).
+    """
+    origin = run.job_code_origin
+    assert origin is not None, "a run created from a code location has one"
+    args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=instance.get_ref())
+    command = [origin.executable_path, "-m", "dagster", "api", "execute_run"]
+    return subprocess.Popen([*command, dg.serialize_value(args)])
 
 
 def submit_run_to_coordinator(

@@ -10,6 +10,8 @@ as the schedule's runs are. The private Dagster APIs this takes are in `dagster_
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,6 +27,7 @@ from sync_assets.runs.dagster_internals import (
     code_location_in_this_process,
     create_run_of_code_location_job,
     execute_run_in_this_process,
+    start_run_in_child_process,
     submit_run_to_coordinator,
 )
 from sync_assets.runs.instance import cli_run_tags, submitted_run_tags
@@ -50,6 +53,15 @@ STEP_EVENTS = {
     dg.DagsterEventType.STEP_FAILURE: "FAILED",
 }
 SUBMITTED_POLL_SECONDS = 1.0
+OVERLAP_POLL_SECONDS = 0.2
+# Runs executing at once in `execute_overlapping`: one at its Partners API steps, one writing.
+OVERLAPPING_RUNS = 2
+HANDED_OFF = {
+    dg.DagsterEventType.STEP_SUCCESS,
+    dg.DagsterEventType.STEP_FAILURE,
+    dg.DagsterEventType.STEP_SKIPPED,
+}
+INTERRUPTED_WAIT_SECONDS = 30.0
 QUEUED_NOTICE_SECONDS = 30.0
 
 
@@ -110,6 +122,94 @@ class CodeLocationRuns:
             done.set()
             follower.join(timeout=5)
         return self.finished(run.run_id)
+
+    def execute_overlapping(
+        self,
+        job_name: str,
+        run_config: Mapping[str, Any],
+        tags: Sequence[Mapping[str, str]],
+        say: Callable[[str], None],
+        asset_selection: Sequence[dg.AssetKey] | None,
+        *,
+        handoff_step: str,
+    ) -> list[FinishedRun]:
+        """Create a run per tags and execute them in processes of their own, in order, two at a
+        time: each starts once the run before it has ended `handoff_step` (its last step that
+        calls the Partners API), so one run writes while the next one's requests are in flight,
+        and no two runs call the API at once.
+
+        A process of its own per run, not a thread: a run's writes would hold this process's
+        interpreter while the next run's requests wait on it, and each run's peak memory stays
+        its own. A run whose process died before ending it is marked failed, as run monitoring
+        would mark it.
+        """
+
+        def create(run_tags: Mapping[str, str]) -> dg.DagsterRun:
+            return self.create(
+                job_name,
+                {**run_config, **QUIET_LOGGERS},
+                {**run_tags, **cli_run_tags()},
+                asset_selection,
+            )
+
+        # The first run starts as soon as it exists; the others are created while it executes.
+        created = [create(tags[0])]
+        children = [start_run_in_child_process(self.instance, created[0])]
+        done = threading.Event()
+        follower: threading.Thread | None = None
+        try:
+            created += [create(run_tags) for run_tags in tags[1:]]
+            run_ids = [run.run_id for run in created]
+            follower = threading.Thread(
+                target=_follow_steps, args=(self.instance, run_ids, done, say), daemon=True
+            )
+            follower.start()
+            for run in created[1:]:
+                self._wait_for_a_turn(children, run_ids[len(children) - 1], handoff_step)
+                children.append(start_run_in_child_process(self.instance, run))
+            for child in children:
+                child.wait()
+        finally:
+            _interrupt_running(children)
+            done.set()
+            if follower is not None:
+                follower.join(timeout=5)
+            self._end_left_runs(created, len(children))
+        return [self.finished(run.run_id) for run in created]
+
+    def _wait_for_a_turn(
+        self, children: list[subprocess.Popen], last_run_id: str, handoff_step: str
+    ) -> None:
+        """Until the last run started has handed off (or ended) and fewer than
+        OVERLAPPING_RUNS are still executing."""
+        while True:
+            last_handed_off = children[-1].poll() is not None or self._step_ended(
+                last_run_id, handoff_step
+            )
+            executing = sum(child.poll() is None for child in children)
+            if last_handed_off and executing < OVERLAPPING_RUNS:
+                return
+            time.sleep(OVERLAP_POLL_SECONDS)
+
+    def _step_ended(self, run_id: str, step_key: str) -> bool:
+        records = self.instance.get_records_for_run(run_id, of_type=HANDED_OFF).records
+        return any(record.event_log_entry.step_key == step_key for record in records)
+
+    def _end_left_runs(self, created: list[dg.DagsterRun], started: int) -> None:
+        """What a stopped command or a dead process left: a run started and not ended is marked
+        failed (as run monitoring would), a run never started canceled."""
+        for index, run in enumerate(created):
+            stored = self.instance.get_run_by_id(run.run_id)
+            if stored is None or stored.status in FINISHED:
+                continue
+            if index < started:
+                self.instance.report_run_failed(
+                    stored, "The run's process exited before the run ended."
+                )
+            else:
+                self.instance.report_run_canceled(
+                    stored, "Not started: the command stopped before the run's turn came."
+                )
 
     def submit(
         self,
@@ -173,6 +273,20 @@ class CodeLocationRuns:
             success=run.status == dg.DagsterRunStatus.SUCCESS,
             events=events,
         )
+
+
+def _interrupt_running(children: list[subprocess.Popen]) -> None:
+    """Interrupt the runs still executing (the command was stopped): each ends its run as
+    Dagster ends an interrupted one; one that does not in INTERRUPTED_WAIT_SECONDS is killed."""
+    running = [child for child in children if child.poll() is None]
+    for child in running:
+        child.send_signal(signal.SIGINT)
+    for child in running:
+        try:
+            child.wait(timeout=INTERRUPTED_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def _reset_peak_memory() -> None:

@@ -21,6 +21,7 @@ from sync_assets.defs.sync.jobs import futurelearn_check_job, futurelearn_sync_j
 from sync_assets.defs.sync.night import (
     FOLLOWED_BY_COMMAND,
     FOLLOWED_BY_TAG,
+    LAST_API_STEP,
     PER_COURSE_ASSETS,
     changed_course_run_tags,
     changed_courses,
@@ -107,7 +108,14 @@ def _run_all(
     submit: bool,
     say: Callable[[str], None],
     asset_selection: Sequence[dg.AssetKey] | None = None,
+    handoff_step: str | None = None,
 ) -> list[FinishedRun]:
+    """Execute the runs here (overlapping, given the step after which the next may start) or
+    queue them for the daemon, and follow them to their end."""
+    if not submit and handoff_step is not None and len(tags) > 1:
+        return runs.execute_overlapping(
+            job_name, run_config, tags, say, asset_selection, handoff_step=handoff_step
+        )
     if not submit:
         return [
             runs.execute(job_name, run_config, run_tags, say, asset_selection) for run_tags in tags
@@ -142,7 +150,9 @@ def _night_run_tags(
         report.success = False
         return None
     changed = partitions if recompute_unchanged else changed_courses(runs.instance, check.run_id)
-    tags = changed_course_run_tags(partitions, changed, check.run_id)
+    # Runs executed here overlap (one writing while the next one's look-ups are in flight); the
+    # daemon's queue runs them one at a time per pool (dagster.yaml), so they are not cut for it.
+    tags = changed_course_run_tags(partitions, changed, check.run_id, overlapping=not submit)
     say(
         f"Checked {counted(len(partitions), 'course')}: {len(changed)} to sync, "
         f"in {counted(len(tags), 'run')}"
@@ -206,6 +216,7 @@ def launch_sync(
             submit=submit,
             say=say,
             asset_selection=selection,
+            handoff_step=LAST_API_STEP,
         )
         if tags
         else []

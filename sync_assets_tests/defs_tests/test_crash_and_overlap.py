@@ -14,6 +14,7 @@ processes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -533,3 +534,69 @@ def test_the_sync_in_runs_of_a_few_courses_equals_one_run(
     second = fresh.run_here("sync", SYNC_ASSETS_COURSES_PER_RUN="2")
     assert second.returncode == 0, second.stderr
     assert fresh.snapshot() == after_second
+
+
+def _handoffs(home: Path) -> list[tuple[float, float]]:
+    """Each sync run's first step start and the end of its last Partners API step, in order."""
+    import dagster as dg
+
+    from sync_assets.defs.sync.night import LAST_API_STEP
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(home))
+        with dg.DagsterInstance.get() as instance:
+            runs = [
+                run
+                for run in instance.get_runs()
+                if run.job_name == "futurelearn_sync" and "sync_assets/chunk" in run.tags
+            ]
+            runs.sort(key=lambda run: int(run.tags["sync_assets/chunk"].split(" of ")[0]))
+            times = []
+            for run in runs:
+                starts = instance.get_records_for_run(
+                    run.run_id, of_type=dg.DagsterEventType.STEP_START
+                ).records
+                ends = instance.get_records_for_run(
+                    run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS
+                ).records
+                handoff = [e.timestamp for e in ends if e.event_log_entry.step_key == LAST_API_STEP]
+                times.append((min(e.timestamp for e in starts), handoff[0]))
+    return times
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_runs_of_one_sync_overlap_one_writing_while_the_next_calls_the_api(
+    fresh: Platform, baseline: tuple[str, dict, dict]
+) -> None:
+    """A sync of several runs executes each in a process of its own, the next starting once the
+    one before has ended its Partners API steps: run 1, held after committing its first course,
+    is still writing when run 2 gets to its own writes. No two runs call the API at once, and
+    the tables are those of one run."""
+    sync = start(
+        fresh,
+        "sync",
+        failpoint="activity_progress.after_course_commit",
+        SYNC_ASSETS_COURSES_PER_RUN="2",
+    )
+    assert sync.marker is not None
+    sync.wait_for_failpoint()
+    first_writer = int(sync.marker.read_text().split()[1])
+    # Run 2 reaches its own first commit while run 1 waits at its own: the marker names it.
+    sync.wait_until(
+        "a second run writing beside the first",
+        lambda: sync.marker.exists() and int(sync.marker.read_text().split()[1]) != first_writer,
+    )
+    second_writer = int(sync.marker.read_text().split()[1])
+    while sync.process.poll() is None:  # every run after them stops there once too
+        if sync.marker.exists():
+            sync.release()
+        time.sleep(0.05)
+    result = sync.finish()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sync.process.pid not in (first_writer, second_writer)
+    handoffs = _handoffs(fresh.home)
+    assert len(handoffs) >= 2
+    for (_, handed_off), (next_started, _) in itertools.pairwise(handoffs):
+        assert next_started >= handed_off
+    assert fresh.snapshot() == baseline[1]

@@ -15,7 +15,7 @@ import pytest
 from sync_assets.definitions import build_definitions
 from sync_assets.defs.sync.changes import CHANGED_COURSES, COURSES_NOT_RUN
 from sync_assets.defs.sync.night import changed_course_run_tags, changed_courses_sensor
-from sync_assets.defs.sync.partitions import changed_ranges, run_partition_keys
+from sync_assets.defs.sync.partitions import changed_ranges, overlapping_chunk, run_partition_keys
 from sync_assets.runs.launch import NO_CERTIFICATE_WORK, prepare_partitions
 from sync_assets.sync import fact_names
 from sync_assets_tests.conftest import sqlite_only
@@ -172,6 +172,28 @@ def test_each_run_of_changed_courses_names_its_range_and_its_check() -> None:
     assert run_partition_keys(tags[0], list("abcdef")) == ["b", "c"]
     assert run_partition_keys({"dagster/partition": "e"}, list("abcdef")) == ["e"]
     assert run_partition_keys({}, list("abcdef")) == []
+
+
+@pytest.mark.parametrize(
+    "changed, per_run",
+    [(1, None), (27, None), (99, None), (100, 50), (120, 50), (980, 245)],
+)
+def test_a_night_of_many_changed_courses_is_cut_into_at_most_four_overlapping_runs(
+    changed: int, per_run: int | None
+) -> None:
+    """`sync-assets sync` cuts it so each run's writes overlap the next one's look-ups; a night
+    of fewer than a hundred courses stays one run (each run costs its own start and steps)."""
+    assert overlapping_chunk(changed) == per_run
+
+
+def test_overlapping_runs_are_cut_for_the_command_only_and_the_setting_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = [f"course-{n:03}" for n in range(120)]
+    assert len(changed_course_run_tags(keys, keys, "check-1")) == 1  # the daemon's queue
+    assert len(changed_course_run_tags(keys, keys, "check-1", overlapping=True)) == 3
+    monkeypatch.setenv("SYNC_ASSETS_COURSES_PER_RUN", "100")
+    assert len(changed_course_run_tags(keys, keys, "check-1", overlapping=True)) == 2
 
 
 def _evaluate_sensor(

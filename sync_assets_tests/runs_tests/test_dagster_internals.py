@@ -23,6 +23,7 @@ from sync_assets.runs.dagster_internals import (
     code_location_in_this_process,
     create_run_of_code_location_job,
     execute_run_in_this_process,
+    start_run_in_child_process,
     submit_run_to_coordinator,
 )
 
@@ -124,6 +125,22 @@ def test_a_created_run_whose_step_fails_ends_failed_without_raising(
         and entry.dagster_event.event_type == dg.DagsterEventType.STEP_FAILURE
     ]
     assert failure.step_key == "fail"
+
+
+def test_a_created_run_started_in_a_child_process_executes_there_and_ends_it(
+    instance: dg.DagsterInstance, location: InProcessCodeLocation
+) -> None:
+    """`start_run_in_child_process`: the call returns a process of its own, the run's steps run
+    in it (not here), and it ends the run, SUCCESS or FAILURE, then exits 0."""
+    succeeds = create_run_of_code_location_job(location, instance, "succeeds", {}, {})
+    fails = create_run_of_code_location_job(location, instance, "fails", {}, {})
+    children = [start_run_in_child_process(instance, run) for run in (succeeds, fails)]
+    assert [child.wait(timeout=120) for child in children] == [0, 0]
+    statuses = [instance.get_run_by_id(run.run_id).status for run in (succeeds, fails)]  # type: ignore[union-attr]
+    assert statuses == [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
+    messages = [entry.user_message for entry in _events(instance, succeeds.run_id)]
+    assert f"executed in process {children[0].pid}" in messages
+    assert f"executed in process {os.getpid()}" not in messages
 
 
 def test_a_run_submitted_with_the_in_process_workspace_is_queued_and_not_launched() -> None:

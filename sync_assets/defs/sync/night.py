@@ -20,12 +20,18 @@ from sync_assets.defs.sync.jobs import (
     futurelearn_check_job,
     futurelearn_sync_job,
 )
-from sync_assets.defs.sync.partitions import changed_ranges, course_partitions
+from sync_assets.defs.sync.partitions import (
+    changed_ranges,
+    course_partitions,
+    overlapping_chunk,
+)
 from sync_assets.defs.sync.provenance import CHECK_RUN_TAG
 from sync_assets.settings import courses_per_run
 
 # What a run for changed courses executes: everything but course_runs (the check's).
 PER_COURSE_ASSETS = partitioned_sync_assets(sync_assets_list)
+# The last step of a sync run that calls the Partners API: overlapping runs hand off after it.
+LAST_API_STEP = "linked_memberships"
 # On a check run whose sync runs its launcher makes itself (`sync-assets sync`): the sensor
 # leaves it alone, or the changed courses would be synced twice.
 FOLLOWED_BY_TAG = "sync_assets/followed_by"
@@ -46,10 +52,18 @@ def changed_courses(instance: dg.DagsterInstance, check_run_id: str) -> list[str
 
 
 def changed_course_run_tags(
-    partition_keys: Sequence[str], changed: Sequence[str], check_run_id: str
+    partition_keys: Sequence[str],
+    changed: Sequence[str],
+    check_run_id: str,
+    *,
+    overlapping: bool = False,
 ) -> list[dict[str, str]]:
-    """One run's tags per range of changed courses (see `changed_ranges`)."""
-    ranges = changed_ranges(partition_keys, set(changed), courses_per_run())
+    """One run's tags per range of changed courses (see `changed_ranges`), cut into chunks of
+    SYNC_ASSETS_COURSES_PER_RUN, or for `overlapping` runs (`overlapping_chunk`) when unset."""
+    per_run = courses_per_run()
+    if per_run is None and overlapping:
+        per_run = overlapping_chunk(len(changed))
+    ranges = changed_ranges(partition_keys, set(changed), per_run)
     return [
         {
             **all_partitions_tags(keys),

@@ -55,6 +55,21 @@ def course_chunks(partition_keys: list[str], per_run: int | None) -> list[list[s
 MAX_RANGES_PER_NIGHT = 8
 
 
+# `sync-assets sync` runs a night of many changed courses as overlapping runs (one writing while
+# the next one's look-ups are in flight, runs/execution.py): at most OVERLAP_RUNS, of at least
+# OVERLAP_MIN_COURSES courses but the last, since each run costs its own start and steps (~1–3 s).
+OVERLAP_RUNS = 4
+OVERLAP_MIN_COURSES = 50
+
+
+def overlapping_chunk(changed: int) -> int | None:
+    """Courses per run for a night of `changed` courses run as overlapping runs: None (one run)
+    for fewer than 2 × OVERLAP_MIN_COURSES."""
+    if changed < 2 * OVERLAP_MIN_COURSES:
+        return None
+    return max(OVERLAP_MIN_COURSES, -(-changed // OVERLAP_RUNS))
+
+
 def is_partitioned_run(run_tags: Mapping[str, str]) -> bool:
     """Whether a run covers course partitions (one, or a range), by its tags."""
     return "dagster/partition" in run_tags or "dagster/asset_partition_range_start" in run_tags
