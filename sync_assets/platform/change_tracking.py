@@ -246,7 +246,13 @@ def refresh_linking_state(engine: Engine) -> int:
         return int(stored["generation"])
     del seen  # read again under the lock; on a first sync it holds every user's email key
     with transactions.write_transaction(engine) as connection:
-        stored = connection.execute(sa.select(linking_state)).mappings().first()
+        # FOR UPDATE: a course's transaction adds its links to the stored digest under this row's
+        # lock (`account_links`), so no course commits between reading the digest and summing
+        # the links. Without it (PostgreSQL, read committed), a course committed in between read
+        # as a platform change: every course synced before moved the generation on, and the
+        # next night recomputed them all (found with overlapping runs, which write while the
+        # next run refreshes). SQLite's write lock serialises the two already.
+        stored = connection.execute(sa.select(linking_state).with_for_update()).mappings().first()
         seen = _read_inputs(connection)  # again, under the write lock
         generation = 1 if stored is None else int(stored["generation"])
         if stored is None or _changed(stored, seen):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from sync_assets.platform import change_tracking, sync_store
 from sync_assets.platform.demo_catalogue import seed_demo_catalogue
@@ -349,6 +350,48 @@ def test_a_link_the_platform_makes_moves_or_removes_moves_the_generation_on(
             connection.execute(change)
         generation += 1
         assert change_tracking.refresh_linking_state(engine) == generation
+
+
+def test_a_course_committing_its_links_during_a_refresh_does_not_move_the_generation_on(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overlapping runs: one run's course commits its links (and accounts for them) while the
+    next run refreshes the linking state. The refresh must read the stored digest and the links
+    as of one moment: a course committed between the two read as a platform change, and the
+    next night recomputed every course synced before it."""
+    add_users(engine, [{"id": f"u{n}", "email": f"t{n}@example.org"} for n in range(1, 3)])
+    generation = change_tracking.refresh_linking_state(engine)
+    add_users(engine, [{"id": "u3", "email": "new@example.org"}])  # a key to write: locked path
+    made = pl.DataFrame({"membership_uuid": ["m1"], "user_id": ["u1"]})
+    committed = threading.Event()
+
+    def course_commit() -> None:  # as another run's course writes its new links
+        with engine.begin() as connection:
+            connection.execute(sa.insert(future_learn_memberships), made.to_dicts())
+            change_tracking.account_links(connection, made)
+        committed.set()
+
+    stale_email_keys = sync_store.stale_email_keys
+    reads: list[Connection] = []
+    writers: list[threading.Thread] = []
+
+    def between_the_digest_and_the_links(connection: Connection) -> pl.DataFrame:
+        # Read after the stored digest and before the links; the second time is the refresh's
+        # read under its lock: the other run's course commits there if nothing holds it back
+        # (the write lock on SQLite, the digest's row lock on PostgreSQL).
+        reads.append(connection)
+        if len(reads) == 2:
+            writers.append(threading.Thread(target=course_commit))
+            writers[0].start()
+            committed.wait(timeout=2)
+        return stale_email_keys(connection)
+
+    monkeypatch.setattr(sync_store, "stale_email_keys", between_the_digest_and_the_links)
+    assert change_tracking.refresh_linking_state(engine) == generation
+    assert len(reads) == 2 and writers  # the refresh took its locked path
+    writers[0].join(timeout=60)
+    assert committed.is_set()
+    assert change_tracking.refresh_linking_state(engine) == generation
 
 
 def test_linked_memberships_are_never_looked_up_nor_re_pointed(engine: Engine) -> None:
