@@ -282,14 +282,29 @@ def run_metadata(dagster_home: Path, earlier_runs: set[str]) -> dict[str, float]
         "skipped_unchanged": 0,
         "steps_seconds": 0.0,
     }
+    steps: list[tuple[float, float]] = []
     with dg.DagsterInstance.get() as instance:
         for run in instance.get_runs():
             if run.job_name in NIGHT_JOBS and run.run_id not in earlier_runs:
-                _add_run_figures(instance, run.run_id, figures)
+                _add_run_figures(instance, run.run_id, figures, steps)
+    # Overlapping runs' steps run at once: what counts is the wall some step covered.
+    figures["steps_seconds"] = covered_seconds(steps)
     return figures
 
 
-def _add_run_figures(instance: Any, run_id: str, figures: dict[str, float]) -> None:
+def covered_seconds(intervals: list[tuple[float, float]]) -> float:
+    """The time covered by at least one of the (start, end) intervals."""
+    covered, reached = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reached:
+            covered += end - max(start, reached)
+            reached = end
+    return covered
+
+
+def _add_run_figures(
+    instance: Any, run_id: str, figures: dict[str, float], steps: list[tuple[float, float]]
+) -> None:
     starts: dict[str, float] = {}
     api_steps: dict[str, float] = {}
     skipped_in_run = 0
@@ -300,8 +315,9 @@ def _add_run_figures(instance: Any, run_id: str, figures: dict[str, float]) -> N
         if event.event_type_value == "STEP_START":
             starts[event.step_key] = record.timestamp
         elif event.event_type_value == "STEP_SUCCESS":
-            duration = record.timestamp - starts.get(event.step_key, record.timestamp)
-            figures["steps_seconds"] += duration
+            started = starts.get(event.step_key, record.timestamp)
+            duration = record.timestamp - started
+            steps.append((started, record.timestamp))
             if event.step_key == "latest_enrolments":
                 figures["rules_step"] += duration
         elif event.event_type_value == "ASSET_MATERIALIZATION":

@@ -30,7 +30,7 @@ from sync_assets.runs.dagster_internals import (
     start_run_in_child_process,
     submit_run_to_coordinator,
 )
-from sync_assets.runs.instance import cli_run_tags, submitted_run_tags
+from sync_assets.runs.instance import PID_TAG, cli_run_tags, submitted_run_tags
 from sync_assets.settings import ConfigurationError, project_dir
 
 # What workspace.yaml, the Dockerfile and [tool.dg] call the code location: runs carry it, and
@@ -152,9 +152,16 @@ class CodeLocationRuns:
                 asset_selection,
             )
 
+        def start(run: dg.DagsterRun) -> subprocess.Popen:
+            child = start_run_in_child_process(self.instance, run)
+            # The process executing the run is the child: a later command reaps the run when the
+            # child is dead (instance.reap_dead_cli_runs), not while it outlives this one.
+            self.instance.add_run_tags(run.run_id, {PID_TAG: str(child.pid)})
+            return child
+
         # The first run starts as soon as it exists; the others are created while it executes.
         created = [create(tags[0])]
-        children = [start_run_in_child_process(self.instance, created[0])]
+        children = [start(created[0])]
         done = threading.Event()
         follower: threading.Thread | None = None
         try:
@@ -166,7 +173,7 @@ class CodeLocationRuns:
             follower.start()
             for run in created[1:]:
                 self._wait_for_a_turn(children, run_ids[len(children) - 1], handoff_step)
-                children.append(start_run_in_child_process(self.instance, run))
+                children.append(start(run))
             for child in children:
                 child.wait()
         finally:

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.harness import run_benchmark, to_markdown
+from benchmarks.harness import covered_seconds, run_benchmark, to_markdown
 from benchmarks.report import load, render
 
 
@@ -44,3 +44,9 @@ def test_harness_measures_every_scenario_and_the_seed_baseline(tmp_path: Path) -
     assert "ours / seed =" in report and "wall / API bound =" in report
     assert "1 futurelearn_sync" in report and report.rstrip().endswith("by hand")
     assert "Issue 21 targets, computed from the JSON" in report
+
+
+def test_steps_of_overlapping_runs_count_once_in_the_time_split() -> None:
+    """Two runs' steps at once cover the wall once: orchestration is the wall no step covered."""
+    assert covered_seconds([(0.0, 4.0), (3.0, 6.0), (10.0, 11.0), (10.5, 10.7)]) == 7.0
+    assert covered_seconds([]) == 0.0

@@ -536,8 +536,9 @@ def test_the_sync_in_runs_of_a_few_courses_equals_one_run(
     assert fresh.snapshot() == after_second
 
 
-def _handoffs(home: Path) -> list[tuple[float, float]]:
-    """Each sync run's first step start and the end of its last Partners API step, in order."""
+def _handoffs(home: Path) -> list[tuple[float, float, str]]:
+    """Each sync run's first step start, the end of its last Partners API step and the process
+    it names as executing it, in order."""
     import dagster as dg
 
     from sync_assets.defs.sync.night import LAST_API_STEP
@@ -560,7 +561,8 @@ def _handoffs(home: Path) -> list[tuple[float, float]]:
                     run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS
                 ).records
                 handoff = [e.timestamp for e in ends if e.event_log_entry.step_key == LAST_API_STEP]
-                times.append((min(e.timestamp for e in starts), handoff[0]))
+                pid = run.tags["sync_assets/pid"]
+                times.append((min(e.timestamp for e in starts), handoff[0], pid))
     return times
 
 
@@ -597,6 +599,8 @@ def test_the_runs_of_one_sync_overlap_one_writing_while_the_next_calls_the_api(
     assert sync.process.pid not in (first_writer, second_writer)
     handoffs = _handoffs(fresh.home)
     assert len(handoffs) >= 2
-    for (_, handed_off), (next_started, _) in itertools.pairwise(handoffs):
+    for (_, handed_off, _), (next_started, _, _) in itertools.pairwise(handoffs):
         assert next_started >= handed_off
+    # Each run names the process executing it: a later command reaps a run by that process.
+    assert [int(pid) for _, _, pid in handoffs[:2]] == [first_writer, second_writer]
     assert fresh.snapshot() == baseline[1]
