@@ -276,9 +276,10 @@ def _rows_by_course(
     """Each course's memberships' rows (failed courses aside), in the order of its uuids.
 
     Where each course's memberships are in `every` is found by one join of positions, then each
-    course's rows are gathered from `every`: a join of the rows themselves (with a course column,
-    then sorted) held a million memberships' rows two and three times over on `large`. A
-    membership with no row (linked to a forgotten user: not a usable link) is left out.
+    course's rows are gathered from `every` (on `large` the step peaks here, at the 1.77M rows
+    it returns; the join of the rows with a course column it replaced peaked the same,
+    benchmarks/linking_memory.py). A membership with no row (linked to a forgotten user: not a
+    usable link) is left out.
     """
     courses = [course for course in memberships_of if course not in failed_courses]
     if not courses:
