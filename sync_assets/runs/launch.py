@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -25,6 +26,7 @@ from sync_assets.defs.sync.night import (
     PER_COURSE_ASSETS,
     changed_course_run_tags,
     changed_courses,
+    runs_overlap,
 )
 from sync_assets.defs.sync.partitions import course_partitions
 from sync_assets.defs.sync.sensors import (
@@ -125,7 +127,15 @@ def _run_all(
     return runs.wait(run_ids, say)
 
 
-def _night_run_tags(
+@dataclass(frozen=True)
+class NightRuns:
+    """The sync runs a night's check asks for: each run's tags, and whether they overlap."""
+
+    tags: list[dict[str, str]]
+    overlapping: bool
+
+
+def _night_runs(
     runs: CodeLocationRuns,
     partitions: list[str],
     *,
@@ -133,7 +143,7 @@ def _night_run_tags(
     recompute_unchanged: bool,
     report: SyncReport,
     say: Callable[[str], None],
-) -> list[dict[str, str]] | None:
+) -> NightRuns | None:
     """The night's check run, then the runs for the courses it found changed (every course with
     `recompute_unchanged`); None if the check failed (the report says why)."""
     (check,) = _run_all(
@@ -152,12 +162,13 @@ def _night_run_tags(
     changed = partitions if recompute_unchanged else changed_courses(runs.instance, check.run_id)
     # Runs executed here overlap (one writing while the next one's look-ups are in flight); the
     # daemon's queue runs them one at a time per pool (dagster.yaml), so they are not cut for it.
-    tags = changed_course_run_tags(partitions, changed, check.run_id, overlapping=not submit)
+    overlapping = not submit and runs_overlap(len(changed))
+    tags = changed_course_run_tags(partitions, changed, check.run_id, overlapping=overlapping)
     say(
         f"Checked {counted(len(partitions), 'course')}: {len(changed)} to sync, "
         f"in {counted(len(tags), 'run')}"
     )
-    return tags
+    return NightRuns(tags, overlapping)
 
 
 def launch_sync(
@@ -196,7 +207,7 @@ def launch_sync(
     report = SyncReport(run_ids=[], success=True, dry_run=dry_run, seconds=0.0)
     selection: Sequence[dg.AssetKey] | None = None
     if all_courses:
-        tags = _night_run_tags(
+        night = _night_runs(
             runs,
             partitions,
             submit=submit,
@@ -204,9 +215,11 @@ def launch_sync(
             report=report,
             say=say,
         )
+        tags, overlapping = (night.tags, night.overlapping) if night else ([], False)
         selection = PER_COURSE_ASSETS  # course_runs is the check's
     else:
-        tags = chosen_course_run_tags(partitions)
+        # One run per chosen course, one after another: too small to pay a process each.
+        tags, overlapping = chosen_course_run_tags(partitions), False
     finished = (
         _run_all(
             runs,
@@ -216,7 +229,7 @@ def launch_sync(
             submit=submit,
             say=say,
             asset_selection=selection,
-            handoff_step=LAST_API_STEP,
+            handoff_step=LAST_API_STEP if overlapping else None,
         )
         if tags
         else []

@@ -9,13 +9,20 @@ still asked for once.
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 import pytest
 
 from sync_assets.definitions import build_definitions
 from sync_assets.defs.sync.changes import CHANGED_COURSES, COURSES_NOT_RUN
-from sync_assets.defs.sync.night import changed_course_run_tags, changed_courses_sensor
+from sync_assets.defs.sync.night import (
+    changed_course_run_tags,
+    changed_courses_sensor,
+    runs_overlap,
+)
 from sync_assets.defs.sync.partitions import changed_ranges, overlapping_chunk, run_partition_keys
+from sync_assets.runs.instance import PID_TAG
 from sync_assets.runs.launch import NO_CERTIFICATE_WORK, prepare_partitions
 from sync_assets.sync import fact_names
 from sync_assets_tests.conftest import sqlite_only
@@ -133,6 +140,27 @@ def test_the_next_day_syncs_the_changed_courses_only_asking_each_report_once(
     assert world.simulator.requests(REPORT) == world.dataset.known_run_count()
 
 
+@sqlite_only
+def test_a_night_of_a_few_scattered_courses_runs_its_ranges_one_by_one_in_this_process(
+    world: World,
+) -> None:
+    """A run per range of changed courses, each executed by the command's own process: a
+    process of its own each (the overlap of large nights) would cost more than they overlap."""
+    assert world.sync().exit_code == 0
+    for _ in range(2):  # tiny's second day changes two courses apart
+        world.simulator.advance_day()
+        result = world.sync()
+        assert result.exit_code == 0, result.output
+
+    with dg.DagsterInstance.get() as instance:
+        check_id = _latest_run(instance, "futurelearn_check")
+        synced = [
+            run for run in instance.get_runs() if run.tags.get("sync_assets/check_run") == check_id
+        ]
+    assert len(synced) > 1, "the night must change courses that are not neighbours"
+    assert {run.tags[PID_TAG] for run in synced} == {str(os.getpid())}
+
+
 def _latest_partition(instance: dg.DagsterInstance, key: str) -> str | None:
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("activity_progress"), asset_partitions=[key]),
@@ -194,6 +222,17 @@ def test_overlapping_runs_are_cut_for_the_command_only_and_the_setting_wins(
     assert len(changed_course_run_tags(keys, keys, "check-1", overlapping=True)) == 3
     monkeypatch.setenv("SYNC_ASSETS_COURSES_PER_RUN", "100")
     assert len(changed_course_run_tags(keys, keys, "check-1", overlapping=True)) == 2
+
+
+def test_only_runs_cut_to_a_size_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranges of a few scattered courses run one by one; a night cut for the overlap, or by the
+    setting, overlaps."""
+    monkeypatch.delenv("SYNC_ASSETS_COURSES_PER_RUN", raising=False)
+    assert not runs_overlap(5)
+    assert not runs_overlap(99)
+    assert runs_overlap(100)
+    monkeypatch.setenv("SYNC_ASSETS_COURSES_PER_RUN", "3")
+    assert runs_overlap(5)
 
 
 def _evaluate_sensor(

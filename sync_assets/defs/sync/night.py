@@ -51,6 +51,15 @@ def changed_courses(instance: dg.DagsterInstance, check_run_id: str) -> list[str
     return []
 
 
+def runs_overlap(changed: int) -> bool:
+    """Whether `sync-assets sync` executes the runs of a night of `changed` courses overlapping
+    (runs/execution.py): only runs cut to a size, by SYNC_ASSETS_COURSES_PER_RUN or for a night
+    large enough for `overlapping_chunk`. The ranges of a few scattered courses run one after
+    another in the command's process: a run's child process costs ~2–4 s to start (imports),
+    more than such small runs could overlap."""
+    return courses_per_run() is not None or overlapping_chunk(changed) is not None
+
+
 def changed_course_run_tags(
     partition_keys: Sequence[str],
     changed: Sequence[str],
