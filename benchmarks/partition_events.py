@@ -11,6 +11,10 @@ transaction per event, as now) and set (an output's partition materialisations, 
 planned events, handed to the storage as one batch), in alternating order, and prints the
 wall seconds of creating and executing the run, the events stored and the SQL statements sent.
 The ratio (batched / unbatched) is what to read; nothing here asserts timings.
+
+With `--pooled` (PostgreSQL), each round compares instead dagster-postgres's storage as shipped
+(a new connection for every storage call) with `PooledPostgresStorage` (deploy/dagster.yaml's:
+connections held open), both batched.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ class Statements:
         self.count += 1
 
 
-def _instance(home: Path, database: str | None) -> dg.DagsterInstance:
+def _instance(home: Path, database: str | None, pooled: bool = False) -> dg.DagsterInstance:
     if database:
         admin = sa.make_url(database).set(drivername="postgresql+psycopg2")
         name = f"partition_events_{uuid.uuid4().hex[:8]}"
@@ -94,25 +98,38 @@ def _instance(home: Path, database: str | None) -> dg.DagsterInstance:
         with engine.connect() as connection:
             connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
         engine.dispose()
-        config = {
-            "storage": {
-                "postgres": {
-                    "postgres_url": admin.set(
-                        database=name, drivername="postgresql+psycopg2"
-                    ).render_as_string(hide_password=False)
+        postgres = {
+            "postgres_url": admin.set(
+                database=name, drivername="postgresql+psycopg2"
+            ).render_as_string(hide_password=False)
+        }
+        storage = (
+            {
+                "custom": {
+                    "module": "sync_assets.runs.pooled_storage",
+                    "class": "PooledPostgresStorage",
+                    "config": postgres,
                 }
             }
-        }
+            if pooled
+            else {"postgres": postgres}
+        )
+        config = {"storage": storage}
         (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     return dg.DagsterInstance.from_config(str(home))
 
 
-def one_run(count: int, batched: bool, database: str | None, statements: Statements) -> dict:
+def one_run(
+    count: int, batched: bool, database: str | None, statements: Statements, pooled: bool = False
+) -> dict:
     if batched:
         os.environ["DAGSTER_EVENT_BATCH_SIZE"] = "1000"
     else:
         os.environ.pop("DAGSTER_EVENT_BATCH_SIZE", None)
-    with tempfile.TemporaryDirectory() as home, _instance(Path(home), database) as instance:
+    with (
+        tempfile.TemporaryDirectory() as home,
+        _instance(Path(home), database, pooled) as instance,
+    ):
         keys = [f"course-{i:05d}" for i in range(count)]
         instance.add_dynamic_partitions("course", keys)
         before = statements.count
@@ -144,7 +161,15 @@ def main() -> None:
         action="store_true",
         help="SQLite: store a batch in one transaction per shard (a prototype, see above)",
     )
+    parser.add_argument(
+        "--pooled",
+        action="store_true",
+        help="PostgreSQL: compare connections held open (PooledPostgresStorage) with none, batched",
+    )
     args = parser.parse_args()
+    if args.pooled:
+        compare_pooling(args.partitions, args.rounds, args.database)
+        return
     if args.sqlite_batch_prototype:
         from dagster._core.storage.event_log import SqliteEventLogStorage
 
@@ -166,6 +191,25 @@ def main() -> None:
             flush=True,
         )
     print(f"batched / unbatched wall: median {statistics.median(ratios):.2f}")
+
+
+def compare_pooling(count: int, rounds: int, database: str | None) -> None:
+    if not database:
+        raise SystemExit("--pooled compares PostgreSQL storages: give --database")
+    statements = Statements()
+    one_run(3, True, database, statements)  # warm imports and caches
+    ratios: list[float] = []
+    for number in range(rounds):
+        order = (False, True) if number % 2 == 0 else (True, False)
+        results = {p: one_run(count, True, database, statements, pooled=p) for p in order}
+        ratios.append(results[True]["wall"] / results[False]["wall"])
+        print(
+            f"round {number}: a connection per call {results[False]['wall']:.2f} s, "
+            f"held open {results[True]['wall']:.2f} s ({results[True]['events']} events each): "
+            f"{ratios[-1]:.2f}",
+            flush=True,
+        )
+    print(f"held open / a connection per call, wall: median {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
+from dagster_postgres import PostgresRunStorage
 from sqlalchemy.engine import URL
 
 from sync_assets.definitions import EVENT_BATCH_SIZE, defs
@@ -17,6 +18,7 @@ from sync_assets.defs.resources import PlatformDatabase
 from sync_assets.defs.sync.course_step import add_partition_metadata
 from sync_assets.platform.database import create_platform_engine
 from sync_assets.platform.migrate import upgrade
+from sync_assets.runs.pooled_storage import PooledPostgresStorage
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +97,7 @@ def test_postgres_instance_config(
 ) -> None:
     home = _production_instance_home(tmp_path, monkeypatch, postgres_database_url)
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert isinstance(instance.run_storage, PostgresRunStorage)
         assert_ticks_are_purged(instance)
         result = _materialise(instance)
         assert result.success
@@ -146,6 +148,27 @@ def per_course(context) -> None:  # no annotation: Dagster refuses a string one
         add_partition_metadata(context, {"course": key}, key)
 
 
+def _materialise_partitions(
+    instance: dg.DagsterInstance, keys: list[str], listener: tuple[object, str, object]
+) -> dg.ExecuteInProcessResult:
+    """`per_course` over `keys` in one run, with a SQLAlchemy event listened to meanwhile."""
+    instance.add_dynamic_partitions("course", keys)
+    sa.event.listen(*listener)
+    try:
+        result = dg.materialize(
+            [per_course],
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1],
+            },
+        )
+    finally:
+        sa.event.remove(*listener)
+    assert result.success
+    return result
+
+
 @pytest.mark.postgres
 def test_postgres_instance_stores_a_steps_partition_materialisations_as_one_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_database_url: URL
@@ -163,20 +186,9 @@ def test_postgres_instance_stores_a_steps_partition_materialisations_as_one_batc
             inserts.append(statement)
 
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
-        instance.add_dynamic_partitions("course", keys)
-        sa.event.listen(sa.engine.Engine, "before_cursor_execute", count)
-        try:
-            result = dg.materialize(
-                [per_course],
-                instance=instance,
-                tags={
-                    "dagster/asset_partition_range_start": keys[0],
-                    "dagster/asset_partition_range_end": keys[-1],
-                },
-            )
-        finally:
-            sa.event.remove(sa.engine.Engine, "before_cursor_execute", count)
-        assert result.success
+        result = _materialise_partitions(
+            instance, keys, (sa.engine.Engine, "before_cursor_execute", count)
+        )
         events = instance.all_logs(result.run_id)
         materialised = {
             event.dagster_event.partition: event.asset_materialization.metadata["course"].value
@@ -187,3 +199,41 @@ def test_postgres_instance_stores_a_steps_partition_materialisations_as_one_batc
         assert instance.get_materialized_partitions(per_course.key) == set(keys)
     # Every other event of the run is an INSERT of its own; the six materialisations are one.
     assert len(inserts) == len(events) - len(keys) + 1
+
+
+def _sessions(url: URL) -> int:
+    """Connections open to the database of `url`, this one aside."""
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        count = connection.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    engine.dispose()
+    return count
+
+
+@pytest.mark.postgres
+def test_postgres_instance_holds_its_connections_open_and_closes_them_when_disposed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_database_url: URL
+) -> None:
+    """dagster-postgres as shipped opens a connection (a PostgreSQL backend) for every event a
+    run stores: the production instance holds them open instead, in every process it is handed
+    to (a run's process starts from the instance ref), and closes them with the instance."""
+    home = _production_instance_home(tmp_path, monkeypatch, postgres_database_url)
+    keys = [f"course-{number}" for number in range(6)]
+    opened: list[object] = []
+
+    def count(*_args: object) -> None:
+        opened.append(None)
+
+    before = _sessions(postgres_database_url)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_ref().storage_data.class_name == PooledPostgresStorage.__name__
+        result = _materialise_partitions(instance, keys, (sa.pool.Pool, "connect", count))
+        events = len(instance.all_logs(result.run_id))
+        assert _sessions(postgres_database_url) > before
+    assert len(opened) <= 3 < events  # at most one a storage, not one an event
+    assert _sessions(postgres_database_url) == before

@@ -35,6 +35,7 @@ import httpx
 import pytest
 import yaml
 from dagster._grpc.client import DagsterGrpcClient
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 from sqlalchemy.engine import URL
 
 from sync_assets.platform.database import create_platform_engine
@@ -552,7 +553,7 @@ def test_helm_and_compose_instances_apply_the_same_policies() -> None:
     assert helm_logs["prefix"] == compose_default(code_server["DAGSTER_COMPUTE_LOGS_PREFIX"])
     assert (
         helm_values()["postgresql"]["postgresqlScheme"]
-        == (production["storage"]["postgres"]["postgres_db"]["scheme"])
+        == (production["storage"]["custom"]["config"]["postgres_db"]["scheme"])
     )
 
 
@@ -591,8 +592,8 @@ def test_the_production_instance_loads_on_postgresql(
     home.mkdir()
     shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert type(instance.run_launcher).__name__ == "DefaultRunLauncher"
         logs = instance.compute_log_manager
