@@ -165,6 +165,14 @@ def _pg_commits(server: str) -> dict[str, int]:
     return {name: commits for name, commits in rows}
 
 
+def _production_instance(checkout: Path, home: Path) -> None:
+    """The checkout's production instance in `home`, less its compute logs on S3 (as the
+    harness runs it): each checkout's night uses its own instance settings."""
+    instance = yaml.safe_load((checkout / "deploy" / "dagster.yaml").read_text())
+    del instance["compute_logs"]
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance))
+
+
 def prepare(workload: str, state: Path, server: str | None) -> None:
     if state.exists():
         shutil.rmtree(state)
@@ -175,10 +183,7 @@ def prepare(workload: str, state: Path, server: str | None) -> None:
     if server:
         for name in _pg_databases(server, "saved").values():
             _pg_copy(server, None, name)
-        # The production instance, less its compute logs on S3 (as the harness runs it).
-        instance = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
-        del instance["compute_logs"]
-        (workdir / "dagster_home" / "dagster.yaml").write_text(yaml.safe_dump(instance))
+        _production_instance(ROOT, workdir / "dagster_home")
     simulator = _PortSimulator(workload, LATENCY_MS, port)
     try:
         seed_platform(env["PLATFORM_DATABASE_URL"], generate(workload))
@@ -211,6 +216,8 @@ def night(
             _pg_copy(server, saved[which], work[which])
     env = _env(workdir, settings["port"], server)
     home = workdir / "dagster_home"
+    if server:
+        _production_instance(checkout, home)
     simulator = _PortSimulator(settings["workload"], LATENCY_MS, settings["port"])
     try:
         simulator.advance_day()
