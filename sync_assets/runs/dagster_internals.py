@@ -150,6 +150,17 @@ def start_run_in_child_process(
     return subprocess.Popen([*command, dg.serialize_value(args)])
 
 
+def close_storage_connections(storage: Any) -> None:
+    """Close the connections a dagster-postgres storage's engine holds (runs/pooled_storage.py).
+
+    Relies on (dagster-postgres 0.29.27): each storage keeps its SQLAlchemy engine in `_engine`,
+    which `optimize_for_webserver` replaces with a pooled one, and its `dispose` leaves the engine
+    alone (with NullPool it holds nothing). Pinned by test_dagster_instance.py's test of the
+    production instance's connections: none left once the instance is disposed.
+    """
+    storage._engine.dispose()
+
+
 def submit_run_to_coordinator(
     code_location: InProcessCodeLocation, instance: dg.DagsterInstance, run_id: str
 ) -> None:

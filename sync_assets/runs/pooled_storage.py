@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagster._serdes import ConfigurableClassData
 from dagster_postgres import (
     DagsterPostgresStorage,
     PostgresEventLogStorage,
@@ -22,6 +21,8 @@ from dagster_postgres import (
     PostgresScheduleStorage,
 )
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
+
+from sync_assets.runs.dagster_internals import close_storage_connections
 
 # A connection older than this is replaced when next taken (the webserver's default).
 POOL_RECYCLE_SECONDS = 3600
@@ -43,15 +44,13 @@ def _pooled(storage: Any) -> None:
 class _HeldConnections:
     """A dagster-postgres storage pooled when made, its pool closed when disposed."""
 
-    _engine: Any
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _pooled(self)
 
     def dispose(self) -> None:
         super().dispose()  # type: ignore[misc]
-        self._engine.dispose()  # the connection held: NullPool held none
+        close_storage_connections(self)  # the connection held: NullPool held none
 
 
 class _PooledRunStorage(_HeldConnections, PostgresRunStorage):
@@ -73,7 +72,7 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         self,
         postgres_url: str,
         should_autocreate_tables: bool = True,
-        inst_data: ConfigurableClassData | None = None,
+        inst_data: Any = None,  # Dagster's ConfigurableClassData
         token_provider: Any = None,
     ) -> None:
         # Not the parent's __init__: it would create (and check the tables of) unpooled ones.
@@ -87,7 +86,7 @@ class PooledPostgresStorage(DagsterPostgresStorage):
 
     @classmethod
     def from_config_value(  # type: ignore[override]
-        cls, inst_data: ConfigurableClassData | None, config_value: Any
+        cls, inst_data: Any, config_value: Any
     ) -> PooledPostgresStorage:
         return cls(
             inst_data=inst_data,
