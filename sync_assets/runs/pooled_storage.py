@@ -76,13 +76,30 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         token_provider: Any = None,
     ) -> None:
         # Not the parent's __init__: it would create (and check the tables of) unpooled ones.
+        # Its public properties are overridden below, so none of its attributes is relied on.
         self.postgres_url = postgres_url
         self.should_autocreate_tables = should_autocreate_tables
-        self._inst_data = inst_data
+        self._pooled_inst_data = inst_data
         arguments = (postgres_url, should_autocreate_tables)
-        self._run_storage = _PooledRunStorage(*arguments, token_provider=token_provider)
-        self._event_log_storage = _PooledEventLogStorage(*arguments, token_provider=token_provider)
-        self._schedule_storage = _PooledScheduleStorage(*arguments, token_provider=token_provider)
+        self._pooled_runs = _PooledRunStorage(*arguments, token_provider=token_provider)
+        self._pooled_events = _PooledEventLogStorage(*arguments, token_provider=token_provider)
+        self._pooled_schedules = _PooledScheduleStorage(*arguments, token_provider=token_provider)
+
+    @property
+    def inst_data(self) -> Any:
+        return self._pooled_inst_data
+
+    @property
+    def run_storage(self) -> PostgresRunStorage:
+        return self._pooled_runs
+
+    @property
+    def event_log_storage(self) -> PostgresEventLogStorage:
+        return self._pooled_events
+
+    @property
+    def schedule_storage(self) -> PostgresScheduleStorage:
+        return self._pooled_schedules
 
     @classmethod
     def from_config_value(  # type: ignore[override]
