@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.runs import SqliteRunStorage
 from dagster_postgres import PostgresRunStorage
 from sqlalchemy.engine import URL
 
@@ -18,6 +21,7 @@ from sync_assets.defs.resources import PlatformDatabase
 from sync_assets.defs.sync.course_step import add_partition_metadata
 from sync_assets.platform.database import create_platform_engine
 from sync_assets.platform.migrate import upgrade
+from sync_assets.runs.held_sqlite import HELD_RUN_DATABASES, HeldSqliteInstance
 from sync_assets.runs.pooled_storage import PooledPostgresStorage
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -59,7 +63,8 @@ def test_local_instance_config(
     home.mkdir()
     shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        assert isinstance(instance, HeldSqliteInstance)
+        assert isinstance(instance.run_storage, SqliteRunStorage)
         assert_ticks_are_purged(instance)
         result = _materialise(instance)
         assert result.success
@@ -237,3 +242,168 @@ def test_postgres_instance_holds_its_connections_open_and_closes_them_when_dispo
         assert _sessions(postgres_database_url) > before
     assert len(opened) <= 3 < events  # at most one a storage, not one an event
     assert _sessions(postgres_database_url) == before
+
+
+class _Connections:
+    """DBAPI connections opened and closed by any SQLAlchemy pool while listening."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.closed = 0
+
+    def __enter__(self) -> _Connections:
+        sa.event.listen(sa.pool.Pool, "connect", self._open)
+        sa.event.listen(sa.pool.Pool, "close", self._close)
+        sa.event.listen(sa.pool.Pool, "close_detached", self._close)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        sa.event.remove(sa.pool.Pool, "connect", self._open)
+        sa.event.remove(sa.pool.Pool, "close", self._close)
+        sa.event.remove(sa.pool.Pool, "close_detached", self._close)
+
+    def _open(self, *_: object) -> None:
+        self.opened += 1
+
+    def _close(self, *_: object) -> None:
+        self.closed += 1
+
+    @property
+    def open(self) -> int:
+        return self.opened - self.closed
+
+
+def _embedded_home(tmp_path: Path, dagster_yaml: Path | None = PROJECT / "dagster.yaml") -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    if dagster_yaml:
+        shutil.copy(dagster_yaml, home / "dagster.yaml")
+    return home
+
+
+def _stock_instance(home: Path) -> dg.DagsterInstance:
+    """Dagster's own instance on `home`'s files (its dagster.yaml not read)."""
+    config_dir = home.parent / f"{home.name}-no-config"
+    for folder in (home, config_dir):
+        folder.mkdir(exist_ok=True)
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), config_dir=str(config_dir)))
+
+
+def _run_events(instance: dg.DagsterInstance, keys: list[str]) -> int:
+    """The events of a run of `per_course` over `keys`."""
+
+    def ignore(*_: object) -> None:
+        pass
+
+    result = _materialise_partitions(instance, keys, (sa.pool.Pool, "connect", ignore))
+    return len(instance.all_logs(result.run_id))
+
+
+def test_embedded_instance_holds_its_sqlite_databases_open_and_closes_them_when_disposed(
+    tmp_path: Path,
+) -> None:
+    """Dagster's SQLite storage as shipped opens, commits and closes a database for every event a
+    run stores (the close of a WAL database checkpoints it and syncs it to disk): the project's
+    instance holds each database open instead, and closes them with the instance. What it wrote
+    is in the files: Dagster's own storage, opened afterwards on the same home, reads it all."""
+    keys = [f"course-{number}" for number in range(6)]
+    with _stock_instance(tmp_path / "stock") as plain, _Connections() as stock:
+        assert not isinstance(plain, HeldSqliteInstance)
+        stock_events = _run_events(plain, keys)
+    home = _embedded_home(tmp_path)
+    with _Connections() as lifetime:
+        with dg.DagsterInstance.from_config(str(home)) as instance, _Connections() as run:
+            assert isinstance(instance, HeldSqliteInstance)
+            events = _run_events(instance, keys)
+            assert lifetime.open > 0
+        assert lifetime.open == 0  # every connection closed with the instance
+    assert events == stock_events
+    # A run opens its new database a few times as Dagster creates its tables, then holds it (the
+    # index is held already): not a database or two for every event.
+    assert run.opened <= 8 < events < stock.opened
+    with _stock_instance(home) as reread:
+        assert not isinstance(reread, HeldSqliteInstance)
+        assert reread.get_materialized_partitions(per_course.key) == set(keys)
+
+
+def test_embedded_instance_on_a_temporary_home_keeps_its_storage_in_that_home(
+    tmp_path: Path,
+) -> None:
+    """Commands run without DAGSTER_HOME (`dg check defs`, `dagster dev`) read the project's
+    dagster.yaml with a temporary home: the held storage goes there, as Dagster's would."""
+    home = _embedded_home(tmp_path, dagster_yaml=None)
+    ref = InstanceRef.from_dir(str(home), config_dir=str(PROJECT))
+    with dg.DagsterInstance.from_ref(ref) as instance:
+        assert isinstance(instance, HeldSqliteInstance)
+        _run_events(instance, ["course-1"])
+    assert (home / "history" / "runs.db").exists()
+    assert (home / "history" / "runs" / "index.db").exists()
+    assert not (PROJECT / "history").exists()
+
+
+def _engine_event(run_id: str, message: str) -> dg.EventLogEntry:
+    return dg.EventLogEntry(
+        error_info=None,
+        level="INFO",
+        user_message=message,
+        run_id=run_id,
+        timestamp=0.0,
+    )
+
+
+def test_embedded_instance_holds_few_run_databases_however_many_runs_it_reads(
+    tmp_path: Path,
+) -> None:
+    """Each run has its own database: a process that touches many (the webserver, the daemon)
+    holds only the index and the most recent few open, not a file for every run it showed."""
+    with (
+        _Connections() as connections,
+        dg.DagsterInstance.from_config(str(_embedded_home(tmp_path))) as instance,
+    ):
+        storage = instance.event_log_storage
+        for number in range(3 * HELD_RUN_DATABASES):
+            run_id = f"run-{number}"
+            storage.store_event(_engine_event(run_id, "first"))
+            storage.store_event(_engine_event(run_id, "second"))
+            assert [e.user_message for e in storage.get_logs_for_run(run_id)] == [
+                "first",
+                "second",
+            ]
+        # The index, the most recent run databases, and at most one more for each of the run
+        # and schedule storages.
+        assert connections.open <= 1 + HELD_RUN_DATABASES + 2
+
+
+def test_embedded_instance_writes_a_run_wiped_from_its_event_log_to_a_new_file(
+    tmp_path: Path,
+) -> None:
+    """Wiping the event log deletes the run databases' files: a connection held to one would
+    write where nobody reads. The next events of the run go to its new file."""
+    home = _embedded_home(tmp_path)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        storage.store_event(_engine_event("run-1", "before"))
+        storage.wipe()
+        storage.store_event(_engine_event("run-1", "after"))
+    with _stock_instance(home) as reread:
+        logs = reread.event_log_storage.get_logs_for_run("run-1")
+        assert [event.user_message for event in logs] == ["after"]
+
+
+def test_embedded_instance_takes_events_from_several_threads_at_once(tmp_path: Path) -> None:
+    """The webserver and the daemon call one storage from many threads: a held connection is
+    shared safely (one transaction at a time, each thread's events all stored)."""
+    with dg.DagsterInstance.from_config(str(_embedded_home(tmp_path))) as instance:
+        storage = instance.event_log_storage
+
+        def store(thread: int) -> None:
+            for number in range(25):
+                storage.store_event(_engine_event("run-1", f"{thread}-{number}"))
+                instance.get_runs(limit=1)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(store, range(4)))
+        logs = storage.get_logs_for_run("run-1")
+    assert sorted(event.user_message for event in logs) == sorted(
+        f"{thread}-{number}" for thread in range(4) for number in range(25)
+    )
