@@ -10,7 +10,8 @@ keeps the whole state (platform database, Dagster home, data folder with the HTT
 `replay` copies that state back to the same place each time (stored outputs and cache entries
 name their paths and the simulator's URL), starts the simulator on the same port, moves it a day
 on and runs `sync-assets sync` of each checkout in turn, alternating the order each round: every
-checkout syncs the same changed day from the same state. Per night it prints the wall seconds
+checkout syncs the same changed day from the same state, each with its own instance settings
+(its `dagster.yaml`; on PostgreSQL its `deploy/dagster.yaml`). Per night it prints the wall seconds
 and counts that do not move with the machine's load: Dagster runs by job, events stored, SQL
 statements of the sync's writes, requests. The ratios against the first checkout are what to
 compare; absolute seconds on a shared machine are not.
@@ -218,6 +219,8 @@ def night(
     home = workdir / "dagster_home"
     if server:
         _production_instance(checkout, home)
+    else:  # the embedded default's instance, as the checkout ships it
+        shutil.copy(checkout / "dagster.yaml", home / "dagster.yaml")
     simulator = _PortSimulator(settings["workload"], LATENCY_MS, settings["port"])
     try:
         simulator.advance_day()

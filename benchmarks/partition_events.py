@@ -12,9 +12,10 @@ planned events, handed to the storage as one batch), in alternating order, and p
 wall seconds of creating and executing the run, the events stored and the SQL statements sent.
 The ratio (batched / unbatched) is what to read; nothing here asserts timings.
 
-With `--pooled` (PostgreSQL), each round compares instead dagster-postgres's storage as shipped
-(a new connection for every storage call) with `PooledPostgresStorage` (deploy/dagster.yaml's:
-connections held open), both batched.
+With `--pooled`, each round compares instead Dagster's storage as shipped (a new connection for
+every storage call) with the project's, both batched: on PostgreSQL `PooledPostgresStorage`
+(deploy/dagster.yaml's: connections held open), on SQLite `HeldSqliteInstance` (dagster.yaml's:
+each database held open).
 """
 
 from __future__ import annotations
@@ -114,7 +115,15 @@ def _instance(home: Path, database: str | None, pooled: bool = False) -> dg.Dags
             if pooled
             else {"postgres": postgres}
         )
-        config = {"storage": storage}
+        config: dict[str, Any] = {"storage": storage}
+        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    elif pooled:
+        config = {
+            "instance_class": {
+                "module": "sync_assets.runs.held_sqlite",
+                "class": "HeldSqliteInstance",
+            }
+        }
         (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     return dg.DagsterInstance.from_config(str(home))
 
@@ -164,7 +173,7 @@ def main() -> None:
     parser.add_argument(
         "--pooled",
         action="store_true",
-        help="PostgreSQL: compare connections held open (PooledPostgresStorage) with none, batched",
+        help="compare the project's storage (connections held open) with Dagster's, batched",
     )
     args = parser.parse_args()
     if args.pooled:
@@ -194,8 +203,6 @@ def main() -> None:
 
 
 def compare_pooling(count: int, rounds: int, database: str | None) -> None:
-    if not database:
-        raise SystemExit("--pooled compares PostgreSQL storages: give --database")
     statements = Statements()
     one_run(3, True, database, statements)  # warm imports and caches
     ratios: list[float] = []
