@@ -49,9 +49,10 @@ demo: $(INSTALLED)
 	$(BIN)/sync-assets demo
 
 # The tests' scratch folders (platform databases, Dagster homes) in memory where the machine has
-# a /dev/shm of at least 4 GiB free: Dagster's SQLite storage opens, commits and closes a database
-# for every event (a sync of five courses writes ~140), each close a checkpoint and an fsync on a
-# disk; in memory the suite's syncs take ~18% less. Elsewhere TMPDIR as it is.
+# a /dev/shm of at least 4 GiB free: the platform's SQLite databases, and Dagster's own SQLite
+# storage in the tests' instance_for_test homes, which opens, commits and closes a database for
+# every event (the project's instance holds them open: sync_assets/runs/held_sqlite.py), each
+# close a checkpoint and an fsync on a disk. Elsewhere TMPDIR as it is.
 SHM_TMPDIR := $(shell avail=$$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $$4}'); \
 	[ "$${avail:-0}" -ge 4194304 ] && echo /dev/shm)
 TEST_TMPDIR := $(or $(SHM_TMPDIR),$(TMPDIR),/tmp)

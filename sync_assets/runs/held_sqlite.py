@@ -22,6 +22,7 @@ pinned by sync_assets_tests/defs_tests/test_dagster_instance.py's tests of the e
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -95,9 +96,9 @@ class _HeldEventLogStorage(SqliteEventLogStorage):
 
     Relies on: `run_connection` and `index_connection` (SqlEventLogStorage's abstract methods)
     are how every read and write reaches a database, `has_table` how it asks for the index's
-    tables; the parent's own connect creates a
-    database's tables the first time this storage opens it (so each database is first opened
-    through it); `wipe` deletes the run databases' files."""
+    tables; the parent's own connect creates a database's tables the first time this storage
+    opens it (so each database is first opened through it); `wipe` deletes the run databases'
+    files; a watcher of a run (`watch`) learns of its new events from its file's modification."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
         # Before the parent's __init__: it reads and writes a new home's index through them.
@@ -117,8 +118,14 @@ class _HeldEventLogStorage(SqliteEventLogStorage):
                     yield connection
                 self._opened.add(shard)
                 return
-            with self._held.transaction(self.conn_string_for_shard(shard)) as connection:
-                yield connection
+            engine = self._held.engine(self.conn_string_for_shard(shard))
+            with engine.connect() as connection:
+                before = _changes(connection)
+                with connection.begin():
+                    yield connection
+                wrote = _changes(connection) != before
+            if wrote and shard != INDEX_SHARD_NAME:
+                _tell_watchers(self.path_for_shard(shard))
 
     def run_connection(self, run_id: str | None = None) -> Any:
         return self._held_connection(run_id)  # type: ignore[arg-type]  # the parent's signature
@@ -143,6 +150,22 @@ class _HeldEventLogStorage(SqliteEventLogStorage):
     def dispose(self) -> None:
         super().dispose()
         self._held.close()
+
+
+def _changes(connection: sa.Connection) -> int:
+    """Rows this SQLite connection has inserted, updated or deleted since it was opened."""
+    return connection.connection.dbapi_connection.total_changes  # type: ignore[union-attr]
+
+
+def _tell_watchers(database: str) -> None:
+    """Mark a run's database changed for whoever watches it: the webserver streams a run's
+    events to its page by watching the run's database file (Dagster's
+    SqliteEventLogStorageWatchdog, on the file's modification). On a connection held open a
+    commit writes the WAL alone, and the database file changes only at a checkpoint (before, the
+    last connection's close after every event did one). A new modification time, set after the
+    commit, is that signal (inotify reports it as a modification), without the checkpoint's
+    sync to disk; set only after a write, or the watcher's own reads would signal again."""
+    os.utime(database)
 
 
 class _HeldRunStorage(SqliteRunStorage):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -407,3 +409,35 @@ def test_embedded_instance_takes_events_from_several_threads_at_once(tmp_path: P
     assert sorted(event.user_message for event in logs) == sorted(
         f"{thread}-{number}" for thread in range(4) for number in range(25)
     )
+
+
+def test_embedded_instance_streams_each_event_of_a_run_to_a_watcher_as_it_is_stored(
+    tmp_path: Path,
+) -> None:
+    """The webserver shows a run's events on its page as they are stored by watching the run's
+    database file, and the run is stored by another process. With the database held open on
+    both sides a commit writes its WAL only, not the database file: every event still reaches
+    the watcher, not the first alone."""
+    home = _embedded_home(tmp_path)
+    seen: list[str | None] = []
+    all_seen = threading.Event()
+
+    def watch(event: dg.EventLogEntry, _cursor: str) -> None:
+        seen.append(event.user_message)
+        if len(seen) == 5:
+            all_seen.set()
+
+    with (
+        dg.DagsterInstance.from_config(str(home)) as webserver,
+        dg.DagsterInstance.from_config(str(home)) as run_worker,
+    ):
+        run_worker.event_log_storage.store_event(_engine_event("run-1", "0"))
+        webserver.watch_event_logs("run-1", None, watch)
+        try:
+            for number in range(1, 5):
+                time.sleep(0.2)  # as a run stores its events, one by one
+                run_worker.event_log_storage.store_event(_engine_event("run-1", str(number)))
+            assert all_seen.wait(timeout=15), f"the watcher saw {seen}"
+        finally:
+            webserver.end_watch_event_logs("run-1", watch)
+    assert seen == ["0", "1", "2", "3", "4"]
