@@ -117,6 +117,8 @@ class _HeldEventLogStorage(SqliteEventLogStorage):
                 with super().run_connection(shard) as connection:  # creates its tables
                     yield connection
                 self._opened.add(shard)
+                if shard != INDEX_SHARD_NAME:  # a close that another's connection outlives
+                    _tell_watchers(self.path_for_shard(shard))  # does not checkpoint either
                 return
             engine = self._held.engine(self.conn_string_for_shard(shard))
             with engine.connect() as connection:
@@ -164,7 +166,9 @@ def _tell_watchers(database: str) -> None:
     commit writes the WAL alone, and the database file changes only at a checkpoint (before, the
     last connection's close after every event did one). A new modification time, set after the
     commit, is that signal (inotify reports it as a modification), without the checkpoint's
-    sync to disk; set only after a write, or the watcher's own reads would signal again."""
+    sync to disk. Set after a write, and after this process's first open of the database (made
+    through Dagster's own connection, often the process's one write: the daemon's RUN_STARTING),
+    never after a read on a held connection, or the watcher's own reads would signal it again."""
     os.utime(database)
 
 

@@ -415,9 +415,10 @@ def test_embedded_instance_streams_each_event_of_a_run_to_a_watcher_as_it_is_sto
     tmp_path: Path,
 ) -> None:
     """The webserver shows a run's events on its page as they are stored by watching the run's
-    database file, and the run is stored by another process. With the database held open on
-    both sides a commit writes its WAL only, not the database file: every event still reaches
-    the watcher, not the first alone."""
+    database file, and the run is stored by other processes (the daemon's RUN_STARTING, the run
+    worker's events). With the database held open a commit writes its WAL only, not the database
+    file: every event still reaches the watcher, from a writer holding the database and from
+    one writing its first event to it."""
     home = _embedded_home(tmp_path)
     seen: list[str | None] = []
     all_seen = threading.Event()
@@ -436,7 +437,11 @@ def test_embedded_instance_streams_each_event_of_a_run_to_a_watcher_as_it_is_sto
         try:
             for number in range(1, 5):
                 time.sleep(0.2)  # as a run stores its events, one by one
-                run_worker.event_log_storage.store_event(_engine_event("run-1", str(number)))
+                if number < 3:
+                    run_worker.event_log_storage.store_event(_engine_event("run-1", str(number)))
+                    continue
+                with dg.DagsterInstance.from_config(str(home)) as daemon:
+                    daemon.event_log_storage.store_event(_engine_event("run-1", str(number)))
             assert all_seen.wait(timeout=15), f"the watcher saw {seen}"
         finally:
             webserver.end_watch_event_logs("run-1", watch)
