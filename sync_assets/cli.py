@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import signal
 
@@ -76,6 +78,11 @@ _API_HINT = "; check FL_PARTNERS_URL and that the Partners API answers, then run
 @click.option("--verbose", is_flag=True, help="On an unexpected failure, show the whole trace")
 def main(verbose: bool) -> None:
     """Keep the platform's teacher progress in step with FutureLearn's Partners API."""
+    # At exit, Python's last garbage collection walks every object a sync leaves (Dagster's
+    # definitions, polars, SQLAlchemy): ~0.6 s of a night's command, measured. Frozen objects
+    # are skipped; the process's memory goes back to the system whole. Finalisation still
+    # runs: atexit handlers, streams flushed, objects freed by reference count.
+    atexit.register(gc.freeze)
 
 
 @main.group()
