@@ -17,7 +17,12 @@ from dataclasses import dataclass
 import polars as pl
 
 from sync_assets.error_text import error_line
-from sync_assets.partners_api.client import PartnersApiClient, PartnersApiError, or_failure
+from sync_assets.partners_api.client import (
+    PartnersApiClient,
+    PartnersApiError,
+    ReportVersion,
+    or_failure,
+)
 from sync_assets.platform import change_tracking
 
 # Columns the check adds to `course_runs`, per run: its report as this night was served.
@@ -76,35 +81,40 @@ async def check_courses(
         .partition_by("course_uuid", as_dict=True)
         .items()
     }
+    # Every run's report at once, not a course's one after another: a course of ten runs made
+    # ten round trips in a row while other workers had nothing left to ask.
+    checked_runs = [run for course in sorted(runs_of) for run, _ in runs_of[course]]
+    fetch = or_failure(client.report_version)
+
+    async def one_run(run: str) -> ReportVersion | PartnersApiError | _Unforeseen:
+        try:
+            return await fetch(run)
+        except Exception as error:  # anything unforeseen in one run's requests costs its course
+            if isinstance(error, PartnersApiError) and error.fatal:
+                raise
+            return _Unforeseen(error)
+
+    answers = dict(zip(checked_runs, await client.fan_out(one_run, checked_runs), strict=True))
     digests: dict[str, str] = {}
     not_modified: dict[str, bool] = {}
     errors: dict[str, str] = {}
     unchanged: set[str] = set()
-    fetch = or_failure(client.report_version)
-
-    async def one_course(course: str) -> None:
+    for course in sorted(set(courses)):
         course_runs = runs_of.get(course, [])
-        try:
-            reports = [await fetch(run) for run, _ in course_runs]
-        except Exception as error:  # anything unforeseen in one course's requests costs it alone
-            if isinstance(error, PartnersApiError) and error.fatal:
-                raise
-            errors[course] = f"reports: {error_line(error)}"
-            return
-        for (run, _), report in zip(course_runs, reports, strict=True):
-            if isinstance(report, PartnersApiError):
-                errors[course] = f"report of run {run}: {report}"
-                return
-        for report in reports:
-            digests[report.run_uuid] = report.digest
-            not_modified[report.run_uuid] = report.not_modified
+        reports = [answers[run] for run, _ in course_runs]
+        error = _course_error(course_runs, reports)
+        if error is not None:
+            errors[course] = error
+            continue
+        versions = [report for report in reports if isinstance(report, ReportVersion)]
+        for version in versions:
+            digests[version.run_uuid] = version.digest
+            not_modified[version.run_uuid] = version.not_modified
         fingerprint = change_tracking.report_fingerprint(
-            course_runs, {report.run_uuid: report.digest for report in reports}
+            course_runs, {version.run_uuid: version.digest for version in versions}
         )
         if skip_if_reports.get(course) == fingerprint:
             unchanged.add(course)
-
-    await client.fan_out(one_course, sorted(set(courses)))
     return ReportCheck(
         digests,
         not_modified,
@@ -112,3 +122,21 @@ async def check_courses(
         frozenset(courses) - unchanged,
         frozenset(unchanged),
     )
+
+
+@dataclass(frozen=True)
+class _Unforeseen:
+    """An error no request should raise (a bug, an unexpected body): its course fails alone."""
+
+    error: Exception
+
+
+def _course_error(course_runs: list[tuple[str, object]], reports: list[object]) -> str | None:
+    """Why a course's reports could not be had (an unforeseen error first), or None."""
+    for report in reports:
+        if isinstance(report, _Unforeseen):
+            return f"reports: {error_line(report.error)}"
+    for (run, _), report in zip(course_runs, reports, strict=True):
+        if isinstance(report, PartnersApiError):
+            return f"report of run {run}: {report}"
+    return None
