@@ -69,14 +69,19 @@ class _HeldEngines:
 
     def engine(self, url: str) -> sa.Engine:
         with self._lock:
-            engine = self._engines.pop(url, None) or sa.create_engine(
-                url, pool_size=2, max_overflow=-1, connect_args=self._connect_args
-            )
+            engine = self._engines.pop(url, None) or self._create(url)
             self._engines[url] = engine
             while len(self._engines) > self._limit:
                 _, oldest = self._engines.popitem(last=False)
                 oldest.dispose()
             return engine
+
+    def _create(self, url: str) -> sa.Engine:
+        engine = sa.create_engine(
+            url, pool_size=2, max_overflow=-1, connect_args=self._connect_args
+        )
+        sa.event.listen(engine, "connect", _sync_at_checkpoints)
+        return engine
 
     @contextmanager
     def transaction(self, url: str) -> Iterator[sa.Connection]:
@@ -89,6 +94,18 @@ class _HeldEngines:
             while self._engines:
                 _, engine = self._engines.popitem()
                 engine.dispose()
+
+
+def _sync_at_checkpoints(dbapi_connection: Any, _record: Any) -> None:
+    """A held connection's commits are not synced to disk one by one: SQLite's default (FULL)
+    syncs the WAL at every commit, one event's cost (~1 ms, more on a slow disk: ~0.3 s of
+    teachcomputing's next day for ~300 events). With NORMAL the WAL is synced at checkpoints;
+    in WAL mode that survives any crash of a process, and a power loss can lose the last
+    commits, never the database (SQLite's documentation). Dagster's own storage reopens every
+    database per event, so it paid a checkpoint's sync for each instead."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
 
 
 class _HeldEventLogStorage(SqliteEventLogStorage):
