@@ -156,7 +156,9 @@ class RawReport:
 
     A page that answered 304 is kept as the cached bytes, not decoded: when the whole report is
     the one a course was last synced from, the sync skips the course and never parses it. A page
-    that answered 200 was decoded on arrival (to retry a broken body) and is kept decoded.
+    requested here that answered 200 was decoded on arrival (to retry a broken body) and is kept
+    decoded. A report taken from the cache as the night's check stored it (`kept_report`) is
+    bytes the check did not decode: if it cannot be read, ask for it again.
     """
 
     run_uuid: str
@@ -164,6 +166,7 @@ class RawReport:
     page_digests: tuple[str, ...]
     not_modified: bool  # every page answered 304
     page_urls: tuple[str, ...] = ()  # what each page was requested as (its cache entry's key)
+    from_check: bool = False  # taken from the cache as the check stored it, never decoded
 
     @property
     def digest(self) -> str:
@@ -380,7 +383,7 @@ class PartnersApiClient:
         every report it holds."""
         path = f"/partners/course_runs/{run_uuid}/course_enrolments_report"
         answers = await self._get_answers(
-            path, "course_enrolments_report", run_uuid, lazy=True, read_kept=False
+            path, "course_enrolments_report", run_uuid, lazy=True, read_kept=False, decode=False
         )
         return ReportVersion(
             run_uuid,
@@ -425,7 +428,9 @@ class PartnersApiClient:
                 if next_link_problem(self._base_url, link["url"]) is not None:
                     return None
                 url = str(self._cached.build_request("GET", link["url"]).url)
-        report = RawReport(run_uuid, tuple(pages), tuple(digests), not_modified, tuple(urls))
+        report = RawReport(
+            run_uuid, tuple(pages), tuple(digests), not_modified, tuple(urls), from_check=True
+        )
         return report if report.digest == digest else None
 
     async def memberships(self, membership_uuids: Iterable[str] | pl.Series) -> Memberships:
@@ -507,8 +512,9 @@ class PartnersApiClient:
         *,
         lazy: bool = False,
         read_kept: bool = True,
+        decode: bool = True,
     ) -> list[_Answer]:
-        """Every page's answer, following `Link: rel="next"` (`lazy`: see `_attempt`;
+        """Every page's answer, following `Link: rel="next"` (`lazy`, `decode`: see `_attempt`;
         `read_kept`: see `_report_page`).
 
         A next link to another origin than the base URL's is not requested: the request would
@@ -523,7 +529,7 @@ class PartnersApiClient:
                 raise PartnersApiError(endpoint, subject, f"pagination loops at {_one_line(url)}")
             seen.add(url)
             send = self._cached.get if read_kept else self._report_page
-            answer = await self._get(send, url, endpoint, subject, lazy=lazy)
+            answer = await self._get(send, url, endpoint, subject, lazy=lazy, decode=decode)
             if answer.body is None:
                 raise PartnersApiError(endpoint, subject, "not found (404)")
             answers.append(answer)
@@ -648,6 +654,7 @@ class PartnersApiClient:
         subject: str | None,
         *,
         lazy: bool = False,
+        decode: bool = True,
     ) -> _Answer:
         """GET with bounded retries: a 200 with its decoded body, or a 404 (no body).
 
@@ -659,9 +666,11 @@ class PartnersApiClient:
         try:
             try:
                 deadline = self._deadline(started)
-                return await self._attempt(send, url, endpoint, deadline, lazy=lazy)
+                return await self._attempt(send, url, endpoint, deadline, lazy=lazy, decode=decode)
             except _Retryable as first:
-                return await self._retried(send, url, endpoint, subject, started, first, lazy)
+                return await self._retried(
+                    send, url, endpoint, subject, started, first, lazy=lazy, decode=decode
+                )
         except BodyTooLarge as error:  # the same body again is as large: not retried
             await self.forget([str(self._cached.build_request("GET", url).url)])
             raise PartnersApiError(endpoint, subject, str(error)) from None
@@ -679,7 +688,9 @@ class PartnersApiClient:
         subject: str | None,
         started: float,
         first: _Retryable,
+        *,
         lazy: bool,
+        decode: bool,
     ) -> _Answer:
         """The attempts after the first, which began at `started` and failed with `first`.
 
@@ -714,7 +725,7 @@ class PartnersApiClient:
                         raise last
                     try:
                         return await self._attempt(
-                            send, url, endpoint, self._deadline(started), lazy=lazy
+                            send, url, endpoint, self._deadline(started), lazy=lazy, decode=decode
                         )
                     except _Retryable as error:
                         last = error
@@ -735,15 +746,19 @@ class PartnersApiClient:
         deadline_seconds: float,
         *,
         lazy: bool = False,
+        decode: bool = True,
     ) -> _Answer:
         """One request, connect to the last byte of its body within `deadline_seconds`.
 
         httpx's read timeout is per chunk: a server dripping a byte every few seconds would keep
         a request alive for ever. This deadline is for the whole answer.
 
-        `lazy`: a 304's body (the cached one) is not decoded, only digested. It decoded when it
-        was first stored (a body that did not is forgotten), and decoding is most of what an
-        unchanged report costs.
+        `lazy`: a 304's body (the cached one) is not decoded, only digested: decoding is most of
+        what an unchanged report costs. A body is decoded when it arrives (one that cannot be is
+        forgotten and asked for again), except with `decode` False: the night's check asks only
+        which reports changed, and the step that reads a changed one decodes it, forgetting it
+        and asking again if it cannot (`RawReport.from_check`): each changed report's JSON is
+        decoded once a night, not twice.
         """
         if self._limiter is not None:
             await self._limiter.acquire()
@@ -783,6 +798,10 @@ class PartnersApiClient:
             if _kept_digest(response) is None:  # kept by a release that did not keep digests
                 await self._remember_digest(url, response, digest)
             return _Answer(_UNDECODED, True, next_url, url, digest, response.content)
+        if lazy and not decode:
+            if _stored(response):
+                await self._remember_digest(url, response, digest)
+            return _Answer(_UNDECODED, False, next_url, url, digest, response.content)
         try:
             # Only reports are lazy. Look-ups and course_runs stay on json: orjson reads an
             # integer past 64 bits (an external id, say) as a float.

@@ -374,6 +374,34 @@ def test_unreadable_reports_each_fail_their_course_alone_and_are_forgotten(
     assert _cached(proxy.base_url + _report(runs[kept]))  # what is cached is found by `_cached`
 
 
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_a_report_unreadable_once_is_asked_again_and_its_course_applied_the_same_night(
+    world: World, proxy: HostileProxy
+) -> None:
+    """The night's check keeps each changed report without decoding it; the step that reads it
+    finds it unreadable (a 5,000-digit integer, once), forgets it and asks again: the second
+    answer is good, so every course is applied that night, and tomorrow is a quiet night."""
+    _, _, run = _course_and_run(world)
+    answers: list[int] = []
+
+    def once(status: int, headers: dict, body: bytes):
+        answers.append(status)
+        return huge_integer(status, headers, body) if len(answers) == 1 else None
+
+    proxy.spoilers[_report(run)] = once
+    before = world.achievements()
+
+    result = world.sync()
+
+    assert result.exit_code == 0, result.output
+    assert answers == [200, 200]  # the check's (spoilt), then the step's own request
+    assert world.achievements() == expected_achievements(world.dataset, before)
+    assert _cached(proxy.base_url + _report(run))  # the good body, kept for tomorrow's 304
+    proxy.spoilers.clear()
+    quiet = world.sync()
+    assert quiet.exit_code == 0 and "futurelearn_sync" not in quiet.output, quiet.output
+
+
 def _memberships_only_in(world: World, courses: list[str]) -> dict[str, str]:
     """For each course, one membership enrolled in that course only."""
     enrolments = world.dataset.enrolments.join(world.dataset.runs, on="run_uuid")

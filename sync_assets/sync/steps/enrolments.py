@@ -198,16 +198,46 @@ async def _fetch_course(
     if skip_if_fingerprint == fingerprint:
         return _CourseFetch(Unchanged(facts), **served)
     parsed: list[Fetched] = []
-    for report in reports:
-        try:
-            parsed.append(report.parse())
-        except Exception as error:  # any body, however hostile, costs its course only
-            # Its pages may be 304s of a cached body: tomorrow would fail on it again.
-            await client.forget(report.page_urls)
-            why = f"report of run {report.run_uuid}: {contract.unreadable_body(error)}"
-            return _CourseFetch(Failed(why))
+    for index, report in enumerate(reports):
+        read = await _parse_or_ask_again(client, report)
+        if isinstance(read, str):
+            return _CourseFetch(Failed(f"report of run {report.run_uuid}: {read}"))
+        report, fetched = read
+        reports[index] = report
+        parsed.append(fetched)
+    # A report asked for again may be another than the check's: the course is synced from this.
+    fingerprint = change_tracking.report_fingerprint(
+        runs, {report.run_uuid: report.digest for report in reports}
+    )
     outcome = _course_report(course, parsed, fingerprint, facts, policy)
     return _CourseFetch(outcome, [fetched.quarantine for fetched in parsed], **served)
+
+
+async def _parse_or_ask_again(
+    client: PartnersApiClient, report: RawReport
+) -> tuple[RawReport, Fetched] | str:
+    """The report parsed, or why it cannot be. Its cache entries are forgotten when it cannot
+    (its pages may be 304s of a cached body: tomorrow would fail on it again). A report the
+    check stored without decoding it is then asked for again, with the retries any request
+    has, as the check would have retried it: a broken body within the night costs a request,
+    not the course."""
+    try:
+        return report, report.parse()
+    except Exception as error:  # any body, however hostile, costs its course only
+        await client.forget(report.page_urls)
+        if not report.from_check:
+            return contract.unreadable_body(error)
+    try:
+        again = await client.enrolment_report(report.run_uuid)
+    except Exception as error:  # as for its first request: it costs its course alone
+        if isinstance(error, PartnersApiError) and error.fatal:
+            raise  # refused credentials: no course can be fetched
+        return str(error) if isinstance(error, PartnersApiError) else error_line(error)
+    try:
+        return again, again.parse()
+    except Exception as error:
+        await client.forget(again.page_urls)
+        return contract.unreadable_body(error)
 
 
 @dataclass(frozen=True)
