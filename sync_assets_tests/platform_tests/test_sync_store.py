@@ -748,3 +748,47 @@ def test_sqlite_bulk_writes_leave_statements_with_returning_to_sqlalchemy(tmp_pa
         statement = sa.insert(users).returning(users.c.id)
         assert not sync_store._execute_many(connection, statement, rows)
         assert connection.execute(sa.select(sa.func.count()).select_from(users)).scalar() == 0
+
+
+def test_a_read_of_texts_integers_and_booleans_is_what_sqlalchemy_reads(engine: Engine) -> None:
+    """`read_frame` reads such rows straight from the driver: the same frame as through
+    SQLAlchemy's rows, for keys bound as JSON, an IN list, a LIKE and booleans (SQLite: 0/1),
+    with hostile texts; a read with a datetime column or parameter goes through SQLAlchemy."""
+    texts = ["plain", "it's", 'a "quote"', "100%", "two\nlines", "ünïcode", "%(x)s", "?"]
+    add_users(
+        engine,
+        [
+            {"id": f"u{n}", "email": f"{text}@example.org", "forgotten": n % 2 == 0}
+            for n, text in enumerate(texts)
+        ],
+    )
+    schema = {"id": pl.String, "email": pl.String, "forgotten": pl.Boolean}
+    with engine.connect() as connection:
+        statements = [
+            sa.select(users.c.id, users.c.email, users.c.forgotten).where(
+                users.c.id.in_(sync_store.listed(connection, ["u0", "u3", "u7", "nobody"]))
+            ),
+            sa.select(users.c.id, users.c.email, users.c.forgotten).where(
+                users.c.id.in_(["u1", "u2"]), users.c.email.like("%@example.org")
+            ),
+            sa.select(users.c.id, users.c.email, users.c.forgotten).where(
+                users.c.forgotten.is_(True)
+            ),
+            sa.select(users.c.id, sa.func.length(users.c.email).label("email"), users.c.forgotten),
+        ]
+        for statement in statements:
+            statement = statement.order_by(users.c.id)
+            through_sqlalchemy = pl.DataFrame(
+                list(connection.execute(statement)),
+                schema=schema | ({"email": pl.Int64} if statement is statements[-1] else {}),
+                orient="row",
+            )
+            assert sync_store._driver_statement(connection, statement) is not None  # the driver's
+            read = sync_store.read_frame(connection, statement, through_sqlalchemy.schema)
+            assert read.equals(through_sqlalchemy), (read, through_sqlalchemy)
+            assert not read.is_empty()
+        assert sync_store.read_frame(
+            connection,
+            sa.select(users.c.id).where(users.c.id == "u4"),
+            {"id": pl.String},
+        )["id"].to_list() == ["u4"]
