@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sync_assets.definitions import defs
 from sync_assets.defs.certificates.jobs import daily_certificates_job
 from sync_assets.defs.resync.jobs import resync_learners_job
+from sync_assets.defs.sync.changes import changed_courses
 from sync_assets.defs.sync.jobs import futurelearn_check_job, futurelearn_sync_job
 from sync_assets.defs.sync.night import (
     FOLLOWED_BY_COMMAND,
@@ -25,7 +26,6 @@ from sync_assets.defs.sync.night import (
     LAST_API_STEP,
     PER_COURSE_ASSETS,
     changed_course_run_tags,
-    changed_courses,
     runs_overlap,
 )
 from sync_assets.defs.sync.partitions import course_partitions

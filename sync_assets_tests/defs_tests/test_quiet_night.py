@@ -10,11 +10,13 @@ still asked for once.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import dagster as dg
 import pytest
 
 from sync_assets.definitions import build_definitions
+from sync_assets.defs.sync import night
 from sync_assets.defs.sync.changes import CHANGED_COURSES, COURSES_NOT_RUN
 from sync_assets.defs.sync.night import (
     changed_course_run_tags,
@@ -159,6 +161,36 @@ def test_a_night_of_a_few_scattered_courses_runs_its_ranges_one_by_one_in_this_p
         ]
     assert len(synced) > 1, "the night must change courses that are not neighbours"
     assert {run.tags[PID_TAG] for run in synced} == {str(os.getpid())}
+
+
+@sqlite_only
+def test_a_run_whose_range_spans_unchanged_courses_still_skips_them(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the most ranges a night makes, the narrowest gaps are joined: the one run then covers
+    courses the check found unchanged, and they are skipped (a run of courses all found changed
+    skips asking which could be)."""
+    assert world.sync().exit_code == 0
+    one_range = partial(changed_ranges, max_ranges=1)
+    monkeypatch.setattr(night, "changed_ranges", one_range)
+    for _ in range(2):  # tiny's second day changes two courses apart
+        world.simulator.advance_day()
+        result = world.sync()
+        assert result.exit_code == 0, result.output
+
+    with dg.DagsterInstance.get() as instance:
+        check_id = _latest_run(instance, "futurelearn_check")
+        changed = set(_latest(instance, "course_runs").metadata[CHANGED_COURSES].value)
+        [synced] = [
+            run for run in instance.get_runs() if run.tags.get("sync_assets/check_run") == check_id
+        ]
+        covered = run_partition_keys(synced.tags, list(instance.get_dynamic_partitions("course")))
+    between = set(covered) - changed
+    assert len(changed) == 2 and between, "the run must span a course that did not change"
+    lines = result.output.splitlines()
+    for key in covered:
+        [line] = [line for line in lines if line.startswith(f"{key} ")]
+        assert ("unchanged" in line.split()) == (key in between), line
 
 
 def _latest_partition(instance: dg.DagsterInstance, key: str) -> str | None:

@@ -31,6 +31,7 @@ from sync_assets.defs.sync.changes import (
     COURSES_NOT_RUN,
     check_the_courses,
     checked_progress,
+    found_all_changed,
     night_metadata,
 )
 from sync_assets.defs.sync.columns import asset_column_schema
@@ -208,9 +209,11 @@ def enrolments(
             known=steps.known_courses(platform_database.engine),
             stale_inputs=("course_runs",),
         )
+        # A run the night's check made for courses it found changed skips none of them.
         skip_if_reports = (
             steps.courses_to_skip(platform_database.engine, course_runs, step.courses)
             if config.skip_unchanged
+            and not found_all_changed(context.instance, context.run.tags, context.partition_keys)
             else {}
         )
     policy = steps.QuarantinePolicy(

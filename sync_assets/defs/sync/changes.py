@@ -26,6 +26,7 @@ from sync_assets.defs.sync.course_step import (
     WITHDRAWN_FACTS,
     named_partitions,
 )
+from sync_assets.defs.sync.provenance import CHECK_RUN_TAG
 from sync_assets.partners_api.metrics import ApiMetrics
 from sync_assets.sync import fact_names, steps
 from sync_assets.sync.steps.changes import ReportCheck
@@ -142,3 +143,29 @@ def checked_progress(not_run: list[dict[str, Any]]) -> dg.AssetMaterialization:
             **{f"courses_{status.replace(' ', '_')}": n for status, n in sorted(by_status.items())},
         },
     )
+
+
+def changed_courses(instance: dg.DagsterInstance, check_run_id: str) -> list[str]:
+    """The course partitions a check run found changed, from its course_runs materialisation."""
+    records = instance.get_records_for_run(
+        check_run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    for record in records:
+        materialization = record.asset_materialization
+        if materialization is not None and materialization.asset_key == dg.AssetKey("course_runs"):
+            listed = materialization.metadata.get(CHANGED_COURSES)
+            return list(listed.value) if listed is not None else []  # type: ignore[arg-type]
+    return []
+
+
+def found_all_changed(
+    instance: dg.DagsterInstance, run_tags: Mapping[str, str], keys: Sequence[str]
+) -> bool:
+    """Whether the night's check that launched a run (its CHECK_RUN_TAG) found every course
+    partition of `keys` changed: then none of them can be skipped as unchanged, and asking
+    again costs every stored link read (`courses_to_skip`: ~3.6 s a run on `large`'s next day,
+    each run's before its look-ups)."""
+    check_run_id = run_tags.get(CHECK_RUN_TAG)
+    if check_run_id is None:
+        return False
+    return set(keys) <= set(changed_courses(instance, check_run_id))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from sync_assets.defs.sync.assets import partitioned_sync_assets, sync_assets_list
-from sync_assets.defs.sync.changes import CHANGED_COURSES
+from sync_assets.defs.sync.changes import changed_courses
 from sync_assets.defs.sync.jobs import (
     all_partitions_tags,
     futurelearn_check_job,
@@ -36,19 +36,6 @@ LAST_API_STEP = "linked_memberships"
 # leaves it alone, or the changed courses would be synced twice.
 FOLLOWED_BY_TAG = "sync_assets/followed_by"
 FOLLOWED_BY_COMMAND = "sync-assets sync"
-
-
-def changed_courses(instance: dg.DagsterInstance, check_run_id: str) -> list[str]:
-    """The course partitions a check run found changed, from its course_runs materialisation."""
-    records = instance.get_records_for_run(
-        check_run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
-    ).records
-    for record in records:
-        materialization = record.asset_materialization
-        if materialization is not None and materialization.asset_key == dg.AssetKey("course_runs"):
-            listed = materialization.metadata.get(CHANGED_COURSES)
-            return list(listed.value) if listed is not None else []  # type: ignore[arg-type]
-    return []
 
 
 def runs_overlap(changed: int) -> bool:
