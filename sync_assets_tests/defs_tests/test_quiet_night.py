@@ -148,17 +148,10 @@ def test_a_night_of_a_few_scattered_courses_runs_its_ranges_one_by_one_in_this_p
 ) -> None:
     """A run per range of changed courses, each executed by the command's own process: a
     process of its own each (the overlap of large nights) would cost more than they overlap."""
-    assert world.sync().exit_code == 0
-    for _ in range(2):  # tiny's second day changes two courses apart
-        world.simulator.advance_day()
-        result = world.sync()
-        assert result.exit_code == 0, result.output
+    _two_days_apart(world)
 
     with dg.DagsterInstance.get() as instance:
-        check_id = _latest_run(instance, "futurelearn_check")
-        synced = [
-            run for run in instance.get_runs() if run.tags.get("sync_assets/check_run") == check_id
-        ]
+        synced = _runs_of_the_latest_check(instance)
     assert len(synced) > 1, "the night must change courses that are not neighbours"
     assert {run.tags[PID_TAG] for run in synced} == {str(os.getpid())}
 
@@ -170,20 +163,12 @@ def test_a_run_whose_range_spans_unchanged_courses_still_skips_them(
     """Past the most ranges a night makes, the narrowest gaps are joined: the one run then covers
     courses the check found unchanged, and they are skipped (a run of courses all found changed
     skips asking which could be)."""
-    assert world.sync().exit_code == 0
-    one_range = partial(changed_ranges, max_ranges=1)
-    monkeypatch.setattr(night, "changed_ranges", one_range)
-    for _ in range(2):  # tiny's second day changes two courses apart
-        world.simulator.advance_day()
-        result = world.sync()
-        assert result.exit_code == 0, result.output
+    monkeypatch.setattr(night, "changed_ranges", partial(changed_ranges, max_ranges=1))
+    result = _two_days_apart(world)
 
     with dg.DagsterInstance.get() as instance:
-        check_id = _latest_run(instance, "futurelearn_check")
         changed = set(_latest(instance, "course_runs").metadata[CHANGED_COURSES].value)
-        [synced] = [
-            run for run in instance.get_runs() if run.tags.get("sync_assets/check_run") == check_id
-        ]
+        [synced] = _runs_of_the_latest_check(instance)
         covered = run_partition_keys(synced.tags, list(instance.get_dynamic_partitions("course")))
     between = set(covered) - changed
     assert len(changed) == 2 and between, "the run must span a course that did not change"
@@ -191,6 +176,22 @@ def test_a_run_whose_range_spans_unchanged_courses_still_skips_them(
     for key in covered:
         [line] = [line for line in lines if line.startswith(f"{key} ")]
         assert ("unchanged" in line.split()) == (key in between), line
+
+
+def _two_days_apart(world: World):
+    """A first sync, then two days, each synced: tiny's second day changes two courses apart.
+    The last sync's result."""
+    assert world.sync().exit_code == 0
+    for _ in range(2):
+        world.simulator.advance_day()
+        result = world.sync()
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def _runs_of_the_latest_check(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    check_id = _latest_run(instance, "futurelearn_check")
+    return [run for run in instance.get_runs() if run.tags.get("sync_assets/check_run") == check_id]
 
 
 def _latest_partition(instance: dg.DagsterInstance, key: str) -> str | None:
