@@ -163,8 +163,7 @@ def found_all_changed(
 ) -> bool:
     """Whether the night's check that launched a run (its CHECK_RUN_TAG) found every course
     partition of `keys` changed: then none of them can be skipped as unchanged, and asking
-    again costs every stored link read (`courses_to_skip`: ~3.6 s a run on `large`'s next day,
-    each run's before its look-ups)."""
+    again (`courses_to_skip`) reads every stored link once more in each run."""
     check_run_id = run_tags.get(CHECK_RUN_TAG)
     if check_run_id is None:
         return False
