@@ -330,7 +330,7 @@ def sync(
 
     All courses run in chunks of SYNC_ASSETS_COURSES_PER_RUN (default: one run for all, or up
     to 4 for a night of 100 changed courses or more). Runs so cut overlap, each in a process of
-    its own: one writes while the next one's look-ups are in flight; the ranges of a few
+    its own: one links and writes while the next one reads its reports; the ranges of a few
     scattered changed courses run one after another in this process.
     """
     _sync_and_report(courses, dry_run, allow_shrink, allow_quarantine, submit, recompute_unchanged)

@@ -31,6 +31,7 @@ from sync_assets.runs.dagster_internals import (
     submit_run_to_coordinator,
 )
 from sync_assets.runs.instance import PID_TAG, cli_run_tags, submitted_run_tags
+from sync_assets.runs.turns import PREVIOUS_RUN_TAG, step_ended
 from sync_assets.settings import ConfigurationError, project_dir
 
 # What workspace.yaml, the Dockerfile and [tool.dg] call the code location: runs carry it, and
@@ -54,13 +55,8 @@ STEP_EVENTS = {
 }
 SUBMITTED_POLL_SECONDS = 1.0
 OVERLAP_POLL_SECONDS = 0.2
-# Runs executing at once in `execute_overlapping`: one at its Partners API steps, one writing.
+# Runs executing at once in `execute_overlapping`: as many as the machine's two cores keep busy.
 OVERLAPPING_RUNS = 2
-HANDED_OFF = {
-    dg.DagsterEventType.STEP_SUCCESS,
-    dg.DagsterEventType.STEP_FAILURE,
-    dg.DagsterEventType.STEP_SKIPPED,
-}
 INTERRUPTED_WAIT_SECONDS = 30.0
 QUEUED_NOTICE_SECONDS = 30.0
 
@@ -134,9 +130,9 @@ class CodeLocationRuns:
         handoff_step: str,
     ) -> list[FinishedRun]:
         """Create a run per tags and execute them in processes of their own, in order, two at a
-        time: each starts once the run before it has ended `handoff_step` (its last step that
-        calls the Partners API), so one run writes while the next one's requests are in flight,
-        and no two runs call the API at once.
+        time: each starts once the run before it has ended `handoff_step`, so that one run's
+        later steps overlap the next one's first. A step that one run at a time may execute
+        waits for the run before it (runs/turns.py: each run after the first names it).
 
         A process of its own per run, not a thread: a run's writes would hold this process's
         interpreter while the next run's requests wait on it, and each run's peak memory stays
@@ -159,13 +155,15 @@ class CodeLocationRuns:
             self.instance.add_run_tags(run.run_id, {PID_TAG: str(child.pid)})
             return child
 
-        # The first run starts as soon as it exists; the others are created while it executes.
+        # The first run starts as soon as it exists; the others are created while it executes,
+        # each naming the run before it (for the steps that wait for their turn: runs/turns.py).
         created = [create(tags[0])]
         children = [start(created[0])]
         done = threading.Event()
         follower: threading.Thread | None = None
         try:
-            created += [create(run_tags) for run_tags in tags[1:]]
+            for run_tags in tags[1:]:
+                created.append(create({**run_tags, PREVIOUS_RUN_TAG: created[-1].run_id}))
             run_ids = [run.run_id for run in created]
             follower = threading.Thread(
                 target=_follow_steps, args=(self.instance, run_ids, done, say), daemon=True
@@ -190,17 +188,13 @@ class CodeLocationRuns:
         """Until the last run started has handed off (or ended) and fewer than
         OVERLAPPING_RUNS are still executing."""
         while True:
-            last_handed_off = children[-1].poll() is not None or self._step_ended(
-                last_run_id, handoff_step
+            last_handed_off = children[-1].poll() is not None or step_ended(
+                self.instance, last_run_id, handoff_step
             )
             executing = sum(child.poll() is None for child in children)
             if last_handed_off and executing < OVERLAPPING_RUNS:
                 return
             time.sleep(OVERLAP_POLL_SECONDS)
-
-    def _step_ended(self, run_id: str, step_key: str) -> bool:
-        records = self.instance.get_records_for_run(run_id, of_type=HANDED_OFF).records
-        return any(record.event_log_entry.step_key == step_key for record in records)
 
     def _end_left_runs(self, created: list[dg.DagsterRun], started: int) -> None:
         """What a stopped command or a dead process left: a run started and not ended is marked

@@ -37,7 +37,7 @@ def submitted_run_tags() -> dict[str, str]:
     return {LAUNCHED_BY_TAG: "cli --submit", HOST_TAG: socket.gethostname()}
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -61,7 +61,7 @@ def reap_dead_cli_runs(instance: dg.DagsterInstance, say: Callable[[str], None] 
     reaped = 0
     for run in records:
         pid = int(run.tags.get(PID_TAG, "0") or 0)
-        if pid <= 0 or pid == os.getpid() or _process_alive(pid):
+        if pid <= 0 or pid == os.getpid() or process_alive(pid):
             continue
         instance.report_run_failed(
             run, f"the sync-assets process (pid {pid}) running it ended without finishing it"

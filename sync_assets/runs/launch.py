@@ -23,7 +23,7 @@ from sync_assets.defs.sync.jobs import futurelearn_check_job, futurelearn_sync_j
 from sync_assets.defs.sync.night import (
     FOLLOWED_BY_COMMAND,
     FOLLOWED_BY_TAG,
-    LAST_API_STEP,
+    HANDOFF_STEP,
     PER_COURSE_ASSETS,
     changed_course_run_tags,
     runs_overlap,
@@ -160,7 +160,7 @@ def _night_runs(
         report.success = False
         return None
     changed = partitions if recompute_unchanged else changed_courses(runs.instance, check.run_id)
-    # Runs executed here overlap (one writing while the next one's look-ups are in flight); the
+    # Runs executed here overlap (one linking and writing while the next reads its reports); the
     # daemon's queue runs them one at a time per pool (dagster.yaml), so they are not cut for it.
     overlapping = not submit and runs_overlap(len(changed))
     tags = changed_course_run_tags(partitions, changed, check.run_id, overlapping=overlapping)
@@ -229,7 +229,7 @@ def launch_sync(
             submit=submit,
             say=say,
             asset_selection=selection,
-            handoff_step=LAST_API_STEP if overlapping else None,
+            handoff_step=HANDOFF_STEP if overlapping else None,
         )
         if tags
         else []

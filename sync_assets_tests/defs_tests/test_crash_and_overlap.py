@@ -536,12 +536,20 @@ def test_the_sync_in_runs_of_a_few_courses_equals_one_run(
     assert fresh.snapshot() == after_second
 
 
-def _handoffs(home: Path) -> list[tuple[float, float, str]]:
-    """Each sync run's first step start, the end of its last Partners API step and the process
-    it names as executing it, in order."""
-    import dagster as dg
+@dataclass(frozen=True)
+class _SyncRun:
+    """One sync run of an overlapping night, as its event log tells it."""
 
-    from sync_assets.defs.sync.night import LAST_API_STEP
+    run_id: str
+    pid: str  # the process it names as executing it
+    first_start: float
+    step_ends: dict[str, float]  # step key → when it ended
+    messages: list[tuple[float, str]]  # the steps' log lines
+
+
+def _sync_runs(home: Path) -> list[_SyncRun]:
+    """The night's sync runs, in order (their chunk tag), as far as they have got."""
+    import dagster as dg
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DAGSTER_HOME", str(home))
@@ -552,28 +560,37 @@ def _handoffs(home: Path) -> list[tuple[float, float, str]]:
                 if run.job_name == "futurelearn_sync" and "sync_assets/chunk" in run.tags
             ]
             runs.sort(key=lambda run: int(run.tags["sync_assets/chunk"].split(" of ")[0]))
-            times = []
+            found = []
             for run in runs:
-                starts = instance.get_records_for_run(
-                    run.run_id, of_type=dg.DagsterEventType.STEP_START
-                ).records
-                ends = instance.get_records_for_run(
-                    run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS
-                ).records
-                handoff = [e.timestamp for e in ends if e.event_log_entry.step_key == LAST_API_STEP]
-                pid = run.tags["sync_assets/pid"]
-                times.append((min(e.timestamp for e in starts), handoff[0], pid))
-    return times
+                records = instance.get_records_for_run(run.run_id, limit=10_000).records
+                entries = [record.event_log_entry for record in records]
+                events = [(e.timestamp, e.dagster_event) for e in entries if e.dagster_event]
+                starts = [t for t, e in events if e.event_type == dg.DagsterEventType.STEP_START]
+                found.append(
+                    _SyncRun(
+                        run.run_id,
+                        run.tags.get("sync_assets/pid", ""),
+                        min(starts, default=float("inf")),
+                        {
+                            e.step_key: t
+                            for t, e in events
+                            if e.event_type == dg.DagsterEventType.STEP_SUCCESS and e.step_key
+                        },
+                        [(e.timestamp, e.user_message) for e in entries if not e.dagster_event],
+                    )
+                )
+    return found
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_the_runs_of_one_sync_overlap_one_writing_while_the_next_calls_the_api(
+def test_the_runs_of_one_sync_overlap_one_writing_while_the_next_reads_and_links(
     fresh: Platform, baseline: tuple[str, dict, dict]
 ) -> None:
     """A sync of several runs executes each in a process of its own, the next starting once the
-    one before has ended its Partners API steps: run 1, held after committing its first course,
-    is still writing when run 2 gets to its own writes. No two runs call the API at once, and
-    the tables are those of one run."""
+    one before has read its reports: run 1, held after committing its first course, is still
+    writing when run 2 gets to its own writes. The tables are those of one run."""
+    from sync_assets.defs.sync.night import HANDOFF_STEP
+
     sync = start(
         fresh,
         "sync",
@@ -597,10 +614,59 @@ def test_the_runs_of_one_sync_overlap_one_writing_while_the_next_calls_the_api(
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert sync.process.pid not in (first_writer, second_writer)
-    handoffs = _handoffs(fresh.home)
-    assert len(handoffs) >= 2
-    for (_, handed_off, _), (next_started, _, _) in itertools.pairwise(handoffs):
-        assert next_started >= handed_off
+    runs = _sync_runs(fresh.home)
+    assert len(runs) >= 2
+    for before, after in itertools.pairwise(runs):
+        assert after.first_start >= before.step_ends[HANDOFF_STEP]
     # Each run names the process executing it: a later command reaps a run by that process.
-    assert [int(pid) for _, _, pid in handoffs[:2]] == [first_writer, second_writer]
+    assert [int(run.pid) for run in runs[:2]] == [first_writer, second_writer]
+    assert fresh.snapshot() == baseline[1]
+
+
+def _marked_pid(marker: Path) -> int | None:
+    try:
+        return int(marker.read_text().split()[1])
+    except (FileNotFoundError, IndexError):  # released, or being written
+        return None
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_next_run_reads_its_reports_while_the_one_before_links_and_links_after_it(
+    fresh: Platform, baseline: tuple[str, dict, dict]
+) -> None:
+    """Run 1 held in its linking (its look-ups made, nothing written): run 2 starts and reads its
+    reports, but looks up nothing until run 1 has ended its linking. One run at a time looks up
+    memberships, so none new to both is asked for twice (R2); the tables are those of one run."""
+    sync = start(fresh, "sync", failpoint="linking.after_lookups", SYNC_ASSETS_COURSES_PER_RUN="2")
+    assert sync.marker is not None
+    sync.wait_for_failpoint()
+    first_linker = _marked_pid(sync.marker)
+
+    def second_run_has(step: str) -> bool:
+        runs = _sync_runs(fresh.home)
+        return len(runs) >= 2 and step in runs[1].step_ends
+
+    sync.wait_until(
+        "the second run's reports read while the first links",
+        lambda: second_run_has("enrolments"),
+    )
+    time.sleep(1.0)  # time enough for its look-ups, had it not waited
+    assert _marked_pid(sync.marker) == first_linker
+    assert not second_run_has("linked_memberships")
+    sync.release()
+    sync.wait_until(
+        "the second run at its look-ups",
+        lambda: _marked_pid(sync.marker) not in (None, first_linker),
+    )
+    while sync.process.poll() is None:
+        if sync.marker.exists():
+            sync.release()
+        time.sleep(0.05)
+    result = sync.finish()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, second = _sync_runs(fresh.home)[:2]
+    waited = [(t, line) for t, line in second.messages if "linked after run" in line]
+    assert len(waited) == 1 and first.run_id in waited[0][1]
+    assert waited[0][0] >= first.step_ends["linked_memberships"]
     assert fresh.snapshot() == baseline[1]

@@ -10,7 +10,8 @@ import dagster as dg
 import pytest
 
 from sync_assets.definitions import defs
-from sync_assets.defs.sync.night import LAST_API_STEP
+from sync_assets.defs.sync.assets import STEPS_IN_TURN
+from sync_assets.defs.sync.night import HANDOFF_STEP
 from sync_assets.defs.sync.partitions import CourseKeys, course_partitions, slugify
 from sync_assets.defs.sync.schedules import nightly_futurelearn_sync
 from sync_assets.defs.sync.sensors import course_partitions_sensor
@@ -36,9 +37,10 @@ def test_lineage_puts_linking_before_progress() -> None:
     assert "latest_enrolments" in upstream["activity_progress"]
 
 
-def test_no_step_of_a_sync_run_after_its_last_api_step_calls_the_partners_api() -> None:
-    """Overlapping runs (`sync-assets sync`) start the next run once LAST_API_STEP has ended:
-    a later step that called the API would share the quota with the next run's look-ups."""
+def test_every_step_after_the_handoff_that_calls_the_partners_api_takes_turns() -> None:
+    """Overlapping runs (`sync-assets sync`) start the next run once HANDOFF_STEP has ended: a
+    later step that calls the API without waiting for the run before it (STEPS_IN_TURN) would
+    look up memberships beside the next run's."""
     graph = defs.resolve_asset_graph()
     steps = [key.to_user_string() for key in graph.toposorted_asset_keys]
     calling = {
@@ -46,9 +48,8 @@ def test_no_step_of_a_sync_run_after_its_last_api_step_calls_the_partners_api() 
         for key in graph.toposorted_asset_keys
         if "partners_api" in graph.get(key).assets_def.required_resource_keys
     }
-    after = steps[steps.index(LAST_API_STEP) + 1 :]
-    assert LAST_API_STEP in calling and after
-    assert calling.isdisjoint(after)
+    after = steps[steps.index(HANDOFF_STEP) + 1 :]
+    assert calling & set(after) == STEPS_IN_TURN == {"linked_memberships"}
 
 
 # SQLite only: partitions and metadata: Dagster's side; the sync's writes are

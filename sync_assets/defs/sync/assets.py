@@ -47,6 +47,7 @@ from sync_assets.error_text import error_line
 from sync_assets.markdown import markdown_text
 from sync_assets.partners_api.client import run
 from sync_assets.platform.database import database_kind
+from sync_assets.runs.turns import wait_for_turn
 from sync_assets.settings import courses_per_run, platform_database_url
 from sync_assets.sync import fact_names, steps
 from sync_assets.wording import counted
@@ -238,6 +239,12 @@ def enrolments(
     step.finish()
 
 
+# Steps the overlapping runs of one `sync-assets sync` execute one run at a time (runs/turns.py):
+# linking, whose look-ups of a membership new to two runs would ask the API twice (R2).
+LINKING_STEP = "linked_memberships"
+STEPS_IN_TURN = frozenset({LINKING_STEP})
+
+
 @dg.asset(
     pool=pools.PARTNERS_API,
     group_name=GROUP,
@@ -252,6 +259,13 @@ def linked_memberships(
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
 ):
+    # Before anything is read: what the run before this one links and stores is read after it.
+    waited = wait_for_turn(context.instance, context.run.tags, LINKING_STEP)
+    if waited is not None:
+        context.log.info(
+            f"linked after run {waited.run_id}'s linking ended (waited {waited.seconds:.1f} s): "
+            "one run at a time looks up memberships"
+        )
     # Linking is the same whatever names the courses have: the step sees partition keys.
     step = CourseStep(context, None, {"enrolments": enrolments}, stale_inputs=("enrolments",))
     reports = step.inputs["enrolments"].frames(step.courses)

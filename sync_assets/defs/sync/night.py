@@ -30,8 +30,11 @@ from sync_assets.settings import courses_per_run
 
 # What a run for changed courses executes: everything but course_runs (the check's).
 PER_COURSE_ASSETS = partitioned_sync_assets(sync_assets_list)
-# The last step of a sync run that calls the Partners API: overlapping runs hand off after it.
-LAST_API_STEP = "linked_memberships"
+# Overlapping runs hand off after it: the next run starts once the one before has read its
+# reports. Its linking then waits for the one before's (STEPS_IN_TURN), so no two runs look up
+# memberships at once; its enrolments come from the check's cache (a report asked for again,
+# one the check stored and cannot be read, is the only request it may make beside them).
+HANDOFF_STEP = "enrolments"
 # On a check run whose sync runs its launcher makes itself (`sync-assets sync`): the sensor
 # leaves it alone, or the changed courses would be synced twice.
 FOLLOWED_BY_TAG = "sync_assets/followed_by"

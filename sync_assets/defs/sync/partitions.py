@@ -55,8 +55,8 @@ def course_chunks(partition_keys: list[str], per_run: int | None) -> list[list[s
 MAX_RANGES_PER_NIGHT = 8
 
 
-# `sync-assets sync` runs a night of many changed courses as overlapping runs (one writing while
-# the next one's look-ups are in flight, runs/execution.py): at most OVERLAP_RUNS, of at least
+# `sync-assets sync` runs a night of many changed courses as overlapping runs (one linking and
+# writing while the next reads its reports, runs/execution.py): at most OVERLAP_RUNS, of at least
 # OVERLAP_MIN_COURSES courses but the last, since each run costs its own start and steps (~1–3 s).
 OVERLAP_RUNS = 4
 OVERLAP_MIN_COURSES = 50

@@ -1,0 +1,88 @@
+"""A step that waits for its turn (runs/turns.py): until the run before it is past the step, has
+ended, or has lost its process; never for a run it does not follow."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import dagster as dg
+
+from sync_assets.runs.instance import HOST_TAG, PID_TAG
+from sync_assets.runs.turns import PARENT_RUN_TAG, PREVIOUS_RUN_TAG, Waited, wait_for_turn
+
+STEP = "linked_memberships"
+
+
+def _previous_run(instance: dg.DagsterInstance, pid: int, host: str | None = None) -> str:
+    """A run executing (STARTED) in process `pid` on `host` (this one by default)."""
+    run = instance.add_run(
+        dg.DagsterRun(
+            job_name="futurelearn_sync",
+            status=dg.DagsterRunStatus.STARTED,
+            tags={PID_TAG: str(pid), HOST_TAG: host or socket.gethostname()},
+        )
+    )
+    return run.run_id
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _waiting(instance: dg.DagsterInstance, tags: dict[str, str]) -> tuple[threading.Thread, list]:
+    result: list[Waited | None] = []
+    thread = threading.Thread(
+        target=lambda: result.append(wait_for_turn(instance, tags, STEP)), daemon=True
+    )
+    thread.start()
+    return thread, result
+
+
+def test_a_run_that_follows_none_or_was_re_executed_does_not_wait() -> None:
+    with dg.instance_for_test() as instance:
+        previous = _previous_run(instance, pid=os.getpid())
+        assert wait_for_turn(instance, {}, STEP) is None
+        re_executed = {PREVIOUS_RUN_TAG: previous, PARENT_RUN_TAG: "an-earlier-run"}
+        assert wait_for_turn(instance, re_executed, STEP) is None
+
+
+def test_the_step_waits_while_the_run_before_executes_and_goes_on_when_it_ends() -> None:
+    with dg.instance_for_test() as instance:
+        previous = _previous_run(instance, pid=os.getpid())
+        thread, result = _waiting(instance, {PREVIOUS_RUN_TAG: previous})
+        thread.join(timeout=1.0)
+        assert thread.is_alive()  # the run before is executing, its step not ended
+        run = instance.get_run_by_id(previous)
+        assert run is not None
+        instance.report_run_failed(run, "ended before its linking")
+        thread.join(timeout=5.0)
+        assert not thread.is_alive()
+        assert result[0] is not None and result[0].run_id == previous
+        assert result[0].seconds >= 1.0
+
+
+def test_a_run_before_whose_process_died_on_this_host_is_not_waited_for() -> None:
+    """Killed with its process, a run stays STARTED until a later command reaps it."""
+    with dg.instance_for_test() as instance:
+        previous = _previous_run(instance, pid=_dead_pid())
+        waited = wait_for_turn(instance, {PREVIOUS_RUN_TAG: previous}, STEP)
+        assert waited is not None and waited.seconds < 1.0
+
+
+def test_a_process_id_of_another_host_is_not_taken_for_one_of_this_host() -> None:
+    with dg.instance_for_test() as instance:
+        previous = _previous_run(instance, pid=_dead_pid(), host="another-host")
+        thread, _ = _waiting(instance, {PREVIOUS_RUN_TAG: previous})
+        thread.join(timeout=1.0)
+        assert thread.is_alive()
+        run = instance.get_run_by_id(previous)
+        assert run is not None
+        instance.report_run_failed(run, "ended")  # let the thread go
+        thread.join(timeout=5.0)
+        assert not thread.is_alive()
