@@ -22,7 +22,7 @@ import os
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -175,17 +175,28 @@ class RawReport:
 
     def parse(self) -> Fetched:
         """Raises on a body that cannot be read (any exception): see `PartnersApiClient.forget`."""
-        parsed = [
-            contract.parse_enrolments(
-                contract.decode_report(page) if isinstance(page, bytes) else page, self.run_uuid
-            )
+        return parse_reports([self])
+
+    def decoded_pages(self) -> list[tuple[Any, str]]:
+        """Each page decoded, with the run it is of."""
+        return [
+            (contract.decode_report(page) if isinstance(page, bytes) else page, self.run_uuid)
             for page in self.pages
         ]
-        return Fetched(
-            records=pl.concat([p.records for p in parsed]),
-            quarantine=pl.concat([p.quarantine for p in parsed]),
-            not_modified=self.not_modified,
-        )
+
+
+def parse_reports(reports: Sequence[RawReport]) -> Fetched:
+    """Several runs' reports read in one pass (`contract.parse_enrolment_pages`), as their
+    parses one by one would be concatenated. Raises on any body that cannot be read: which one
+    is then for the caller to find, one by one."""
+    parsed = contract.parse_enrolment_pages(
+        [page for report in reports for page in report.decoded_pages()]
+    )
+    return Fetched(
+        records=parsed.records,
+        quarantine=parsed.quarantine,
+        not_modified=all(report.not_modified for report in reports),
+    )
 
 
 @dataclass(frozen=True)

@@ -253,3 +253,34 @@ def test_hostile_membership_answers_are_quarantined(answer: dict, reason: str) -
     assert parsed.records.is_empty()
     assert parsed.quarantine["reason"].to_list() == [reason]
     assert "x" * 50 not in str(parsed.quarantine.to_dicts())
+
+
+def test_pages_read_in_one_pass_are_what_reading_them_one_by_one_gives() -> None:
+    """A course's reports are read together (`parse_enrolment_pages`): the same records, and the
+    same quarantine in the same order, each record named by its own page's run and index."""
+    recorded_run = "545ba924-9e73-4a30-bd54-4fb7dee8b913"
+    pages = [
+        ([GOOD, GOOD | {"status": "paused"}, "junk"], "run-a"),
+        ([], "run-b"),
+        (["junk", GOOD | {"steps_completed_ratio": 2}, GOOD], "run-c"),
+        (recorded_body("course_enrolments_report"), recorded_run),
+        ([7, GOOD | {"activated_at": "yesterday"}], "run-d"),
+    ]
+    together = contract.parse_enrolment_pages(pages)
+    one_by_one = [contract.parse_enrolments(body, run) for body, run in pages]
+
+    assert together.records.equals(pl.concat([parsed.records for parsed in one_by_one]))
+    assert together.quarantine.equals(pl.concat([parsed.quarantine for parsed in one_by_one]))
+    assert together.quarantine.select("source", "record_index").rows() == [
+        ("run-a", 2),
+        ("run-a", 1),
+        ("run-c", 0),
+        ("run-c", 1),
+        ("run-d", 0),
+        ("run-d", 1),
+    ]
+
+
+def test_a_page_that_is_not_an_array_among_others_is_named() -> None:
+    with pytest.raises(contract.ContractError, match="for run-b: expected a JSON array"):
+        contract.parse_enrolment_pages([([GOOD], "run-a"), ({"error": "oops"}, "run-b")])

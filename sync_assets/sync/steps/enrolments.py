@@ -21,6 +21,7 @@ from sync_assets.partners_api.client import (
     PartnersApiError,
     RawReport,
     or_failure,
+    parse_reports,
 )
 from sync_assets.platform import change_tracking, sync_store
 from sync_assets.sync import fact_names
@@ -197,20 +198,33 @@ async def _fetch_course(
     }
     if skip_if_fingerprint == fingerprint:
         return _CourseFetch(Unchanged(facts), **served)
-    parsed: list[Fetched] = []
-    for index, report in enumerate(reports):
-        read = await _parse_or_ask_again(client, report)
-        if isinstance(read, str):
-            return _CourseFetch(Failed(f"report of run {report.run_uuid}: {read}"))
-        report, fetched = read
-        reports[index] = report
-        parsed.append(fetched)
+    parsed = _parsed_at_once(reports)
+    if parsed is None:  # one cannot be read: which, and whether it reads when asked again
+        parsed = []
+        for index, report in enumerate(reports):
+            read = await _parse_or_ask_again(client, report)
+            if isinstance(read, str):
+                return _CourseFetch(Failed(f"report of run {report.run_uuid}: {read}"))
+            report, fetched = read
+            reports[index] = report
+            parsed.append(fetched)
     # A report asked for again may be another than the check's: the course is synced from this.
     fingerprint = change_tracking.report_fingerprint(
         runs, {report.run_uuid: report.digest for report in reports}
     )
     outcome = _course_report(course, parsed, fingerprint, facts, policy)
     return _CourseFetch(outcome, [fetched.quarantine for fetched in parsed], **served)
+
+
+def _parsed_at_once(reports: list[RawReport]) -> list[Fetched] | None:
+    """The course's reports read in one pass (what reading them one by one gives, for one
+    pass's fixed cost), or None if any cannot be read."""
+    if not reports:
+        return []
+    try:
+        return [parse_reports(reports)]
+    except Exception:  # any body, however hostile: read one by one, each its own reason
+        return None
 
 
 async def _parse_or_ask_again(
