@@ -275,6 +275,20 @@ def refresh_linking_state(engine: Engine) -> int:
     return generation
 
 
+def checked_generation(engine: Engine) -> int | None:
+    """The generation the last `refresh_linking_state` left, without checking the platform
+    again; None if it never ran.
+
+    For a night's sync run, whose check refreshed the state minutes before: a platform change
+    since is not seen tonight but by the next night's check, which moves the generation on and
+    so recomputes the courses stamped with this one (as for any change after the night).
+    Reading it again would read every stored link and every user's email key once per run
+    (~1M links on `large`: seconds a run, each on the runs' serial path, linking)."""
+    with engine.connect() as connection:
+        generation = connection.execute(sa.select(linking_state.c.generation)).scalar()
+    return None if generation is None else int(generation)
+
+
 def _changed(stored: Mapping, seen: _LinkingInputs) -> bool:
     return (
         stored["forgotten_digest"] != seen.forgotten_digest

@@ -3,8 +3,9 @@
 `execute_overlapping` (runs/execution.py) starts each run once the run before it has ended its
 hand-off step, and tags it with that run (PREVIOUS_RUN_TAG). A step the runs must not execute at
 once (linking: two runs looking up the same new membership would ask the API twice, R2) waits
-here, polling the instance, until the previous run has ended that step, ended, or lost its
-process. The wait is in the step, where the UI shows it, not in the launcher: the launcher can
+here, polling the instance, until the previous run has passed its turn (`pass_turn`: linking
+passes it once its look-ups are stored, before its matching), ended that step, ended, or lost
+its process. The wait is in the step, where the UI shows it, not in the launcher: the launcher can
 only start a run, and each run's steps before that step need not wait.
 """
 
@@ -24,6 +25,8 @@ from sync_assets.runs.status import FINISHED
 PREVIOUS_RUN_TAG = "sync_assets/previous_run"
 # Dagster's tag on a run re-executed from another (the UI's re-execute copies the tags).
 PARENT_RUN_TAG = "dagster/parent_run_id"
+# Set by a run on itself: the step (key) whose turn it has passed before the step's end.
+TURN_PASSED_TAG = "sync_assets/turn_passed"
 TURN_POLL_SECONDS = 0.2
 STEP_ENDED = {
     dg.DagsterEventType.STEP_SUCCESS,
@@ -45,10 +48,16 @@ def step_ended(instance: dg.DagsterInstance, run_id: str, step_key: str) -> bool
     return any(record.event_log_entry.step_key == step_key for record in records)
 
 
+def pass_turn(instance: dg.DagsterInstance, run_id: str, step_key: str) -> None:
+    """Let the next run's `step_key` go on while this run's goes on too."""
+    instance.add_run_tags(run_id, {TURN_PASSED_TAG: step_key})
+
+
 def wait_for_turn(
     instance: dg.DagsterInstance, tags: Mapping[str, str], step_key: str
 ) -> Waited | None:
-    """Until the run started before this one (its PREVIOUS_RUN_TAG) is past `step_key`; None
+    """Until the run started before this one (its PREVIOUS_RUN_TAG) has passed its turn at
+    `step_key`; None
     when there is no such run to wait for (a run of its own, or one re-executed later from the
     UI: what it overlapped with is long over)."""
     previous = tags.get(PREVIOUS_RUN_TAG)
@@ -61,10 +70,13 @@ def wait_for_turn(
 
 
 def _past_step(instance: dg.DagsterInstance, run_id: str, step_key: str) -> bool:
-    """Whether a run has ended the step, ended, or died on this host (its process is gone: a run
-    killed with its process stays STARTED until a later command marks it failed)."""
+    """Whether a run has passed its turn at the step, ended the step, ended, or died on this host
+    (its process is gone: a run killed with its process stays STARTED until a later command
+    marks it failed)."""
     run = instance.get_run_by_id(run_id)
-    if run is None or run.status in FINISHED or step_ended(instance, run_id, step_key):
+    if run is None or run.status in FINISHED or run.tags.get(TURN_PASSED_TAG) == step_key:
+        return True
+    if step_ended(instance, run_id, step_key):
         return True
     pid = int(run.tags.get(PID_TAG, "0") or 0)
     here = run.tags.get(HOST_TAG) == socket.gethostname()

@@ -620,9 +620,9 @@ def test_the_runs_of_one_sync_overlap_the_next_reading_while_the_one_before_link
 ) -> None:
     """A sync of several runs executes each in a process of its own, the next starting once the
     one before has read its reports. Run 1 held in its linking (its look-ups made, nothing
-    written): run 2 starts and reads its reports, but looks up nothing until run 1 has ended its
-    linking. One run at a time looks up memberships, so none new to both is asked for twice
-    (R2); the tables are those of one run."""
+    written): run 2 starts and reads its reports, but looks up nothing until run 1 has stored
+    its look-ups (run 1 matches on meanwhile). One run at a time looks up memberships, so none
+    new to both is asked for twice (R2); the tables are those of one run."""
     from sync_assets.defs.sync.night import HANDOFF_STEP
 
     sync = start(fresh, "sync", failpoint="linking.after_lookups", SYNC_ASSETS_COURSES_PER_RUN="2")
@@ -665,5 +665,6 @@ def test_the_runs_of_one_sync_overlap_the_next_reading_while_the_one_before_link
     assert second.step_ends["enrolments"] < first.step_ends["linked_memberships"]
     waited = [(t, line) for t, line in second.messages if "linked after run" in line]
     assert len(waited) == 1 and first.run_id in waited[0][1]
-    assert waited[0][0] >= first.step_ends["linked_memberships"]
+    stored = [t for t, line in first.messages if line.startswith("look-ups stored")]
+    assert len(stored) == 1 and waited[0][0] >= stored[0]
     assert fresh.snapshot() == baseline[1]

@@ -312,6 +312,32 @@ def test_the_linking_state_erases_emails_and_moves_on_only_when_a_deletion_can_l
     assert _email_keys(engine) == {"u1": "shared@example.org"}
 
 
+def test_a_night_run_uses_its_checks_generation_and_the_next_check_sees_what_changed_since(
+    engine: Engine,
+) -> None:
+    """A night's run links under the generation its check left, without checking again: a user
+    who joins during the night, and could link a membership fetched tonight, is seen by the next
+    night's check, which moves the generation on (every course stamped with it recomputed)."""
+    assert change_tracking.checked_generation(engine) is None  # never checked: the run checks
+    with engine.begin() as connection:
+        sync_store.upsert_memberships(
+            connection,
+            pl.DataFrame(
+                {
+                    "membership_uuid": ["m1"],
+                    "external_learner_id": ["late@example.org"],
+                    "fetched_at": [T0],
+                }
+            ),
+        )
+    generation = change_tracking.refresh_linking_state(engine)
+    add_users(engine, [{"id": "u1", "email": "Late@Example.org"}])
+    assert change_tracking.checked_generation(engine) == generation
+    assert _email_keys(engine) == {}  # nothing read or written: the check's state as it was
+    assert change_tracking.refresh_linking_state(engine) == generation + 1
+    assert change_tracking.checked_generation(engine) == generation + 1
+
+
 def test_a_link_the_platform_makes_moves_or_removes_moves_the_generation_on(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

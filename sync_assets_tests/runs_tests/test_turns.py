@@ -1,5 +1,5 @@
-"""A step that waits for its turn (runs/turns.py): until the run before it is past the step, has
-ended, or has lost its process; never for a run it does not follow."""
+"""A step that waits for its turn (runs/turns.py): until the run before it has passed its turn
+or ended the step, has ended, or has lost its process; never for a run it does not follow."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import threading
 import dagster as dg
 
 from sync_assets.runs.instance import HOST_TAG, PID_TAG
-from sync_assets.runs.turns import PARENT_RUN_TAG, PREVIOUS_RUN_TAG, Waited, wait_for_turn
+from sync_assets.runs.turns import (
+    PARENT_RUN_TAG,
+    PREVIOUS_RUN_TAG,
+    Waited,
+    pass_turn,
+    wait_for_turn,
+)
 
 STEP = "linked_memberships"
 
@@ -65,6 +71,22 @@ def test_the_step_waits_while_the_run_before_executes_and_goes_on_when_it_ends()
         assert not thread.is_alive()
         assert result[0] is not None and result[0].run_id == previous
         assert result[0].seconds >= 1.0
+
+
+def test_the_step_goes_on_once_the_run_before_passed_its_turn_at_that_step_only() -> None:
+    """Linking passes its turn once its look-ups are stored, while it goes on matching."""
+    with dg.instance_for_test() as instance:
+        previous = _previous_run(instance, pid=os.getpid())
+        thread, result = _waiting(instance, {PREVIOUS_RUN_TAG: previous})
+        pass_turn(instance, previous, "another_step")
+        thread.join(timeout=1.0)
+        assert thread.is_alive()  # a turn passed at another step is not this one's
+        pass_turn(instance, previous, STEP)
+        thread.join(timeout=5.0)
+        assert not thread.is_alive()
+        assert result[0] is not None and result[0].run_id == previous
+        run = instance.get_run_by_id(previous)
+        assert run is not None and run.status == dg.DagsterRunStatus.STARTED
 
 
 def test_a_run_before_whose_process_died_on_this_host_is_not_waited_for() -> None:

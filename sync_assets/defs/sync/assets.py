@@ -31,6 +31,7 @@ from sync_assets.defs.sync.changes import (
     COURSES_NOT_RUN,
     check_the_courses,
     checked_progress,
+    checked_tonight,
     found_all_changed,
     night_metadata,
 )
@@ -47,7 +48,7 @@ from sync_assets.error_text import error_line
 from sync_assets.markdown import markdown_text
 from sync_assets.partners_api.client import run
 from sync_assets.platform.database import database_kind
-from sync_assets.runs.turns import wait_for_turn
+from sync_assets.runs.turns import pass_turn, wait_for_turn
 from sync_assets.settings import courses_per_run, platform_database_url
 from sync_assets.sync import fact_names, steps
 from sync_assets.wording import counted
@@ -263,17 +264,26 @@ def linked_memberships(
     waited = wait_for_turn(context.instance, context.run.tags, LINKING_STEP)
     if waited is not None:
         context.log.info(
-            f"linked after run {waited.run_id}'s linking ended (waited {waited.seconds:.1f} s): "
-            "one run at a time looks up memberships"
+            f"linked after run {waited.run_id}'s look-ups were stored (waited "
+            f"{waited.seconds:.1f} s): one run at a time looks up memberships"
         )
     # Linking is the same whatever names the courses have: the step sees partition keys.
     step = CourseStep(context, None, {"enrolments": enrolments}, stale_inputs=("enrolments",))
     reports = step.inputs["enrolments"].frames(step.courses)
 
+    def lookups_stored() -> None:
+        pass_turn(context.instance, context.run.run_id, LINKING_STEP)
+        context.log.debug("look-ups stored: a next run may link while this one matches")
+
     async def link():
         async with partners_api.client() as client:
             linked = await steps.link_memberships(
-                client, platform_database.engine, reports, datetime.now(UTC)
+                client,
+                platform_database.engine,
+                reports,
+                datetime.now(UTC),
+                checked_tonight=checked_tonight(context.run.tags),
+                lookups_stored=lookups_stored,
             )
             return linked, client.metrics
 

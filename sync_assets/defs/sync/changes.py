@@ -28,6 +28,7 @@ from sync_assets.defs.sync.course_step import (
 )
 from sync_assets.defs.sync.provenance import CHECK_RUN_TAG
 from sync_assets.partners_api.metrics import ApiMetrics
+from sync_assets.runs.turns import PARENT_RUN_TAG
 from sync_assets.sync import fact_names, steps
 from sync_assets.sync.steps.changes import ReportCheck
 from sync_assets.sync.steps.course_runs import CourseRuns
@@ -156,6 +157,12 @@ def changed_courses(instance: dg.DagsterInstance, check_run_id: str) -> list[str
             listed = materialization.metadata.get(CHANGED_COURSES)
             return list(listed.value) if listed is not None else []  # type: ignore[arg-type]
     return []
+
+
+def checked_tonight(run_tags: Mapping[str, str]) -> bool:
+    """Whether a run is one the night's check launched (not one re-executed from it later): the
+    check refreshed the linking state minutes before (`courses_to_skip`)."""
+    return CHECK_RUN_TAG in run_tags and PARENT_RUN_TAG not in run_tags
 
 
 def found_all_changed(

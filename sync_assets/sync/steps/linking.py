@@ -3,7 +3,7 @@ ever, for every course of a run at once."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -85,12 +85,20 @@ async def link_memberships(
     engine: Engine,
     enrolments_by_course: Mapping[str, pl.DataFrame],
     now: datetime,
+    *,
+    checked_tonight: bool = False,
+    lookups_stored: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Computed | Failed], LinkingStats]:
     """Step one for many courses at once: each unknown membership is fetched once, ever (R2).
 
     Memberships fetched before and still unlinked are matched again locally (a teacher may have
     joined the platform since), without another request. A course with a membership whose
     look-up failed for good fails; the others come back stamped with the linking generation.
+
+    `checked_tonight`: the night's check that launched this run has just refreshed the linking
+    state, so its generation is used as it is (`change_tracking.checked_generation`).
+    `lookups_stored` is called once every look-up succeeded and what it fetched is stored: from
+    then on another run reads every membership this one asked about as answered (R2).
     """
     if not enrolments_by_course:
         # Every course was skipped as unchanged (or failed): nothing to link, so the platform
@@ -106,7 +114,9 @@ async def link_memberships(
     # The bulk pass returns before the rows are split by course: what it read, fetched and
     # matched for the whole run is freed first (on `large`, a million look-up answers and the
     # users they name).
-    every, failed_courses, stats = await _link_run(client, engine, memberships_of, now)
+    every, failed_courses, stats = await _link_run(
+        client, engine, memberships_of, now, checked_tonight, lookups_stored
+    )
     by_course = _rows_by_course(every, memberships_of, failed_courses)
     stamps = {LINKING_GENERATION: str(stats.linking_generation)}
     outcomes: dict[str, Computed | Failed] = {
@@ -121,6 +131,8 @@ async def _link_run(
     engine: Engine,
     memberships_of: Mapping[str, pl.Series],
     now: datetime,
+    checked_tonight: bool,
+    lookups_stored: Callable[[], None] | None,
 ) -> tuple[pl.DataFrame, dict[str, str], LinkingStats]:
     """The run's memberships as LINKED_SCHEMA rows, the courses failed by a look-up, and the
     figures: one bulk pass in a fixed order (read what is stored, look up, keep what was fetched
@@ -145,6 +157,10 @@ async def _link_run(
     del to_fetch
     failpoints.reached("linking.after_lookups")
     kept = keep_fetched_memberships(engine, fetched, now)
+    # A failed look-up is not stored: a retry of this step would ask it again, so the next run
+    # waits for the step's end instead (it may ask the same membership).
+    if lookups_stored is not None and not fetched.failed:
+        lookups_stored()
     # Kept in the platform database: the learners' uuids serve nothing further in this step, and
     # their column (a million uuids on `large`) is freed before matching, where the step peaks.
     fetched = replace(fetched, found=fetched.found.drop("learner_uuid"))
@@ -154,7 +170,9 @@ async def _link_run(
             unlinked_before.select("membership_uuid", "external_learner_id"),
         ]
     )
-    generation = change_tracking.refresh_linking_state(engine)
+    generation = change_tracking.checked_generation(engine) if checked_tonight else None
+    if generation is None:
+        generation = change_tracking.refresh_linking_state(engine)
     matched = _match_in_chunks(engine, candidates, stored_links)
     # Matched: the external ids serve nothing further, and on a next day of `large` the stored
     # links alone are a million rows of three texts.
