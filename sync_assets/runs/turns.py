@@ -57,9 +57,8 @@ def wait_for_turn(
     instance: dg.DagsterInstance, tags: Mapping[str, str], step_key: str
 ) -> Waited | None:
     """Until the run started before this one (its PREVIOUS_RUN_TAG) has passed its turn at
-    `step_key`; None
-    when there is no such run to wait for (a run of its own, or one re-executed later from the
-    UI: what it overlapped with is long over)."""
+    `step_key`; None when there is no such run to wait for (a run of its own, or one re-executed
+    later from the UI: what it overlapped with is long over)."""
     previous = tags.get(PREVIOUS_RUN_TAG)
     if previous is None or PARENT_RUN_TAG in tags:
         return None
