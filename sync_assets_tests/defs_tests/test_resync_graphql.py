@@ -14,7 +14,7 @@ import pytest
 
 from sync_assets.platform.demo_catalogue import load_catalogue
 from sync_assets_tests.conftest import sqlite_only
-from sync_assets_tests.processes import free_port
+from sync_assets_tests.processes import free_port, stop
 
 from .conftest import World
 
@@ -69,6 +69,9 @@ def webserver(world: World, tmp_path: Path):
         env=dict(os.environ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Its own session, stopped whole: the code server it starts outlived a SIGTERM to it
+        # alone (found still running 40 minutes after the suite).
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -83,8 +86,7 @@ def webserver(world: World, tmp_path: Path):
             pytest.fail("dagster-webserver did not start")
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        stop(process)
 
 
 # SQLite only: a launch through the webserver's GraphQL: Dagster's side; the resync's writes are
