@@ -3,6 +3,8 @@
     .venv/bin/python -m benchmarks.next_day_replay prepare --workload teachcomputing --state S
     .venv/bin/python -m benchmarks.next_day_replay replay --state S \\
         --checkout /work/main --checkout . --rounds 2 [--json out.json] [--py-spy PY_SPY]
+    .venv/bin/python -m benchmarks.next_day_replay replay --state S \
+        --checkout . --checkout ".?SYNC_ASSETS_COURSES_PER_RUN=980" --rounds 2
 
 `prepare` runs the first sync (this checkout's code) against the simulator over loopback HTTP
 (20 ms latency, 16 in flight, as the harness) on a fresh SQLite platform and Dagster home, and
@@ -18,6 +20,9 @@ compare; absolute seconds on a shared machine are not.
 
 With `--py-spy`, each night is recorded (py-spy record --subprocesses, speedscope JSON) beside
 the results. Nothing here asserts timings.
+
+A checkout named `PATH?NAME=VALUE&...` runs with those settings of ours (the harness's
+environment drops any inherited from the shell): one checkout against itself with other settings.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -54,6 +60,29 @@ from sync_assets.simulator.datasets import generate
 
 LATENCY_MS = 20.0
 CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """A checkout to replay the night with, and settings of ours to set for it."""
+
+    path: Path
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str) -> Checkout:
+        path, _, query = spec.partition("?")
+        pairs = [pair.partition("=") for pair in query.split("&") if pair]
+        return cls(Path(path), {name: value for name, _, value in pairs})
+
+    def __str__(self) -> str:
+        query = "&".join(f"{name}={value}" for name, value in self.settings.items())
+        return f"{self.path}?{query}" if query else str(self.path)
+
+    def label(self) -> str:
+        return self.path.resolve().name + "".join(
+            f"-{name}-{value}" for name, value in self.settings.items()
+        )
 
 
 class _PortSimulator(SimulatorProcess):
@@ -174,13 +203,15 @@ def _production_instance(checkout: Path, home: Path) -> None:
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance))
 
 
-def prepare(workload: str, state: Path, server: str | None) -> None:
+def prepare(
+    workload: str, state: Path, server: str | None, settings: dict[str, str] | None = None
+) -> None:
     if state.exists():
         shutil.rmtree(state)
     workdir = state / "work"
     (workdir / "dagster_home").mkdir(parents=True)
     port = free_port()
-    env = _env(workdir, port, server, "saved")
+    env = _env(workdir, port, server, "saved") | (settings or {})
     if server:
         for name in _pg_databases(server, "saved").values():
             _pg_copy(server, None, name)
@@ -205,7 +236,7 @@ def prepare(workload: str, state: Path, server: str | None) -> None:
 
 
 def night(
-    checkout: Path, state: Path, settings: dict[str, Any], py_spy: str | None, label: str
+    checkout: Checkout, state: Path, settings: dict[str, Any], py_spy: str | None, label: str
 ) -> dict[str, Any]:
     workdir = state / "work"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -215,12 +246,12 @@ def night(
         saved, work = _pg_databases(server, "saved"), _pg_databases(server, "work")
         for which in ("platform", "dagster"):
             _pg_copy(server, saved[which], work[which])
-    env = _env(workdir, settings["port"], server)
+    env = _env(workdir, settings["port"], server) | checkout.settings
     home = workdir / "dagster_home"
     if server:
-        _production_instance(checkout, home)
+        _production_instance(checkout.path, home)
     else:  # the embedded default's instance, as the checkout ships it
-        shutil.copy(checkout / "dagster.yaml", home / "dagster.yaml")
+        shutil.copy(checkout.path / "dagster.yaml", home / "dagster.yaml")
     simulator = _PortSimulator(settings["workload"], LATENCY_MS, settings["port"])
     try:
         simulator.advance_day()
@@ -228,7 +259,7 @@ def night(
         os.environ.update({k: v for k, v in env.items() if k.startswith("DAGSTER_PG_")})
         before = runs_by_job(home)
         earlier = run_ids(home)
-        command = [str(checkout / ".venv" / "bin" / "sync-assets"), "sync"]
+        command = [str(checkout.path / ".venv" / "bin" / "sync-assets"), "sync"]
         if py_spy:
             out = state / f"{label}.speedscope.json"
             command = [py_spy, "record", "--subprocesses", "-r", "100", "-f", "speedscope",
@@ -269,14 +300,14 @@ def night(
 
 
 def replay(
-    state: Path, checkouts: list[Path], rounds: int, py_spy: str | None, out: Path | None
+    state: Path, checkouts: list[Checkout], rounds: int, py_spy: str | None, out: Path | None
 ) -> None:
     settings = json.loads((state / "state.json").read_text())
     nights: list[dict[str, Any]] = []
     for number in range(rounds):
         order = checkouts if number % 2 == 0 else list(reversed(checkouts))
         for checkout in order:
-            label = f"round{number}-{checkout.resolve().name}"
+            label = f"round{number}-{checkout.label()}"
             result = night(checkout, state, settings, py_spy, label) | {"round": number}
             nights.append(result)
             print(
@@ -313,16 +344,20 @@ def main() -> None:
     parser.add_argument("action", choices=["prepare", "replay"])
     parser.add_argument("--workload", default="teachcomputing")
     parser.add_argument("--state", type=Path, required=True)
-    parser.add_argument("--checkout", type=Path, action="append", default=[])
+    parser.add_argument("--checkout", type=Checkout.parse, action="append", default=[])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--py-spy", help="path of py-spy: record each night")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--database", help="prepare on this PostgreSQL server (default: SQLite)")
     args = parser.parse_args()
     if args.action == "prepare":
-        prepare(args.workload, args.state, args.database)
+        # Its settings from a checkout named `.?NAME=VALUE`; the code is always this checkout's.
+        settings = args.checkout[0].settings if args.checkout else None
+        prepare(args.workload, args.state, args.database, settings)
     else:
-        replay(args.state, args.checkout or [Path(".")], args.rounds, args.py_spy, args.json)
+        replay(
+            args.state, args.checkout or [Checkout(Path("."))], args.rounds, args.py_spy, args.json
+        )
 
 
 if __name__ == "__main__":
