@@ -31,7 +31,7 @@ from sync_assets.runs.dagster_internals import (
     submit_run_to_coordinator,
 )
 from sync_assets.runs.instance import PID_TAG, cli_run_tags, submitted_run_tags
-from sync_assets.runs.turns import PREVIOUS_RUN_TAG, step_ended
+from sync_assets.runs.turns import PREVIOUS_RUN_TAG, SLOT_AFTER_RUN_TAG, step_ended
 from sync_assets.settings import ConfigurationError, project_dir
 
 # What workspace.yaml, the Dockerfile and [tool.dg] call the code location: runs carry it, and
@@ -129,10 +129,12 @@ class CodeLocationRuns:
         *,
         handoff_step: str,
     ) -> list[FinishedRun]:
-        """Create a run per tags and execute them in processes of their own, in order, two at a
-        time: each starts once the run before it has ended `handoff_step`, so that one run's
-        later steps overlap the next one's first. A step that one run at a time may execute
-        waits for the run before it (runs/turns.py: each run after the first names it).
+        """Create a run per tags and execute them in processes of their own, in order, at most
+        OVERLAPPING_RUNS at a time: each starts once the run before it has ended `handoff_step`,
+        so that one run's later steps overlap the next one's first. A step that one run at a
+        time may execute waits for the run before it, and a run past the slots waits in its
+        first step for the run whose slot it takes (runs/turns.py: each run after the first
+        names them), so its process starts while the runs before it execute.
 
         A process of its own per run, not a thread: a run's writes would hold this process's
         interpreter while the next run's requests wait on it, and each run's peak memory stays
@@ -163,14 +165,19 @@ class CodeLocationRuns:
         follower: threading.Thread | None = None
         try:
             for run_tags in tags[1:]:
-                created.append(create({**run_tags, PREVIOUS_RUN_TAG: created[-1].run_id}))
+                slot = (
+                    {SLOT_AFTER_RUN_TAG: created[-OVERLAPPING_RUNS].run_id}
+                    if len(created) >= OVERLAPPING_RUNS
+                    else {}
+                )
+                created.append(create({**run_tags, PREVIOUS_RUN_TAG: created[-1].run_id, **slot}))
             run_ids = [run.run_id for run in created]
             follower = threading.Thread(
                 target=_follow_steps, args=(self.instance, run_ids, done, say), daemon=True
             )
             follower.start()
             for run in created[1:]:
-                self._wait_for_a_turn(children, run_ids[len(children) - 1], handoff_step)
+                self._wait_for_handoff(children[-1], run_ids[len(children) - 1], handoff_step)
                 children.append(start(run))
             for child in children:
                 child.wait()
@@ -182,18 +189,11 @@ class CodeLocationRuns:
             self._end_left_runs(created, len(children))
         return [self.finished(run.run_id) for run in created]
 
-    def _wait_for_a_turn(
-        self, children: list[subprocess.Popen], last_run_id: str, handoff_step: str
+    def _wait_for_handoff(
+        self, last: subprocess.Popen, last_run_id: str, handoff_step: str
     ) -> None:
-        """Until the last run started has handed off (or ended) and fewer than
-        OVERLAPPING_RUNS are still executing."""
-        while True:
-            last_handed_off = children[-1].poll() is not None or step_ended(
-                self.instance, last_run_id, handoff_step
-            )
-            executing = sum(child.poll() is None for child in children)
-            if last_handed_off and executing < OVERLAPPING_RUNS:
-                return
+        """Until the last run started has handed off, or its process has ended."""
+        while last.poll() is None and not step_ended(self.instance, last_run_id, handoff_step):
             time.sleep(OVERLAP_POLL_SECONDS)
 
     def _end_left_runs(self, created: list[dg.DagsterRun], started: int) -> None:

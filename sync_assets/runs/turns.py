@@ -7,6 +7,11 @@ here, polling the instance, until the previous run has passed its turn (`pass_tu
 passes it once its look-ups are stored, before its matching), ended that step, ended, or lost
 its process. The wait is in the step, where the UI shows it, not in the launcher: the launcher can
 only start a run, and each run's steps before that step need not wait.
+
+Likewise a run's slot: at most OVERLAPPING_RUNS runs execute at once, and a run started while
+they do waits in its first step until the run whose slot it takes has ended (`wait_for_slot`).
+The launcher starts its process as soon as the run before it has handed off, so the process's
+start (imports, the run's set-up: seconds) overlaps the runs executing, not the night's path.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from sync_assets.runs.status import FINISHED
 PREVIOUS_RUN_TAG = "sync_assets/previous_run"
 # Dagster's tag on a run re-executed from another (the UI's re-execute copies the tags).
 PARENT_RUN_TAG = "dagster/parent_run_id"
+# On a run of `execute_overlapping` started while OVERLAPPING_RUNS others may still execute: the
+# run whose slot it takes when that run ends.
+SLOT_AFTER_RUN_TAG = "sync_assets/slot_after_run"
 # Set by a run on itself: the step (key) whose turn it has passed before the step's end.
 TURN_PASSED_TAG = "sync_assets/turn_passed"
 TURN_POLL_SECONDS = 0.2
@@ -68,15 +76,36 @@ def wait_for_turn(
     return Waited(previous, time.monotonic() - started)
 
 
+def wait_for_slot(instance: dg.DagsterInstance, tags: Mapping[str, str]) -> Waited | None:
+    """Until the run whose slot this one takes (its SLOT_AFTER_RUN_TAG) has ended or lost its
+    process; None when there is no such run (fewer runs than slots, a run of its own, or one
+    re-executed later from the UI)."""
+    earlier = tags.get(SLOT_AFTER_RUN_TAG)
+    if earlier is None or PARENT_RUN_TAG in tags:
+        return None
+    started = time.monotonic()
+    while not _ended(instance, earlier):
+        time.sleep(TURN_POLL_SECONDS)
+    return Waited(earlier, time.monotonic() - started)
+
+
 def _past_step(instance: dg.DagsterInstance, run_id: str, step_key: str) -> bool:
-    """Whether a run has passed its turn at the step, ended the step, ended, or died on this host
-    (its process is gone: a run killed with its process stays STARTED until a later command
-    marks it failed)."""
+    """Whether a run has passed its turn at the step, ended the step, ended, or died on this
+    host."""
     run = instance.get_run_by_id(run_id)
     if run is None or run.status in FINISHED or run.tags.get(TURN_PASSED_TAG) == step_key:
         return True
-    if step_ended(instance, run_id, step_key):
-        return True
+    return step_ended(instance, run_id, step_key) or _process_gone(run)
+
+
+def _ended(instance: dg.DagsterInstance, run_id: str) -> bool:
+    run = instance.get_run_by_id(run_id)
+    return run is None or run.status in FINISHED or _process_gone(run)
+
+
+def _process_gone(run: dg.DagsterRun) -> bool:
+    """Whether the run's process on this host is gone: a run killed with its process stays
+    STARTED until a later command marks it failed."""
     pid = int(run.tags.get(PID_TAG, "0") or 0)
     here = run.tags.get(HOST_TAG) == socket.gethostname()
     return here and pid > 0 and not process_alive(pid)

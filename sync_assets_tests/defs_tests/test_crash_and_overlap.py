@@ -567,6 +567,7 @@ class _SyncRun:
 
     run_id: str
     pid: str  # the process it names as executing it
+    run_start: float  # its process has started executing it
     first_start: float
     step_ends: dict[str, float]  # step key → when it ended
     messages: list[tuple[float, str]]  # the steps' log lines
@@ -591,10 +592,12 @@ def _sync_runs(home: Path) -> list[_SyncRun]:
                 entries = [record.event_log_entry for record in records]
                 events = [(e.timestamp, e.dagster_event) for e in entries if e.dagster_event]
                 starts = [t for t, e in events if e.event_type == dg.DagsterEventType.STEP_START]
+                run_starts = [t for t, e in events if e.event_type == dg.DagsterEventType.RUN_START]
                 found.append(
                     _SyncRun(
                         run.run_id,
                         run.tags.get("sync_assets/pid", ""),
+                        min(run_starts, default=float("inf")),
                         min(starts, default=float("inf")),
                         {
                             e.step_key: t
@@ -622,7 +625,9 @@ def test_the_runs_of_one_sync_overlap_the_next_reading_while_the_one_before_link
     one before has read its reports. Run 1 held in its linking (its look-ups made, nothing
     written): run 2 starts and reads its reports, but looks up nothing until run 1 has stored
     its look-ups (run 1 matches on meanwhile). One run at a time looks up memberships, so none
-    new to both is asked for twice (R2); the tables are those of one run."""
+    new to both is asked for twice (R2). Two runs execute at once: run 3's process starts once
+    run 2 has read its reports, and its first step waits until run 1 has ended. The tables are
+    those of one run."""
     from sync_assets.defs.sync.night import HANDOFF_STEP
 
     sync = start(fresh, "sync", failpoint="linking.after_lookups", SYNC_ASSETS_COURSES_PER_RUN="2")
@@ -641,6 +646,10 @@ def test_the_runs_of_one_sync_overlap_the_next_reading_while_the_one_before_link
     time.sleep(1.0)  # time enough for its look-ups, had it not waited
     assert _marked_pid(sync.marker) == first_linker
     assert not second_run_has("linked_memberships")
+    sync.wait_until(
+        "the third run's process started while the first still executes",
+        lambda: len(runs := _sync_runs(fresh.home)) >= 3 and runs[2].run_start < float("inf"),
+    )
     sync.release()
     sync.wait_until(
         "the second run at its look-ups",
@@ -667,4 +676,7 @@ def test_the_runs_of_one_sync_overlap_the_next_reading_while_the_one_before_link
     assert len(waited) == 1 and first.run_id in waited[0][1]
     stored = [t for t, line in first.messages if line.startswith("look-ups stored")]
     assert len(stored) == 1 and waited[0][0] >= stored[0]
+    slot = [(t, line) for t, line in runs[2].messages if "left its slot" in line]
+    assert len(slot) == 1 and first.run_id in slot[0][1]
+    assert slot[0][0] >= max(first.step_ends.values())  # run 3 read nothing before run 1 ended
     assert fresh.snapshot() == baseline[1]

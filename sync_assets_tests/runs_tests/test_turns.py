@@ -15,8 +15,10 @@ from sync_assets.runs.instance import HOST_TAG, PID_TAG
 from sync_assets.runs.turns import (
     PARENT_RUN_TAG,
     PREVIOUS_RUN_TAG,
+    SLOT_AFTER_RUN_TAG,
     Waited,
     pass_turn,
+    wait_for_slot,
     wait_for_turn,
 )
 
@@ -108,3 +110,32 @@ def test_a_process_id_of_another_host_is_not_taken_for_one_of_this_host() -> Non
         instance.report_run_failed(run, "ended")  # let the thread go
         thread.join(timeout=5.0)
         assert not thread.is_alive()
+
+
+def test_a_run_past_the_slots_waits_until_the_run_whose_slot_it_takes_has_ended() -> None:
+    """Its process started early, a run's first step waits for the run's slot: the earlier
+    run's passed turns and ended steps do not free it, only its end (or its process's)."""
+    with dg.instance_for_test() as instance:
+        earlier = _previous_run(instance, pid=os.getpid())
+        result: list[Waited | None] = []
+        thread = threading.Thread(
+            target=lambda: result.append(wait_for_slot(instance, {SLOT_AFTER_RUN_TAG: earlier})),
+            daemon=True,
+        )
+        thread.start()
+        pass_turn(instance, earlier, STEP)
+        thread.join(timeout=1.0)
+        assert thread.is_alive()
+        run = instance.get_run_by_id(earlier)
+        assert run is not None
+        instance.report_run_failed(run, "ended")
+        thread.join(timeout=5.0)
+        assert not thread.is_alive()
+        assert result[0] is not None and result[0].run_id == earlier
+        assert result[0].seconds >= 1.0
+        dead = _previous_run(instance, pid=_dead_pid())
+        waited = wait_for_slot(instance, {SLOT_AFTER_RUN_TAG: dead})
+        assert waited is not None and waited.seconds < 1.0
+        assert wait_for_slot(instance, {}) is None
+        re_executed = {SLOT_AFTER_RUN_TAG: _previous_run(instance, pid=os.getpid())}
+        assert wait_for_slot(instance, {**re_executed, PARENT_RUN_TAG: "an-earlier-run"}) is None

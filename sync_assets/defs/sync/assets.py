@@ -48,7 +48,7 @@ from sync_assets.error_text import error_line
 from sync_assets.markdown import markdown_text
 from sync_assets.partners_api.client import run
 from sync_assets.platform.database import database_kind
-from sync_assets.runs.turns import pass_turn, wait_for_turn
+from sync_assets.runs.turns import pass_turn, wait_for_slot, wait_for_turn
 from sync_assets.settings import courses_per_run, platform_database_url
 from sync_assets.sync import fact_names, steps
 from sync_assets.wording import counted
@@ -204,6 +204,13 @@ def enrolments(
     partners_api: PartnersApi,
     platform_database: PlatformDatabase,
 ):
+    # The run's first step: a run started while others take the slots waits here for its own.
+    waited = wait_for_slot(context.instance, context.run.tags)
+    if waited is not None:
+        context.log.info(
+            f"started once run {waited.run_id} had ended and left its slot (waited "
+            f"{waited.seconds:.1f} s): the runs of one sync execute a few at a time"
+        )
     with transient_errors_retried(context):
         step = CourseStep(
             context,
