@@ -43,11 +43,18 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def _waiting(instance: dg.DagsterInstance, tags: dict[str, str]) -> tuple[threading.Thread, list]:
+def _waiting(
+    instance: dg.DagsterInstance, tags: dict[str, str], slot: bool = False
+) -> tuple[threading.Thread, list]:
+    """A thread waiting for the turn at STEP (or, with `slot`, for the run's slot)."""
     result: list[Waited | None] = []
-    thread = threading.Thread(
-        target=lambda: result.append(wait_for_turn(instance, tags, STEP)), daemon=True
-    )
+
+    def wait() -> None:
+        result.append(
+            wait_for_slot(instance, tags) if slot else wait_for_turn(instance, tags, STEP)
+        )
+
+    thread = threading.Thread(target=wait, daemon=True)
     thread.start()
     return thread, result
 
@@ -117,12 +124,7 @@ def test_a_run_past_the_slots_waits_until_the_run_whose_slot_it_takes_has_ended(
     run's passed turns and ended steps do not free it, only its end (or its process's)."""
     with dg.instance_for_test() as instance:
         earlier = _previous_run(instance, pid=os.getpid())
-        result: list[Waited | None] = []
-        thread = threading.Thread(
-            target=lambda: result.append(wait_for_slot(instance, {SLOT_AFTER_RUN_TAG: earlier})),
-            daemon=True,
-        )
-        thread.start()
+        thread, result = _waiting(instance, {SLOT_AFTER_RUN_TAG: earlier}, slot=True)
         pass_turn(instance, earlier, STEP)
         thread.join(timeout=1.0)
         assert thread.is_alive()
