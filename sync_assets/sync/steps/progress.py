@@ -215,11 +215,15 @@ def sync_course(
     if options.dry_run:
         with engine.connect() as connection:
             return _plan_write(connection, course, options.now, None)[1]
+    # Pure work before the lock: on SQLite the lock is the database's, and every other run's
+    # course writes wait for it.
+    digests = _membership_digests(course, options)
+    encoded = None if digests is None else row_digests.encode(digests)
     with transactions.course_write_transaction(
         engine, course.course_uuid, timeout_seconds=options.lock_timeout()
     ) as connection:
         started = time.perf_counter()
-        rows = _row_scope(connection, course, options, applied_from)
+        rows = _row_scope(connection, course, options, applied_from, digests)
         batch, write = _plan_write(connection, course, options.now, rows.users)
         planned = time.perf_counter()
         write.plan_seconds = planned - started
@@ -240,8 +244,8 @@ def sync_course(
                 state = _state_after(connection, course, applied_from, write.applied)
                 # Digests only beside a platform fingerprint: without one the next write
                 # plans the whole course anyway.
-                digests = rows.digests if state.platform_fingerprint else None
-                if state != previous or not _same_digests(digests, rows.stored):
+                kept = rows.digests if state.platform_fingerprint else None
+                if state != previous or not _same_digests(kept, rows.stored):
                     sync_store.record_course_state(
                         connection,
                         course.course_uuid,
@@ -249,7 +253,7 @@ def sync_course(
                         options.dagster_run_id,
                         report_fingerprint=state.report_fingerprint,
                         platform_fingerprint=state.platform_fingerprint,
-                        row_digests=None if digests is None else row_digests.encode(digests),
+                        row_digests=None if kept is None else encoded,
                     )
                     write.applied.course_state = 1
             failpoints.reached("activity_progress.before_course_commit")
@@ -387,19 +391,27 @@ class _RowScope:
     users: list[str] | None = None  # the learners to plan; None: every learner
 
 
+def _membership_digests(course: CourseInputs, options: WriteOptions) -> pl.DataFrame | None:
+    """The course's membership digests now, if its state is recorded with them."""
+    if not options.record_course_state or course.runs is None:
+        return None
+    return row_digests.membership_digests(course.enrolments, course.linked, course.runs)
+
+
 def _row_scope(
     connection: Connection,
     course: CourseInputs,
     options: WriteOptions,
     applied_from: AppliedFrom | None,
+    digests: pl.DataFrame | None,
 ) -> _RowScope:
     """Under the course's lock: the learners to plan. Only those whose rows changed (added,
     changed or removed memberships, links included) when the last write's digests are stored
     and the platform side is still the one that write left; otherwise (first sync, platform
-    changed, fingerprint version bumped, a recomputation) every learner."""
-    if not options.record_course_state or course.runs is None:
+    changed, fingerprint version bumped, a recomputation) every learner. `digests`: the
+    course's now (`_membership_digests`), None when not kept."""
+    if digests is None:
         return _RowScope()
-    digests = row_digests.membership_digests(course.enrolments, course.linked, course.runs)
     found = sync_store.stored_row_digests(connection, course.course_uuid)
     if found is None:
         return _RowScope(digests)
