@@ -21,6 +21,8 @@ compare; absolute seconds on a shared machine are not.
 With `--py-spy`, each night is recorded (py-spy record --subprocesses, speedscope JSON) beside
 the results. Nothing here asserts timings.
 
+With `--quiet` the night is the first sync's day again: every report unchanged (a quiet night).
+
 A checkout named `PATH?NAME=VALUE&...` runs with those settings of ours (the harness's
 environment drops any inherited from the shell): one checkout against itself with other settings.
 """
@@ -236,7 +238,12 @@ def prepare(
 
 
 def night(
-    checkout: Checkout, state: Path, settings: dict[str, Any], py_spy: str | None, label: str
+    checkout: Checkout,
+    state: Path,
+    settings: dict[str, Any],
+    py_spy: str | None,
+    label: str,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     workdir = state / "work"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -254,7 +261,8 @@ def night(
         shutil.copy(checkout.path / "dagster.yaml", home / "dagster.yaml")
     simulator = _PortSimulator(settings["workload"], LATENCY_MS, settings["port"])
     try:
-        simulator.advance_day()
+        if not quiet:  # the day after; quiet: the same day again, every report unchanged
+            simulator.advance_day()
         simulator.reset()
         os.environ.update({k: v for k, v in env.items() if k.startswith("DAGSTER_PG_")})
         before = runs_by_job(home)
@@ -300,7 +308,12 @@ def night(
 
 
 def replay(
-    state: Path, checkouts: list[Checkout], rounds: int, py_spy: str | None, out: Path | None
+    state: Path,
+    checkouts: list[Checkout],
+    rounds: int,
+    py_spy: str | None,
+    out: Path | None,
+    quiet: bool = False,
 ) -> None:
     settings = json.loads((state / "state.json").read_text())
     nights: list[dict[str, Any]] = []
@@ -308,7 +321,7 @@ def replay(
         order = checkouts if number % 2 == 0 else list(reversed(checkouts))
         for checkout in order:
             label = f"round{number}-{checkout.label()}"
-            result = night(checkout, state, settings, py_spy, label) | {"round": number}
+            result = night(checkout, state, settings, py_spy, label, quiet) | {"round": number}
             nights.append(result)
             print(
                 f"round {number} {checkout}: {result['wall_seconds']} s "
@@ -348,6 +361,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--py-spy", help="path of py-spy: record each night")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--quiet", action="store_true", help="replay a quiet night (no new day)")
     parser.add_argument("--database", help="prepare on this PostgreSQL server (default: SQLite)")
     args = parser.parse_args()
     if args.action == "prepare":
@@ -355,9 +369,8 @@ def main() -> None:
         settings = args.checkout[0].settings if args.checkout else None
         prepare(args.workload, args.state, args.database, settings)
     else:
-        replay(
-            args.state, args.checkout or [Checkout(Path("."))], args.rounds, args.py_spy, args.json
-        )
+        checkouts = args.checkout or [Checkout(Path("."))]
+        replay(args.state, checkouts, args.rounds, args.py_spy, args.json, args.quiet)
 
 
 if __name__ == "__main__":
