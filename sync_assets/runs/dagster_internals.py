@@ -11,7 +11,6 @@ the assets' adapter, sync_assets/defs/sync/course_step.py.
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -149,66 +148,6 @@ def start_run_in_child_process(
     args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=instance.get_ref())
     command = [origin.executable_path, "-m", "dagster", "api", "execute_run"]
     return subprocess.Popen([*command, dg.serialize_value(args)])
-
-
-# A spare process's program: the imports a run's process spends its first seconds on, then the
-# run it is handed on its standard input, executed as `python -m dagster api execute_run ARGS`.
-_SPARE_PROGRAM = """\
-import sys
-import dagster._cli
-import {module}
-args = sys.stdin.readline().strip()
-if args:
-    sys.argv = ["dagster", "api", "execute_run", args]
-    dagster._cli.main()
-"""
-SPARE_DISCARD_SECONDS = 10.0
-
-
-@dataclass
-class SpareProcess:
-    """A process started before its run exists, to execute it as `start_run_in_child_process`
-    would: its imports (Dagster and the code location's module, seconds) overlap whatever the
-    launcher does meanwhile. Handed no run, it exits once discarded (or once this process is
-    gone: its standard input closes).
-
-    Relies on (Dagster 1.13.27): `python -m dagster` is `dagster._cli.main()`, which reads its
-    command line from `sys.argv`.
-    """
-
-    process: subprocess.Popen
-
-    @classmethod
-    def start(cls, module: str) -> SpareProcess:
-        program = _SPARE_PROGRAM.format(module=module)
-        return cls(subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE))
-
-    def execute(self, instance: dg.DagsterInstance, run: dg.DagsterRun) -> subprocess.Popen | None:
-        """Hand it a created (NOT_STARTED) run to execute: its process, at once; None when it
-        cannot take the run (it has died, or the run's interpreter is another)."""
-        origin = run.job_code_origin
-        stdin = self.process.stdin
-        if origin is None or origin.executable_path != sys.executable or stdin is None:
-            return None
-        args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=instance.get_ref())
-        try:
-            stdin.write(dg.serialize_value(args).encode() + b"\n")
-            stdin.close()
-        except (BrokenPipeError, ValueError):  # it has died (or was handed a run already)
-            return None
-        return self.process
-
-    def discard(self) -> None:
-        """End it if it was handed no run."""
-        stdin = self.process.stdin
-        if stdin is not None and not stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                stdin.close()
-            try:
-                self.process.wait(timeout=SPARE_DISCARD_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def close_storage_connections(storage: Any) -> None:

@@ -24,7 +24,6 @@ import dagster as dg
 
 from sync_assets.runs.dagster_internals import (
     InProcessCodeLocation,
-    SpareProcess,
     code_location_in_this_process,
     create_run_of_code_location_job,
     execute_run_in_this_process,
@@ -129,15 +128,13 @@ class CodeLocationRuns:
         asset_selection: Sequence[dg.AssetKey] | None,
         *,
         handoff_step: str,
-        spare: SpareProcess | None = None,
     ) -> list[FinishedRun]:
         """Create a run per tags and execute them in processes of their own, in order, at most
         OVERLAPPING_RUNS at a time: each starts once the run before it has ended `handoff_step`,
         so that one run's later steps overlap the next one's first. A step that one run at a
         time may execute waits for the run before it, and a run past the slots waits in its
         first step for the run whose slot it takes (runs/turns.py: each run after the first
-        names them), so its process starts while the runs before it execute. `spare`, started
-        earlier, executes the first run (its imports done meanwhile); the caller discards it.
+        names them), so its process starts while the runs before it execute.
 
         A process of its own per run, not a thread: a run's writes would hold this process's
         interpreter while the next run's requests wait on it, and each run's peak memory stays
@@ -154,11 +151,7 @@ class CodeLocationRuns:
             )
 
         def start(run: dg.DagsterRun) -> subprocess.Popen:
-            nonlocal spare
-            child = spare.execute(self.instance, run) if spare is not None else None
-            spare = None
-            if child is None:
-                child = start_run_in_child_process(self.instance, run)
+            child = start_run_in_child_process(self.instance, run)
             # The process executing the run is the child: a later command reaps the run when the
             # child is dead (instance.reap_dead_cli_runs), not while it outlives this one.
             self.instance.add_run_tags(run.run_id, {PID_TAG: str(child.pid)})
@@ -218,10 +211,6 @@ class CodeLocationRuns:
                 self.instance.report_run_canceled(
                     stored, "Not started: the command stopped before the run's turn came."
                 )
-
-    def spare_process(self) -> SpareProcess:
-        """A process for a run not created yet (`execute_overlapping`): discard it if unused."""
-        return SpareProcess.start(DEFINITIONS_MODULE)
 
     def submit(
         self,

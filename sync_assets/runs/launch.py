@@ -37,7 +37,6 @@ from sync_assets.defs.sync.sensors import (
 from sync_assets.platform import certificate_store
 from sync_assets.platform.database import create_platform_engine
 from sync_assets.runs.courses import course_uuid_argument
-from sync_assets.runs.dagster_internals import SpareProcess
 from sync_assets.runs.execution import CodeLocationRuns, FinishedRun
 from sync_assets.runs.report import (
     SyncReport,
@@ -112,13 +111,12 @@ def _run_all(
     say: Callable[[str], None],
     asset_selection: Sequence[dg.AssetKey] | None = None,
     handoff_step: str | None = None,
-    spare: SpareProcess | None = None,
 ) -> list[FinishedRun]:
-    """Execute the runs here (overlapping, given the step after which the next may start, the
-    first by `spare` if given) or queue them for the daemon, and follow them to their end."""
+    """Execute the runs here (overlapping, given the step after which the next may start) or
+    queue them for the daemon, and follow them to their end."""
     if not submit and handoff_step is not None and len(tags) > 1:
         return runs.execute_overlapping(
-            job_name, run_config, tags, say, asset_selection, handoff_step=handoff_step, spare=spare
+            job_name, run_config, tags, say, asset_selection, handoff_step=handoff_step
         )
     if not submit:
         return [
@@ -208,48 +206,34 @@ def launch_sync(
     }
     report = SyncReport(run_ids=[], success=True, dry_run=dry_run, seconds=0.0)
     selection: Sequence[dg.AssetKey] | None = None
-    # A night that may be executed in overlapping runs starts the first run's process now: its
-    # imports (seconds) overlap the check instead of following it. Discarded if unused.
-    spare = (
-        runs.spare_process()
-        if all_courses and not submit and runs_overlap(len(partitions))
-        else None
-    )
-    try:
-        if all_courses:
-            night = _night_runs(
-                runs,
-                partitions,
-                submit=submit,
-                recompute_unchanged=recompute_unchanged,
-                report=report,
-                say=say,
-            )
-            tags, overlapping = (night.tags, night.overlapping) if night else ([], False)
-            selection = PER_COURSE_ASSETS  # course_runs is the check's
-        else:
-            # One run per chosen course, one after another: too small to pay a process each.
-            tags, overlapping = chosen_course_run_tags(partitions), False
-        if not (overlapping and len(tags) > 1) and spare is not None:
-            spare.discard()  # before the runs: it would take a core from them
-        finished = (
-            _run_all(
-                runs,
-                futurelearn_sync_job.name,
-                run_config,
-                tags,
-                submit=submit,
-                say=say,
-                asset_selection=selection,
-                handoff_step=HANDOFF_STEP if overlapping else None,
-                spare=spare,
-            )
-            if tags
-            else []
+    if all_courses:
+        night = _night_runs(
+            runs,
+            partitions,
+            submit=submit,
+            recompute_unchanged=recompute_unchanged,
+            report=report,
+            say=say,
         )
-    finally:
-        if spare is not None:
-            spare.discard()
+        tags, overlapping = (night.tags, night.overlapping) if night else ([], False)
+        selection = PER_COURSE_ASSETS  # course_runs is the check's
+    else:
+        # One run per chosen course, one after another: too small to pay a process each.
+        tags, overlapping = chosen_course_run_tags(partitions), False
+    finished = (
+        _run_all(
+            runs,
+            futurelearn_sync_job.name,
+            run_config,
+            tags,
+            submit=submit,
+            say=say,
+            asset_selection=selection,
+            handoff_step=HANDOFF_STEP if overlapping else None,
+        )
+        if tags
+        else []
+    )
     report.run_ids += [run.run_id for run in finished]
     report.success = report.success and all(run.success for run in finished)
     report.seconds = time.monotonic() - started

@@ -20,7 +20,6 @@ import pytest
 import sync_assets
 from sync_assets.runs.dagster_internals import (
     InProcessCodeLocation,
-    SpareProcess,
     code_location_in_this_process,
     create_run_of_code_location_job,
     execute_run_in_this_process,
@@ -142,34 +141,6 @@ def test_a_created_run_started_in_a_child_process_executes_there_and_ends_it(
     messages = [entry.user_message for entry in _events(instance, succeeds.run_id)]
     assert f"executed in process {children[0].pid}" in messages
     assert f"executed in process {os.getpid()}" not in messages
-
-
-def test_a_spare_process_executes_the_run_it_is_handed_later_and_an_unused_one_exits(
-    instance: dg.DagsterInstance, location: InProcessCodeLocation
-) -> None:
-    """`SpareProcess`: started before its run exists, it executes the run it is handed as the
-    child process's command does; discarded unused it exits; dead, it takes no run."""
-    spare = SpareProcess.start(MODULE)
-    run = create_run_of_code_location_job(location, instance, "succeeds", {}, {})
-    child = spare.execute(instance, run)
-    assert child is spare.process
-    assert child.wait(timeout=120) == 0
-    executed = instance.get_run_by_id(run.run_id)
-    assert executed is not None and executed.status == dg.DagsterRunStatus.SUCCESS
-    messages = [entry.user_message for entry in _events(instance, run.run_id)]
-    assert f"executed in process {child.pid}" in messages
-    spare.discard()  # handed a run: left to it
-
-    unused = SpareProcess.start(MODULE)
-    unused.discard()
-    assert unused.process.returncode == 0
-    dead = SpareProcess.start(MODULE)
-    dead.process.kill()
-    dead.process.wait()
-    not_taken = create_run_of_code_location_job(location, instance, "succeeds", {}, {})
-    assert dead.execute(instance, not_taken) is None
-    left = instance.get_run_by_id(not_taken.run_id)
-    assert left is not None and left.status == dg.DagsterRunStatus.NOT_STARTED
 
 
 def test_a_run_submitted_with_the_in_process_workspace_is_queued_and_not_launched() -> None:
