@@ -59,6 +59,17 @@ def _waiting(
     return thread, result
 
 
+def _end_and_join(instance: dg.DagsterInstance, run_id: str, thread: threading.Thread) -> None:
+    """Once the thread has waited a second: end the run it waits for; the wait ends with it."""
+    thread.join(timeout=1.0)
+    assert thread.is_alive()
+    run = instance.get_run_by_id(run_id)
+    assert run is not None
+    instance.report_run_failed(run, "ended")
+    thread.join(timeout=5.0)
+    assert not thread.is_alive()
+
+
 def test_a_run_that_follows_none_or_was_re_executed_does_not_wait() -> None:
     with dg.instance_for_test() as instance:
         previous = _previous_run(instance, pid=os.getpid())
@@ -71,13 +82,7 @@ def test_the_step_waits_while_the_run_before_executes_and_goes_on_when_it_ends()
     with dg.instance_for_test() as instance:
         previous = _previous_run(instance, pid=os.getpid())
         thread, result = _waiting(instance, {PREVIOUS_RUN_TAG: previous})
-        thread.join(timeout=1.0)
-        assert thread.is_alive()  # the run before is executing, its step not ended
-        run = instance.get_run_by_id(previous)
-        assert run is not None
-        instance.report_run_failed(run, "ended before its linking")
-        thread.join(timeout=5.0)
-        assert not thread.is_alive()
+        _end_and_join(instance, previous, thread)  # waited while its step had not ended
         assert result[0] is not None and result[0].run_id == previous
         assert result[0].seconds >= 1.0
 
@@ -110,29 +115,17 @@ def test_a_process_id_of_another_host_is_not_taken_for_one_of_this_host() -> Non
     with dg.instance_for_test() as instance:
         previous = _previous_run(instance, pid=_dead_pid(), host="another-host")
         thread, _ = _waiting(instance, {PREVIOUS_RUN_TAG: previous})
-        thread.join(timeout=1.0)
-        assert thread.is_alive()
-        run = instance.get_run_by_id(previous)
-        assert run is not None
-        instance.report_run_failed(run, "ended")  # let the thread go
-        thread.join(timeout=5.0)
-        assert not thread.is_alive()
+        _end_and_join(instance, previous, thread)  # waited: the dead pid is another host's
 
 
 def test_a_run_past_the_slots_waits_until_the_run_whose_slot_it_takes_has_ended() -> None:
     """Its process started early, a run's first step waits for the run's slot: the earlier
-    run's passed turns and ended steps do not free it, only its end (or its process's)."""
+    run's passed turn does not free it, only its end (or its process's)."""
     with dg.instance_for_test() as instance:
         earlier = _previous_run(instance, pid=os.getpid())
         thread, result = _waiting(instance, {SLOT_AFTER_RUN_TAG: earlier}, slot=True)
         pass_turn(instance, earlier, STEP)
-        thread.join(timeout=1.0)
-        assert thread.is_alive()
-        run = instance.get_run_by_id(earlier)
-        assert run is not None
-        instance.report_run_failed(run, "ended")
-        thread.join(timeout=5.0)
-        assert not thread.is_alive()
+        _end_and_join(instance, earlier, thread)  # waited past the passed turn
         assert result[0] is not None and result[0].run_id == earlier
         assert result[0].seconds >= 1.0
         dead = _previous_run(instance, pid=_dead_pid())
